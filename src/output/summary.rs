@@ -1,0 +1,118 @@
+//! `summary.json` and the short human summary printed at the end of a run.
+
+use crate::classify::{TrackedEvent, TOTAL_METRIC};
+use crate::output::service_ping::ServicePing;
+use crate::pipeline::{InputReport, Tally};
+use chrono::NaiveDate;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+/// The flags that shaped a run, echoed in the summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunFlags {
+    pub since: Option<NaiveDate>,
+    pub until: Option<NaiveDate>,
+    pub as_of: NaiveDate,
+    pub precision: u8,
+    pub max_bad_ratio: f64,
+    pub keep_going: bool,
+}
+
+/// An input that could not be read completely.
+#[derive(Serialize)]
+struct Failure<'a> {
+    file: &'a str,
+    error: &'a str,
+}
+
+/// The accounting of SPEC §9.
+#[derive(Serialize)]
+struct Summary<'a> {
+    tool: String,
+    flags: &'a RunFlags,
+    lines: u64,
+    blank_lines: u64,
+    malformed_lines: u64,
+    invalid_events: u64,
+    events_seen: u64,
+    duplicate_events: u64,
+    out_of_range_events: u64,
+    events_by_action: &'a BTreeMap<String, u64>,
+    manifest_deletes: u64,
+    counted_events: &'a BTreeMap<&'static str, u64>,
+    first_event: Option<String>,
+    last_event: Option<String>,
+    bad_ratio: f64,
+    repositories: usize,
+    inputs: &'a [InputReport],
+    failures: Vec<Failure<'a>>,
+    elapsed_seconds: f64,
+}
+
+/// Writes `summary.json`.
+pub fn write_summary<W: Write>(tally: &Tally, flags: &RunFlags, elapsed_seconds: f64, w: &mut W) -> anyhow::Result<()> {
+    let c = &tally.counts;
+    let summary = Summary {
+        tool: format!("regtally {}", env!("CARGO_PKG_VERSION")),
+        flags,
+        lines: c.lines,
+        blank_lines: c.blank_lines,
+        malformed_lines: c.malformed_lines,
+        invalid_events: c.invalid_events,
+        events_seen: c.events_seen,
+        duplicate_events: tally.duplicate_events,
+        out_of_range_events: tally.out_of_range_events,
+        events_by_action: &tally.events_by_action,
+        manifest_deletes: tally.manifest_deletes,
+        counted_events: &tally.counted_events,
+        first_event: tally.first_event.map(|t| t.to_rfc3339()),
+        last_event: tally.last_event.map(|t| t.to_rfc3339()),
+        bad_ratio: tally.bad_ratio(),
+        repositories: tally.repositories.len(),
+        inputs: &tally.inputs,
+        failures: tally.failures().map(|(file, error)| Failure { file, error }).collect(),
+        elapsed_seconds,
+    };
+    serde_json::to_writer_pretty(&mut *w, &summary)?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
+
+/// The few lines a person at a terminal reads after a run.
+pub fn print_human<W: Write>(tally: &Tally, ping: &ServicePing, w: &mut W) -> io::Result<()> {
+    let c = &tally.counts;
+    let bytes: u64 = tally.inputs.iter().map(|i| i.bytes).sum();
+    writeln!(w, "inputs: {} ({} bytes), lines: {}", tally.inputs.len(), bytes, c.lines)?;
+    writeln!(
+        w,
+        "events: {} valid, {} duplicate, {} out of range; rejects: {} malformed lines, {} invalid events",
+        c.events_seen, tally.duplicate_events, tally.out_of_range_events, c.malformed_lines, c.invalid_events
+    )?;
+    let f = ping.time_frames;
+    writeln!(
+        w,
+        "unique users           last week ({} to {})   last 28 days ({} to {})",
+        f.weekly.start,
+        f.weekly.end.pred_opt().unwrap_or(f.weekly.end),
+        f.monthly.start,
+        f.monthly.end.pred_opt().unwrap_or(f.monthly.end)
+    )?;
+    let short = |m: &str| m.trim_start_matches("i_container_registry_").trim_end_matches("_user").to_owned();
+    let names = TrackedEvent::ALL
+        .iter()
+        .map(|t| (t.metric_name(), short(t.metric_name())))
+        .chain([(TOTAL_METRIC, "total".to_owned())]);
+    for (metric, label) in names {
+        writeln!(
+            w,
+            "  {label:<20} {:>12} {:>38}",
+            ping.counter(metric, true),
+            ping.counter(metric, false)
+        )?;
+    }
+    for (file, error) in tally.failures() {
+        writeln!(w, "failed: {file}: {error}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! From chunks of lines to compact event records, with the accounting of every line.
+//!
+//! Parsed events borrow from the chunk and are gone when it is; what survives a chunk is one
+//! small [`EventRecord`] per valid event: all the later passes (de-duplication, the repository
+//! ledger, aggregation) need, and nothing else.
+
+use crate::classify::{user_hash, EventKind};
+use crate::ledger::repository_key;
+use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
+use crate::read::{Chunk, REJECT_TEXT_BYTES};
+use crate::timestamp::Timestamp;
+use std::collections::HashMap;
+
+/// The action of an event, with the common ones spelled without an allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Push,
+    Delete,
+    Pull,
+    Mount,
+    Other(Box<str>),
+}
+
+impl Action {
+    fn new(action: &str) -> Action {
+        match action {
+            "push" => Action::Push,
+            "delete" => Action::Delete,
+            "pull" => Action::Pull,
+            "mount" => Action::Mount,
+            other => Action::Other(other.into()),
+        }
+    }
+
+    /// The action as the event spelled it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Action::Push => "push",
+            Action::Delete => "delete",
+            Action::Pull => "pull",
+            Action::Mount => "mount",
+            Action::Other(s) => s,
+        }
+    }
+}
+
+/// What later passes need of one valid event.
+#[derive(Clone, Debug)]
+pub struct EventRecord {
+    /// xxh3-128 of `id`: equal ids are deliveries of one event (SPEC §3).
+    pub id_key: u128,
+    pub time: Timestamp,
+    pub action: Action,
+    pub kind: EventKind,
+    /// The actor's identity hash when it is a user (SPEC §4).
+    pub user: Option<u64>,
+    /// xxh3-128 of `target.repository`.
+    pub repository: u128,
+    /// The event id, kept only for events the ledger orders (pushes and repository deletes):
+    /// it breaks ties between equal timestamps (SPEC §6).
+    pub ledger_id: Option<Box<str>>,
+}
+
+/// Where a reject came from and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reject {
+    /// Line number, 1-based: within the chunk until [`ChunkOutput::offset_lines`] makes it absolute.
+    pub line: u64,
+    /// Position in the envelope's `events`, for an invalid envelope element.
+    pub index: Option<u32>,
+    pub reason: String,
+    /// The line, cut to 1 KiB.
+    pub text: String,
+}
+
+/// The line and event counts of SPEC §9's summary that parsing alone decides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LineCounts {
+    pub lines: u64,
+    pub blank_lines: u64,
+    pub malformed_lines: u64,
+    pub invalid_events: u64,
+    pub events_seen: u64,
+}
+
+impl LineCounts {
+    /// Adds another chunk's or input's counts.
+    pub fn merge(&mut self, o: &LineCounts) {
+        self.lines += o.lines;
+        self.blank_lines += o.blank_lines;
+        self.malformed_lines += o.malformed_lines;
+        self.invalid_events += o.invalid_events;
+        self.events_seen += o.events_seen;
+    }
+}
+
+/// Everything one chunk yields.
+#[derive(Debug, Default)]
+pub struct ChunkOutput {
+    pub counts: LineCounts,
+    /// Valid events in input order.
+    pub events: Vec<EventRecord>,
+    pub rejects: Vec<Reject>,
+    /// Paths of the repositories this chunk pushes to, by key.
+    pub pushed_paths: HashMap<u128, Box<str>>,
+}
+
+impl ChunkOutput {
+    /// Turns chunk-relative line numbers into input-relative ones.
+    pub fn offset_lines(&mut self, lines_before: u64) {
+        for r in &mut self.rejects {
+            r.line += lines_before;
+        }
+    }
+}
+
+/// Parses every line of a chunk.
+pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
+    let mut out = ChunkOutput::default();
+    match chunk {
+        Chunk::Overlong { prefix, len } => {
+            out.counts.lines = 1;
+            out.counts.malformed_lines = 1;
+            out.rejects.push(Reject {
+                line: 1,
+                index: None,
+                reason: format!("line is {len} bytes, longer than --max-line-bytes {max_line_bytes}"),
+                text: cut_text(prefix),
+            });
+        }
+        Chunk::Lines(data) => {
+            let body = data.strip_suffix(b"\n").unwrap_or(data);
+            if data.is_empty() {
+                return out;
+            }
+            for line in body.split(|&b| b == b'\n') {
+                out.counts.lines += 1;
+                let line_no = out.counts.lines;
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.len() > max_line_bytes {
+                    out.malformed(line_no, line, format!("line is {} bytes, longer than --max-line-bytes {max_line_bytes}", line.len()));
+                    continue;
+                }
+                match parse_line(line) {
+                    ParsedLine::Blank => out.counts.blank_lines += 1,
+                    ParsedLine::Malformed(reason) => out.malformed(line_no, line, reason),
+                    ParsedLine::Single(event) => out.event(line_no, line, None, event),
+                    ParsedLine::Envelope(elements) => {
+                        for (i, element) in elements.into_iter().enumerate() {
+                            let index = Some(u32::try_from(i).unwrap_or(u32::MAX));
+                            match element {
+                                Element::Event(event) => out.event(line_no, line, index, event),
+                                Element::NotObject => {
+                                    out.invalid(line_no, line, index, "event is not a JSON object".into())
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl ChunkOutput {
+    fn malformed(&mut self, line_no: u64, line: &[u8], reason: String) {
+        self.counts.malformed_lines += 1;
+        self.rejects.push(Reject {
+            line: line_no,
+            index: None,
+            reason,
+            text: cut_text(line),
+        });
+    }
+
+    fn invalid(&mut self, line_no: u64, line: &[u8], index: Option<u32>, reason: String) {
+        self.counts.invalid_events += 1;
+        self.rejects.push(Reject {
+            line: line_no,
+            index,
+            reason,
+            text: cut_text(line),
+        });
+    }
+
+    fn event(&mut self, line_no: u64, line: &[u8], index: Option<u32>, event: RawEvent<'_>) {
+        let event = match event.validate() {
+            Ok(e) => e,
+            Err(why) => return self.invalid(line_no, line, index, why.to_string()),
+        };
+        self.counts.events_seen += 1;
+        let kind = EventKind::classify(&event.action, event.has_tag, event.has_digest);
+        let repository = repository_key(&event.repository);
+        let touches_ledger = kind.is_push() || kind == EventKind::DeleteRepository;
+        if kind.is_push() {
+            self.pushed_paths
+                .entry(repository)
+                .or_insert_with(|| (*event.repository).into());
+        }
+        self.events.push(EventRecord {
+            id_key: xxhash_rust::xxh3::xxh3_128(event.id.as_bytes()),
+            time: event.timestamp,
+            action: Action::new(&event.action),
+            kind,
+            user: user_hash(event.user_type(), event.name()),
+            repository,
+            ledger_id: touches_ledger.then(|| (*event.id).into()),
+        });
+    }
+}
+
+/// The first KiB of a line as text, cut at a character boundary; invalid UTF-8 is replaced.
+pub fn cut_text(line: &[u8]) -> String {
+    let cut = &line[..line.len().min(REJECT_TEXT_BYTES)];
+    let text = String::from_utf8_lossy(cut);
+    match std::str::from_utf8(cut) {
+        // A multi-byte character split by the cut shows as one replacement character: drop it.
+        Err(e) if e.error_len().is_none() && line.len() > REJECT_TEXT_BYTES => {
+            String::from_utf8_lossy(&cut[..e.valid_up_to()]).into_owned()
+        }
+        _ => text.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EV: &str = r#"{"id":"e1","timestamp":"2023-01-25T14:45:54Z","action":"push","target":{"repository":"g/r","tag":"v1"},"actor":{"name":"Root","user_type":"build"}}"#;
+
+    fn lines(text: &str) -> ChunkOutput {
+        parse_chunk(&Chunk::Lines(text.as_bytes().to_vec()), 1 << 20)
+    }
+
+    #[test]
+    fn every_line_is_accounted_for() {
+        let text = format!("{EV}\r\n\n   \nnot json\n{{\"events\":[{EV},{{}},3]}}\n{EV}");
+        let out = lines(&text);
+        assert_eq!(
+            out.counts,
+            LineCounts {
+                lines: 6,
+                blank_lines: 2,
+                malformed_lines: 1,
+                invalid_events: 2,
+                events_seen: 3,
+            }
+        );
+        let where_: Vec<(u64, Option<u32>)> = out.rejects.iter().map(|r| (r.line, r.index)).collect();
+        assert_eq!(where_, [(4, None), (5, Some(1)), (5, Some(2))]);
+        assert_eq!(out.rejects[0].text, "not json");
+        assert_eq!(out.events.len(), 3);
+        assert_eq!(out.events[0].kind, EventKind::PushTag);
+        assert_eq!(out.events[0].user, user_hash(Some("build"), Some("root")));
+        assert_eq!(out.events[0].ledger_id.as_deref(), Some("e1"));
+        assert_eq!(out.pushed_paths.len(), 1);
+    }
+
+    #[test]
+    fn trailing_newline_adds_no_line() {
+        assert_eq!(lines("a\n").counts.lines, 1);
+        assert_eq!(lines("a").counts.lines, 1);
+        assert_eq!(lines("").counts.lines, 0);
+        assert_eq!(lines("\n").counts.lines, 1);
+    }
+
+    #[test]
+    fn overlong_lines_are_malformed() {
+        let out = parse_chunk(&Chunk::Lines(format!("{EV}\n").into_bytes()), 10);
+        assert_eq!(out.counts.malformed_lines, 1);
+        assert!(out.rejects[0].reason.contains("longer than --max-line-bytes 10"));
+        let out = parse_chunk(&Chunk::Overlong { prefix: b"{\"a".to_vec(), len: 99 }, 10);
+        assert_eq!((out.counts.lines, out.counts.malformed_lines), (1, 1));
+    }
+
+    #[test]
+    fn reject_text_is_cut_at_a_character() {
+        let long = "é".repeat(600);
+        let cut = cut_text(long.as_bytes());
+        assert_eq!(cut.len(), 1024);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = "a".repeat(1023) + "é";
+        assert_eq!(cut_text(odd.as_bytes()), "a".repeat(1023));
+        assert_eq!(cut_text(b"bad \xff byte"), "bad \u{fffd} byte");
+    }
+
+    #[test]
+    fn line_offsets_apply_to_rejects() {
+        let mut out = lines("x\n");
+        out.offset_lines(41);
+        assert_eq!(out.rejects[0].line, 42);
+    }
+}

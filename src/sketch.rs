@@ -1,0 +1,216 @@
+//! Distinct-user sketches: HyperLogLog++ over a stable 64-bit hash of each user's identity.
+//!
+//! Sketches from different runs, machines and releases must merge, so the hash is pinned
+//! (xxh3-64, seed 0, of the identity's UTF-8 bytes) and the crate is fed that value through a
+//! pass-through hasher instead of hashing again with a per-process random key.
+
+use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
+use serde::{Deserialize, Serialize};
+use std::hash::{BuildHasher, Hasher};
+
+/// The name of the identity hash, written into the Parquet metadata.
+pub const HASH_NAME: &str = "xxh3-64-seed0(utf8(lowercase(actor.name)))";
+
+/// Version of the serialized sketch layout, the first byte of every `sketch` value.
+///
+/// Version 1: one byte `1`, one byte of precision, then the `hyperloglogplus` 0.4
+/// `HyperLogLogPlus` serialized with serde_json, after `count()` has folded its temporary set
+/// into the sparse list.
+pub const SKETCH_FORMAT_VERSION: u8 = 1;
+
+/// Human description of [`SKETCH_FORMAT_VERSION`], written into the Parquet metadata.
+pub const SKETCH_FORMAT: &str = "1: byte 0x01, byte precision, then serde_json of hyperloglogplus 0.4 HyperLogLogPlus<u64> fed xxh3-64 values";
+
+/// Lowest and highest precision the `hyperloglogplus` crate accepts.
+pub const PRECISION_RANGE: std::ops::RangeInclusive<u8> = 4..=18;
+
+/// The stable 64-bit hash of a user identity (already lower-cased).
+pub fn identity_hash(identity: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
+}
+
+/// Hands the crate the value it is given: the value is already a good 64-bit hash.
+#[derive(Default)]
+pub struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `u64::hash`; fold anything else so it is still stable.
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        // Used for 128-bit id and repository keys, themselves xxh3 hashes.
+        self.0 = (value as u64) ^ ((value >> 64) as u64);
+    }
+}
+
+/// The builder the sketch stores; it has no state, so it serializes to nothing.
+#[derive(Clone, Copy, Default, Debug, Serialize, Deserialize)]
+pub struct PassThroughBuildHasher;
+
+impl BuildHasher for PassThroughBuildHasher {
+    type Hasher = PassThroughHasher;
+
+    fn build_hasher(&self) -> PassThroughHasher {
+        PassThroughHasher(0)
+    }
+}
+
+/// Why serialized sketch bytes could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SketchError {
+    #[error("sketch is empty")]
+    Empty,
+    #[error("sketch format version {0} is not known to this release (it reads {SKETCH_FORMAT_VERSION})")]
+    Version(u8),
+    #[error("sketch bytes are corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("sketch precision byte {0} does not match its contents")]
+    BadPrecision(u8),
+    #[error("sketches of precision {0} and {1} cannot be merged")]
+    Precision(u8, u8),
+}
+
+/// A HyperLogLog++ sketch of user identity hashes.
+#[derive(Clone, Debug)]
+pub struct UserSketch {
+    precision: u8,
+    hll: HyperLogLogPlus<u64, PassThroughBuildHasher>,
+}
+
+impl UserSketch {
+    /// An empty sketch. `precision` must lie in [`PRECISION_RANGE`] (the CLI checks it).
+    pub fn new(precision: u8) -> UserSketch {
+        let hll = HyperLogLogPlus::new(precision, PassThroughBuildHasher)
+            .expect("precision is validated by the CLI to lie in 4..=18");
+        UserSketch { precision, hll }
+    }
+
+    /// Adds one identity hash.
+    pub fn insert(&mut self, identity_hash: u64) {
+        self.hll.insert(&identity_hash);
+    }
+
+    /// Adds every identity of `other`.
+    pub fn merge(&mut self, other: &UserSketch) -> Result<(), SketchError> {
+        if self.precision != other.precision {
+            return Err(SketchError::Precision(self.precision, other.precision));
+        }
+        self.hll
+            .merge(&other.hll)
+            .map_err(|_| SketchError::Precision(self.precision, other.precision))
+    }
+
+    /// The estimate of distinct identities, rounded to the nearest integer.
+    pub fn estimate(&mut self) -> i64 {
+        self.hll.count().round() as i64
+    }
+
+    /// The versioned bytes of the `sketch` column.
+    ///
+    /// `count()` comes first: it folds the crate's temporary hash set into its sorted sparse
+    /// list, without which the bytes would follow the set's random iteration order.
+    pub fn to_bytes(&mut self) -> Vec<u8> {
+        self.hll.count();
+        let mut out = vec![SKETCH_FORMAT_VERSION, self.precision];
+        serde_json::to_writer(&mut out, &self.hll).expect("serializing to memory cannot fail");
+        out
+    }
+
+    /// Reads bytes written by [`UserSketch::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<UserSketch, SketchError> {
+        let (&version, rest) = bytes.split_first().ok_or(SketchError::Empty)?;
+        if version != SKETCH_FORMAT_VERSION {
+            return Err(SketchError::Version(version));
+        }
+        let (&precision, body) = rest.split_first().ok_or(SketchError::Empty)?;
+        let hll: HyperLogLogPlus<u64, PassThroughBuildHasher> = serde_json::from_slice(body)?;
+        // The stored precision must be the one the crate's own state was built with.
+        if !PRECISION_RANGE.contains(&precision) || UserSketch::new(precision).hll.merge(&hll).is_err() {
+            return Err(SketchError::BadPrecision(precision));
+        }
+        Ok(UserSketch { precision, hll })
+    }
+
+    /// The precision this sketch was built with.
+    pub fn precision(&self) -> u8 {
+        self.precision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_hash_is_pinned() {
+        // xxh3-64 with seed 0, as the reference implementation (and Python's `xxhash`
+        // package, `xxh3_64_intdigest`) computes it. Changing these breaks every stored sketch.
+        assert_eq!(identity_hash(""), 0x2D06_8005_38D3_94C2);
+        assert_eq!(identity_hash("root"), 0x0A5C_F7B9_9AE7_6577);
+        assert_eq!(identity_hash("jaime"), 0x7B17_DEC4_4F0E_52A0);
+    }
+
+    #[test]
+    fn small_sets_count_exactly_while_sparse() {
+        let mut s = UserSketch::new(14);
+        for i in 0..500u64 {
+            s.insert(identity_hash(&format!("user{i}")));
+            s.insert(identity_hash(&format!("user{i}")));
+        }
+        assert_eq!(s.estimate(), 500);
+    }
+
+    #[test]
+    fn merge_is_union() {
+        let mut a = UserSketch::new(14);
+        let mut b = UserSketch::new(14);
+        for i in 0..300u64 {
+            a.insert(identity_hash(&format!("a{i}")));
+            b.insert(identity_hash(&format!("a{}", i + 100)));
+        }
+        a.merge(&b).unwrap();
+        assert_eq!(a.estimate(), 400);
+        assert!(a.merge(&UserSketch::new(12)).is_err());
+    }
+
+    #[test]
+    fn large_sets_within_error() {
+        let mut s = UserSketch::new(14);
+        for i in 0..200_000u64 {
+            s.insert(identity_hash(&format!("user{i}")));
+        }
+        let e = s.estimate() as f64;
+        // 1.04 / sqrt(2^14) is 0.8%; allow four standard errors.
+        assert!((e - 200_000.0).abs() / 200_000.0 < 0.033, "estimate {e}");
+    }
+
+    #[test]
+    fn bytes_round_trip_and_are_independent_of_insert_order() {
+        let names: Vec<u64> = (0..2000).map(|i| identity_hash(&format!("u{i}"))).collect();
+        let mut fwd = UserSketch::new(10);
+        let mut rev = UserSketch::new(10);
+        names.iter().for_each(|h| fwd.insert(*h));
+        names.iter().rev().for_each(|h| rev.insert(*h));
+        let bytes = fwd.to_bytes();
+        assert_eq!(bytes, rev.to_bytes());
+        assert_eq!(bytes[0], SKETCH_FORMAT_VERSION);
+        let mut back = UserSketch::from_bytes(&bytes).unwrap();
+        assert_eq!(back.precision(), 10);
+        assert_eq!(back.estimate(), fwd.estimate());
+        assert!(matches!(UserSketch::from_bytes(&[9, b'{']), Err(SketchError::Version(9))));
+        assert!(UserSketch::from_bytes(&[1, 10, b'{']).is_err());
+        let mut wrong_precision = bytes.clone();
+        wrong_precision[1] = 12;
+        assert!(UserSketch::from_bytes(&wrong_precision).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Event time: a strict RFC 3339 parser and the UTC instant it yields.
+//!
+//! The registry writes Go's `time.RFC3339Nano` (any number of fractional digits, `Z` or a
+//! `±hh:mm` offset). chrono's own RFC 3339 parser is more lenient than the SPEC (it takes a space
+//! for `T`, for one), so validation has its own small parser here.
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+
+/// A UTC instant with nanosecond resolution, ordered by time.
+///
+/// Seconds are kept as `i64` beside the nanoseconds so that every year RFC 3339 can spell
+/// (0000 to 9999) is representable, which an `i64` of nanoseconds is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Seconds since 1970-01-01T00:00:00Z.
+    pub secs: i64,
+    /// Nanoseconds within the second, `0..1_000_000_000`.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// The UTC calendar date of this instant.
+    pub fn date(self) -> NaiveDate {
+        self.to_datetime().date_naive()
+    }
+
+    /// The instant as a chrono UTC date-time.
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        // Every value `parse_rfc3339` builds is inside chrono's range, so this never falls back.
+        DateTime::from_timestamp(self.secs, self.nanos).unwrap_or_default()
+    }
+
+    /// RFC 3339 in UTC with as many fractional digits as needed (`2023-01-25T03:45:54.17327Z`).
+    pub fn to_rfc3339(self) -> String {
+        self.to_datetime()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
+}
+
+/// Why a timestamp string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    #[error("timestamp is not of the form YYYY-MM-DDTHH:MM:SS[.fraction](Z|±hh:mm)")]
+    Shape,
+    #[error("timestamp names a date or time that does not exist")]
+    OutOfRange,
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.f+](Z|±hh:mm)` into a UTC instant.
+///
+/// `T` and `Z` may be lower case (RFC 3339 §5.6 allows it). Fractional digits beyond nine are
+/// accepted and truncated: the SPEC allows any number, nanoseconds are what Go writes. A leap
+/// second (`:60`) is accepted as RFC 3339 allows and ordered at the end of its minute.
+pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
+    let b = text.as_bytes();
+    if b.len() < 20 {
+        return Err(TimestampError::Shape);
+    }
+    let year = digits(b, 0, 4)?;
+    expect(b, 4, b'-')?;
+    let month = digits(b, 5, 2)?;
+    expect(b, 7, b'-')?;
+    let day = digits(b, 8, 2)?;
+    if !matches!(b[10], b'T' | b't') {
+        return Err(TimestampError::Shape);
+    }
+    let hour = digits(b, 11, 2)?;
+    expect(b, 13, b':')?;
+    let minute = digits(b, 14, 2)?;
+    expect(b, 16, b':')?;
+    let second = digits(b, 17, 2)?;
+
+    let mut pos = 19;
+    let mut nanos: u32 = 0;
+    if b[pos] == b'.' {
+        pos += 1;
+        let start = pos;
+        while pos < b.len() && b[pos].is_ascii_digit() {
+            if pos - start < 9 {
+                nanos = nanos * 10 + u32::from(b[pos] - b'0');
+            }
+            pos += 1;
+        }
+        let n = pos - start;
+        if n == 0 {
+            return Err(TimestampError::Shape);
+        }
+        for _ in n..9 {
+            nanos *= 10;
+        }
+    }
+
+    let offset_secs: i64 = match b.get(pos) {
+        Some(b'Z' | b'z') if pos + 1 == b.len() => 0,
+        Some(&sign @ (b'+' | b'-')) if pos + 6 == b.len() => {
+            let oh = digits(b, pos + 1, 2)?;
+            expect(b, pos + 3, b':')?;
+            let om = digits(b, pos + 4, 2)?;
+            if oh > 23 || om > 59 {
+                return Err(TimestampError::OutOfRange);
+            }
+            let off = i64::from(oh * 3600 + om * 60);
+            if sign == b'-' {
+                -off
+            } else {
+                off
+            }
+        }
+        _ => return Err(TimestampError::Shape),
+    };
+
+    let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or(TimestampError::OutOfRange)?;
+    let time = if second == 60 {
+        // chrono spells a leap second as second 59 with nanoseconds past one billion.
+        NaiveTime::from_hms_nano_opt(hour, minute, 59, 1_000_000_000 + nanos)
+    } else {
+        NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)
+    }
+    .ok_or(TimestampError::OutOfRange)?;
+    let local = date.and_time(time).and_utc();
+    // A leap second sorts after :59.999999999 of its minute and before the next minute.
+    let (secs, nanos) = if local.timestamp_subsec_nanos() >= 1_000_000_000 {
+        (local.timestamp(), 999_999_999)
+    } else {
+        (local.timestamp(), local.timestamp_subsec_nanos())
+    };
+    let secs = secs - offset_secs;
+    // Offsets can push year 0000 or 9999 just outside chrono's range: refuse those.
+    DateTime::from_timestamp(secs, nanos).ok_or(TimestampError::OutOfRange)?;
+    Ok(Timestamp { secs, nanos })
+}
+
+fn digits(b: &[u8], at: usize, n: usize) -> Result<u32, TimestampError> {
+    let mut v = 0u32;
+    for &c in b.get(at..at + n).ok_or(TimestampError::Shape)? {
+        if !c.is_ascii_digit() {
+            return Err(TimestampError::Shape);
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    Ok(v)
+}
+
+fn expect(b: &[u8], at: usize, c: u8) -> Result<(), TimestampError> {
+    if b.get(at) == Some(&c) {
+        Ok(())
+    } else {
+        Err(TimestampError::Shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> String {
+        parse_rfc3339(text).unwrap().to_rfc3339()
+    }
+
+    #[test]
+    fn seed_example_converts_to_utc() {
+        assert_eq!(utc("2023-01-25T14:45:54.17327+11:00"), "2023-01-25T03:45:54.173270Z");
+    }
+
+    #[test]
+    fn offsets_and_zulu() {
+        assert_eq!(utc("2021-01-03T23:30:00-01:30"), "2021-01-04T01:00:00Z");
+        assert_eq!(utc("2021-01-03t23:30:00z"), "2021-01-03T23:30:00Z");
+        assert_eq!(utc("2021-01-03T23:30:00+00:00"), "2021-01-03T23:30:00Z");
+    }
+
+    #[test]
+    fn fractions_of_any_length() {
+        let a = parse_rfc3339("2021-01-03T00:00:00.1Z").unwrap();
+        assert_eq!(a.nanos, 100_000_000);
+        let b = parse_rfc3339("2021-01-03T00:00:00.123456789123Z").unwrap();
+        assert_eq!(b.nanos, 123_456_789);
+    }
+
+    #[test]
+    fn leap_second_sorts_inside_its_minute() {
+        let leap = parse_rfc3339("2016-12-31T23:59:60.5Z").unwrap();
+        let before = parse_rfc3339("2016-12-31T23:59:59.9Z").unwrap();
+        let after = parse_rfc3339("2017-01-01T00:00:00Z").unwrap();
+        assert!(before < leap && leap < after);
+    }
+
+    #[test]
+    fn rejects_what_rfc3339_does_not_allow() {
+        for bad in [
+            "",
+            "2023-01-25",
+            "2023-01-25 14:45:54Z",
+            "2023-01-25T14:45:54",
+            "2023-01-25T14:45:54.Z",
+            "2023-01-25T14:45:54+1100",
+            "2023-01-25T14:45:54+11:00 ",
+            "2023-02-30T14:45:54Z",
+            "2023-01-25T24:00:00Z",
+            "2023-01-25T14:45:54+24:00",
+            "２023-01-25T14:45:54Z",
+            "1e3",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
