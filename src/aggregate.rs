@@ -102,7 +102,13 @@ impl Aggregate {
         for event in TrackedEvent::ALL {
             for (i, &period) in periods.iter().enumerate() {
                 let cell = cells.remove(&(event, period)).unwrap_or_default();
-                let row = MetricRow::from_users(event.metric_name(), period, &cell.users, cell.events, precision);
+                let row = MetricRow::from_users(
+                    event.metric_name(),
+                    period,
+                    &cell.users,
+                    cell.events,
+                    precision,
+                );
                 totals[i].0.extend(&cell.users);
                 totals[i].1 += cell.events;
                 rows.push(row);
@@ -110,7 +116,13 @@ impl Aggregate {
         }
         for (i, &period) in periods.iter().enumerate() {
             let (users, events) = &totals[i];
-            rows.push(MetricRow::from_users(TOTAL_METRIC, period, users, *events, precision));
+            rows.push(MetricRow::from_users(
+                TOTAL_METRIC,
+                period,
+                users,
+                *events,
+                precision,
+            ));
         }
         rows.sort_by(|a, b| (a.metric, a.period).cmp(&(b.metric, b.period)));
         rows
@@ -128,7 +140,13 @@ pub struct MetricRow {
 }
 
 impl MetricRow {
-    fn from_users(metric: &'static str, period: Period, users: &IdentitySet, events: u64, precision: u8) -> MetricRow {
+    fn from_users(
+        metric: &'static str,
+        period: Period,
+        users: &IdentitySet,
+        events: u64,
+        precision: u8,
+    ) -> MetricRow {
         let mut sketch = UserSketch::new(precision);
         // Sorted, so that the sketch's growth does not follow the set's iteration order.
         let mut sorted: Vec<u64> = users.iter().copied().collect();
@@ -195,14 +213,20 @@ mod tests {
         let rows = agg.into_rows(14);
         // Weeks 2020-W53..2021-W03 (4) and months 2021-01 (1): 5 periods x 6 metrics.
         assert_eq!(rows.len(), 30);
-        let keys: Vec<(&str, &str, NaiveDate)> =
-            rows.iter().map(|r| (r.metric, r.period.kind.as_str(), r.period.start)).collect();
+        let keys: Vec<(&str, &str, NaiveDate)> = rows
+            .iter()
+            .map(|r| (r.metric, r.period.kind.as_str(), r.period.start))
+            .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
         assert_eq!(rows[0].period.to_string(), "2021-01");
         assert_eq!(rows[1].period.to_string(), "2020-W53");
-        let find = |m: &str, p: &str| rows.iter().find(|r| r.metric == m && r.period.to_string() == p).unwrap();
+        let find = |m: &str, p: &str| {
+            rows.iter()
+                .find(|r| r.metric == m && r.period.to_string() == p)
+                .unwrap()
+        };
         let total = find(TOTAL_METRIC, "2020-W53");
         assert_eq!((total.unique_users, total.events), (2, 3));
         let gap = find("i_container_registry_push_tag_user", "2021-W01");

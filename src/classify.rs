@@ -78,7 +78,9 @@ impl EventKind {
             self,
             EventKind::PushTag
                 | EventKind::RepositoryPush
-                | EventKind::Resolved(TrackedEvent::CreateRepository | TrackedEvent::PushRepository)
+                | EventKind::Resolved(
+                    TrackedEvent::CreateRepository | TrackedEvent::PushRepository
+                )
         )
     }
 
@@ -105,7 +107,10 @@ pub fn user_identity<'a>(user_type: Option<&str>, name: Option<&'a str>) -> Opti
         return None;
     }
     // Most names are already lower-case ASCII: no allocation for those.
-    if name.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
         Some(Cow::Borrowed(name))
     } else {
         Some(Cow::Owned(name.to_lowercase()))
@@ -130,24 +135,36 @@ mod tests {
         assert_eq!(EventKind::classify("push", true, true), PushTag);
         assert_eq!(EventKind::classify("delete", true, true), DeleteTag);
         assert_eq!(EventKind::classify("delete", false, true), ManifestDelete);
-        assert_eq!(EventKind::classify("delete", false, false), DeleteRepository);
+        assert_eq!(
+            EventKind::classify("delete", false, false),
+            DeleteRepository
+        );
         assert_eq!(EventKind::classify("push", false, true), RepositoryPush);
         assert_eq!(EventKind::classify("push", false, false), RepositoryPush);
     }
 
     #[test]
     fn only_users_with_names_count() {
-        assert_eq!(user_identity(Some("build"), Some("Root")).as_deref(), Some("root"));
+        assert_eq!(
+            user_identity(Some("build"), Some("Root")).as_deref(),
+            Some("root")
+        );
         assert_eq!(
             user_identity(Some("gitlab_or_ldap"), Some("ÉLODIE")).as_deref(),
             Some("élodie")
         );
-        assert_eq!(user_identity(Some("personal_access_token"), Some("a")).as_deref(), Some("a"));
+        assert_eq!(
+            user_identity(Some("personal_access_token"), Some("a")).as_deref(),
+            Some("a")
+        );
         assert_eq!(user_identity(Some("deploy_token"), Some("root")), None);
         assert_eq!(user_identity(Some("build"), Some("")), None);
         assert_eq!(user_identity(Some("build"), None), None);
         assert_eq!(user_identity(None, Some("root")), None);
-        assert_eq!(user_hash(Some("build"), Some("ROOT")), user_hash(Some("build"), Some("root")));
+        assert_eq!(
+            user_hash(Some("build"), Some("ROOT")),
+            user_hash(Some("build"), Some("root"))
+        );
     }
 
     #[test]

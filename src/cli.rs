@@ -119,7 +119,9 @@ impl RunPlan {
         if inputs.is_empty() {
             return usage("no input found: the folders given hold no files");
         }
-        if inputs.iter().filter(|i| **i == InputPath::Stdin).count() > 0 && std::io::stdin().is_terminal() {
+        if inputs.iter().filter(|i| **i == InputPath::Stdin).count() > 0
+            && std::io::stdin().is_terminal()
+        {
             return usage("- reads standard input, but standard input is a terminal");
         }
         let known_repositories = match &args.known_repositories {
@@ -131,7 +133,12 @@ impl RunPlan {
                     .filter(|l| !l.trim().is_empty())
                     .map(str::to_owned)
                     .collect(),
-                Err(e) => return usage(format!("cannot read --known-repositories {}: {e}", path.display())),
+                Err(e) => {
+                    return usage(format!(
+                        "cannot read --known-repositories {}: {e}",
+                        path.display()
+                    ))
+                }
             },
         };
         if let Err(e) = output::check_output_dir(&args.out) {
@@ -194,7 +201,10 @@ fn run_command(plan: RunPlan) -> Result<ExitCode> {
             plan.flags.max_bad_ratio
         ));
         for r in tally.rejects.iter().take(5) {
-            eprintln!("regtally: {}:{}: {}", r.file, r.reject.line, r.reject.reason);
+            eprintln!(
+                "regtally: {}:{}: {}",
+                r.file, r.reject.line, r.reject.reason
+            );
         }
     }
 
@@ -223,21 +233,34 @@ fn run_command(plan: RunPlan) -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-fn write_outputs(plan: &RunPlan, tally: &mut Tally, ping: &ServicePing, started: Instant) -> Result<()> {
+fn write_outputs(
+    plan: &RunPlan,
+    tally: &mut Tally,
+    ping: &ServicePing,
+    started: Instant,
+) -> Result<()> {
     let mut staged = StagedOutputs::new(&plan.out);
     let meta = AggregatesMetadata {
         precision: plan.config.precision,
         since: plan.config.since,
         until: plan.config.until,
     };
-    staged.stage(output::AGGREGATES, |w| write_aggregates(&mut tally.rows, &meta, w))?;
+    staged.stage(output::AGGREGATES, |w| {
+        write_aggregates(&mut tally.rows, &meta, w)
+    })?;
     staged.stage(output::SERVICE_PING, |w| {
         serde_json::to_writer_pretty(&mut *w, ping)?;
         Ok(w.write_all(b"\n")?)
     })?;
-    staged.stage(output::REJECTS, |w| output::write_rejects(&tally.rejects, w))?;
-    staged.stage(output::REPOSITORIES, |w| output::write_repositories(tally, w))?;
+    staged.stage(output::REJECTS, |w| {
+        output::write_rejects(&tally.rejects, w)
+    })?;
+    staged.stage(output::REPOSITORIES, |w| {
+        output::write_repositories(tally, w)
+    })?;
     let elapsed = started.elapsed().as_secs_f64();
-    staged.stage(output::SUMMARY, |w| write_summary(tally, &plan.flags, elapsed, w))?;
+    staged.stage(output::SUMMARY, |w| {
+        write_summary(tally, &plan.flags, elapsed, w)
+    })?;
     staged.commit()
 }

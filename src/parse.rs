@@ -185,7 +185,9 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
     };
     match parsed {
         TopLevel::NotObject => ParsedLine::Malformed("line is not a JSON object".into()),
-        TopLevel::EventsNotArray => ParsedLine::Malformed("envelope's events is not an array".into()),
+        TopLevel::EventsNotArray => {
+            ParsedLine::Malformed("envelope's events is not an array".into())
+        }
         TopLevel::Envelope(elements) => ParsedLine::Envelope(elements),
         TopLevel::Single(event) => ParsedLine::Single(event),
     }
@@ -509,12 +511,17 @@ mod tests {
         assert_eq!(els.len(), 3);
         assert!(matches!(&els[0], Element::Event(e) if e.clone().validate().is_ok()));
         assert_eq!(els[1], Element::NotObject);
-        assert!(matches!(&els[2], Element::Event(e) if e.clone().validate() == Err(InvalidEvent::Id)));
+        assert!(
+            matches!(&els[2], Element::Event(e) if e.clone().validate() == Err(InvalidEvent::Id))
+        );
     }
 
     #[test]
     fn empty_envelope_has_no_events() {
-        assert_eq!(parse_line(br#"{"events":[]}"#), ParsedLine::Envelope(vec![]));
+        assert_eq!(
+            parse_line(br#"{"events":[]}"#),
+            ParsedLine::Envelope(vec![])
+        );
     }
 
     #[test]
@@ -546,7 +553,10 @@ mod tests {
                 other => panic!("{line} parsed as {other:?}"),
             }
         }
-        assert!(matches!(parse_line(b"{\"id\":\"\xff\"}"), ParsedLine::Malformed(_)));
+        assert!(matches!(
+            parse_line(b"{\"id\":\"\xff\"}"),
+            ParsedLine::Malformed(_)
+        ));
     }
 
     #[test]
@@ -558,17 +568,31 @@ mod tests {
     #[test]
     fn invalid_events_name_the_field() {
         let base = |patch: &str| {
-            format!(r#"{{"id":"x","timestamp":"2023-01-25T14:45:54Z","action":"push","target":{{"repository":"r"}}{patch}}}"#)
+            format!(
+                r#"{{"id":"x","timestamp":"2023-01-25T14:45:54Z","action":"push","target":{{"repository":"r"}}{patch}}}"#
+            )
         };
         let cases = [
-            (r#"{"timestamp":"2023-01-25T14:45:54Z","action":"push","target":{"repository":"r"}}"#, InvalidEvent::Id),
+            (
+                r#"{"timestamp":"2023-01-25T14:45:54Z","action":"push","target":{"repository":"r"}}"#,
+                InvalidEvent::Id,
+            ),
             (&base(r#","id":5"#), InvalidEvent::Id),
             (&base(r#","timestamp":5"#), InvalidEvent::TimestampType),
-            (&base(r#","timestamp":"yesterday""#), InvalidEvent::Timestamp(crate::timestamp::TimestampError::Shape)),
+            (
+                &base(r#","timestamp":"yesterday""#),
+                InvalidEvent::Timestamp(crate::timestamp::TimestampError::Shape),
+            ),
             (&base(r#","action":null"#), InvalidEvent::Action),
             (&base(r#","target":[1]"#), InvalidEvent::Target),
-            (&base(r#","target":{"repository":""}"#), InvalidEvent::Repository),
-            (&base(r#","target":{"repository":{"a":1}}"#), InvalidEvent::Repository),
+            (
+                &base(r#","target":{"repository":""}"#),
+                InvalidEvent::Repository,
+            ),
+            (
+                &base(r#","target":{"repository":{"a":1}}"#),
+                InvalidEvent::Repository,
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(single(line).validate(), Err(want), "{line}");

@@ -88,7 +88,6 @@ pub fn monday_of(date: NaiveDate) -> NaiveDate {
     Period::week_of(date).start
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,16 +123,18 @@ mod tests {
         .map(|p| p.to_string())
         .collect();
         assert_eq!(weeks, ["2020-W51", "2020-W52", "2020-W53", "2021-W01"]);
-        let months: Vec<String> =
-            Period::span(Period::month_of(d(2020, 11, 5)), Period::month_of(d(2021, 2, 1)))
-                .map(|p| p.to_string())
-                .collect();
+        let months: Vec<String> = Period::span(
+            Period::month_of(d(2020, 11, 5)),
+            Period::month_of(d(2021, 2, 1)),
+        )
+        .map(|p| p.to_string())
+        .collect();
         assert_eq!(months, ["2020-11", "2020-12", "2021-01", "2021-02"]);
     }
 
     #[test]
     fn rows_sort_month_before_week_then_by_start() {
-        let mut v = vec![
+        let mut v = [
             Period::week_of(d(2021, 1, 4)),
             Period::month_of(d(2021, 2, 1)),
             Period::week_of(d(2020, 12, 28)),

@@ -135,10 +135,15 @@ fn progress_bar(cfg: &RunConfig) -> Option<indicatif::ProgressBar> {
             InputPath::Stdin => None,
         })
         .sum();
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
 }
@@ -171,7 +176,9 @@ fn read_input(
     let mut read_error = None;
     let parse = |seq: usize, chunk: Chunk| {
         let out = parse_chunk(&chunk, cfg.max_line_bytes);
-        done.lock().unwrap_or_else(|p| p.into_inner()).push((seq, out));
+        done.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((seq, out));
     };
     rayon::scope(|scope| {
         for seq in 0.. {
@@ -274,7 +281,8 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
         .par_iter()
         .fold(Aggregate::default, |mut agg, r| {
             let date = r.time.date();
-            if let (Some(event), Some(user), true) = (r.kind.tracked(), r.user, cfg.in_range(date)) {
+            if let (Some(event), Some(user), true) = (r.kind.tracked(), r.user, cfg.in_range(date))
+            {
                 agg.add(event, date, user);
             }
             agg
@@ -284,8 +292,10 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
     let mut events_by_action: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_action: HashMap<&str, u64> = HashMap::new();
     let (mut out_of_range_events, mut manifest_deletes) = (0, 0);
-    let mut counted_events: BTreeMap<&'static str, u64> =
-        TrackedEvent::ALL.iter().map(|t| (t.metric_name(), 0)).collect();
+    let mut counted_events: BTreeMap<&'static str, u64> = TrackedEvent::ALL
+        .iter()
+        .map(|t| (t.metric_name(), 0))
+        .collect();
     for r in &records {
         *by_action.entry(r.action.as_str()).or_default() += 1;
         if !cfg.in_range(r.time.date()) {
@@ -310,6 +320,10 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
         last_event: records.iter().map(|r| r.time).max(),
         rejects,
         rows: aggregate.into_rows(cfg.precision),
-        repositories: ledger.sorted_paths().into_iter().map(str::to_owned).collect(),
+        repositories: ledger
+            .sorted_paths()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
     }
 }

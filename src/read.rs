@@ -138,7 +138,10 @@ pub struct OpenInput {
 }
 
 /// Opens an input and wraps it in the decoder its magic bytes call for.
-pub fn open_input(input: &InputPath, progress: Option<indicatif::ProgressBar>) -> io::Result<OpenInput> {
+pub fn open_input(
+    input: &InputPath,
+    progress: Option<indicatif::ProgressBar>,
+) -> io::Result<OpenInput> {
     let raw: Box<dyn Read + Send> = match input {
         InputPath::File(p) => Box::new(File::open(p)?),
         InputPath::Stdin => Box::new(io::stdin()),
@@ -180,6 +183,8 @@ pub struct Chunker<R> {
     chunk_bytes: usize,
     max_line_bytes: usize,
     eof: bool,
+    /// A read error, reported once the complete lines before it are handed out.
+    failed: Option<io::Error>,
     /// Decoded bytes taken from `reader` so far.
     pub decoded_bytes: u64,
 }
@@ -194,14 +199,27 @@ impl<R: Read> Chunker<R> {
             chunk_bytes: chunk_bytes.max(1),
             max_line_bytes,
             eof: false,
+            failed: None,
             decoded_bytes: 0,
         }
     }
 
     /// The next chunk, or `None` at the end of the stream.
+    ///
+    /// After a read error (a corrupt or truncated archive) the complete lines read before it
+    /// still come out, so that `--keep-going` loses only what really could not be read; the
+    /// error follows, and the incomplete line it cut is dropped.
     pub fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
         loop {
             let tail_start = memchr::memrchr(b'\n', &self.buf).map_or(0, |p| p + 1);
+            if let Some(e) = self.failed.take() {
+                if tail_start > 0 {
+                    self.failed = Some(e);
+                    return Ok(Some(self.split_at(tail_start)));
+                }
+                self.buf.clear();
+                return Err(e);
+            }
             let tail_len = self.buf.len() - tail_start;
             if tail_len > self.max_line_bytes {
                 if tail_start > 0 {
@@ -218,7 +236,9 @@ impl<R: Read> Chunker<R> {
             if self.buf.len() >= self.chunk_bytes && tail_start > 0 {
                 return Ok(Some(self.split_at(tail_start)));
             }
-            self.fill()?;
+            if let Err(e) = self.fill() {
+                self.failed = Some(e);
+            }
         }
     }
 
@@ -231,7 +251,10 @@ impl<R: Read> Chunker<R> {
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        let want = self.chunk_bytes.saturating_sub(self.buf.len()).max(64 * 1024);
+        let want = self
+            .chunk_bytes
+            .saturating_sub(self.buf.len())
+            .max(64 * 1024);
         let len = self.buf.len();
         self.buf.resize(len + want, 0);
         let n = loop {
@@ -306,7 +329,9 @@ mod tests {
 
     #[test]
     fn chunks_end_at_newlines_and_lose_nothing() {
-        let data: Vec<u8> = (0..1000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let data: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
         for size in [1, 7, 100, 4096, 1 << 20] {
             let chs = chunks(&data, size, 1 << 20);
             assert_eq!(joined(&chs), data, "chunk size {size}");
@@ -333,14 +358,21 @@ mod tests {
         data.extend_from_slice(b"\nafter\n");
         let chs = chunks(&data, 64, 100);
         assert!(joined(&chs) == b"short\n<long>\nafter\n");
-        let Some(Chunk::Overlong { prefix, len }) = chs.iter().find(|c| matches!(c, Chunk::Overlong { .. })) else {
+        let Some(Chunk::Overlong { prefix, len }) =
+            chs.iter().find(|c| matches!(c, Chunk::Overlong { .. }))
+        else {
             panic!("no overlong chunk")
         };
         assert_eq!(*len, 200_000);
         assert_eq!(prefix.len(), REJECT_TEXT_BYTES);
         // An overlong last line without a newline.
         let chs = chunks(&long, 64, 100);
-        assert!(chs == [Chunk::Overlong { prefix: vec![b'x'; REJECT_TEXT_BYTES], len: 200_000 }]);
+        assert!(
+            chs == [Chunk::Overlong {
+                prefix: vec![b'x'; REJECT_TEXT_BYTES],
+                len: 200_000
+            }]
+        );
     }
 
     #[test]
@@ -358,10 +390,41 @@ mod tests {
         assert_eq!(chunks(&data, 10, 100), [Chunk::Lines(data.clone())]);
     }
 
+    /// Yields its bytes, then fails.
+    struct FailingReader(&'static [u8]);
+
+    impl Read for FailingReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated"));
+            }
+            let n = self.0.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn complete_lines_before_a_read_error_come_out_first() {
+        let mut c = Chunker::new(FailingReader(b"one\ntwo\nthr"), 1 << 20, 100);
+        assert_eq!(
+            c.next_chunk().unwrap(),
+            Some(Chunk::Lines(b"one\ntwo\n".to_vec()))
+        );
+        assert_eq!(
+            c.next_chunk().unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+
     #[test]
     fn magic_bytes_pick_the_decoder() {
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::sniff(b"{\"events\""), Compression::Plain);
         assert_eq!(Compression::sniff(b""), Compression::Plain);
     }
@@ -415,7 +478,9 @@ mod tests {
             .collect();
         // `d/b/...` found through the folder and `d//b/...`-free: paths come out as joined.
         assert!(names.contains(&"/a.gz".to_owned()));
-        assert!(names.iter().all(|n| !n.contains(".hidden") && !n.contains(".git")));
+        assert!(names
+            .iter()
+            .all(|n| !n.contains(".hidden") && !n.contains(".git")));
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);

@@ -124,7 +124,9 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
             out.rejects.push(Reject {
                 line: 1,
                 index: None,
-                reason: format!("line is {len} bytes, longer than --max-line-bytes {max_line_bytes}"),
+                reason: format!(
+                    "line is {len} bytes, longer than --max-line-bytes {max_line_bytes}"
+                ),
                 text: cut_text(prefix),
             });
         }
@@ -138,7 +140,14 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
                 let line_no = out.counts.lines;
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 if line.len() > max_line_bytes {
-                    out.malformed(line_no, line, format!("line is {} bytes, longer than --max-line-bytes {max_line_bytes}", line.len()));
+                    out.malformed(
+                        line_no,
+                        line,
+                        format!(
+                            "line is {} bytes, longer than --max-line-bytes {max_line_bytes}",
+                            line.len()
+                        ),
+                    );
                     continue;
                 }
                 match parse_line(line) {
@@ -150,9 +159,12 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
                             let index = Some(u32::try_from(i).unwrap_or(u32::MAX));
                             match element {
                                 Element::Event(event) => out.event(line_no, line, index, event),
-                                Element::NotObject => {
-                                    out.invalid(line_no, line, index, "event is not a JSON object".into())
-                                }
+                                Element::NotObject => out.invalid(
+                                    line_no,
+                                    line,
+                                    index,
+                                    "event is not a JSON object".into(),
+                                ),
                             }
                         }
                     }
@@ -247,7 +259,8 @@ mod tests {
                 events_seen: 3,
             }
         );
-        let where_: Vec<(u64, Option<u32>)> = out.rejects.iter().map(|r| (r.line, r.index)).collect();
+        let where_: Vec<(u64, Option<u32>)> =
+            out.rejects.iter().map(|r| (r.line, r.index)).collect();
         assert_eq!(where_, [(4, None), (5, Some(1)), (5, Some(2))]);
         assert_eq!(out.rejects[0].text, "not json");
         assert_eq!(out.events.len(), 3);
@@ -269,8 +282,16 @@ mod tests {
     fn overlong_lines_are_malformed() {
         let out = parse_chunk(&Chunk::Lines(format!("{EV}\n").into_bytes()), 10);
         assert_eq!(out.counts.malformed_lines, 1);
-        assert!(out.rejects[0].reason.contains("longer than --max-line-bytes 10"));
-        let out = parse_chunk(&Chunk::Overlong { prefix: b"{\"a".to_vec(), len: 99 }, 10);
+        assert!(out.rejects[0]
+            .reason
+            .contains("longer than --max-line-bytes 10"));
+        let out = parse_chunk(
+            &Chunk::Overlong {
+                prefix: b"{\"a".to_vec(),
+                len: 99,
+            },
+            10,
+        );
         assert_eq!((out.counts.lines, out.counts.malformed_lines), (1, 1));
     }
 

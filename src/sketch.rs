@@ -70,7 +70,9 @@ impl BuildHasher for PassThroughBuildHasher {
 pub enum SketchError {
     #[error("sketch is empty")]
     Empty,
-    #[error("sketch format version {0} is not known to this release (it reads {SKETCH_FORMAT_VERSION})")]
+    #[error(
+        "sketch format version {0} is not known to this release (it reads {SKETCH_FORMAT_VERSION})"
+    )]
     Version(u8),
     #[error("sketch bytes are corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
@@ -135,7 +137,9 @@ impl UserSketch {
         let (&precision, body) = rest.split_first().ok_or(SketchError::Empty)?;
         let hll: HyperLogLogPlus<u64, PassThroughBuildHasher> = serde_json::from_slice(body)?;
         // The stored precision must be the one the crate's own state was built with.
-        if !PRECISION_RANGE.contains(&precision) || UserSketch::new(precision).hll.merge(&hll).is_err() {
+        if !PRECISION_RANGE.contains(&precision)
+            || UserSketch::new(precision).hll.merge(&hll).is_err()
+        {
             return Err(SketchError::BadPrecision(precision));
         }
         Ok(UserSketch { precision, hll })
@@ -207,7 +211,10 @@ mod tests {
         let mut back = UserSketch::from_bytes(&bytes).unwrap();
         assert_eq!(back.precision(), 10);
         assert_eq!(back.estimate(), fwd.estimate());
-        assert!(matches!(UserSketch::from_bytes(&[9, b'{']), Err(SketchError::Version(9))));
+        assert!(matches!(
+            UserSketch::from_bytes(&[9, b'{']),
+            Err(SketchError::Version(9))
+        ));
         assert!(UserSketch::from_bytes(&[1, 10, b'{']).is_err());
         let mut wrong_precision = bytes.clone();
         wrong_precision[1] = 12;

@@ -109,7 +109,8 @@ pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
         _ => return Err(TimestampError::Shape),
     };
 
-    let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or(TimestampError::OutOfRange)?;
+    let date =
+        NaiveDate::from_ymd_opt(year as i32, month, day).ok_or(TimestampError::OutOfRange)?;
     let time = if second == 60 {
         // chrono spells a leap second as second 59 with nanoseconds past one billion.
         NaiveTime::from_hms_nano_opt(hour, minute, 59, 1_000_000_000 + nanos)
@@ -159,7 +160,10 @@ mod tests {
 
     #[test]
     fn seed_example_converts_to_utc() {
-        assert_eq!(utc("2023-01-25T14:45:54.17327+11:00"), "2023-01-25T03:45:54.173270Z");
+        assert_eq!(
+            utc("2023-01-25T14:45:54.17327+11:00"),
+            "2023-01-25T03:45:54.173270Z"
+        );
     }
 
     #[test]

@@ -39,18 +39,31 @@ fn days(date: NaiveDate) -> i32 {
 }
 
 /// Writes the rows (already sorted) as one Parquet file.
-pub fn write_aggregates<W: Write + Send>(rows: &mut [MetricRow], meta: &AggregatesMetadata, w: W) -> Result<()> {
+pub fn write_aggregates<W: Write + Send>(
+    rows: &mut [MetricRow],
+    meta: &AggregatesMetadata,
+    w: W,
+) -> Result<()> {
     let schema = Arc::new(schema());
     let sketches: Vec<Vec<u8>> = rows.iter_mut().map(|r| r.sketch.to_bytes()).collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.metric))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.period.kind.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.period.to_string()))),
-        Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| days(r.period.start)))),
-        Arc::new(Date32Array::from_iter_values(
-            rows.iter().map(|r| days(r.period.end().unwrap_or(r.period.start))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.period.kind.as_str()),
         )),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.unique_users))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.period.to_string()),
+        )),
+        Arc::new(Date32Array::from_iter_values(
+            rows.iter().map(|r| days(r.period.start)),
+        )),
+        Arc::new(Date32Array::from_iter_values(
+            rows.iter()
+                .map(|r| days(r.period.end().unwrap_or(r.period.start))),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.unique_users),
+        )),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.events))),
         Arc::new(BinaryArray::from_iter_values(sketches.iter())),
     ];
@@ -59,7 +72,10 @@ pub fn write_aggregates<W: Write + Send>(rows: &mut [MetricRow], meta: &Aggregat
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_key_value_metadata(Some(vec![
-            kv("regtally.version", Some(env!("CARGO_PKG_VERSION").to_owned())),
+            kv(
+                "regtally.version",
+                Some(env!("CARGO_PKG_VERSION").to_owned()),
+            ),
             kv("regtally.precision", Some(meta.precision.to_string())),
             kv("regtally.hash", Some(HASH_NAME.to_owned())),
             kv("regtally.sketch_format", Some(SKETCH_FORMAT.to_owned())),

@@ -34,10 +34,15 @@ impl StagedOutputs {
     }
 
     /// Writes one file under a temporary name and syncs it to disk.
-    pub fn stage(&mut self, name: &str, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    pub fn stage(
+        &mut self,
+        name: &str,
+        write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+    ) -> Result<()> {
         let final_path = self.dir.join(name);
         let temp_path = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let file = File::create(&temp_path).with_context(|| format!("cannot create {}", temp_path.display()))?;
+        let file = File::create(&temp_path)
+            .with_context(|| format!("cannot create {}", temp_path.display()))?;
         self.staged.push((temp_path.clone(), final_path));
         let mut w = BufWriter::with_capacity(1 << 20, file);
         write(&mut w).with_context(|| format!("cannot write {}", temp_path.display()))?;
@@ -45,14 +50,17 @@ impl StagedOutputs {
             .into_inner()
             .map_err(io::IntoInnerError::into_error)
             .with_context(|| format!("cannot write {}", temp_path.display()))?;
-        file.sync_all().with_context(|| format!("cannot sync {}", temp_path.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot sync {}", temp_path.display()))?;
         Ok(())
     }
 
     /// Renames every staged file into place, then syncs the folder.
     pub fn commit(mut self) -> Result<()> {
         for (temp, fin) in std::mem::take(&mut self.staged) {
-            fs::rename(&temp, &fin).with_context(|| format!("cannot rename {} to {}", temp.display(), fin.display()))?;
+            fs::rename(&temp, &fin).with_context(|| {
+                format!("cannot rename {} to {}", temp.display(), fin.display())
+            })?;
         }
         // Make the renames durable; not every platform can open a folder, so this is best effort.
         if let Ok(d) = File::open(&self.dir) {
@@ -72,9 +80,11 @@ impl Drop for StagedOutputs {
 
 /// Checks before any log is read that the output folder exists (creating it) and is writable.
 pub fn check_output_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
     let probe = dir.join(format!(".regtally-probe-{}", std::process::id()));
-    File::create(&probe).with_context(|| format!("output folder {} is not writable", dir.display()))?;
+    File::create(&probe)
+        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
     fs::remove_file(&probe).with_context(|| format!("cannot clean up {}", probe.display()))?;
     Ok(())
 }

@@ -130,10 +130,25 @@ mod tests {
     fn frames_end_at_the_as_of_weeks_monday() {
         // 2023-02-01 is a Wednesday; its week starts Monday 2023-01-30.
         let f = TimeFrames::for_date(d(2023, 2, 1));
-        assert_eq!(f.weekly, DateRange { start: d(2023, 1, 23), end: d(2023, 1, 30) });
-        assert_eq!(f.monthly, DateRange { start: d(2023, 1, 2), end: d(2023, 1, 30) });
+        assert_eq!(
+            f.weekly,
+            DateRange {
+                start: d(2023, 1, 23),
+                end: d(2023, 1, 30)
+            }
+        );
+        assert_eq!(
+            f.monthly,
+            DateRange {
+                start: d(2023, 1, 2),
+                end: d(2023, 1, 30)
+            }
+        );
         // On a Monday the week just ended is the weekly frame.
-        assert_eq!(TimeFrames::for_date(d(2023, 1, 30)).weekly.start, d(2023, 1, 23));
+        assert_eq!(
+            TimeFrames::for_date(d(2023, 1, 30)).weekly.start,
+            d(2023, 1, 23)
+        );
     }
 
     #[test]
@@ -155,9 +170,16 @@ mod tests {
         assert_eq!(json["as_of"], "2023-02-01");
         assert_eq!(json["time_frames"]["monthly"]["start"], "2023-01-02");
         assert_eq!(
-            json["redis_hll_counters"]["user_container_registry"]["user_container_registry_total_unique_counts_weekly"],
+            json["redis_hll_counters"]["user_container_registry"]
+                ["user_container_registry_total_unique_counts_weekly"],
             1
         );
-        assert_eq!(json["redis_hll_counters"]["user_container_registry"].as_object().unwrap().len(), 12);
+        assert_eq!(
+            json["redis_hll_counters"]["user_container_registry"]
+                .as_object()
+                .unwrap()
+                .len(),
+            12
+        );
     }
 }

@@ -51,7 +51,12 @@ struct Summary<'a> {
 }
 
 /// Writes `summary.json`.
-pub fn write_summary<W: Write>(tally: &Tally, flags: &RunFlags, elapsed_seconds: f64, w: &mut W) -> anyhow::Result<()> {
+pub fn write_summary<W: Write>(
+    tally: &Tally,
+    flags: &RunFlags,
+    elapsed_seconds: f64,
+    w: &mut W,
+) -> anyhow::Result<()> {
     let c = &tally.counts;
     let summary = Summary {
         tool: format!("regtally {}", env!("CARGO_PKG_VERSION")),
@@ -71,7 +76,10 @@ pub fn write_summary<W: Write>(tally: &Tally, flags: &RunFlags, elapsed_seconds:
         bad_ratio: tally.bad_ratio(),
         repositories: tally.repositories.len(),
         inputs: &tally.inputs,
-        failures: tally.failures().map(|(file, error)| Failure { file, error }).collect(),
+        failures: tally
+            .failures()
+            .map(|(file, error)| Failure { file, error })
+            .collect(),
         elapsed_seconds,
     };
     serde_json::to_writer_pretty(&mut *w, &summary)?;
@@ -83,7 +91,13 @@ pub fn write_summary<W: Write>(tally: &Tally, flags: &RunFlags, elapsed_seconds:
 pub fn print_human<W: Write>(tally: &Tally, ping: &ServicePing, w: &mut W) -> io::Result<()> {
     let c = &tally.counts;
     let bytes: u64 = tally.inputs.iter().map(|i| i.bytes).sum();
-    writeln!(w, "inputs: {} ({} bytes), lines: {}", tally.inputs.len(), bytes, c.lines)?;
+    writeln!(
+        w,
+        "inputs: {} ({} bytes), lines: {}",
+        tally.inputs.len(),
+        bytes,
+        c.lines
+    )?;
     writeln!(
         w,
         "events: {} valid, {} duplicate, {} out of range; rejects: {} malformed lines, {} invalid events",
@@ -98,7 +112,11 @@ pub fn print_human<W: Write>(tally: &Tally, ping: &ServicePing, w: &mut W) -> io
         f.monthly.start,
         f.monthly.end.pred_opt().unwrap_or(f.monthly.end)
     )?;
-    let short = |m: &str| m.trim_start_matches("i_container_registry_").trim_end_matches("_user").to_owned();
+    let short = |m: &str| {
+        m.trim_start_matches("i_container_registry_")
+            .trim_end_matches("_user")
+            .to_owned()
+    };
     let names = TrackedEvent::ALL
         .iter()
         .map(|t| (t.metric_name(), short(t.metric_name())))

@@ -1,0 +1,296 @@
+//! Helpers shared by the integration tests: run the built binary, build log lines, read outputs.
+#![allow(dead_code)]
+
+use arrow_array::{Array, BinaryArray, Date32Array, Int64Array, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{json, Value};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// What a run of the binary did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `regtally` with `args` and no standard input.
+pub fn regtally(args: &[&str]) -> Run {
+    regtally_stdin(args, None)
+}
+
+/// Runs `regtally` with `args`, feeding `stdin` when given.
+pub fn regtally_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regtally"));
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("the binary runs");
+    if let Some(bytes) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    Run {
+        code: status.code().expect("exited, not killed by a signal"),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A temporary folder with `logs/` for inputs and `out/` for outputs.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn s(&self, rel: &str) -> String {
+        self.path(rel).to_string_lossy().into_owned()
+    }
+
+    /// Writes `bytes` to `rel`, creating folders.
+    pub fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// Writes lines joined by `\n` with a final newline.
+    pub fn write_lines(&self, rel: &str, lines: &[String]) -> PathBuf {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        self.write(rel, text)
+    }
+
+    /// Runs `regtally run <inputs> -o <out> --as-of 2021-02-01 <extra>`.
+    pub fn run(&self, inputs: &[&str], out: &str, extra: &[&str]) -> Run {
+        let out = self.s(out);
+        let mut args = vec!["run"];
+        let inputs: Vec<String> = inputs
+            .iter()
+            .map(|i| if *i == "-" { "-".to_owned() } else { self.s(i) })
+            .collect();
+        args.extend(inputs.iter().map(String::as_str));
+        args.extend(["-o", &out, "--as-of", "2021-02-01", "-q"]);
+        args.extend(extra);
+        regtally(&args)
+    }
+
+    pub fn json(&self, rel: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.path(rel)).unwrap()).unwrap()
+    }
+
+    pub fn text(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+
+    pub fn rejects(&self, out: &str) -> Vec<Value> {
+        self.text(&format!("{out}/rejects.jsonl"))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn rows(&self, out: &str) -> Vec<Row> {
+        read_rows(&self.path(&format!("{out}/aggregates.parquet")))
+    }
+}
+
+/// One event's fields, for building log lines.
+#[derive(Clone, Debug)]
+pub struct Ev {
+    pub id: String,
+    pub timestamp: String,
+    pub action: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub actor: Option<(String, String)>,
+}
+
+impl Ev {
+    /// An event by a personal-access-token user.
+    pub fn new(id: &str, timestamp: &str, action: &str, repository: &str, user: &str) -> Ev {
+        Ev {
+            id: id.into(),
+            timestamp: timestamp.into(),
+            action: action.into(),
+            repository: repository.into(),
+            tag: None,
+            digest: Some(format!("sha256:{:064x}", id.len())),
+            actor: Some((user.into(), "personal_access_token".into())),
+        }
+    }
+
+    pub fn tag(mut self, tag: &str) -> Ev {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    pub fn no_digest(mut self) -> Ev {
+        self.digest = None;
+        self
+    }
+
+    pub fn actor(mut self, name: &str, user_type: &str) -> Ev {
+        self.actor = Some((name.into(), user_type.into()));
+        self
+    }
+
+    pub fn no_actor(mut self) -> Ev {
+        self.actor = None;
+        self
+    }
+
+    pub fn value(&self) -> Value {
+        let mut target = json!({
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "size": 528,
+            "repository": self.repository,
+        });
+        if let Some(t) = &self.tag {
+            target["tag"] = json!(t);
+        }
+        if let Some(d) = &self.digest {
+            target["digest"] = json!(d);
+        }
+        let mut v = json!({
+            "id": self.id,
+            "timestamp": self.timestamp,
+            "action": self.action,
+            "target": target,
+            "request": {"id": "r", "method": "PUT", "useragent": "docker/20.10.18"},
+            "source": {"addr": "registry:5000"},
+        });
+        if let Some((name, ty)) = &self.actor {
+            v["actor"] = json!({"name": name, "user_type": ty});
+        }
+        v
+    }
+
+    /// This event as a single-event line.
+    pub fn line(&self) -> String {
+        self.value().to_string()
+    }
+}
+
+/// An envelope line holding `events`.
+pub fn envelope(events: &[Ev]) -> String {
+    json!({"events": events.iter().map(Ev::value).collect::<Vec<_>>()}).to_string()
+}
+
+/// One row of `aggregates.parquet`, typed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub event_name: String,
+    pub period_kind: String,
+    pub period: String,
+    pub period_start: i32,
+    pub period_end: i32,
+    pub unique_users: i64,
+    pub events: i64,
+    pub sketch: Vec<u8>,
+}
+
+/// Reads every row of an aggregates file with the parquet crate.
+pub fn read_rows(path: &Path) -> Vec<Row> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let s = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone()
+        };
+        let d = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<Date32Array>()
+                .unwrap()
+                .clone()
+        };
+        let n = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .clone()
+        };
+        let (name, kind, period) = (s(0), s(1), s(2));
+        let (start, end) = (d(3), d(4));
+        let (users, events) = (n(5), n(6));
+        let sketch = b
+            .column(7)
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .unwrap()
+            .clone();
+        for i in 0..b.num_rows() {
+            assert!(!name.is_null(i) && !sketch.is_null(i));
+            rows.push(Row {
+                event_name: name.value(i).into(),
+                period_kind: kind.value(i).into(),
+                period: period.value(i).into(),
+                period_start: start.value(i),
+                period_end: end.value(i),
+                unique_users: users.value(i),
+                events: events.value(i),
+                sketch: sketch.value(i).to_vec(),
+            });
+        }
+    }
+    rows
+}
+
+/// The row of one metric and period label.
+pub fn row<'a>(rows: &'a [Row], event_name: &str, period: &str) -> &'a Row {
+    rows.iter()
+        .find(|r| r.event_name == event_name && r.period == period)
+        .unwrap_or_else(|| panic!("no row {event_name} {period}"))
+}
+
+/// `(unique_users, events)` of one metric and period.
+pub fn cell(rows: &[Row], event: &str, period: &str) -> (i64, i64) {
+    let name = if event == "total" {
+        "user_container_registry_total".to_owned()
+    } else {
+        format!("i_container_registry_{event}_user")
+    };
+    let r = row(rows, &name, period);
+    (r.unique_users, r.events)
+}
+
+/// Compresses with gzip.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
