@@ -178,7 +178,12 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
     if is_blank(line) {
         return ParsedLine::Blank;
     }
-    let mut de = serde_json::Deserializer::from_slice(line);
+    // One UTF-8 check of the whole line (fast on ASCII) lets serde_json borrow every string
+    // without checking each again; invalid UTF-8 anywhere makes the line malformed either way.
+    let Ok(text) = std::str::from_utf8(line) else {
+        return ParsedLine::Malformed("line is not valid UTF-8".into());
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let parsed = match TopLevel::deserialize(&mut de).and_then(|t| de.end().map(|()| t)) {
         Ok(t) => t,
         Err(e) => return ParsedLine::Malformed(format!("invalid JSON: {e}")),

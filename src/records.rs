@@ -135,7 +135,13 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
             if data.is_empty() {
                 return out;
             }
-            for line in body.split(|&b| b == b'\n') {
+            // memchr finds newlines many bytes at a time; a byte loop here was a quarter of
+            // the whole run's time.
+            let mut start = 0;
+            let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+            for end in ends {
+                let line = &body[start..end];
+                start = end + 1;
                 out.counts.lines += 1;
                 let line_no = out.counts.lines;
                 let line = line.strip_suffix(b"\r").unwrap_or(line);

@@ -1,0 +1,167 @@
+//! Writes synthetic, realistic registry notification logs for the benchmark.
+//!
+//! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N]`: EVENTS events over FILES
+//! files, about 1 KB a line, one event a line (or envelopes of 1 to 5 events), plain or gzip.
+//! Actions: 70% pull, 22% push, 5% delete, 3% mount; 20,000 users and 30,000 repositories; a
+//! year of timestamps; 1% redeliveries. Deterministic for a seed.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const USERS: u64 = 20_000;
+const REPOS: u64 = 30_000;
+
+fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
+    let roll = rng.below(100);
+    let action = match roll {
+        0..=69 => "pull",
+        70..=91 => "push",
+        92..=96 => "delete",
+        _ => "mount",
+    };
+    let user = rng.below(USERS);
+    let repo = rng.below(REPOS);
+    let secs = 1_672_531_200 + rng.below(365 * 86_400); // 2023
+    let nanos = rng.below(1_000_000_000);
+    let ts = chrono::DateTime::from_timestamp(secs as i64, nanos as u32)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.9fZ");
+    let digest = format!(
+        "sha256:{:016x}{:016x}{:016x}{:016x}",
+        rng.next(),
+        rng.next(),
+        rng.next(),
+        rng.next()
+    );
+    let tag = match (action, rng.below(10)) {
+        ("push" | "pull", 0..=5) | ("delete", 0..=3) => format!(
+            ",\"tag\":\"v{}.{}.{}\"",
+            rng.below(5),
+            rng.below(20),
+            rng.below(100)
+        ),
+        _ => String::new(),
+    };
+    let (name, user_type) = match rng.below(20) {
+        0 => (
+            format!("gitlab+deploy-token-{}", user % 500),
+            "deploy_token",
+        ),
+        1..=6 => (format!("project_{}_bot", repo % 2000), "build"),
+        7..=8 => (format!("User{user}"), "gitlab_or_ldap"),
+        _ => (format!("user{user}"), "personal_access_token"),
+    };
+    let group = repo % 997;
+    write!(
+        out,
+        concat!(
+            r#"{{"id":"{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}","timestamp":"{}","action":"{}","#,
+            r#""target":{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":{},"digest":"{}","length":{},"#,
+            r#""repository":"group-{}/project-{}","url":"https://registry.example.com/v2/group-{}/project-{}/manifests/{}"{}}},"#,
+            r#""request":{{"id":"{:08x}-{:04x}-{:04x}-{:04x}-{:012x}","addr":"10.{}.{}.{}:{}","host":"registry.example.com","method":"{}","#,
+            r#""useragent":"docker/24.0.7 go/go1.20.10 git-commit/311b9ff kernel/6.1.0-13-amd64 os/linux arch/amd64 UpstreamClient(Docker-Client/24.0.7 \\(linux\\))"}},"#,
+            r#""actor":{{"name":"{}","user_type":"{}"}},"#,
+            r#""source":{{"addr":"registry-{}:5000","instanceID":"{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}"}}}}"#
+        ),
+        n >> 32, (n >> 16) & 0xffff, n & 0xfff, (n >> 12) & 0xfff, rng.below(1 << 48),
+        ts, action,
+        500 + rng.below(5000), digest, 500 + rng.below(5000),
+        group, repo, group, repo, digest, tag,
+        rng.next() as u32, rng.below(1 << 16), rng.below(1 << 16), rng.below(1 << 16), rng.below(1 << 48),
+        rng.below(256), rng.below(256), rng.below(256), 30_000 + rng.below(30_000),
+        if action == "pull" { "GET" } else if action == "delete" { "DELETE" } else { "PUT" },
+        name, user_type,
+        rng.below(8), rng.next() as u32, rng.below(1 << 16), rng.below(1 << 12), rng.below(1 << 12), rng.below(1 << 48),
+    )
+    .unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 3 {
+        eprintln!("usage: gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N]");
+        std::process::exit(2);
+    }
+    let dir = PathBuf::from(&args[0]);
+    let events: u64 = args[1].parse().expect("EVENTS is a number");
+    let files: u64 = args[2].parse().expect("FILES is a number");
+    let envelopes = args.iter().any(|a| a == "--envelopes");
+    let gzip = args.iter().any(|a| a == "--gzip");
+    let seed = args
+        .iter()
+        .position(|a| a == "--seed")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1u64);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let per_file = events.div_ceil(files.max(1));
+    let mut n = 0u64;
+    let mut recent: Vec<Vec<u8>> = Vec::new();
+    for f in 0..files {
+        let name = dir.join(format!(
+            "registry-{f:05}.log{}",
+            if gzip { ".gz" } else { "" }
+        ));
+        let file = BufWriter::with_capacity(1 << 20, File::create(&name).unwrap());
+        let mut w: Box<dyn Write> = if gzip {
+            Box::new(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::new(6),
+            ))
+        } else {
+            Box::new(file)
+        };
+        let mut written = 0;
+        let mut line = Vec::with_capacity(8192);
+        while written < per_file && n < events {
+            line.clear();
+            let k = if envelopes { 1 + rng.below(5) } else { 1 };
+            if envelopes {
+                line.extend_from_slice(b"{\"events\":[");
+            }
+            for i in 0..k.min(per_file - written) {
+                if i > 0 {
+                    line.push(b',');
+                }
+                let mut ev = Vec::with_capacity(1200);
+                if !recent.is_empty() && rng.below(100) == 0 {
+                    ev = recent[rng.below(recent.len() as u64) as usize].clone();
+                // a redelivery
+                } else {
+                    event(&mut rng, n, &mut ev);
+                    if recent.len() < 1000 {
+                        recent.push(ev.clone());
+                    } else {
+                        let slot = rng.below(1000) as usize;
+                        recent[slot] = ev.clone();
+                    }
+                }
+                line.extend_from_slice(&ev);
+                written += 1;
+                n += 1;
+            }
+            if envelopes {
+                line.extend_from_slice(b"]}");
+            }
+            line.push(b'\n');
+            w.write_all(&line).unwrap();
+        }
+        w.flush().unwrap();
+    }
+}
