@@ -119,9 +119,7 @@ impl RunPlan {
         if inputs.is_empty() {
             return usage("no input found: the folders given hold no files");
         }
-        if inputs.iter().filter(|i| **i == InputPath::Stdin).count() > 0
-            && std::io::stdin().is_terminal()
-        {
+        if inputs.contains(&InputPath::Stdin) && std::io::stdin().is_terminal() {
             return usage("- reads standard input, but standard input is a terminal");
         }
         let known_repositories = match &args.known_repositories {
