@@ -1,6 +1,8 @@
 //! The repository ledger: which repositories exist, replayed along event time (SPEC §6).
 
+use crate::sketch::PassThroughHasher;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 /// The hash that stands for a repository path inside the run (xxh3-128 of its bytes).
 pub fn repository_key(path: &str) -> u128 {
@@ -13,9 +15,12 @@ pub fn repository_key(path: &str) -> u128 {
 /// naming one repository need not each carry its path.
 #[derive(Debug, Default)]
 pub struct RepositoryLedger {
-    existing: HashSet<u128>,
-    paths: HashMap<u128, Box<str>>,
+    existing: HashSet<u128, KeyHasher>,
+    paths: HashMap<u128, Box<str>, KeyHasher>,
 }
+
+/// The keys are already hashes: use them as they are.
+type KeyHasher = BuildHasherDefault<PassThroughHasher>;
 
 impl RepositoryLedger {
     /// A ledger seeded with `known` paths (blank lines of the seed file are left out by the caller).
@@ -30,8 +35,8 @@ impl RepositoryLedger {
     }
 
     /// Records the path behind a key, so that it can be written out later.
-    pub fn learn_path(&mut self, key: u128, path: &str) {
-        self.paths.entry(key).or_insert_with(|| path.into());
+    pub fn learn_path(&mut self, key: u128, path: Box<str>) {
+        self.paths.entry(key).or_insert(path);
     }
 
     /// Applies a push; returns whether the repository existed before it.
@@ -69,7 +74,7 @@ mod tests {
     fn push_creates_then_pushes_and_delete_resets() {
         let mut l = RepositoryLedger::seeded(["group/known"]);
         let a = repository_key("group/a");
-        l.learn_path(a, "group/a");
+        l.learn_path(a, "group/a".into());
         assert!(!l.push(a), "first push creates");
         assert!(l.push(a), "second push finds it");
         l.delete(a);

@@ -9,8 +9,8 @@
 use crate::aggregate::{Aggregate, MetricRow};
 use crate::classify::{EventKind, TrackedEvent};
 use crate::ledger::RepositoryLedger;
-use crate::read::{open_input, Chunk, Chunker, Compression, InputPath};
-use crate::records::{parse_chunk, ChunkOutput, EventRecord, LineCounts, Reject};
+use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath};
+use crate::records::{parse_chunk, Action, ChunkOutput, EventRecord, LineCounts, Reject};
 use crate::sketch::PassThroughHasher;
 use crate::timestamp::Timestamp;
 use chrono::NaiveDate;
@@ -162,7 +162,7 @@ fn read_input(
         lines: 0,
         error: None,
     };
-    let opened = match open_input(input, progress) {
+    let opened = match open_input(input, progress.clone()) {
         Ok(o) => o,
         Err(e) => {
             report.error = Some(format!("cannot open: {e}"));
@@ -170,19 +170,33 @@ fn read_input(
         }
     };
     report.compression = Some(opened.compression);
-    let mut chunker = Chunker::new(opened.stream, cfg.chunk_bytes, cfg.max_line_bytes);
+    let pool = BufferPool::default();
+    let mut chunker = Chunker::with_pool(
+        opened.stream,
+        cfg.chunk_bytes,
+        cfg.max_line_bytes,
+        pool.clone(),
+    );
     let done: Mutex<Vec<(usize, ChunkOutput)>> = Mutex::new(Vec::new());
     let in_flight = AtomicUsize::new(0);
     let mut read_error = None;
     let parse = |seq: usize, chunk: Chunk| {
         let out = parse_chunk(&chunk, cfg.max_line_bytes);
+        if let Chunk::Lines(buf) = chunk {
+            pool.give(buf);
+        }
         done.lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((seq, out));
     };
     rayon::scope(|scope| {
         for seq in 0.. {
-            match chunker.next_chunk() {
+            let before = chunker.decoded_bytes;
+            let next = chunker.next_chunk();
+            if let (Some(p), None) = (&progress, &opened.raw_bytes) {
+                p.inc(chunker.decoded_bytes - before);
+            }
+            match next {
                 Ok(Some(chunk)) if in_flight.load(Ordering::Acquire) < CHUNKS_IN_FLIGHT => {
                     in_flight.fetch_add(1, Ordering::AcqRel);
                     let (parse, in_flight) = (&parse, &in_flight);
@@ -207,8 +221,11 @@ fn read_input(
         c.offset_lines(report.lines);
         report.lines += c.counts.lines;
     }
-    report.bytes = opened.raw_bytes.load(Ordering::Relaxed);
     report.decoded_bytes = chunker.decoded_bytes;
+    report.bytes = match &opened.raw_bytes {
+        Some(raw) => raw.load(Ordering::Relaxed),
+        None => report.decoded_bytes,
+    };
     if let Some(e) = read_error {
         report.error = Some(format!(
             "read failed at line {} (decoded byte {}, file byte {}): {e}",
@@ -222,45 +239,102 @@ fn read_input(
 
 type KeySet = HashSet<u128, BuildHasherDefault<PassThroughHasher>>;
 
+/// Counts of de-duplicated events that the summary reports, folded beside the [`Aggregate`].
+#[derive(Clone, Debug, Default)]
+struct EventCounts {
+    out_of_range: u64,
+    manifest_deletes: u64,
+    by_action: HashMap<Action, u64>,
+    counted: [u64; TrackedEvent::ALL.len()],
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+}
+
+impl EventCounts {
+    fn merge(mut self, o: EventCounts) -> EventCounts {
+        self.out_of_range += o.out_of_range;
+        self.manifest_deletes += o.manifest_deletes;
+        for (action, n) in o.by_action {
+            *self.by_action.entry(action).or_default() += n;
+        }
+        for (a, b) in self.counted.iter_mut().zip(o.counted) {
+            *a += b;
+        }
+        self.first = self.first.into_iter().chain(o.first).min();
+        self.last = self.last.into_iter().chain(o.last).max();
+        self
+    }
+}
+
 /// Pass two: de-duplication, the ledger and aggregation over the records of every input.
+///
+/// Records stay in their chunks' vectors (input order is chunk order, then position); copying
+/// them into one vector cost a tenth of a run.
 fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
     let mut counts = LineCounts::default();
     let mut inputs = Vec::with_capacity(read.len());
     let mut rejects = Vec::new();
-    let mut records: Vec<EventRecord> = Vec::new();
+    let mut chunks: Vec<Vec<EventRecord>> = Vec::new();
     let mut ledger = RepositoryLedger::seeded(cfg.known_repositories.iter().map(String::as_str));
-    for (report, chunks) in read {
-        for chunk in chunks {
+    for (report, outputs) in read {
+        for chunk in outputs {
             counts.merge(&chunk.counts);
             rejects.extend(chunk.rejects.into_iter().map(|reject| FileReject {
                 file: report.path.clone(),
                 reject,
             }));
-            records.extend(chunk.events);
+            chunks.push(chunk.events);
             for (key, path) in chunk.pushed_paths {
-                ledger.learn_path(key, &path);
+                ledger.learn_path(key, path);
             }
         }
         inputs.push(report);
     }
 
-    // SPEC §3: the first delivery in input order counts.
-    let seen_total = records.len() as u64;
-    let mut seen_ids = KeySet::with_capacity_and_hasher(records.len(), Default::default());
-    records.retain(|r| seen_ids.insert(r.id_key));
-    drop(seen_ids);
-    let duplicate_events = seen_total - records.len() as u64;
+    // SPEC §3: the first delivery in input order counts. Ids are split into shards by hash,
+    // each shard walked in input order on its own thread.
+    let shards = rayon::current_num_threads().clamp(1, 64) as u128;
+    let firsts: Vec<Vec<(u32, u32)>> = (0..shards)
+        .into_par_iter()
+        .map(|shard| {
+            let mut seen = KeySet::default();
+            let mut later = Vec::new();
+            for (c, records) in chunks.iter().enumerate() {
+                for (i, r) in records.iter().enumerate() {
+                    if r.id_key % shards == shard && !seen.insert(r.id_key) {
+                        later.push((c as u32, i as u32));
+                    }
+                }
+            }
+            later
+        })
+        .collect();
+    let mut duplicate_events = 0;
+    for (c, i) in firsts.into_iter().flatten() {
+        chunks[c as usize][i as usize].duplicate = true;
+        duplicate_events += 1;
+    }
 
     // SPEC §6: replay pushes and repository deletes in (UTC time, id) order.
-    let mut order: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].ledger_id.is_some())
+    let mut order: Vec<(Timestamp, u32, u32)> = chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(c, records)| {
+            records
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.duplicate && r.ledger_id.is_some())
+                .map(move |(i, r)| (r.time, c as u32, i as u32))
+        })
         .collect();
-    order.sort_unstable_by(|&a, &b| {
-        let (a, b) = (&records[a], &records[b]);
-        (a.time, &a.ledger_id).cmp(&(b.time, &b.ledger_id))
+    // Times are in the sort keys themselves; ids are looked up only for ties.
+    let id_of = |c: u32, i: u32| chunks[c as usize][i as usize].ledger_id.as_deref();
+    order.par_sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| id_of(a.1, a.2).cmp(&id_of(b.1, b.2)))
     });
-    for i in order {
-        let r = &mut records[i];
+    for (_, c, i) in order {
+        let r = &mut chunks[c as usize][i as usize];
         match r.kind {
             EventKind::DeleteRepository => ledger.delete(r.repository),
             EventKind::RepositoryPush => {
@@ -277,47 +351,50 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
         }
     }
 
-    let aggregate = records
+    // The accumulator is boxed: moved by value through every step of the fold, the two
+    // structs cost a memmove per event.
+    let both = chunks
         .par_iter()
-        .fold(Aggregate::default, |mut agg, r| {
+        .flat_map_iter(|records| records.iter().filter(|r| !r.duplicate))
+        .fold(Box::<(Aggregate, EventCounts)>::default, |mut acc, r| {
+            let (agg, n) = &mut *acc;
+            *n.by_action.entry(r.action.clone()).or_default() += 1;
+            n.first = Some(n.first.map_or(r.time, |t| t.min(r.time)));
+            n.last = Some(n.last.map_or(r.time, |t| t.max(r.time)));
             let date = r.time.date();
-            if let (Some(event), Some(user), true) = (r.kind.tracked(), r.user, cfg.in_range(date))
-            {
+            if !cfg.in_range(date) {
+                n.out_of_range += 1;
+            } else if r.kind == EventKind::ManifestDelete {
+                n.manifest_deletes += 1;
+            } else if let (Some(event), Some(user)) = (r.kind.tracked(), r.user) {
                 agg.add(event, date, user);
+                n.counted[event.index()] += 1;
             }
-            agg
+            acc
         })
-        .reduce(Aggregate::default, Aggregate::merge);
-
-    let mut events_by_action: BTreeMap<String, u64> = BTreeMap::new();
-    let mut by_action: HashMap<&str, u64> = HashMap::new();
-    let (mut out_of_range_events, mut manifest_deletes) = (0, 0);
-    let mut counted_events: BTreeMap<&'static str, u64> = TrackedEvent::ALL
-        .iter()
-        .map(|t| (t.metric_name(), 0))
-        .collect();
-    for r in &records {
-        *by_action.entry(r.action.as_str()).or_default() += 1;
-        if !cfg.in_range(r.time.date()) {
-            out_of_range_events += 1;
-        } else if r.kind == EventKind::ManifestDelete {
-            manifest_deletes += 1;
-        } else if let (Some(t), Some(_)) = (r.kind.tracked(), r.user) {
-            *counted_events.entry(t.metric_name()).or_default() += 1;
-        }
-    }
-    events_by_action.extend(by_action.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        .reduce(Box::default, |a, b| {
+            let ((a1, n1), (a2, n2)) = (*a, *b);
+            Box::new((a1.merge(a2), n1.merge(n2)))
+        });
+    let (aggregate, events) = *both;
 
     Tally {
         inputs,
         counts,
         duplicate_events,
-        out_of_range_events,
-        manifest_deletes,
-        events_by_action,
-        counted_events,
-        first_event: records.iter().map(|r| r.time).min(),
-        last_event: records.iter().map(|r| r.time).max(),
+        out_of_range_events: events.out_of_range,
+        manifest_deletes: events.manifest_deletes,
+        events_by_action: events
+            .by_action
+            .into_iter()
+            .map(|(a, n)| (a.as_str().to_owned(), n))
+            .collect(),
+        counted_events: TrackedEvent::ALL
+            .iter()
+            .map(|t| (t.metric_name(), events.counted[t.index()]))
+            .collect(),
+        first_event: events.first,
+        last_event: events.last,
         rejects,
         rows: aggregate.into_rows(cfg.precision),
         repositories: ledger

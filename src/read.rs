@@ -6,7 +6,7 @@
 //! it streams by: only its first KiB is kept, for the reject record.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -130,40 +130,54 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// An opened input: its decoded byte stream and a handle on how many raw bytes were read.
+/// An opened input: its decoded byte stream and, for compressed inputs, a handle on how many
+/// raw bytes were read (for plain inputs the raw bytes are the decoded ones).
 pub struct OpenInput {
     pub stream: Box<dyn Read + Send>,
     pub compression: Compression,
-    pub raw_bytes: Arc<AtomicU64>,
+    pub raw_bytes: Option<Arc<AtomicU64>>,
 }
 
 /// Opens an input and wraps it in the decoder its magic bytes call for.
+///
+/// A plain input is handed on unwrapped, so that reads go straight from the file into the
+/// chunk buffer (a wrapper without `read_buf` makes std zero every buffer first); the caller
+/// counts its bytes and drives `progress` for it.
 pub fn open_input(
     input: &InputPath,
     progress: Option<indicatif::ProgressBar>,
 ) -> io::Result<OpenInput> {
-    let raw: Box<dyn Read + Send> = match input {
+    let mut raw: Box<dyn Read + Send> = match input {
         InputPath::File(p) => Box::new(File::open(p)?),
         InputPath::Stdin => Box::new(io::stdin()),
     };
+    let mut head = Vec::with_capacity(4);
+    (&mut raw).take(4).read_to_end(&mut head)?;
+    let compression = Compression::sniff(&head);
+    let raw = io::Cursor::new(head).chain(raw);
+    if compression == Compression::Plain {
+        return Ok(OpenInput {
+            stream: Box::new(raw),
+            compression,
+            raw_bytes: None,
+        });
+    }
     let raw_bytes = Arc::new(AtomicU64::new(0));
     let counting = CountingReader {
         inner: raw,
         count: raw_bytes.clone(),
         progress,
     };
-    let mut buffered = BufReader::with_capacity(256 * 1024, counting);
-    let compression = Compression::sniff(buffered.fill_buf()?);
+    let buffered = BufReader::with_capacity(256 * 1024, counting);
     let stream: Box<dyn Read + Send> = match compression {
-        Compression::Plain => Box::new(buffered),
         // Log rotation appends gzip members; the plain decoder would stop after the first.
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        _ => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
     };
     Ok(OpenInput {
         stream,
         compression,
-        raw_bytes,
+        raw_bytes: Some(raw_bytes),
     })
 }
 
@@ -176,8 +190,38 @@ pub enum Chunk {
     Overlong { prefix: Vec<u8>, len: u64 },
 }
 
+/// Chunk buffers handed back by the parsers for the reader to fill again.
+///
+/// Fresh multi-megabyte buffers cost page faults and zeroing on every chunk (a tenth of a
+/// one-thread run); recycled ones are already mapped.
+#[derive(Clone, Default)]
+pub struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// How many idle buffers are kept; more would only hold memory.
+    const KEEP: usize = 16;
+
+    /// Returns a buffer for reuse.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < Self::KEEP {
+            pool.push(buf);
+        }
+    }
+
+    /// An empty buffer, recycled when one is idle.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let recycled = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = recycled.unwrap_or_default();
+        buf.reserve(capacity);
+        buf
+    }
+}
+
 /// Cuts a byte stream into [`Chunk`]s at newlines.
 pub struct Chunker<R> {
+    pool: BufferPool,
     reader: R,
     buf: Vec<u8>,
     chunk_bytes: usize,
@@ -193,7 +237,18 @@ impl<R: Read> Chunker<R> {
     /// `chunk_bytes` is the size a chunk is cut at (at least one line, so it may be larger);
     /// `max_line_bytes` the longest line kept whole.
     pub fn new(reader: R, chunk_bytes: usize, max_line_bytes: usize) -> Chunker<R> {
+        Chunker::with_pool(reader, chunk_bytes, max_line_bytes, BufferPool::default())
+    }
+
+    /// As [`Chunker::new`], taking chunk buffers from `pool`.
+    pub fn with_pool(
+        reader: R,
+        chunk_bytes: usize,
+        max_line_bytes: usize,
+        pool: BufferPool,
+    ) -> Chunker<R> {
         Chunker {
+            pool,
             reader,
             buf: Vec::new(),
             chunk_bytes: chunk_bytes.max(1),
@@ -244,32 +299,31 @@ impl<R: Read> Chunker<R> {
 
     /// Returns `buf[..at]` as a chunk and keeps the rest for the next one.
     fn split_at(&mut self, at: usize) -> Chunk {
-        let mut rest = Vec::with_capacity(self.chunk_bytes.max(self.buf.len() - at) + 64 * 1024);
+        let mut rest = self
+            .pool
+            .take(self.chunk_bytes.max(self.buf.len() - at) + 64 * 1024);
         rest.extend_from_slice(&self.buf[at..]);
         self.buf.truncate(at);
         Chunk::Lines(std::mem::replace(&mut self.buf, rest))
     }
 
+    /// Appends up to one chunk's worth of bytes. `read_to_end` on a `take` reads straight into
+    /// the buffer's spare capacity, without zeroing it first as a plain `read` into a resized
+    /// buffer would (that zeroing was a tenth of the instructions of a run).
     fn fill(&mut self) -> io::Result<()> {
         let want = self
             .chunk_bytes
             .saturating_sub(self.buf.len())
             .max(64 * 1024);
-        let len = self.buf.len();
-        self.buf.resize(len + want, 0);
-        let n = loop {
-            match self.reader.read(&mut self.buf[len..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e);
-                }
-            }
-        };
-        self.buf.truncate(len + n);
+        self.buf.reserve(want);
+        let before = self.buf.len();
+        let result = (&mut self.reader)
+            .take(want as u64)
+            .read_to_end(&mut self.buf);
+        let n = self.buf.len() - before;
         self.decoded_bytes += n as u64;
-        if n == 0 {
+        result?;
+        if n < want {
             self.eof = true;
         }
         Ok(())

@@ -8,8 +8,10 @@ use crate::classify::{user_hash, EventKind};
 use crate::ledger::repository_key;
 use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
+use crate::sketch::PassThroughHasher;
 use crate::timestamp::Timestamp;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 /// The action of an event, with the common ones spelled without an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,6 +61,8 @@ pub struct EventRecord {
     /// The event id, kept only for events the ledger orders (pushes and repository deletes):
     /// it breaks ties between equal timestamps (SPEC §6).
     pub ledger_id: Option<Box<str>>,
+    /// A later delivery of an id seen before (SPEC §3): it counts nowhere.
+    pub duplicate: bool,
 }
 
 /// Where a reject came from and why.
@@ -102,7 +106,7 @@ pub struct ChunkOutput {
     pub events: Vec<EventRecord>,
     pub rejects: Vec<Reject>,
     /// Paths of the repositories this chunk pushes to, by key.
-    pub pushed_paths: HashMap<u128, Box<str>>,
+    pub pushed_paths: HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>,
 }
 
 impl ChunkOutput {
@@ -224,6 +228,7 @@ impl ChunkOutput {
             user: user_hash(event.user_type(), event.name()),
             repository,
             ledger_id: touches_ledger.then(|| (*event.id).into()),
+            duplicate: false,
         });
     }
 }

@@ -199,6 +199,29 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_independent_of_insert_order_sparse_or_dense() {
+        for (n, precision) in [(50, 14), (3000, 14), (20_000, 14), (2000, 10)] {
+            let names: Vec<u64> = (0..n).map(|i| identity_hash(&format!("u{i}"))).collect();
+            let mut fwd = UserSketch::new(precision);
+            let mut shuffled = UserSketch::new(precision);
+            names.iter().for_each(|h| fwd.insert(*h));
+            // A fixed permutation that interleaves both ends.
+            for i in 0..names.len() {
+                let j = if i % 2 == 0 {
+                    i / 2
+                } else {
+                    names.len() - 1 - i / 2
+                };
+                shuffled.insert(names[j]);
+            }
+            assert!(
+                fwd.to_bytes() == shuffled.to_bytes(),
+                "n {n} precision {precision}"
+            );
+        }
+    }
+
+    #[test]
     fn bytes_round_trip_and_are_independent_of_insert_order() {
         let names: Vec<u64> = (0..2000).map(|i| identity_hash(&format!("u{i}"))).collect();
         let mut fwd = UserSketch::new(10);
