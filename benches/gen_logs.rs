@@ -2,8 +2,9 @@
 //!
 //! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N]`: EVENTS events over FILES
 //! files, about 1 KB a line, one event a line (or envelopes of 1 to 5 events), plain or gzip.
-//! Actions: 70% pull, 22% push, 5% delete, 3% mount; 20,000 users and 30,000 repositories; a
-//! year of timestamps; 1% redeliveries. Deterministic for a seed.
+//! Actions: 70% pull, 22% push, 5% delete (about one in ten a repository delete), 3% mount;
+//! 20,000 users and 30,000 repositories; a year of timestamps; 1% redeliveries. Deterministic
+//! for a seed.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -57,6 +58,12 @@ fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
         ),
         _ => String::new(),
     };
+    // A delete with neither tag nor digest is a repository delete: about one delete in ten.
+    let digest_field = if action == "delete" && tag.is_empty() && rng.below(6) == 0 {
+        String::new()
+    } else {
+        format!(",\"digest\":\"{digest}\"")
+    };
     let (name, user_type) = match rng.below(20) {
         0 => (
             format!("gitlab+deploy-token-{}", user % 500),
@@ -71,7 +78,7 @@ fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
         out,
         concat!(
             r#"{{"id":"{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}","timestamp":"{}","action":"{}","#,
-            r#""target":{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":{},"digest":"{}","length":{},"#,
+            r#""target":{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":{}{},"length":{},"#,
             r#""repository":"group-{}/project-{}","url":"https://registry.example.com/v2/group-{}/project-{}/manifests/{}"{}}},"#,
             r#""request":{{"id":"{:08x}-{:04x}-{:04x}-{:04x}-{:012x}","addr":"10.{}.{}.{}:{}","host":"registry.example.com","method":"{}","#,
             r#""useragent":"docker/24.0.7 go/go1.20.10 git-commit/311b9ff kernel/6.1.0-13-amd64 os/linux arch/amd64 UpstreamClient(Docker-Client/24.0.7 \\(linux\\))"}},"#,
@@ -80,7 +87,7 @@ fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
         ),
         n >> 32, (n >> 16) & 0xffff, n & 0xfff, (n >> 12) & 0xfff, rng.below(1 << 48),
         ts, action,
-        500 + rng.below(5000), digest, 500 + rng.below(5000),
+        500 + rng.below(5000), digest_field, 500 + rng.below(5000),
         group, repo, group, repo, digest, tag,
         rng.next() as u32, rng.below(1 << 16), rng.below(1 << 16), rng.below(1 << 16), rng.below(1 << 48),
         rng.below(256), rng.below(256), rng.below(256), 30_000 + rng.below(30_000),

@@ -237,6 +237,7 @@ fn write_outputs(
     ping: &ServicePing,
     started: Instant,
 ) -> Result<()> {
+    let writing = Instant::now();
     let mut staged = StagedOutputs::new(&plan.out);
     let meta = AggregatesMetadata {
         precision: plan.config.precision,
@@ -257,8 +258,9 @@ fn write_outputs(
         output::write_repositories(tally, w)
     })?;
     let elapsed = started.elapsed().as_secs_f64();
+    let write_seconds = writing.elapsed().as_secs_f64();
     staged.stage(output::SUMMARY, |w| {
-        write_summary(tally, &plan.flags, elapsed, w)
+        write_summary(tally, &plan.flags, elapsed, write_seconds, w)
     })?;
     staged.commit()
 }

@@ -84,6 +84,8 @@ pub struct Tally {
     pub rows: Vec<MetricRow>,
     /// The final repository set, sorted.
     pub repositories: Vec<String>,
+    /// Wall seconds of each step, in order.
+    pub phase_seconds: Vec<(&'static str, f64)>,
 }
 
 impl Tally {
@@ -111,6 +113,7 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Runs both passes on the current rayon pool.
 pub fn run(cfg: &RunConfig) -> Tally {
+    let mut phases = Phases::start();
     let progress = progress_bar(cfg);
     let read: Vec<(InputReport, Vec<ChunkOutput>)> = cfg
         .inputs
@@ -120,7 +123,31 @@ pub fn run(cfg: &RunConfig) -> Tally {
     if let Some(p) = progress {
         p.finish_and_clear();
     }
-    tally(cfg, read)
+    phases.lap("read_and_parse");
+    let mut tally = tally(cfg, read, &mut phases);
+    tally.phase_seconds = phases.laps;
+    tally
+}
+
+/// Wall time of each step of a run, for `summary.json` (where a slow run spent its time).
+struct Phases {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((name, (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
 }
 
 fn progress_bar(cfg: &RunConfig) -> Option<indicatif::ProgressBar> {
@@ -270,7 +297,11 @@ impl EventCounts {
 ///
 /// Records stay in their chunks' vectors (input order is chunk order, then position); copying
 /// them into one vector cost a tenth of a run.
-fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
+fn tally(
+    cfg: &RunConfig,
+    read: Vec<(InputReport, Vec<ChunkOutput>)>,
+    phases: &mut Phases,
+) -> Tally {
     let mut counts = LineCounts::default();
     let mut inputs = Vec::with_capacity(read.len());
     let mut rejects = Vec::new();
@@ -315,6 +346,7 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
         duplicate_events += 1;
     }
 
+    phases.lap("deduplicate");
     // SPEC §6: replay pushes and repository deletes in (UTC time, id) order.
     let mut order: Vec<(Timestamp, u32, u32)> = chunks
         .iter()
@@ -351,6 +383,7 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
         }
     }
 
+    phases.lap("repository_ledger");
     // The accumulator is boxed: moved by value through every step of the fold, the two
     // structs cost a memmove per event.
     let both = chunks
@@ -377,6 +410,9 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
             Box::new((a1.merge(a2), n1.merge(n2)))
         });
     let (aggregate, events) = *both;
+    phases.lap("aggregate");
+    let rows = aggregate.into_rows(cfg.precision);
+    phases.lap("sketches");
 
     Tally {
         inputs,
@@ -396,11 +432,12 @@ fn tally(cfg: &RunConfig, read: Vec<(InputReport, Vec<ChunkOutput>)>) -> Tally {
         first_event: events.first,
         last_event: events.last,
         rejects,
-        rows: aggregate.into_rows(cfg.precision),
+        rows,
         repositories: ledger
             .sorted_paths()
             .into_iter()
             .map(str::to_owned)
             .collect(),
+        phase_seconds: Vec::new(),
     }
 }

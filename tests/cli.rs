@@ -621,6 +621,23 @@ fn summary_accounts_for_every_line_and_input() {
     assert_eq!(s["inputs"][1]["lines"], 1);
     assert!(s["inputs"][1]["bytes"].as_u64().unwrap() > 0);
     assert!(s["elapsed_seconds"].as_f64().unwrap() >= 0.0);
+    let phases: Vec<&str> = s["phase_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "read_and_parse",
+            "deduplicate",
+            "repository_ledger",
+            "aggregate",
+            "sketches",
+            "write"
+        ]
+    );
     assert_eq!(s["failures"], serde_json::json!([]));
 }
 

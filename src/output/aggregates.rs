@@ -10,6 +10,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::format::KeyValue;
+use rayon::prelude::*;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -45,7 +46,8 @@ pub fn write_aggregates<W: Write + Send>(
     w: W,
 ) -> Result<()> {
     let schema = Arc::new(schema());
-    let sketches: Vec<Vec<u8>> = rows.iter_mut().map(|r| r.sketch.to_bytes()).collect();
+    // Serializing a few hundred dense sketches is most of the writing time: use every core.
+    let sketches: Vec<Vec<u8>> = rows.par_iter_mut().map(|r| r.sketch.to_bytes()).collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.metric))),
         Arc::new(StringArray::from_iter_values(

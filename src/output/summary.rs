@@ -48,6 +48,8 @@ struct Summary<'a> {
     inputs: &'a [InputReport],
     failures: Vec<Failure<'a>>,
     elapsed_seconds: f64,
+    /// Wall seconds of each step of the run, in order (the last is writing the outputs).
+    phase_seconds: Vec<(&'static str, f64)>,
 }
 
 /// Writes `summary.json`.
@@ -55,6 +57,7 @@ pub fn write_summary<W: Write>(
     tally: &Tally,
     flags: &RunFlags,
     elapsed_seconds: f64,
+    write_seconds: f64,
     w: &mut W,
 ) -> anyhow::Result<()> {
     let c = &tally.counts;
@@ -81,6 +84,12 @@ pub fn write_summary<W: Write>(
             .map(|(file, error)| Failure { file, error })
             .collect(),
         elapsed_seconds,
+        phase_seconds: tally
+            .phase_seconds
+            .iter()
+            .copied()
+            .chain([("write", write_seconds)])
+            .collect(),
     };
     serde_json::to_writer_pretty(&mut *w, &summary)?;
     w.write_all(b"\n")?;
