@@ -7,10 +7,10 @@
 
 use crate::classify::{TrackedEvent, TOTAL_METRIC};
 use crate::period::{Period, PeriodKind};
-use crate::sketch::{PassThroughHasher, UserSketch};
+use crate::sketch::{PassThroughHasher, SketchError, UserSketch};
 use chrono::NaiveDate;
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
 /// A set of identity hashes; the hashes are already uniform, so they index the table directly.
@@ -39,8 +39,6 @@ impl Cell {
 #[derive(Clone, Debug, Default)]
 pub struct Aggregate {
     cells: HashMap<(TrackedEvent, Period), Cell>,
-    /// First and last date of a counted event.
-    span: Option<(NaiveDate, NaiveDate)>,
 }
 
 impl Aggregate {
@@ -51,10 +49,6 @@ impl Aggregate {
             cell.events += 1;
             cell.users.insert(user);
         }
-        self.span = Some(match self.span {
-            None => (date, date),
-            Some((a, b)) => (a.min(date), b.max(date)),
-        });
     }
 
     /// Adds everything `other` counted.
@@ -67,10 +61,6 @@ impl Aggregate {
         for (key, cell) in small.cells {
             big.cells.entry(key).or_default().merge(cell);
         }
-        big.span = match (big.span, small.span) {
-            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
-            (x, None) | (None, x) => x,
-        };
         big
     }
 
@@ -79,58 +69,166 @@ impl Aggregate {
         self.cells.get(&(event, period))
     }
 
-    /// First and last date of a counted event.
-    pub fn span(&self) -> Option<(NaiveDate, NaiveDate)> {
-        self.span
+    /// The sketches of every non-empty cell and of the union row, built on every core.
+    pub fn into_table(self, precision: u8) -> MetricTable {
+        let mut by_period: HashMap<Period, Vec<&Cell>> = HashMap::new();
+        for ((_, period), cell) in &self.cells {
+            by_period.entry(*period).or_default().push(cell);
+        }
+        let totals: Vec<(&'static str, Period, UserSketch, u64)> = by_period
+            .par_iter()
+            .map(|(&period, cells)| {
+                let mut users = IdentitySet::default();
+                let mut events = 0;
+                for cell in cells {
+                    users.extend(&cell.users);
+                    events += cell.events;
+                }
+                (TOTAL_METRIC, period, sketch_of(&users, precision), events)
+            })
+            .collect();
+        let singles: Vec<(&'static str, Period, UserSketch, u64)> = self
+            .cells
+            .par_iter()
+            .map(|((event, period), cell)| {
+                (
+                    event.metric_name(),
+                    *period,
+                    sketch_of(&cell.users, precision),
+                    cell.events,
+                )
+            })
+            .collect();
+        let mut table = MetricTable::new(precision);
+        for (metric, period, sketch, events) in singles.into_iter().chain(totals) {
+            table.cells.insert((metric, period), (sketch, events));
+        }
+        table
     }
 
     /// One row per metric and period, dense from the first to the last counted event, sorted by
     /// metric name, period kind and start (SPEC §8 and §9).
     pub fn into_rows(self, precision: u8) -> Vec<MetricRow> {
-        let Some((first, last)) = self.span else {
-            return Vec::new();
-        };
-        let mut periods: Vec<Period> = Vec::new();
-        for (lo, hi) in [
-            (Period::month_of(first), Period::month_of(last)),
-            (Period::week_of(first), Period::week_of(last)),
-        ] {
-            periods.extend(Period::span(lo, hi));
+        self.into_table(precision).into_rows()
+    }
+}
+
+fn sketch_of(users: &IdentitySet, precision: u8) -> UserSketch {
+    // Insertion order does not change the sketch once `count()` has run (see
+    // `sketch::tests::bytes_are_independent_of_insert_order_sparse_or_dense`).
+    let mut sketch = UserSketch::new(precision);
+    for &h in users {
+        sketch.insert(h);
+    }
+    sketch
+}
+
+/// Every metric name a table may hold: the five tracked events and their union.
+pub fn metric_names() -> impl Iterator<Item = &'static str> {
+    TrackedEvent::ALL
+        .iter()
+        .map(|t| t.metric_name())
+        .chain([TOTAL_METRIC])
+}
+
+/// The static name of a metric read back from a file, if it is one regtally writes.
+pub fn known_metric(name: &str) -> Option<&'static str> {
+    metric_names().find(|m| *m == name)
+}
+
+/// Sketches and exact event counts per metric and period: what a run writes, a state keeps,
+/// and the next run merges its own into.
+///
+/// Merging two tables gives the bytes one table built from both inputs would have: sketch
+/// merge is register-wise max (or the union of sparse codes), and event counts add.
+#[derive(Clone, Debug)]
+pub struct MetricTable {
+    precision: u8,
+    cells: BTreeMap<(&'static str, Period), (UserSketch, u64)>,
+}
+
+impl MetricTable {
+    /// An empty table of this precision.
+    pub fn new(precision: u8) -> MetricTable {
+        MetricTable {
+            precision,
+            cells: BTreeMap::new(),
         }
-        let mut cells = self.cells;
-        let mut keyed: Vec<(TrackedEvent, Period, Cell)> = Vec::with_capacity(periods.len() * 5);
-        for event in TrackedEvent::ALL {
-            for &period in &periods {
-                let cell = cells.remove(&(event, period)).unwrap_or_default();
-                keyed.push((event, period, cell));
+    }
+
+    /// The precision of every sketch in the table.
+    pub fn precision(&self) -> u8 {
+        self.precision
+    }
+
+    /// Adds a stored cell (from a state file or an aggregates file), merging with what is there.
+    pub fn add_cell(
+        &mut self,
+        metric: &'static str,
+        period: Period,
+        sketch: UserSketch,
+        events: u64,
+    ) -> Result<(), SketchError> {
+        match self.cells.get_mut(&(metric, period)) {
+            Some((s, e)) => {
+                s.merge(&sketch)?;
+                *e += events;
+            }
+            None => {
+                if sketch.precision() != self.precision {
+                    return Err(SketchError::Precision(self.precision, sketch.precision()));
+                }
+                self.cells.insert((metric, period), (sketch, events));
             }
         }
-        // Building sketches is the slow part of this step: one per row, on every core.
-        let totals: Vec<MetricRow> = periods
-            .par_iter()
-            .map(|&period| {
-                let mut users = IdentitySet::default();
-                let mut events = 0;
-                for (_, _, cell) in keyed.iter().filter(|(_, p, _)| *p == period) {
-                    users.extend(&cell.users);
-                    events += cell.events;
-                }
-                MetricRow::from_users(TOTAL_METRIC, period, &users, events, precision)
-            })
-            .collect();
-        let mut rows: Vec<MetricRow> = keyed
-            .par_iter()
-            .map(|(event, period, cell)| {
-                MetricRow::from_users(
-                    event.metric_name(),
-                    *period,
-                    &cell.users,
-                    cell.events,
-                    precision,
-                )
-            })
-            .collect();
-        rows.extend(totals);
+        Ok(())
+    }
+
+    /// Adds every cell of `other`.
+    pub fn merge(&mut self, other: MetricTable) -> Result<(), SketchError> {
+        for ((metric, period), (sketch, events)) in other.cells {
+            self.add_cell(metric, period, sketch, events)?;
+        }
+        Ok(())
+    }
+
+    /// The cells that hold counted events, for storing.
+    pub fn cells(&self) -> impl Iterator<Item = (&'static str, Period, &UserSketch, u64)> + '_ {
+        self.cells
+            .iter()
+            .filter(|(_, (_, events))| *events > 0)
+            .map(|((m, p), (s, e))| (*m, *p, s, *e))
+    }
+
+    /// First and last week and month holding a counted event.
+    fn span(&self, kind: PeriodKind) -> Option<(Period, Period)> {
+        let mut periods = self
+            .cells()
+            .map(|(_, p, _, _)| p)
+            .filter(|p| p.kind == kind);
+        let first = periods.next()?;
+        Some(periods.fold((first, first), |(lo, hi), p| (lo.min(p), hi.max(p))))
+    }
+
+    /// One row per metric and period, dense from the first to the last period with a counted
+    /// event, sorted by metric name, period kind and start (SPEC §8 and §9).
+    pub fn into_rows(mut self) -> Vec<MetricRow> {
+        let mut periods = Vec::new();
+        for kind in [PeriodKind::Month, PeriodKind::Week] {
+            if let Some((lo, hi)) = self.span(kind) {
+                periods.extend(Period::span(lo, hi));
+            }
+        }
+        let mut rows = Vec::with_capacity(periods.len() * 6);
+        for metric in metric_names() {
+            for &period in &periods {
+                let (sketch, events) = self
+                    .cells
+                    .remove(&(metric, period))
+                    .unwrap_or_else(|| (UserSketch::new(self.precision), 0));
+                rows.push(MetricRow::new(metric, period, sketch, events));
+            }
+        }
         rows.sort_by(|a, b| (a.metric, a.period).cmp(&(b.metric, b.period)));
         rows
     }
@@ -147,19 +245,7 @@ pub struct MetricRow {
 }
 
 impl MetricRow {
-    fn from_users(
-        metric: &'static str,
-        period: Period,
-        users: &IdentitySet,
-        events: u64,
-        precision: u8,
-    ) -> MetricRow {
-        // Insertion order does not change the sketch once `count()` has run (see
-        // `sketch::tests::bytes_round_trip_and_are_independent_of_insert_order`).
-        let mut sketch = UserSketch::new(precision);
-        for &h in users {
-            sketch.insert(h);
-        }
+    fn new(metric: &'static str, period: Period, mut sketch: UserSketch, events: u64) -> MetricRow {
         MetricRow {
             metric,
             period,
@@ -203,7 +289,6 @@ mod tests {
         adds[..2].iter().for_each(|&(e, dt, u)| a.add(e, dt, u));
         adds[2..].iter().for_each(|&(e, dt, u)| b.add(e, dt, u));
         let merged = a.merge(b);
-        assert_eq!(merged.span(), whole.span());
         assert_eq!(merged.cells, whole.cells);
         let week = Period::week_of(d(2021, 1, 3));
         assert_eq!(merged.cell(TrackedEvent::PushTag, week).unwrap().events, 2);
@@ -239,6 +324,49 @@ mod tests {
         assert_eq!((gap.unique_users, gap.events), (0, 0));
         let month = find(TOTAL_METRIC, "2021-01");
         assert_eq!((month.unique_users, month.events), (3, 4));
+    }
+
+    #[test]
+    fn merged_tables_equal_one_table_of_both_inputs() {
+        // Sparse, dense, and one side dense while the other is sparse.
+        for (a_users, b_users) in [(30, 40), (20_000, 15_000), (20_000, 25), (25, 20_000)] {
+            let mut a = Aggregate::default();
+            let mut b = Aggregate::default();
+            let mut both = Aggregate::default();
+            for i in 0..a_users {
+                a.add(TrackedEvent::PushTag, d(2021, 1, 4), u(i));
+                both.add(TrackedEvent::PushTag, d(2021, 1, 4), u(i));
+            }
+            for i in 0..b_users {
+                b.add(TrackedEvent::PushTag, d(2021, 1, 6), u(i + 7));
+                both.add(TrackedEvent::PushTag, d(2021, 1, 6), u(i + 7));
+            }
+            b.add(TrackedEvent::DeleteTag, d(2021, 3, 1), u(1));
+            both.add(TrackedEvent::DeleteTag, d(2021, 3, 1), u(1));
+            let mut merged = a.into_table(14);
+            merged.merge(b.into_table(14)).unwrap();
+            let mut got = merged.into_rows();
+            let mut want = both.into_rows(14);
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter_mut().zip(want.iter_mut()) {
+                assert_eq!(
+                    (g.metric, g.period, g.unique_users, g.events),
+                    (w.metric, w.period, w.unique_users, w.events)
+                );
+                assert!(
+                    g.sketch.to_bytes() == w.sketch.to_bytes(),
+                    "{a_users}+{b_users}: {} {}",
+                    g.metric,
+                    g.period
+                );
+            }
+        }
+        assert!(MetricTable::new(12)
+            .merge(Aggregate::default().into_table(14))
+            .is_ok());
+        let mut one = Aggregate::default();
+        one.add(TrackedEvent::PushTag, d(2021, 1, 4), u(1));
+        assert!(MetricTable::new(12).merge(one.into_table(14)).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The repository ledger: which repositories exist, replayed along event time (SPEC §6).
 
 use crate::sketch::PassThroughHasher;
+use crate::timestamp::Timestamp;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
@@ -9,14 +10,25 @@ pub fn repository_key(path: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(path.as_bytes())
 }
 
-/// The set of existing repositories, with the paths to write them back out.
+/// The set of existing repositories, with the paths to write them back out and the time of
+/// the last event applied to each (which tells a later run that an event arrived late).
 ///
 /// Paths are compared exactly; they are held by their 128-bit hash so that the many events
 /// naming one repository need not each carry its path.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RepositoryLedger {
     existing: HashSet<u128, KeyHasher>,
     paths: HashMap<u128, Box<str>, KeyHasher>,
+    last_applied: HashMap<u128, Timestamp, KeyHasher>,
+}
+
+/// One repository as a state file keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub path: String,
+    pub exists: bool,
+    /// The time of the last push or repository delete applied to it.
+    pub last_applied: Option<Timestamp>,
 }
 
 /// The keys are already hashes: use them as they are.
@@ -39,13 +51,58 @@ impl RepositoryLedger {
         self.paths.entry(key).or_insert(path);
     }
 
-    /// Applies a push; returns whether the repository existed before it.
-    pub fn push(&mut self, key: u128) -> bool {
+    /// A ledger as a state file stored it.
+    pub fn from_entries(entries: impl IntoIterator<Item = LedgerEntry>) -> RepositoryLedger {
+        let mut ledger = RepositoryLedger::default();
+        for e in entries {
+            let key = repository_key(&e.path);
+            if e.exists {
+                ledger.existing.insert(key);
+            }
+            if let Some(t) = e.last_applied {
+                ledger.last_applied.insert(key, t);
+            }
+            ledger.paths.insert(key, e.path.into());
+        }
+        ledger
+    }
+
+    /// Every repository with a known path, sorted by path, for a state file.
+    pub fn entries(&self) -> Vec<LedgerEntry> {
+        let mut out: Vec<LedgerEntry> = self
+            .paths
+            .iter()
+            .filter(|(k, _)| self.existing.contains(k) || self.last_applied.contains_key(k))
+            .map(|(k, p)| LedgerEntry {
+                path: p.to_string(),
+                exists: self.existing.contains(k),
+                last_applied: self.last_applied.get(k).copied(),
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Whether an event at `time` comes before the last one already applied to the repository:
+    /// a late arrival, applied after events that happened later.
+    pub fn is_late(&self, key: u128, time: Timestamp) -> bool {
+        self.last_applied.get(&key).is_some_and(|last| time < *last)
+    }
+
+    fn applied(&mut self, key: u128, time: Timestamp) {
+        let last = self.last_applied.entry(key).or_insert(time);
+        *last = (*last).max(time);
+    }
+
+    /// Applies a push at `time`; returns whether the repository existed before it.
+    pub fn push(&mut self, key: u128, time: Timestamp) -> bool {
+        self.applied(key, time);
         !self.existing.insert(key)
     }
 
-    /// Applies a repository delete.
-    pub fn delete(&mut self, key: u128) {
+    /// Applies a repository delete at `time`.
+    pub fn delete(&mut self, key: u128, time: Timestamp) {
+        self.applied(key, time);
         self.existing.remove(&key);
     }
 
@@ -72,22 +129,59 @@ mod tests {
 
     #[test]
     fn push_creates_then_pushes_and_delete_resets() {
+        let t = |s: i64| Timestamp { secs: s, nanos: 0 };
         let mut l = RepositoryLedger::seeded(["group/known"]);
         let a = repository_key("group/a");
         l.learn_path(a, "group/a".into());
-        assert!(!l.push(a), "first push creates");
-        assert!(l.push(a), "second push finds it");
-        l.delete(a);
+        assert!(!l.push(a, t(1)), "first push creates");
+        assert!(l.push(a, t(2)), "second push finds it");
+        l.delete(a, t(3));
         assert!(!l.exists(a));
-        assert!(!l.push(a), "push after delete creates again");
-        assert!(l.push(repository_key("group/known")));
+        assert!(!l.push(a, t(4)), "push after delete creates again");
+        assert!(l.push(repository_key("group/known"), t(5)));
         assert_eq!(l.sorted_paths(), ["group/a", "group/known"]);
+        assert!(l.is_late(a, t(3)) && !l.is_late(a, t(4)) && !l.is_late(repository_key("x"), t(0)));
+    }
+
+    #[test]
+    fn entries_round_trip_with_last_times() {
+        let t = |s: i64| Timestamp { secs: s, nanos: 7 };
+        let mut l = RepositoryLedger::seeded(["k"]);
+        for (path, secs) in [("a", 10), ("b", 20)] {
+            l.learn_path(repository_key(path), path.into());
+            l.push(repository_key(path), t(secs));
+        }
+        l.delete(repository_key("b"), t(30));
+        let entries = l.entries();
+        assert_eq!(
+            entries,
+            [
+                LedgerEntry {
+                    path: "a".into(),
+                    exists: true,
+                    last_applied: Some(t(10))
+                },
+                LedgerEntry {
+                    path: "b".into(),
+                    exists: false,
+                    last_applied: Some(t(30))
+                },
+                LedgerEntry {
+                    path: "k".into(),
+                    exists: true,
+                    last_applied: None
+                },
+            ]
+        );
+        let back = RepositoryLedger::from_entries(entries.clone());
+        assert_eq!(back.entries(), entries);
+        assert_eq!(back.sorted_paths(), ["a", "k"]);
     }
 
     #[test]
     fn paths_compare_exactly() {
         let mut l = RepositoryLedger::seeded(["Group/A"]);
-        assert!(!l.push(repository_key("group/a")));
+        assert!(!l.push(repository_key("group/a"), Timestamp { secs: 0, nanos: 0 }));
         assert!(l.exists(repository_key("Group/A")));
     }
 }

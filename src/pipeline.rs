@@ -6,7 +6,7 @@
 //! order through the [`RepositoryLedger`] (SPEC §6), and counted events fold into an
 //! [`Aggregate`] in parallel.
 
-use crate::aggregate::{Aggregate, MetricRow};
+use crate::aggregate::{Aggregate, MetricTable};
 use crate::classify::{EventKind, TrackedEvent};
 use crate::ledger::RepositoryLedger;
 use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath};
@@ -19,13 +19,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use xxhash_rust::xxh3::Xxh3;
 
 /// What a run is asked to do, validated (SPEC §1 to §8; outputs are the caller's).
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub inputs: Vec<InputPath>,
-    /// Seed of the repository ledger.
-    pub known_repositories: Vec<String>,
     /// First counted UTC day, inclusive.
     pub since: Option<NaiveDate>,
     /// First day no longer counted, exclusive.
@@ -36,6 +35,16 @@ pub struct RunConfig {
     pub chunk_bytes: usize,
     /// Show a progress bar of bytes read on stderr.
     pub progress: bool,
+    /// Return the id and time of every de-duplicated event, for a state's de-duplication window.
+    pub keep_event_ids: bool,
+}
+
+/// What earlier runs left for this one: the repository ledger and the ids already seen.
+#[derive(Clone, Debug, Default)]
+pub struct Prior {
+    pub ledger: RepositoryLedger,
+    /// Event ids (xxh3-128) whose later deliveries are duplicates.
+    pub seen_ids: Vec<u128>,
 }
 
 impl RunConfig {
@@ -55,6 +64,8 @@ pub struct InputReport {
     /// Bytes after decompression.
     pub decoded_bytes: u64,
     pub lines: u64,
+    /// xxh3-128 of the file's bytes (32 hex digits), when it was read completely.
+    pub content_hash: Option<String>,
     /// Why the input could not be read completely.
     pub error: Option<String>,
 }
@@ -81,9 +92,15 @@ pub struct Tally {
     pub first_event: Option<Timestamp>,
     pub last_event: Option<Timestamp>,
     pub rejects: Vec<FileReject>,
-    pub rows: Vec<MetricRow>,
-    /// The final repository set, sorted.
-    pub repositories: Vec<String>,
+    /// This run's sketches and event counts.
+    pub metrics: MetricTable,
+    /// The repository ledger after this run.
+    pub ledger: RepositoryLedger,
+    /// Pushes and repository deletes older than the last event already applied to their
+    /// repository by an earlier run (see the README on late arrivals).
+    pub late_events: u64,
+    /// Id and time of every de-duplicated event, when [`RunConfig::keep_event_ids`].
+    pub event_ids: Vec<(u128, Timestamp)>,
     /// Wall seconds of each step, in order.
     pub phase_seconds: Vec<(&'static str, f64)>,
 }
@@ -112,7 +129,7 @@ impl Tally {
 const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Runs both passes on the current rayon pool.
-pub fn run(cfg: &RunConfig) -> Tally {
+pub fn run(cfg: &RunConfig, prior: Prior) -> Tally {
     let mut phases = Phases::start();
     let progress = progress_bar(cfg);
     let read: Vec<(InputReport, Vec<ChunkOutput>)> = cfg
@@ -124,7 +141,7 @@ pub fn run(cfg: &RunConfig) -> Tally {
         p.finish_and_clear();
     }
     phases.lap("read_and_parse");
-    let mut tally = tally(cfg, read, &mut phases);
+    let mut tally = tally(cfg, prior, read, &mut phases);
     tally.phase_seconds = phases.laps;
     tally
 }
@@ -187,6 +204,7 @@ fn read_input(
         bytes: 0,
         decoded_bytes: 0,
         lines: 0,
+        content_hash: None,
         error: None,
     };
     let opened = match open_input(input, progress.clone()) {
@@ -204,6 +222,9 @@ fn read_input(
         cfg.max_line_bytes,
         pool.clone(),
     );
+    if opened.raw_bytes.is_none() {
+        chunker.hasher = Some(Xxh3::new());
+    }
     let done: Mutex<Vec<(usize, ChunkOutput)>> = Mutex::new(Vec::new());
     let in_flight = AtomicUsize::new(0);
     let mut read_error = None;
@@ -249,10 +270,12 @@ fn read_input(
         report.lines += c.counts.lines;
     }
     report.decoded_bytes = chunker.decoded_bytes;
-    report.bytes = match &opened.raw_bytes {
-        Some(raw) => raw.load(Ordering::Relaxed),
-        None => report.decoded_bytes,
+    let (bytes, hash) = match (&opened.raw_bytes, &chunker.hasher) {
+        (Some(raw), _) => (raw.count(), raw.hash()),
+        (None, Some(h)) => (report.decoded_bytes, format!("{:032x}", h.digest128())),
+        (None, None) => (report.decoded_bytes, String::new()),
     };
+    report.bytes = bytes;
     if let Some(e) = read_error {
         report.error = Some(format!(
             "read failed at line {} (decoded byte {}, file byte {}): {e}",
@@ -260,6 +283,8 @@ fn read_input(
             report.decoded_bytes,
             report.bytes
         ));
+    } else {
+        report.content_hash = Some(hash);
     }
     (report, chunks)
 }
@@ -299,6 +324,7 @@ impl EventCounts {
 /// them into one vector cost a tenth of a run.
 fn tally(
     cfg: &RunConfig,
+    prior: Prior,
     read: Vec<(InputReport, Vec<ChunkOutput>)>,
     phases: &mut Phases,
 ) -> Tally {
@@ -306,7 +332,10 @@ fn tally(
     let mut inputs = Vec::with_capacity(read.len());
     let mut rejects = Vec::new();
     let mut chunks: Vec<Vec<EventRecord>> = Vec::new();
-    let mut ledger = RepositoryLedger::seeded(cfg.known_repositories.iter().map(String::as_str));
+    let Prior {
+        mut ledger,
+        seen_ids,
+    } = prior;
     for (report, outputs) in read {
         for chunk in outputs {
             counts.merge(&chunk.counts);
@@ -315,7 +344,7 @@ fn tally(
                 reject,
             }));
             chunks.push(chunk.events);
-            for (key, path) in chunk.pushed_paths {
+            for (key, path) in chunk.ledger_paths {
                 ledger.learn_path(key, path);
             }
         }
@@ -328,7 +357,11 @@ fn tally(
     let firsts: Vec<Vec<(u32, u32)>> = (0..shards)
         .into_par_iter()
         .map(|shard| {
-            let mut seen = KeySet::default();
+            let mut seen: KeySet = seen_ids
+                .iter()
+                .copied()
+                .filter(|k| k % shards == shard)
+                .collect();
             let mut later = Vec::new();
             for (c, records) in chunks.iter().enumerate() {
                 for (i, r) in records.iter().enumerate() {
@@ -365,12 +398,16 @@ fn tally(
         a.0.cmp(&b.0)
             .then_with(|| id_of(a.1, a.2).cmp(&id_of(b.1, b.2)))
     });
+    let mut late_events = 0;
     for (_, c, i) in order {
         let r = &mut chunks[c as usize][i as usize];
+        if ledger.is_late(r.repository, r.time) {
+            late_events += 1;
+        }
         match r.kind {
-            EventKind::DeleteRepository => ledger.delete(r.repository),
+            EventKind::DeleteRepository => ledger.delete(r.repository, r.time),
             EventKind::RepositoryPush => {
-                let existed = ledger.push(r.repository);
+                let existed = ledger.push(r.repository, r.time);
                 r.kind = EventKind::Resolved(if existed {
                     TrackedEvent::PushRepository
                 } else {
@@ -378,7 +415,7 @@ fn tally(
                 });
             }
             _ => {
-                ledger.push(r.repository);
+                ledger.push(r.repository, r.time);
             }
         }
     }
@@ -411,8 +448,18 @@ fn tally(
         });
     let (aggregate, events) = *both;
     phases.lap("aggregate");
-    let rows = aggregate.into_rows(cfg.precision);
+    let metrics = aggregate.into_table(cfg.precision);
     phases.lap("sketches");
+    let event_ids = if cfg.keep_event_ids {
+        chunks
+            .iter()
+            .flatten()
+            .filter(|r| !r.duplicate)
+            .map(|r| (r.id_key, r.time))
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     Tally {
         inputs,
@@ -432,12 +479,10 @@ fn tally(
         first_event: events.first,
         last_event: events.last,
         rejects,
-        rows,
-        repositories: ledger
-            .sorted_paths()
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
+        metrics,
+        ledger,
+        late_events,
+        event_ids,
         phase_seconds: Vec::new(),
     }
 }

@@ -9,7 +9,8 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use xxhash_rust::xxh3::Xxh3;
 
 /// How much of a rejected line is kept for `rejects.jsonl`.
 pub const REJECT_TEXT_BYTES: usize = 1024;
@@ -112,17 +113,48 @@ impl Compression {
     }
 }
 
-/// Counts the raw (compressed) bytes taken from an input, for progress and error offsets.
-pub struct CountingReader<R> {
+/// How many raw (compressed) bytes were taken from an input and their hash, for progress,
+/// error offsets and a state's manifest of consumed inputs.
+#[derive(Default)]
+pub struct RawBytes {
+    count: AtomicU64,
+    hash: Mutex<Xxh3>,
+}
+
+impl RawBytes {
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// xxh3-128 of the bytes read so far, as 32 hex digits.
+    pub fn hash(&self) -> String {
+        format!(
+            "{:032x}",
+            self.hash
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .digest128()
+        )
+    }
+}
+
+/// Counts and hashes the raw bytes a decoder takes from a compressed input.
+struct CountingReader<R> {
     inner: R,
-    count: Arc<AtomicU64>,
+    raw: Arc<RawBytes>,
     progress: Option<indicatif::ProgressBar>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        self.raw.count.fetch_add(n as u64, Ordering::Relaxed);
+        self.raw
+            .hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(&buf[..n]);
         if let Some(p) = &self.progress {
             p.inc(n as u64);
         }
@@ -130,12 +162,12 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// An opened input: its decoded byte stream and, for compressed inputs, a handle on how many
-/// raw bytes were read (for plain inputs the raw bytes are the decoded ones).
+/// An opened input: its decoded byte stream and, for compressed inputs, a handle on the raw
+/// bytes read (for plain inputs the raw bytes are the decoded ones: the chunker hashes them).
 pub struct OpenInput {
     pub stream: Box<dyn Read + Send>,
     pub compression: Compression,
-    pub raw_bytes: Option<Arc<AtomicU64>>,
+    pub raw_bytes: Option<Arc<RawBytes>>,
 }
 
 /// Opens an input and wraps it in the decoder its magic bytes call for.
@@ -162,10 +194,10 @@ pub fn open_input(
             raw_bytes: None,
         });
     }
-    let raw_bytes = Arc::new(AtomicU64::new(0));
+    let raw_bytes = Arc::new(RawBytes::default());
     let counting = CountingReader {
         inner: raw,
-        count: raw_bytes.clone(),
+        raw: raw_bytes.clone(),
         progress,
     };
     let buffered = BufReader::with_capacity(256 * 1024, counting);
@@ -231,6 +263,9 @@ pub struct Chunker<R> {
     failed: Option<io::Error>,
     /// Decoded bytes taken from `reader` so far.
     pub decoded_bytes: u64,
+    /// When set, every decoded byte is hashed (for plain inputs, whose decoded bytes are the
+    /// file's bytes).
+    pub hasher: Option<Xxh3>,
 }
 
 impl<R: Read> Chunker<R> {
@@ -256,6 +291,7 @@ impl<R: Read> Chunker<R> {
             eof: false,
             failed: None,
             decoded_bytes: 0,
+            hasher: None,
         }
     }
 
@@ -322,6 +358,9 @@ impl<R: Read> Chunker<R> {
             .read_to_end(&mut self.buf);
         let n = self.buf.len() - before;
         self.decoded_bytes += n as u64;
+        if let Some(h) = &mut self.hasher {
+            h.update(&self.buf[before..]);
+        }
         result?;
         if n < want {
             self.eof = true;
@@ -343,6 +382,9 @@ impl<R: Read> Chunker<R> {
                 Err(e) => return Err(e),
             };
             self.decoded_bytes += n as u64;
+            if let Some(h) = &mut self.hasher {
+                h.update(&scratch[..n]);
+            }
             if n == 0 {
                 self.eof = true;
                 return Ok(Chunk::Overlong { prefix, len });

@@ -105,8 +105,8 @@ pub struct ChunkOutput {
     /// Valid events in input order.
     pub events: Vec<EventRecord>,
     pub rejects: Vec<Reject>,
-    /// Paths of the repositories this chunk pushes to, by key.
-    pub pushed_paths: HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>,
+    /// Paths of the repositories this chunk pushes to or deletes, by key.
+    pub ledger_paths: HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>,
 }
 
 impl ChunkOutput {
@@ -215,8 +215,8 @@ impl ChunkOutput {
         let kind = EventKind::classify(&event.action, event.has_tag, event.has_digest);
         let repository = repository_key(&event.repository);
         let touches_ledger = kind.is_push() || kind == EventKind::DeleteRepository;
-        if kind.is_push() {
-            self.pushed_paths
+        if touches_ledger {
+            self.ledger_paths
                 .entry(repository)
                 .or_insert_with(|| (*event.repository).into());
         }
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(out.events[0].kind, EventKind::PushTag);
         assert_eq!(out.events[0].user, user_hash(Some("build"), Some("root")));
         assert_eq!(out.events[0].ledger_id.as_deref(), Some("e1"));
-        assert_eq!(out.pushed_paths.len(), 1);
+        assert_eq!(out.ledger_paths.len(), 1);
     }
 
     #[test]

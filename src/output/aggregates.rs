@@ -1,6 +1,8 @@
 //! `aggregates.parquet`: one row per metric and period, with its mergeable sketch (SPEC §9).
 
-use crate::aggregate::MetricRow;
+use crate::aggregate::{known_metric, MetricRow, MetricTable};
+use crate::period::Period;
+use crate::sketch::UserSketch;
 use crate::sketch::{HASH_NAME, SKETCH_FORMAT};
 use anyhow::Result;
 use arrow_array::{ArrayRef, BinaryArray, Date32Array, Int64Array, RecordBatch, StringArray};
@@ -89,4 +91,82 @@ pub fn write_aggregates<W: Write + Send>(
     writer.write(&batch)?;
     writer.close()?;
     Ok(())
+}
+
+/// Why an aggregates file could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {why}")]
+pub struct ReadAggregatesError {
+    path: String,
+    why: String,
+}
+
+/// Reads an `aggregates.parquet` back into a table of sketches (for `regtally report`).
+pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggregatesError> {
+    use arrow_array::Array;
+    let fail = |why: String| ReadAggregatesError {
+        path: path.display().to_string(),
+        why,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| fail(format!("not a Parquet file: {e}")))?;
+    let kv: std::collections::HashMap<String, Option<String>> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .map(|k| (k.key.clone(), k.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let precision: u8 = kv
+        .get("regtally.precision")
+        .cloned()
+        .flatten()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| fail("not written by regtally (no regtally.precision metadata)".into()))?;
+    if kv.get("regtally.hash").cloned().flatten().as_deref() != Some(HASH_NAME) {
+        return Err(fail(format!("identity hash is not {HASH_NAME}")));
+    }
+    if builder.schema().fields() != schema().fields() {
+        return Err(fail("columns are not those regtally writes".into()));
+    }
+    let reader = builder.build().map_err(|e| fail(e.to_string()))?;
+    let mut table = MetricTable::new(precision);
+    for batch in reader {
+        let b = batch.map_err(|e| fail(e.to_string()))?;
+        let col = |i: usize| b.column(i).as_any();
+        let (Some(names), Some(kinds), Some(starts), Some(events), Some(sketches)) = (
+            col(0).downcast_ref::<StringArray>(),
+            col(1).downcast_ref::<StringArray>(),
+            col(3).downcast_ref::<Date32Array>(),
+            col(6).downcast_ref::<Int64Array>(),
+            col(7).downcast_ref::<BinaryArray>(),
+        ) else {
+            return Err(fail("columns are not those regtally writes".into()));
+        };
+        for i in 0..b.num_rows() {
+            let metric = known_metric(names.value(i))
+                .ok_or_else(|| fail(format!("unknown event_name {:?}", names.value(i))))?;
+            let start = NaiveDate::default()
+                .checked_add_signed(chrono::TimeDelta::days(i64::from(starts.value(i))))
+                .ok_or_else(|| fail(format!("period_start {} is out of range", starts.value(i))))?;
+            let period = match kinds.value(i) {
+                "week" => Period::week_of(start),
+                "month" => Period::month_of(start),
+                other => return Err(fail(format!("unknown period_kind {other:?}"))),
+            };
+            if events.is_null(i) || events.value(i) == 0 {
+                continue;
+            }
+            let sketch =
+                UserSketch::from_bytes(sketches.value(i)).map_err(|e| fail(e.to_string()))?;
+            table
+                .add_cell(metric, period, sketch, events.value(i) as u64)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    Ok(table)
 }

@@ -4,7 +4,8 @@ pub mod aggregates;
 pub mod service_ping;
 pub mod summary;
 
-use crate::pipeline::{FileReject, Tally};
+use crate::ledger::RepositoryLedger;
+use crate::pipeline::FileReject;
 use anyhow::{Context, Result};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -17,33 +18,34 @@ pub const SUMMARY: &str = "summary.json";
 pub const REJECTS: &str = "rejects.jsonl";
 pub const REPOSITORIES: &str = "repositories.txt";
 
-/// Output files written under temporary names in the output folder, renamed into place by
+/// Output files written under temporary names beside their final names, renamed into place by
 /// [`StagedOutputs::commit`]. Dropped uncommitted, it removes its temporary files, so a failed
-/// run leaves the previous outputs as they were.
+/// run leaves the previous outputs (and state) as they were.
+#[derive(Default)]
 pub struct StagedOutputs {
-    dir: PathBuf,
     staged: Vec<(PathBuf, PathBuf)>,
 }
 
 impl StagedOutputs {
-    pub fn new(dir: &Path) -> StagedOutputs {
-        StagedOutputs {
-            dir: dir.to_path_buf(),
-            staged: Vec::new(),
-        }
+    pub fn new() -> StagedOutputs {
+        StagedOutputs::default()
     }
 
-    /// Writes one file under a temporary name and syncs it to disk.
+    /// Writes one file under a temporary name in its final folder and syncs it to disk.
     pub fn stage(
         &mut self,
-        name: &str,
+        final_path: &Path,
         write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
     ) -> Result<()> {
-        let final_path = self.dir.join(name);
-        let temp_path = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp_path = final_path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&temp_path)
             .with_context(|| format!("cannot create {}", temp_path.display()))?;
-        self.staged.push((temp_path.clone(), final_path));
+        self.staged
+            .push((temp_path.clone(), final_path.to_path_buf()));
         let mut w = BufWriter::with_capacity(1 << 20, file);
         write(&mut w).with_context(|| format!("cannot write {}", temp_path.display()))?;
         let file = w
@@ -55,16 +57,24 @@ impl StagedOutputs {
         Ok(())
     }
 
-    /// Renames every staged file into place, then syncs the folder.
+    /// Renames every staged file into place, in the order staged, then syncs their folders.
     pub fn commit(mut self) -> Result<()> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
         for (temp, fin) in std::mem::take(&mut self.staged) {
             fs::rename(&temp, &fin).with_context(|| {
                 format!("cannot rename {} to {}", temp.display(), fin.display())
             })?;
+            if let Some(parent) = fin.parent() {
+                if !dirs.iter().any(|d| d == parent) {
+                    dirs.push(parent.to_path_buf());
+                }
+            }
         }
         // Make the renames durable; not every platform can open a folder, so this is best effort.
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
+        for dir in dirs {
+            if let Ok(d) = File::open(&dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     }
@@ -116,8 +126,8 @@ pub fn write_rejects<W: Write>(rejects: &[FileReject], w: &mut W) -> Result<()> 
 }
 
 /// Writes `repositories.txt`: one path a line, sorted.
-pub fn write_repositories<W: Write>(tally: &Tally, w: &mut W) -> Result<()> {
-    for r in &tally.repositories {
+pub fn write_repositories<W: Write>(ledger: &RepositoryLedger, w: &mut W) -> Result<()> {
+    for r in ledger.sorted_paths() {
         w.write_all(r.as_bytes())?;
         w.write_all(b"\n")?;
     }

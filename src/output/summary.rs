@@ -17,6 +17,15 @@ pub struct RunFlags {
     pub precision: u8,
     pub max_bad_ratio: f64,
     pub keep_going: bool,
+    /// The state folder, with `--state`.
+    pub state: Option<std::path::PathBuf>,
+}
+
+/// An input `--state` did not read again, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkippedInput {
+    pub path: String,
+    pub reason: String,
 }
 
 /// An input that could not be read completely.
@@ -44,8 +53,10 @@ struct Summary<'a> {
     first_event: Option<String>,
     last_event: Option<String>,
     bad_ratio: f64,
+    late_events: u64,
     repositories: usize,
     inputs: &'a [InputReport],
+    skipped_inputs: &'a [SkippedInput],
     failures: Vec<Failure<'a>>,
     elapsed_seconds: f64,
     /// Wall seconds of each step of the run, in order (the last is writing the outputs).
@@ -55,6 +66,7 @@ struct Summary<'a> {
 /// Writes `summary.json`.
 pub fn write_summary<W: Write>(
     tally: &Tally,
+    skipped: &[SkippedInput],
     flags: &RunFlags,
     elapsed_seconds: f64,
     write_seconds: f64,
@@ -77,8 +89,10 @@ pub fn write_summary<W: Write>(
         first_event: tally.first_event.map(|t| t.to_rfc3339()),
         last_event: tally.last_event.map(|t| t.to_rfc3339()),
         bad_ratio: tally.bad_ratio(),
-        repositories: tally.repositories.len(),
+        late_events: tally.late_events,
+        repositories: tally.ledger.sorted_paths().len(),
         inputs: &tally.inputs,
+        skipped_inputs: skipped,
         failures: tally
             .failures()
             .map(|(file, error)| Failure { file, error })
@@ -97,7 +111,12 @@ pub fn write_summary<W: Write>(
 }
 
 /// The few lines a person at a terminal reads after a run.
-pub fn print_human<W: Write>(tally: &Tally, ping: &ServicePing, w: &mut W) -> io::Result<()> {
+pub fn print_human<W: Write>(
+    tally: &Tally,
+    skipped: &[SkippedInput],
+    ping: &ServicePing,
+    w: &mut W,
+) -> io::Result<()> {
     let c = &tally.counts;
     let bytes: u64 = tally.inputs.iter().map(|i| i.bytes).sum();
     writeln!(
@@ -107,6 +126,20 @@ pub fn print_human<W: Write>(tally: &Tally, ping: &ServicePing, w: &mut W) -> io
         bytes,
         c.lines
     )?;
+    if !skipped.is_empty() {
+        writeln!(
+            w,
+            "skipped: {} inputs already consumed by the state",
+            skipped.len()
+        )?;
+    }
+    if tally.late_events > 0 {
+        writeln!(
+            w,
+            "late: {} pushes or repository deletes older than the state's last event for their repository",
+            tally.late_events
+        )?;
+    }
     writeln!(
         w,
         "events: {} valid, {} duplicate, {} out of range; rejects: {} malformed lines, {} invalid events",

@@ -1,0 +1,131 @@
+//! `regtally report`: the Service Ping for any date, or a table of weekly and monthly users,
+//! from stored sketches (a state or an `aggregates.parquet`), without reading any log.
+
+use crate::aggregate::{metric_names, MetricRow, MetricTable};
+use crate::classify::TOTAL_METRIC;
+use crate::cli::{check_range, parse_date, usage};
+use crate::output::aggregates::read_aggregates;
+use crate::output::service_ping::ServicePing;
+use crate::period::PeriodKind;
+use crate::state::RunState;
+use anyhow::Result;
+use chrono::NaiveDate;
+use clap::{Args, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// How `report` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Weekly and monthly unique users and events per tracked event, one line a period.
+    Table,
+    /// The Service Ping document, as `service_ping.json`.
+    Json,
+}
+
+/// Flags of `regtally report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Read the sketches of a state folder (as `run --state` writes it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "from",
+        conflicts_with = "from"
+    )]
+    pub state: Option<PathBuf>,
+    /// Read the sketches of an aggregates.parquet.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Date the Service Ping is computed for (YYYY-MM-DD); default today, UTC.
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub as_of: Option<NaiveDate>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Table: periods starting on or after this day.
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub since: Option<NaiveDate>,
+    /// Table: periods starting before this day.
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub until: Option<NaiveDate>,
+}
+
+/// `regtally report`.
+pub fn report(args: ReportArgs, today: NaiveDate) -> Result<ExitCode> {
+    check_range(args.since, args.until)?;
+    let table: MetricTable = match (&args.state, &args.from) {
+        (Some(dir), _) => match RunState::load(dir, None) {
+            Ok(Some(state)) => state.metrics,
+            Ok(None) => return usage(format!("{} holds no regtally state", dir.display())),
+            Err(e) => return usage(e.to_string()),
+        },
+        (None, Some(file)) => match read_aggregates(file) {
+            Ok(t) => t,
+            Err(e) => return usage(e.to_string()),
+        },
+        (None, None) => return usage("give --state DIR or --from AGGREGATES.parquet"),
+    };
+    let precision = table.precision();
+    let rows = table.into_rows();
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            let ping = ServicePing::compute(&rows, args.as_of.unwrap_or(today), precision);
+            serde_json::to_writer_pretty(&mut out, &ping)?;
+            writeln!(out)?;
+        }
+        Format::Table => print_table(&rows, args.since, args.until, &mut out)?,
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per period (months, then weeks), one `users/events` column per metric.
+fn print_table<W: Write>(
+    rows: &[MetricRow],
+    since: Option<NaiveDate>,
+    until: Option<NaiveDate>,
+    w: &mut W,
+) -> Result<()> {
+    let label = |m: &str| -> String {
+        if m == TOTAL_METRIC {
+            "total".into()
+        } else {
+            m.trim_start_matches("i_container_registry_")
+                .trim_end_matches("_user")
+                .into()
+        }
+    };
+    let metrics: Vec<&str> = metric_names().collect();
+    write!(w, "{:<10}", "period")?;
+    for m in &metrics {
+        write!(w, " {:>19}", label(m))?;
+    }
+    writeln!(w)?;
+    let in_range = |r: &MetricRow| {
+        since.is_none_or(|s| r.period.start >= s) && until.is_none_or(|u| r.period.start < u)
+    };
+    for kind in [PeriodKind::Week, PeriodKind::Month] {
+        let mut periods: Vec<_> = rows
+            .iter()
+            .filter(|r| r.period.kind == kind && in_range(r))
+            .map(|r| r.period)
+            .collect();
+        periods.sort();
+        periods.dedup();
+        for period in periods {
+            write!(w, "{:<10}", period.to_string())?;
+            for m in &metrics {
+                let cell = rows.iter().find(|r| r.metric == *m && r.period == period);
+                let text = cell.map_or("0/0".to_owned(), |r| {
+                    format!("{}/{}", r.unique_users, r.events)
+                });
+                write!(w, " {text:>19}")?;
+            }
+            writeln!(w)?;
+        }
+    }
+    writeln!(w, "(each cell: unique users/events)")?;
+    Ok(())
+}

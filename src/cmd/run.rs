@@ -1,0 +1,353 @@
+//! `regtally run`: validate, read the logs, write the outputs (and the state, with `--state`).
+
+use crate::cli::{check_range, parse_date, parse_ratio, usage};
+use crate::ledger::RepositoryLedger;
+use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
+use crate::output::service_ping::ServicePing;
+use crate::output::summary::{print_human, write_summary, RunFlags, SkippedInput};
+use crate::output::{self, StagedOutputs};
+use crate::pipeline::{self, Prior, RunConfig, Tally};
+use crate::read::{discover_inputs, InputPath};
+use crate::state::{hash_file, ConsumedInput, RunState, STATE_FILE};
+use anyhow::{Context, Result};
+use chrono::NaiveDate;
+use clap::Args;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Flags of `regtally run`, as typed.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Files, folders (read recursively, hidden entries skipped) or - for standard input.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Output folder; created if missing.
+    #[arg(short, long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Repositories that exist before the first event, one path a line (e.g. a previous run's repositories.txt).
+    #[arg(long, value_name = "FILE")]
+    pub known_repositories: Option<PathBuf>,
+    /// Continue from the state in DIR (created if missing): skip inputs already consumed, and write outputs for the whole history.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// With --state: keep event ids for de-duplication this many days of event time.
+    #[arg(long, value_name = "DAYS", default_value_t = 14, requires = "state")]
+    pub dedup_window: u32,
+    /// Count events from this UTC day on (YYYY-MM-DD, inclusive).
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub since: Option<NaiveDate>,
+    /// Count events before this UTC day (YYYY-MM-DD, exclusive).
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub until: Option<NaiveDate>,
+    /// Date the Service Ping is computed for (YYYY-MM-DD); default today, UTC.
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub as_of: Option<NaiveDate>,
+    /// HyperLogLog++ precision, 4 to 18.
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u8).range(4..=18))]
+    pub precision: u8,
+    /// Worker threads; default: all cores.
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Largest share of lines that may be malformed lines or invalid events, 0 to 1.
+    #[arg(long, default_value_t = 0.05, value_name = "F", value_parser = parse_ratio)]
+    pub max_bad_ratio: f64,
+    /// Longest line read; longer lines are rejected without being held in memory.
+    #[arg(long, default_value_t = 8 << 20, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
+    pub max_line_bytes: u64,
+    /// Size of the pieces one input is cut into for parallel parsing (tuning and tests).
+    #[arg(long, default_value_t = 4 << 20, hide = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
+    pub chunk_bytes: u64,
+    /// Write outputs even when an input failed or too many lines were bad (the exit status stays 1; the state is never written then).
+    #[arg(long)]
+    pub keep_going: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// A validated `run`: everything checked that can be checked without reading a log.
+struct RunPlan {
+    config: RunConfig,
+    out: PathBuf,
+    flags: RunFlags,
+    threads: Option<usize>,
+    /// Where the state lives, and what it held, with `--state`.
+    state: Option<(PathBuf, RunState)>,
+    /// The ledger to start from without `--state`.
+    seed: RepositoryLedger,
+    dedup_window: u32,
+    skipped: Vec<SkippedInput>,
+}
+
+fn read_known_repositories(path: &PathBuf) -> Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(e) => usage(format!(
+            "cannot read --known-repositories {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+impl RunPlan {
+    fn from_args(args: RunArgs, today: NaiveDate) -> Result<RunPlan> {
+        check_range(args.since, args.until)?;
+        let mut inputs = match discover_inputs(&args.inputs) {
+            Ok(i) => i,
+            Err(e) => return usage(format!("cannot find inputs: {e}")),
+        };
+        if inputs.is_empty() {
+            return usage("no input found: the folders given hold no files");
+        }
+        if inputs.contains(&InputPath::Stdin) && std::io::stdin().is_terminal() {
+            return usage("- reads standard input, but standard input is a terminal");
+        }
+        let known = match &args.known_repositories {
+            Some(path) => Some(read_known_repositories(path)?),
+            None => None,
+        };
+        let seed = RepositoryLedger::seeded(known.iter().flatten().map(String::as_str));
+        if let Err(e) = output::check_output_dir(&args.out) {
+            return usage(format!("{e:#}"));
+        }
+        let mut skipped = Vec::new();
+        let state = match &args.state {
+            None => None,
+            Some(dir) => {
+                if let Err(e) = output::check_output_dir(dir) {
+                    return usage(format!("--state: {e:#}"));
+                }
+                let state = match RunState::load(dir, Some(args.precision)) {
+                    Ok(Some(s)) => {
+                        if known.is_some() {
+                            return usage(format!(
+                                "--known-repositories only seeds a new state; {} already holds the repository ledger",
+                                dir.join(STATE_FILE).display()
+                            ));
+                        }
+                        s
+                    }
+                    Ok(None) => RunState::empty(args.precision, seed.clone()),
+                    Err(e) => return usage(e.to_string()),
+                };
+                inputs.retain(|input| match already_consumed(input, &state.inputs) {
+                    Ok(None) => true,
+                    Ok(Some(reason)) => {
+                        skipped.push(SkippedInput {
+                            path: input.display_name(),
+                            reason,
+                        });
+                        false
+                    }
+                    // An input that cannot be hashed now is read, and fails there if need be.
+                    Err(_) => true,
+                });
+                Some((dir.clone(), state))
+            }
+        };
+        Ok(RunPlan {
+            config: RunConfig {
+                inputs,
+                since: args.since,
+                until: args.until,
+                precision: args.precision,
+                max_line_bytes: args.max_line_bytes as usize,
+                chunk_bytes: args.chunk_bytes as usize,
+                progress: !args.quiet && std::io::stderr().is_terminal(),
+                keep_event_ids: state.is_some(),
+            },
+            out: args.out,
+            flags: RunFlags {
+                since: args.since,
+                until: args.until,
+                as_of: args.as_of.unwrap_or(today),
+                precision: args.precision,
+                max_bad_ratio: args.max_bad_ratio,
+                keep_going: args.keep_going,
+                state: args.state.clone(),
+            },
+            threads: args.threads.map(usize::from),
+            state,
+            seed,
+            dedup_window: args.dedup_window,
+            skipped,
+        })
+    }
+}
+
+/// Why an input need not be read again: the state consumed a file of this path, size and
+/// content. Only inputs whose path and size match are hashed here.
+fn already_consumed(
+    input: &InputPath,
+    consumed: &[ConsumedInput],
+) -> std::io::Result<Option<String>> {
+    let InputPath::File(path) = input else {
+        return Ok(None);
+    };
+    let name = input.display_name();
+    let size = std::fs::metadata(path)?.len();
+    let Some(entry) = consumed.iter().find(|c| c.path == name && c.size == size) else {
+        return Ok(None);
+    };
+    let (_, hash) = hash_file(path)?;
+    Ok((hash == entry.hash)
+        .then(|| "already consumed: same path, size and content hash".to_owned()))
+}
+
+/// `regtally run`.
+pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
+    let mut plan = RunPlan::from_args(args, today)?;
+    let started = Instant::now();
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = plan.threads {
+        pool = pool.num_threads(n);
+    }
+    let pool = pool.build().context("cannot start worker threads")?;
+    let prior = match &plan.state {
+        Some((_, state)) => Prior {
+            ledger: state.ledger.clone(),
+            seen_ids: state.recent_ids.iter().map(|(id, _)| *id).collect(),
+        },
+        None => Prior {
+            ledger: std::mem::take(&mut plan.seed),
+            seen_ids: Vec::new(),
+        },
+    };
+    let mut tally = pool.install(|| pipeline::run(&plan.config, prior));
+
+    let mut problems: Vec<String> = tally
+        .failures()
+        .map(|(file, error)| format!("{file}: {error}"))
+        .collect();
+    if tally.bad_ratio() > plan.flags.max_bad_ratio {
+        problems.push(format!(
+            "{} malformed lines and {} invalid events in {} lines: ratio {:.4} is over --max-bad-ratio {} (see the first rejects above or in rejects.jsonl)",
+            tally.counts.malformed_lines,
+            tally.counts.invalid_events,
+            tally.counts.lines,
+            tally.bad_ratio(),
+            plan.flags.max_bad_ratio
+        ));
+        for r in tally.rejects.iter().take(5) {
+            eprintln!(
+                "regtally: {}:{}: {}",
+                r.file, r.reject.line, r.reject.reason
+            );
+        }
+    }
+
+    // The whole history: what the state held, and this run.
+    let next_state = plan.state.take().map(|(dir, mut state)| {
+        let batch = std::mem::replace(
+            &mut tally.metrics,
+            crate::aggregate::MetricTable::new(plan.config.precision),
+        );
+        state
+            .metrics
+            .merge(batch)
+            .expect("a state is loaded only with this run's precision");
+        state.ledger = tally.ledger.clone();
+        state
+            .recent_ids
+            .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
+        state.trim_ids(plan.dedup_window);
+        for input in tally.inputs.iter() {
+            if let Some(hash) = &input.content_hash {
+                if input.path != "-" {
+                    state.inputs.retain(|c| c.path != input.path);
+                    state.inputs.push(ConsumedInput {
+                        path: input.path.clone(),
+                        size: input.bytes,
+                        hash: hash.clone(),
+                    });
+                }
+            }
+        }
+        state.inputs.sort_by(|a, b| a.path.cmp(&b.path));
+        (dir, state)
+    });
+    let metrics = match &next_state {
+        Some((_, state)) => state.metrics.clone(),
+        None => std::mem::replace(
+            &mut tally.metrics,
+            crate::aggregate::MetricTable::new(plan.config.precision),
+        ),
+    };
+    let mut rows = metrics.into_rows();
+    let ping = ServicePing::compute(&rows, plan.flags.as_of, plan.config.precision);
+
+    let write = problems.is_empty() || plan.flags.keep_going;
+    if write {
+        // The state moves on only with a clean run: a half-read input must be read again.
+        let state = next_state.as_ref().filter(|_| problems.is_empty());
+        write_outputs(&plan, &tally, &mut rows, &ping, state, started)?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    print_human(&tally, &plan.skipped, &ping, &mut stdout)?;
+    if write {
+        writeln!(stdout, "outputs: {}", plan.out.display())?;
+    }
+    stdout.flush()?;
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        eprintln!("regtally: {p}");
+    }
+    if write {
+        eprintln!("regtally: --keep-going: outputs written from what could be read");
+        if next_state.is_some() {
+            eprintln!("regtally: the state was left as it was");
+        }
+    } else {
+        eprintln!("regtally: no output was replaced");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn write_outputs(
+    plan: &RunPlan,
+    tally: &Tally,
+    rows: &mut [crate::aggregate::MetricRow],
+    ping: &ServicePing,
+    state: Option<&(PathBuf, RunState)>,
+    started: Instant,
+) -> Result<()> {
+    let writing = Instant::now();
+    let mut staged = StagedOutputs::new();
+    let meta = AggregatesMetadata {
+        precision: plan.config.precision,
+        since: plan.config.since,
+        until: plan.config.until,
+    };
+    let out = |name: &str| plan.out.join(name);
+    staged.stage(&out(output::AGGREGATES), |w| {
+        write_aggregates(rows, &meta, w)
+    })?;
+    staged.stage(&out(output::SERVICE_PING), |w| {
+        serde_json::to_writer_pretty(&mut *w, ping)?;
+        Ok(w.write_all(b"\n")?)
+    })?;
+    staged.stage(&out(output::REJECTS), |w| {
+        output::write_rejects(&tally.rejects, w)
+    })?;
+    staged.stage(&out(output::REPOSITORIES), |w| {
+        output::write_repositories(&tally.ledger, w)
+    })?;
+    if let Some((dir, state)) = state {
+        staged.stage(&dir.join(STATE_FILE), |w| state.write(plan.dedup_window, w))?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let write_seconds = writing.elapsed().as_secs_f64();
+    staged.stage(&out(output::SUMMARY), |w| {
+        write_summary(tally, &plan.skipped, &plan.flags, elapsed, write_seconds, w)
+    })?;
+    staged.commit()
+}

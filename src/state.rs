@@ -1,0 +1,415 @@
+//! Run state (`run --state DIR`): what a later run needs to continue exactly where this one
+//! stopped, kept in one file so that it is replaced in one rename.
+//!
+//! The file is zstd-compressed JSON: the sketches and exact counts per metric and period, the
+//! repository ledger with the time of the last event applied to each repository, the ids of
+//! recent events (a window of event time) for de-duplication, and the inputs already consumed.
+
+use crate::aggregate::{known_metric, MetricTable};
+use crate::ledger::{LedgerEntry, RepositoryLedger};
+use crate::period::{Period, PeriodKind};
+use crate::sketch::{UserSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
+use crate::timestamp::{parse_rfc3339, Timestamp};
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The state file's name inside the state folder.
+pub const STATE_FILE: &str = "regtally-state.json.zst";
+
+/// Version of the state file's layout and meaning; a state of another version is refused.
+pub const STATE_VERSION: u32 = 1;
+
+const STATE_FORMAT: &str = "regtally-state";
+
+/// Why a state could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: cannot read the state: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a regtally state file ({why})")]
+    NotState { path: PathBuf, why: String },
+    #[error("{path}: state format version {found} was written by regtally {tool}; this release reads version {STATE_VERSION} only. Rebuild the state from the archived logs (see the README)")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        tool: String,
+    },
+    #[error("{path}: state was built with precision {found}, this run asks for {wanted}: sketches of different precision cannot be merged")]
+    Precision {
+        path: PathBuf,
+        found: u8,
+        wanted: u8,
+    },
+    #[error(
+        "{path}: state was built with identity hash {found:?}, this release uses {HASH_NAME:?}"
+    )]
+    Hash { path: PathBuf, found: String },
+}
+
+/// An input a state has consumed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumedInput {
+    pub path: String,
+    pub size: u64,
+    /// xxh3-128 of the file's bytes, as 32 hex digits.
+    pub hash: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCell {
+    metric: String,
+    kind: String,
+    start: NaiveDate,
+    events: u64,
+    /// The sketch's versioned bytes (as in `aggregates.parquet`), in hex.
+    sketch: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRepository {
+    path: String,
+    exists: bool,
+    last_applied: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: String,
+    version: u32,
+    written_by: String,
+    precision: u8,
+    hash: String,
+    sketch_format: u8,
+    dedup_window_days: u32,
+    metrics: Vec<StoredCell>,
+    repositories: Vec<StoredRepository>,
+    /// `[id hash in hex, seconds since the epoch]` of events inside the window.
+    recent_ids: Vec<(String, i64)>,
+    inputs: Vec<ConsumedInput>,
+}
+
+/// The state, in memory.
+#[derive(Clone, Debug)]
+pub struct RunState {
+    pub metrics: MetricTable,
+    pub ledger: RepositoryLedger,
+    /// Ids and times of recent de-duplicated events.
+    pub recent_ids: Vec<(u128, i64)>,
+    pub inputs: Vec<ConsumedInput>,
+}
+
+impl RunState {
+    /// The state of a folder that has none yet.
+    pub fn empty(precision: u8, ledger: RepositoryLedger) -> RunState {
+        RunState {
+            metrics: MetricTable::new(precision),
+            ledger,
+            recent_ids: Vec::new(),
+            inputs: Vec::new(),
+        }
+    }
+
+    /// Reads `dir/regtally-state.json.zst`; `Ok(None)` when the folder holds no state yet.
+    /// With `precision`, a state of another precision is refused.
+    pub fn load(dir: &Path, precision: Option<u8>) -> Result<Option<RunState>, StateError> {
+        let path = dir.join(STATE_FILE);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let not_state = |why: String| StateError::NotState {
+            path: path.clone(),
+            why,
+        };
+        let mut text = Vec::new();
+        zstd::stream::read::Decoder::new(file)
+            .and_then(|mut d| d.read_to_end(&mut text))
+            .map_err(|e| not_state(format!("not zstd: {e}")))?;
+        // The header first, so that another version is named as such rather than misread.
+        #[derive(Deserialize)]
+        struct Header {
+            format: String,
+            version: u32,
+            written_by: String,
+        }
+        let header: Header = serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
+        if header.format != STATE_FORMAT {
+            return Err(not_state(format!("format is {:?}", header.format)));
+        }
+        if header.version != STATE_VERSION {
+            return Err(StateError::Version {
+                path: path.clone(),
+                found: header.version,
+                tool: header.written_by,
+            });
+        }
+        let file: StateFile =
+            serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
+        let precision = precision.unwrap_or(file.precision);
+        if file.precision != precision {
+            return Err(StateError::Precision {
+                path: path.clone(),
+                found: file.precision,
+                wanted: precision,
+            });
+        }
+        if file.hash != HASH_NAME || file.sketch_format != SKETCH_FORMAT_VERSION {
+            return Err(StateError::Hash {
+                path: path.clone(),
+                found: file.hash,
+            });
+        }
+        let mut metrics = MetricTable::new(precision);
+        for c in file.metrics {
+            let metric = known_metric(&c.metric)
+                .ok_or_else(|| not_state(format!("unknown metric {:?}", c.metric)))?;
+            let period = match c.kind.as_str() {
+                "week" => Period::week_of(c.start),
+                "month" => Period::month_of(c.start),
+                other => return Err(not_state(format!("unknown period kind {other:?}"))),
+            };
+            let bytes = from_hex(&c.sketch).ok_or_else(|| not_state("sketch is not hex".into()))?;
+            let sketch = UserSketch::from_bytes(&bytes).map_err(|e| not_state(e.to_string()))?;
+            metrics
+                .add_cell(metric, period, sketch, c.events)
+                .map_err(|e| not_state(e.to_string()))?;
+        }
+        let mut entries = Vec::with_capacity(file.repositories.len());
+        for r in file.repositories {
+            let last_applied = match r.last_applied {
+                None => None,
+                Some(t) => Some(parse_rfc3339(&t).map_err(|e| not_state(format!("{t:?}: {e}")))?),
+            };
+            entries.push(LedgerEntry {
+                path: r.path,
+                exists: r.exists,
+                last_applied,
+            });
+        }
+        let mut recent_ids = Vec::with_capacity(file.recent_ids.len());
+        for (hex, secs) in file.recent_ids {
+            let id =
+                u128::from_str_radix(&hex, 16).map_err(|_| not_state(format!("bad id {hex:?}")))?;
+            recent_ids.push((id, secs));
+        }
+        Ok(Some(RunState {
+            metrics,
+            ledger: RepositoryLedger::from_entries(entries),
+            recent_ids,
+            inputs: file.inputs,
+        }))
+    }
+
+    /// Keeps only the ids of events less than `window_days` older than the newest one.
+    pub fn trim_ids(&mut self, window_days: u32) {
+        let Some(newest) = self.recent_ids.iter().map(|(_, t)| *t).max() else {
+            return;
+        };
+        let cutoff = newest - i64::from(window_days) * 86_400;
+        self.recent_ids.retain(|(_, t)| *t >= cutoff);
+        self.recent_ids.sort_unstable();
+        self.recent_ids.dedup_by_key(|(id, _)| *id);
+    }
+
+    /// Writes the state (zstd-compressed JSON) to `w`.
+    pub fn write<W: Write>(&self, dedup_window_days: u32, w: W) -> anyhow::Result<()> {
+        let file = StateFile {
+            format: STATE_FORMAT.to_owned(),
+            version: STATE_VERSION,
+            written_by: env!("CARGO_PKG_VERSION").to_owned(),
+            precision: self.metrics.precision(),
+            hash: HASH_NAME.to_owned(),
+            sketch_format: SKETCH_FORMAT_VERSION,
+            dedup_window_days,
+            metrics: self
+                .metrics
+                .cells()
+                .map(|(metric, period, sketch, events)| StoredCell {
+                    metric: metric.to_owned(),
+                    kind: match period.kind {
+                        PeriodKind::Week => "week".into(),
+                        PeriodKind::Month => "month".into(),
+                    },
+                    start: period.start,
+                    events,
+                    sketch: to_hex(&sketch.clone().to_bytes()),
+                })
+                .collect(),
+            repositories: self
+                .ledger
+                .entries()
+                .into_iter()
+                .map(|e| StoredRepository {
+                    path: e.path,
+                    exists: e.exists,
+                    last_applied: e.last_applied.map(Timestamp::to_rfc3339),
+                })
+                .collect(),
+            recent_ids: self
+                .recent_ids
+                .iter()
+                .map(|(id, t)| (format!("{id:032x}"), *t))
+                .collect(),
+            inputs: self.inputs.clone(),
+        };
+        let mut enc = zstd::stream::write::Encoder::new(w, 3)?;
+        serde_json::to_writer(&mut enc, &file)?;
+        enc.finish()?;
+        Ok(())
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The size and xxh3-128 (32 hex digits) of a file's bytes.
+pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, format!("{:032x}", hasher.digest128())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Aggregate;
+    use crate::classify::TrackedEvent;
+
+    fn sample() -> RunState {
+        let mut agg = Aggregate::default();
+        agg.add(
+            TrackedEvent::PushTag,
+            NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
+            crate::sketch::identity_hash("root"),
+        );
+        let mut ledger = RepositoryLedger::seeded(["g/known"]);
+        ledger.learn_path(crate::ledger::repository_key("g/r"), "g/r".into());
+        ledger.push(
+            crate::ledger::repository_key("g/r"),
+            Timestamp {
+                secs: 1_609_750_000,
+                nanos: 5,
+            },
+        );
+        RunState {
+            metrics: agg.into_table(14),
+            ledger,
+            recent_ids: vec![(7, 100), (u128::MAX, 200)],
+            inputs: vec![ConsumedInput {
+                path: "logs/a.gz".into(),
+                size: 10,
+                hash: "00".repeat(16),
+            }],
+        }
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = sample();
+        state
+            .write(
+                14,
+                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
+            )
+            .unwrap();
+        let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
+        assert_eq!(back.ledger.entries(), state.ledger.entries());
+        assert_eq!(back.recent_ids, state.recent_ids);
+        assert_eq!(back.inputs, state.inputs);
+        let (mut a, mut b) = (state.metrics.into_rows(), back.metrics.into_rows());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+            assert_eq!(
+                (x.metric, x.period, x.events),
+                (y.metric, y.period, y.events)
+            );
+            assert!(x.sketch.to_bytes() == y.sketch.to_bytes());
+        }
+    }
+
+    #[test]
+    fn missing_state_is_none_and_wrong_states_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(RunState::load(dir.path(), Some(14)).unwrap().is_none());
+        let path = dir.path().join(STATE_FILE);
+        sample()
+            .write(14, std::fs::File::create(&path).unwrap())
+            .unwrap();
+        assert!(matches!(
+            RunState::load(dir.path(), Some(12)),
+            Err(StateError::Precision {
+                found: 14,
+                wanted: 12,
+                ..
+            })
+        ));
+        let other = br#"{"format":"regtally-state","version":99,"written_by":"9.9.9"}"#;
+        std::fs::write(&path, zstd::encode_all(&other[..], 3).unwrap()).unwrap();
+        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        assert!(
+            matches!(err, StateError::Version { found: 99, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("9.9.9"));
+        std::fs::write(&path, b"plain text").unwrap();
+        assert!(matches!(
+            RunState::load(dir.path(), Some(14)),
+            Err(StateError::NotState { .. })
+        ));
+    }
+
+    #[test]
+    fn the_id_window_keeps_recent_ids_only() {
+        let mut s = RunState::empty(14, RepositoryLedger::default());
+        s.recent_ids = vec![(1, 0), (2, 86_400 * 10), (3, 86_400 * 20), (3, 86_400 * 20)];
+        s.trim_ids(14);
+        assert_eq!(s.recent_ids, [(2, 86_400 * 10), (3, 86_400 * 20)]);
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(
+            from_hex(&to_hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+}

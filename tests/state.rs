@@ -1,0 +1,336 @@
+//! Integration tests of `run --state` (nightly batches) and `report`, on the built binary.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+/// Ten days of events, one file a day, in time order: tag and repository pushes and deletes
+/// across a few repositories and users, pulls, and redeliveries of the previous day's events.
+fn nightly_files() -> Vec<(String, Vec<String>)> {
+    let users = ["alice", "Bob", "carol", "dave", "erin"];
+    let repos = ["g/a", "g/b", "g/c", "h/d"];
+    let mut days = Vec::new();
+    let mut previous: Vec<Ev> = Vec::new();
+    for day in 1..=10u32 {
+        let mut events = Vec::new();
+        for i in 0..12u32 {
+            let n = day * 100 + i;
+            let ts = format!("2021-01-{day:02}T{:02}:{:02}:00Z", i * 2, (n * 7) % 60);
+            let user = users[(n % 5) as usize];
+            let repo = repos[((n / 3) % 4) as usize];
+            let id = format!("ev-{n}");
+            let e = match n % 6 {
+                0 => Ev::new(&id, &ts, "push", repo, user).tag("v1"),
+                1 => Ev::new(&id, &ts, "push", repo, user),
+                2 => Ev::new(&id, &ts, "pull", repo, user).tag("v1"),
+                3 => Ev::new(&id, &ts, "delete", repo, user).tag("v1"),
+                4 if day % 3 == 0 => Ev::new(&id, &ts, "delete", repo, user).no_digest(),
+                _ => Ev::new(&id, &ts, "push", repo, user).actor("ci", "build"),
+            };
+            events.push(e);
+        }
+        let mut lines: Vec<String> = events.iter().map(Ev::line).collect();
+        // The registry redelivers: yesterday's first two events arrive again today.
+        lines.extend(previous.iter().take(2).map(Ev::line));
+        previous = events;
+        days.push((format!("day-{day:02}.jsonl"), lines));
+    }
+    days
+}
+
+const OUTPUTS: [&str; 3] = [
+    "aggregates.parquet",
+    "service_ping.json",
+    "repositories.txt",
+];
+
+fn outputs(ws: &Workspace, out: &str) -> Vec<Vec<u8>> {
+    OUTPUTS
+        .iter()
+        .map(|f| fs::read(ws.path(&format!("{out}/{f}"))).unwrap())
+        .collect()
+}
+
+fn state_bytes(ws: &Workspace) -> Vec<u8> {
+    fs::read(ws.path("state/regtally-state.json.zst")).unwrap()
+}
+
+/// Runs `regtally run incoming --state state -o out` plus `extra`.
+fn nightly(ws: &Workspace, extra: &[&str]) -> Run {
+    let state = ws.s("state");
+    let mut args = vec!["--state", state.as_str()];
+    args.extend(extra);
+    ws.run(&["incoming"], "out", &args)
+}
+
+#[test]
+fn nightly_batches_give_what_one_run_over_everything_gives() {
+    let ws = Workspace::new();
+    let days = nightly_files();
+    for (i, (name, lines)) in days.iter().enumerate() {
+        ws.write_lines(&format!("incoming/{name}"), lines);
+        let r = nightly(&ws, &[]);
+        assert_eq!(r.code, 0, "night {}: {}", i + 1, r.stderr);
+        let s = ws.json("out/summary.json");
+        assert_eq!(
+            s["skipped_inputs"].as_array().unwrap().len(),
+            i,
+            "earlier nights are skipped"
+        );
+        assert_eq!(
+            s["inputs"].as_array().unwrap().len(),
+            1,
+            "only the new file is read"
+        );
+        if i > 0 {
+            assert_eq!(
+                s["duplicate_events"],
+                2,
+                "night {}: yesterday's redeliveries are caught",
+                i + 1
+            );
+        }
+        assert_eq!(s["late_events"], 0);
+    }
+    assert_eq!(ws.run(&["incoming"], "full", &[]).code, 0);
+    let full = outputs(&ws, "full");
+    let batched = outputs(&ws, "out");
+    for (f, (a, b)) in OUTPUTS.iter().zip(full.iter().zip(&batched)) {
+        assert!(
+            a == b,
+            "{f} differs between nightly batches and one full run"
+        );
+    }
+    assert_eq!(ws.json("full/summary.json")["duplicate_events"], 18);
+    // The rows are real: the history spans all ten days.
+    let rows = ws.rows("out");
+    assert!(cell(&rows, "push_tag", "2021-01").1 > 10);
+    assert!(cell(&rows, "create_repository", "2021-01").1 > 0);
+
+    // Running the last night again changes nothing.
+    let before = state_bytes(&ws);
+    let r = nightly(&ws, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        outputs(&ws, "out") == batched,
+        "a re-run changed the outputs"
+    );
+    assert!(state_bytes(&ws) == before, "a re-run changed the state");
+    let s = ws.json("out/summary.json");
+    assert_eq!(s["lines"], 0);
+    let skipped = s["skipped_inputs"].as_array().unwrap();
+    assert_eq!(skipped.len(), 10);
+    assert!(skipped[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("already consumed"));
+    assert!(r.stdout.contains("skipped: 10 inputs"), "{}", r.stdout);
+}
+
+#[test]
+fn the_dedup_window_bounds_what_is_remembered() {
+    // Night 1 sees e1; night 2 sees an event three days later; night 3 gets e1 again.
+    let first = Ev::new("e1", "2021-01-01T00:00:00Z", "push", "g/r", "u").tag("t");
+    let later = Ev::new("e2", "2021-01-04T00:00:00Z", "push", "g/r", "v").tag("t");
+    for (window, duplicates, e1_counted) in [("14", 1, 1), ("2", 0, 2)] {
+        let ws = Workspace::new();
+        let flags = ["--dedup-window", window];
+        ws.write_lines("incoming/1.jsonl", &[first.line()]);
+        assert_eq!(nightly(&ws, &flags).code, 0);
+        ws.write_lines("incoming/2.jsonl", &[later.line()]);
+        assert_eq!(nightly(&ws, &flags).code, 0);
+        ws.write_lines("incoming/3.jsonl", &[first.line()]);
+        assert_eq!(nightly(&ws, &flags).code, 0);
+        let s = ws.json("out/summary.json");
+        assert_eq!(s["duplicate_events"], duplicates, "window {window}");
+        // Past the window a redelivery is counted again: the cost of bounded memory.
+        assert_eq!(
+            cell(&ws.rows("out"), "push_tag", "2020-W53").1,
+            e1_counted,
+            "window {window}"
+        );
+    }
+}
+
+#[test]
+fn a_changed_file_is_read_again_and_its_old_events_are_duplicates() {
+    let ws = Workspace::new();
+    let a = Ev::new("a", "2021-01-01T00:00:00Z", "push", "g/r", "u")
+        .tag("t")
+        .line();
+    ws.write_lines("incoming/log.jsonl", std::slice::from_ref(&a));
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    // The shipper appended to the same file.
+    let b = Ev::new("b", "2021-01-01T01:00:00Z", "push", "g/r", "w")
+        .tag("t")
+        .line();
+    ws.write_lines("incoming/log.jsonl", &[a, b]);
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let s = ws.json("out/summary.json");
+    assert_eq!(
+        (s["events_seen"].as_u64(), s["duplicate_events"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(cell(&ws.rows("out"), "push_tag", "2020-W53"), (2, 2));
+}
+
+#[test]
+fn late_arrivals_are_counted_in_their_period_and_reported() {
+    let ws = Workspace::new();
+    ws.write_lines(
+        "incoming/1.jsonl",
+        &[Ev::new("p2", "2021-01-10T00:00:00Z", "push", "g/r", "second").line()],
+    );
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    // An older push of the same repository arrives a night later.
+    ws.write_lines(
+        "incoming/2.jsonl",
+        &[Ev::new("p1", "2021-01-02T00:00:00Z", "push", "g/r", "first").line()],
+    );
+    let r = nightly(&ws, &[]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("late: 1"), "{}", r.stdout);
+    assert_eq!(ws.json("out/summary.json")["late_events"], 1);
+    let rows = ws.rows("out");
+    // Counted in its own week; the ledger already held g/r, so it is a push, not a create
+    // (a full run would have called it the create: see the README).
+    assert_eq!(cell(&rows, "push_repository", "2020-W53"), (1, 1));
+    assert_eq!(cell(&rows, "create_repository", "2021-W01"), (1, 1));
+}
+
+#[test]
+fn other_precisions_versions_and_broken_states_are_refused() {
+    let ws = Workspace::new();
+    ws.write_lines(
+        "incoming/a.jsonl",
+        &[Ev::new("a", "2021-01-01T00:00:00Z", "push", "g/r", "u").line()],
+    );
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let r = nightly(&ws, &["--precision", "12"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("precision 14") && r.stderr.contains("12"),
+        "{}",
+        r.stderr
+    );
+    ws.write("known.txt", "g/x\n");
+    let known = ws.s("known.txt");
+    let r = nightly(&ws, &["--known-repositories", &known]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("only seeds a new state"), "{}", r.stderr);
+
+    let path = ws.path("state/regtally-state.json.zst");
+    let other = br#"{"format":"regtally-state","version":2,"written_by":"0.9.0"}"#;
+    fs::write(&path, zstd::encode_all(&other[..], 3).unwrap()).unwrap();
+    let r = nightly(&ws, &[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("version 2") && r.stderr.contains("0.9.0"),
+        "{}",
+        r.stderr
+    );
+    fs::write(&path, b"garbage").unwrap();
+    let r = nightly(&ws, &[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not a regtally state"), "{}", r.stderr);
+}
+
+#[test]
+fn a_failed_night_leaves_state_and_outputs_as_they_were() {
+    let ws = Workspace::new();
+    ws.write_lines(
+        "incoming/a.jsonl",
+        &[Ev::new("a", "2021-01-01T00:00:00Z", "push", "g/r", "u")
+            .tag("t")
+            .line()],
+    );
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let state = state_bytes(&ws);
+    let out = outputs(&ws, "out");
+    let lines: Vec<String> = (0..400)
+        .map(|i| {
+            Ev::new(&format!("x{i}"), "2021-01-02T00:00:00Z", "push", "g/r", "v")
+                .tag("t")
+                .line()
+        })
+        .collect();
+    let gz = gzip(lines.join("\n").as_bytes());
+    ws.write("incoming/b.gz", &gz[..gz.len() / 2]);
+    assert_eq!(nightly(&ws, &[]).code, 1);
+    assert!(state_bytes(&ws) == state && outputs(&ws, "out") == out);
+    // --keep-going writes outputs for inspection, never the state.
+    let r = nightly(&ws, &["--keep-going"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("state was left as it was"),
+        "{}",
+        r.stderr
+    );
+    assert!(state_bytes(&ws) == state);
+    assert!(outputs(&ws, "out") != out);
+    let leftovers: Vec<_> = fs::read_dir(ws.path("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files: {leftovers:?}");
+}
+
+#[test]
+fn report_prints_the_service_ping_of_any_date_without_reading_logs() {
+    let ws = Workspace::new();
+    for (name, lines) in nightly_files() {
+        ws.write_lines(&format!("incoming/{name}"), &lines);
+    }
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let state = ws.s("state");
+    let aggregates = ws.s("out/aggregates.parquet");
+    for as_of in ["2021-01-05", "2021-01-12", "2021-02-01"] {
+        let (incoming, full) = (ws.s("incoming"), ws.s("full"));
+        let r = regtally(&["run", &incoming, "-o", &full, "--as-of", as_of]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let want = ws.text("full/service_ping.json");
+        for source in [["--state", state.as_str()], ["--from", aggregates.as_str()]] {
+            let mut args = vec!["report", "--format", "json", "--as-of", as_of];
+            args.extend(source);
+            let r = regtally(&args);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(r.stdout, want, "report {source:?} --as-of {as_of}");
+        }
+    }
+    let r = regtally(&[
+        "report",
+        "--state",
+        &state,
+        "--since",
+        "2021-01-01",
+        "--until",
+        "2021-02-01",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("period")
+            && lines[0].contains("push_tag")
+            && lines[0].contains("total")
+    );
+    assert!(lines[1].starts_with("2021-W01"), "{}", r.stdout);
+    assert!(
+        lines.iter().any(|l| l.starts_with("2021-01 ")),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("2020-W53"), "before --since");
+    let rows = ws.rows("out");
+    let (users, events) = cell(&rows, "total", "2021-W01");
+    let w01 = lines[1].split_whitespace().last().unwrap();
+    assert_eq!(w01, format!("{users}/{events}"));
+
+    let r = regtally(&["report", "--state", &ws.s("nothing-here")]);
+    assert_eq!(r.code, 2);
+    let r = regtally(&["report", "--from", &ws.s("incoming/day-01.jsonl")]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not a Parquet file"), "{}", r.stderr);
+    let r = regtally(&["report"]);
+    assert_eq!(r.code, 2);
+}
