@@ -1,5 +1,6 @@
 //! `regtally run`: validate, read the logs, write the outputs (and the state, with `--state`).
 
+use crate::aggregate::{MetricRow, MetricTable};
 use crate::cli::{check_range, parse_date, parse_ratio, usage};
 use crate::ledger::RepositoryLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
@@ -201,6 +202,23 @@ fn already_consumed(
         .then(|| "already consumed: same path, size and content hash".to_owned()))
 }
 
+/// Adds the inputs this run read completely to a state's manifest (a changed file replaces
+/// its old entry).
+fn record_consumed(consumed: &mut Vec<ConsumedInput>, tally: &Tally) {
+    for input in &tally.inputs {
+        let (Some(hash), false) = (&input.content_hash, input.path == "-") else {
+            continue;
+        };
+        consumed.retain(|c| c.path != input.path);
+        consumed.push(ConsumedInput {
+            path: input.path.clone(),
+            size: input.bytes,
+            hash: hash.clone(),
+        });
+    }
+    consumed.sort_by(|a, b| a.path.cmp(&b.path));
+}
+
 /// `regtally run`.
 pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
     let mut plan = RunPlan::from_args(args, today)?;
@@ -210,9 +228,10 @@ pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
         pool = pool.num_threads(n);
     }
     let pool = pool.build().context("cannot start worker threads")?;
-    let prior = match &plan.state {
+    let prior = match &mut plan.state {
+        // The ledger comes back in the tally, moved on by this run.
         Some((_, state)) => Prior {
-            ledger: state.ledger.clone(),
+            ledger: std::mem::take(&mut state.ledger),
             seen_ids: state.recent_ids.iter().map(|(id, _)| *id).collect(),
         },
         None => Prior {
@@ -244,41 +263,22 @@ pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
     }
 
     // The whole history: what the state held, and this run.
-    let next_state = plan.state.take().map(|(dir, mut state)| {
-        let batch = std::mem::replace(
-            &mut tally.metrics,
-            crate::aggregate::MetricTable::new(plan.config.precision),
-        );
-        state
-            .metrics
-            .merge(batch)
-            .expect("a state is loaded only with this run's precision");
-        state.ledger = tally.ledger.clone();
-        state
-            .recent_ids
-            .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
-        state.trim_ids(plan.dedup_window);
-        for input in tally.inputs.iter() {
-            if let Some(hash) = &input.content_hash {
-                if input.path != "-" {
-                    state.inputs.retain(|c| c.path != input.path);
-                    state.inputs.push(ConsumedInput {
-                        path: input.path.clone(),
-                        size: input.bytes,
-                        hash: hash.clone(),
-                    });
-                }
-            }
+    let batch = std::mem::replace(&mut tally.metrics, MetricTable::new(plan.config.precision));
+    let (metrics, next_state) = match plan.state.take() {
+        None => (batch, None),
+        Some((dir, mut state)) => {
+            state
+                .metrics
+                .merge(batch)
+                .expect("a state is loaded only with this run's precision");
+            state.ledger = tally.ledger.clone();
+            state
+                .recent_ids
+                .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
+            state.trim_ids(plan.dedup_window);
+            record_consumed(&mut state.inputs, &tally);
+            (state.metrics.clone(), Some((dir, state)))
         }
-        state.inputs.sort_by(|a, b| a.path.cmp(&b.path));
-        (dir, state)
-    });
-    let metrics = match &next_state {
-        Some((_, state)) => state.metrics.clone(),
-        None => std::mem::replace(
-            &mut tally.metrics,
-            crate::aggregate::MetricTable::new(plan.config.precision),
-        ),
     };
     let mut rows = metrics.into_rows();
     let ping = ServicePing::compute(&rows, plan.flags.as_of, plan.config.precision);
@@ -315,7 +315,7 @@ pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
 fn write_outputs(
     plan: &RunPlan,
     tally: &Tally,
-    rows: &mut [crate::aggregate::MetricRow],
+    rows: &mut [MetricRow],
     ping: &ServicePing,
     state: Option<&(PathBuf, RunState)>,
     started: Instant,
