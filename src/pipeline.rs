@@ -132,10 +132,12 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub fn run(cfg: &RunConfig, prior: Prior) -> Tally {
     let mut phases = Phases::start();
     let progress = progress_bar(cfg);
+    // One pool for the run: inputs read one after another reuse the same chunk buffers.
+    let pool = BufferPool::default();
     let read: Vec<(InputReport, Vec<ChunkOutput>)> = cfg
         .inputs
         .par_iter()
-        .map(|input| read_input(input, cfg, progress.clone()))
+        .map(|input| read_input(input, cfg, progress.clone(), &pool))
         .collect();
     if let Some(p) = progress {
         p.finish_and_clear();
@@ -197,6 +199,7 @@ fn read_input(
     input: &InputPath,
     cfg: &RunConfig,
     progress: Option<indicatif::ProgressBar>,
+    pool: &BufferPool,
 ) -> (InputReport, Vec<ChunkOutput>) {
     let mut report = InputReport {
         path: input.display_name(),
@@ -215,7 +218,6 @@ fn read_input(
         }
     };
     report.compression = Some(opened.compression);
-    let pool = BufferPool::default();
     let mut chunker = Chunker::with_pool(
         opened.stream,
         cfg.chunk_bytes,

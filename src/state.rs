@@ -58,6 +58,20 @@ pub struct ConsumedInput {
     pub size: u64,
     /// xxh3-128 of the file's bytes, as 32 hex digits.
     pub hash: String,
+    /// The file's modification time when it was read (`seconds.nanoseconds` since the epoch):
+    /// a file with the same path, size and time is skipped without hashing it again.
+    #[serde(default)]
+    pub modified: Option<String>,
+}
+
+/// A file's modification time as [`ConsumedInput::modified`] stores it.
+pub fn modified_stamp(meta: &std::fs::Metadata) -> Option<String> {
+    let t = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(format!("{}.{:09}", t.as_secs(), t.subsec_nanos()))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -210,11 +224,14 @@ impl RunState {
         }))
     }
 
-    /// Keeps only the ids of events less than `window_days` older than the newest one.
-    pub fn trim_ids(&mut self, window_days: u32) {
+    /// Keeps only the ids of events less than `window_days` older than the newest one, the
+    /// newest taken no later than `not_after` (so that one event dated years ahead cannot push
+    /// every other id out of the window).
+    pub fn trim_ids(&mut self, window_days: u32, not_after: i64) {
         let Some(newest) = self.recent_ids.iter().map(|(_, t)| *t).max() else {
             return;
         };
+        let newest = newest.min(not_after);
         let cutoff = newest - i64::from(window_days) * 86_400;
         self.recent_ids.retain(|(_, t)| *t >= cutoff);
         self.recent_ids.sort_unstable();
@@ -335,6 +352,7 @@ mod tests {
                 path: "logs/a.gz".into(),
                 size: 10,
                 hash: "00".repeat(16),
+                modified: Some("1.000000002".into()),
             }],
         }
     }
@@ -399,8 +417,12 @@ mod tests {
     fn the_id_window_keeps_recent_ids_only() {
         let mut s = RunState::empty(14, RepositoryLedger::default());
         s.recent_ids = vec![(1, 0), (2, 86_400 * 10), (3, 86_400 * 20), (3, 86_400 * 20)];
-        s.trim_ids(14);
+        s.trim_ids(14, i64::MAX);
         assert_eq!(s.recent_ids, [(2, 86_400 * 10), (3, 86_400 * 20)]);
+        // An event far in the future does not move the window past today.
+        s.recent_ids.push((4, 86_400 * 9_000));
+        s.trim_ids(5, 86_400 * 21);
+        assert_eq!(s.recent_ids, [(3, 86_400 * 20), (4, 86_400 * 9_000)]);
     }
 
     #[test]

@@ -334,3 +334,45 @@ fn report_prints_the_service_ping_of_any_date_without_reading_logs() {
     let r = regtally(&["report"]);
     assert_eq!(r.code, 2);
 }
+
+#[test]
+fn skipping_trusts_path_size_and_time_then_the_content_hash() {
+    let ws = Workspace::new();
+    let a = Ev::new("a", "2021-01-01T00:00:00Z", "push", "g/r", "u")
+        .tag("t")
+        .line();
+    let path = ws.write_lines("incoming/log.jsonl", std::slice::from_ref(&a));
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let touch = |secs: u64| {
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    };
+    // Touched, same bytes: hashed, found equal, skipped.
+    touch(1_000_000);
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let s = ws.json("out/summary.json");
+    assert!(s["skipped_inputs"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("content hash"));
+    // Untouched since: skipped on path, size and time alone.
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let s = ws.json("out/summary.json");
+    assert!(s["skipped_inputs"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("modification time"));
+    // Rewritten with other bytes of the same length: read again.
+    let b = a.replace("\"push\"", "\"pull\"");
+    assert_eq!(a.len(), b.len());
+    ws.write_lines("incoming/log.jsonl", &[b]);
+    touch(2_000_000);
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let s = ws.json("out/summary.json");
+    assert_eq!(s["skipped_inputs"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        s["duplicate_events"], 1,
+        "its event was seen the first night"
+    );
+}

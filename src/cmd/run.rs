@@ -9,12 +9,13 @@ use crate::output::summary::{print_human, write_summary, RunFlags, SkippedInput}
 use crate::output::{self, StagedOutputs};
 use crate::pipeline::{self, Prior, RunConfig, Tally};
 use crate::read::{discover_inputs, InputPath};
-use crate::state::{hash_file, ConsumedInput, RunState, STATE_FILE};
+use crate::state::{hash_file, modified_stamp, ConsumedInput, RunState, STATE_FILE};
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::Args;
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -80,6 +81,10 @@ struct RunPlan {
     seed: RepositoryLedger,
     dedup_window: u32,
     skipped: Vec<SkippedInput>,
+    /// Modification times of the inputs to read, taken before reading them.
+    modified: HashMap<String, String>,
+    /// The end of today (UTC), in seconds: the latest "newest event" the id window accepts.
+    end_of_today: i64,
 }
 
 fn read_known_repositories(path: &PathBuf) -> Result<Vec<String>> {
@@ -119,6 +124,7 @@ impl RunPlan {
             return usage(format!("{e:#}"));
         }
         let mut skipped = Vec::new();
+        let mut modified = HashMap::new();
         let state = match &args.state {
             None => None,
             Some(dir) => {
@@ -138,17 +144,28 @@ impl RunPlan {
                     Ok(None) => RunState::empty(args.precision, seed.clone()),
                     Err(e) => return usage(e.to_string()),
                 };
-                inputs.retain(|input| match already_consumed(input, &state.inputs) {
-                    Ok(None) => true,
-                    Ok(Some(reason)) => {
-                        skipped.push(SkippedInput {
-                            path: input.display_name(),
-                            reason,
-                        });
-                        false
+                inputs.retain(|input| {
+                    let InputPath::File(path) = input else {
+                        return true;
+                    };
+                    let name = input.display_name();
+                    // An input that cannot be looked at now is read, and fails there if need be.
+                    let Ok(meta) = std::fs::metadata(path) else {
+                        return true;
+                    };
+                    let stamp = modified_stamp(&meta);
+                    let consumed =
+                        already_consumed(path, &name, meta.len(), stamp.as_deref(), &state.inputs);
+                    if let Some(stamp) = stamp {
+                        modified.insert(name.clone(), stamp);
                     }
-                    // An input that cannot be hashed now is read, and fails there if need be.
-                    Err(_) => true,
+                    match consumed {
+                        Ok(Some(reason)) => {
+                            skipped.push(SkippedInput { path: name, reason });
+                            false
+                        }
+                        _ => true,
+                    }
                 });
                 Some((dir.clone(), state))
             }
@@ -179,32 +196,45 @@ impl RunPlan {
             seed,
             dedup_window: args.dedup_window,
             skipped,
+            modified,
+            end_of_today: (today + chrono::Days::new(1))
+                .and_hms_opt(0, 0, 0)
+                .map_or(i64::MAX, |t| t.and_utc().timestamp()),
         })
     }
 }
 
-/// Why an input need not be read again: the state consumed a file of this path, size and
-/// content. Only inputs whose path and size match are hashed here.
+/// Why an input need not be read again: the state consumed a file of this path and size, and
+/// either of this modification time (no hashing: a nightly run must not re-read the archive)
+/// or, failing that, of this content hash.
 fn already_consumed(
-    input: &InputPath,
+    path: &Path,
+    name: &str,
+    size: u64,
+    modified: Option<&str>,
     consumed: &[ConsumedInput],
 ) -> std::io::Result<Option<String>> {
-    let InputPath::File(path) = input else {
-        return Ok(None);
-    };
-    let name = input.display_name();
-    let size = std::fs::metadata(path)?.len();
     let Some(entry) = consumed.iter().find(|c| c.path == name && c.size == size) else {
         return Ok(None);
     };
+    if modified.is_some() && entry.modified.as_deref() == modified {
+        return Ok(Some(
+            "already consumed: same path, size and modification time".into(),
+        ));
+    }
     let (_, hash) = hash_file(path)?;
     Ok((hash == entry.hash)
         .then(|| "already consumed: same path, size and content hash".to_owned()))
 }
 
 /// Adds the inputs this run read completely to a state's manifest (a changed file replaces
-/// its old entry).
-fn record_consumed(consumed: &mut Vec<ConsumedInput>, tally: &Tally) {
+/// its old entry), and notes the current modification time of inputs skipped by their hash,
+/// so that a touched file is hashed once, not every night.
+fn record_consumed(
+    consumed: &mut Vec<ConsumedInput>,
+    tally: &Tally,
+    modified: &HashMap<String, String>,
+) {
     for input in &tally.inputs {
         let (Some(hash), false) = (&input.content_hash, input.path == "-") else {
             continue;
@@ -214,7 +244,14 @@ fn record_consumed(consumed: &mut Vec<ConsumedInput>, tally: &Tally) {
             path: input.path.clone(),
             size: input.bytes,
             hash: hash.clone(),
+            modified: None,
         });
+    }
+    // Every input looked at this run, read or skipped, records the time it was seen with.
+    for entry in consumed.iter_mut() {
+        if let Some(stamp) = modified.get(&entry.path) {
+            entry.modified = Some(stamp.clone());
+        }
     }
     consumed.sort_by(|a, b| a.path.cmp(&b.path));
 }
@@ -275,8 +312,8 @@ pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
             state
                 .recent_ids
                 .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
-            state.trim_ids(plan.dedup_window);
-            record_consumed(&mut state.inputs, &tally);
+            state.trim_ids(plan.dedup_window, plan.end_of_today);
+            record_consumed(&mut state.inputs, &tally, &plan.modified);
             (state.metrics.clone(), Some((dir, state)))
         }
     };
