@@ -323,4 +323,62 @@ mod tests {
         out.offset_lines(41);
         assert_eq!(out.rejects[0].line, 42);
     }
+
+    /// Mutated lines (bytes flipped, cut, duplicated, spliced) never panic, and every line is
+    /// accounted for exactly once: blank, malformed, or holding events valid or invalid.
+    #[test]
+    fn mutated_input_never_panics_and_is_fully_accounted() {
+        let seed_lines = [
+            EV.to_owned(),
+            format!("{{\"events\":[{EV},{EV}]}}"),
+            r#"{"id":"é\u0026","timestamp":"2023-01-25T14:45:54.1+05:30","action":"delete","target":{"repository":"a/b","digest":"x"},"actor":{"name":"ÉLODIE","user_type":"gitlab_or_ldap"}}"#.to_owned(),
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let mut line = seed_lines[(next() % 3) as usize].clone().into_bytes();
+            for _ in 0..1 + next() % 4 {
+                if line.is_empty() {
+                    break;
+                }
+                let at = (next() % line.len() as u64) as usize;
+                match next() % 5 {
+                    0 => line[at] = (next() % 256) as u8,
+                    1 => line.truncate(at),
+                    2 => {
+                        let noise = b"{}[]\",:0e-\\\xff\x00";
+                        line.insert(at, noise[(next() % noise.len() as u64) as usize]);
+                    }
+                    3 => {
+                        let piece = line[at..].to_vec();
+                        line.extend_from_slice(&piece);
+                    }
+                    _ => {
+                        line.remove(at);
+                    }
+                }
+            }
+            line.retain(|b| *b != b'\n');
+            line.push(b'\n');
+            let out = parse_chunk(&Chunk::Lines(line.clone()), 1 << 20);
+            let c = out.counts;
+            assert_eq!(c.lines, 1, "{:?}", String::from_utf8_lossy(&line));
+            // A line is blank, malformed, or an object whose events are each valid or invalid.
+            let whole_line = c.blank_lines + c.malformed_lines;
+            assert!(whole_line <= 1, "{:?}", String::from_utf8_lossy(&line));
+            if whole_line == 1 {
+                assert_eq!(c.events_seen + c.invalid_events, 0);
+            }
+            assert_eq!(out.events.len() as u64, c.events_seen);
+            assert_eq!(
+                out.rejects.len() as u64,
+                c.malformed_lines + c.invalid_events
+            );
+        }
+    }
 }
