@@ -334,6 +334,7 @@ fn tally(
     let mut inputs = Vec::with_capacity(read.len());
     let mut rejects = Vec::new();
     let mut chunks: Vec<Vec<EventRecord>> = Vec::new();
+    let mut path_maps = Vec::new();
     let Prior {
         mut ledger,
         seen_ids,
@@ -346,28 +347,42 @@ fn tally(
                 reject,
             }));
             chunks.push(chunk.events);
-            for (key, path) in chunk.ledger_paths {
-                ledger.learn_path(key, path);
-            }
+            path_maps.push(chunk.ledger_paths);
         }
         inputs.push(report);
+    }
+    // Each chunk named the repositories it touched; merging those maps pairwise in parallel
+    // beats one thread inserting every chunk's.
+    let paths = path_maps.into_par_iter().reduce(Default::default, |a, b| {
+        // Equal keys are equal paths (the key is the path's hash): either one will do.
+        let (mut big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+        for (k, v) in small {
+            big.entry(k).or_insert(v);
+        }
+        big
+    });
+    for (key, path) in paths {
+        ledger.learn_path(key, path);
     }
 
     // SPEC §3: the first delivery in input order counts. Ids are split into shards by hash,
     // each shard walked in input order on its own thread.
-    let shards = rayon::current_num_threads().clamp(1, 64) as u128;
+    // A power of two, so that a mask picks the shard (u128 division is a library call).
+    let shards = rayon::current_num_threads()
+        .clamp(1, 64)
+        .next_power_of_two() as u128;
+    let total: usize = chunks.iter().map(Vec::len).sum::<usize>() + seen_ids.len();
     let firsts: Vec<Vec<(u32, u32)>> = (0..shards)
         .into_par_iter()
         .map(|shard| {
-            let mut seen: KeySet = seen_ids
-                .iter()
-                .copied()
-                .filter(|k| k % shards == shard)
-                .collect();
+            let mine = |k: u128| k & (shards - 1) == shard;
+            let mut seen =
+                KeySet::with_capacity_and_hasher(total / shards as usize + 16, Default::default());
+            seen.extend(seen_ids.iter().copied().filter(|k| mine(*k)));
             let mut later = Vec::new();
             for (c, records) in chunks.iter().enumerate() {
                 for (i, r) in records.iter().enumerate() {
-                    if r.id_key % shards == shard && !seen.insert(r.id_key) {
+                    if mine(r.id_key) && !seen.insert(r.id_key) {
                         later.push((c as u32, i as u32));
                     }
                 }
