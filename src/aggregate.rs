@@ -254,25 +254,13 @@ impl MetricRow {
             sketch,
         }
     }
-
-    /// Whether this is a weekly row.
-    pub fn is_week(&self) -> bool {
-        self.period.kind == PeriodKind::Week
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
-        NaiveDate::from_ymd_opt(y, m, day).unwrap()
-    }
-
-    /// A user's identity hash: sketches need well-spread hashes, not small integers.
-    fn u(n: u32) -> u64 {
-        crate::sketch::identity_hash(&format!("user{n}"))
-    }
+    use crate::test_support::{d, u};
 
     #[test]
     fn merge_equals_one_fold() {

@@ -21,3 +21,19 @@ pub mod records;
 pub mod sketch;
 pub mod state;
 pub mod timestamp;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+mod test_support {
+    use chrono::NaiveDate;
+
+    /// A date; the tests' dates are all valid.
+    pub fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).unwrap()
+    }
+
+    /// A user's identity hash: sketches need well-spread hashes, not small integers.
+    pub fn u(n: u32) -> u64 {
+        crate::sketch::identity_hash(&format!("user{n}"))
+    }
+}

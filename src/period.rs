@@ -92,9 +92,7 @@ pub fn monday_of(date: NaiveDate) -> NaiveDate {
 mod tests {
     use super::*;
 
-    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
-        NaiveDate::from_ymd_opt(y, m, day).unwrap()
-    }
+    use crate::test_support::d;
 
     #[test]
     fn week_year_boundary_labels_by_iso_year() {

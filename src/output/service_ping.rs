@@ -117,14 +117,7 @@ mod tests {
     use super::*;
     use crate::aggregate::Aggregate;
 
-    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
-        NaiveDate::from_ymd_opt(y, m, day).unwrap()
-    }
-
-    /// A user's identity hash: sketches need well-spread hashes, not small integers.
-    fn u(n: u32) -> u64 {
-        crate::sketch::identity_hash(&format!("user{n}"))
-    }
+    use crate::test_support::{d, u};
 
     #[test]
     fn frames_end_at_the_as_of_weeks_monday() {
