@@ -304,10 +304,11 @@ pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
     let (metrics, next_state) = match plan.state.take() {
         None => (batch, None),
         Some((dir, mut state)) => {
+            // A state is loaded only with this run's precision, so this does not fail.
             state
                 .metrics
                 .merge(batch)
-                .expect("a state is loaded only with this run's precision");
+                .context("cannot merge this run into the state")?;
             state.ledger = tally.ledger.clone();
             state
                 .recent_ids
