@@ -169,6 +169,12 @@ impl RunState {
         }
         let file: StateFile =
             serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
+        if !crate::sketch::PRECISION_RANGE.contains(&file.precision) {
+            return Err(not_state(format!(
+                "precision {} is out of range",
+                file.precision
+            )));
+        }
         let precision = precision.unwrap_or(file.precision);
         if file.precision != precision {
             return Err(StateError::Precision {

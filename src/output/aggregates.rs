@@ -3,7 +3,7 @@
 use crate::aggregate::{known_metric, MetricRow, MetricTable};
 use crate::period::Period;
 use crate::sketch::UserSketch;
-use crate::sketch::{HASH_NAME, SKETCH_FORMAT};
+use crate::sketch::{HASH_NAME, PRECISION_RANGE, SKETCH_FORMAT};
 use anyhow::Result;
 use arrow_array::{ArrayRef, BinaryArray, Date32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
@@ -126,7 +126,10 @@ pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggreg
         .cloned()
         .flatten()
         .and_then(|p| p.parse().ok())
-        .ok_or_else(|| fail("not written by regtally (no regtally.precision metadata)".into()))?;
+        .filter(|p| PRECISION_RANGE.contains(p))
+        .ok_or_else(|| {
+            fail("not written by regtally (no valid regtally.precision metadata)".into())
+        })?;
     if kv.get("regtally.hash").cloned().flatten().as_deref() != Some(HASH_NAME) {
         return Err(fail(format!("identity hash is not {HASH_NAME}")));
     }
@@ -169,4 +172,54 @@ pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggreg
         }
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Aggregate;
+    use crate::classify::TrackedEvent;
+    use crate::test_support::{d, u};
+
+    fn write_to(
+        dir: &std::path::Path,
+        rows: &mut [MetricRow],
+        precision: u8,
+    ) -> std::path::PathBuf {
+        let path = dir.join("aggregates.parquet");
+        let meta = AggregatesMetadata {
+            precision,
+            since: None,
+            until: None,
+        };
+        write_aggregates(rows, &meta, std::fs::File::create(&path).unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn aggregates_read_back_into_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agg = Aggregate::default();
+        agg.add(TrackedEvent::PushTag, d(2021, 1, 4), u(1));
+        agg.add(TrackedEvent::DeleteTag, d(2021, 2, 1), u(2));
+        let mut rows = agg.into_rows(12);
+        let path = write_to(dir.path(), &mut rows, 12);
+        let mut back = read_aggregates(&path).unwrap().into_rows();
+        assert_eq!(back.len(), rows.len());
+        for (a, b) in rows.iter_mut().zip(back.iter_mut()) {
+            assert_eq!(
+                (a.metric, a.period, a.unique_users, a.events),
+                (b.metric, b.period, b.unique_users, b.events)
+            );
+            assert!(a.sketch.to_bytes() == b.sketch.to_bytes());
+        }
+    }
+
+    #[test]
+    fn a_precision_out_of_range_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_to(dir.path(), &mut [], 99);
+        let err = read_aggregates(&path).unwrap_err();
+        assert!(err.to_string().contains("regtally.precision"), "{err}");
+    }
 }
