@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::Xxh3;
 
+/// The UTF-8 byte-order mark, dropped from the start of an input.
+const UTF8_BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
+
 /// How much of a rejected line is kept for `rejects.jsonl`.
 pub const REJECT_TEXT_BYTES: usize = 1024;
 
@@ -261,6 +264,8 @@ pub struct Chunker<R> {
     eof: bool,
     /// A read error, reported once the complete lines before it are handed out.
     failed: Option<io::Error>,
+    /// Nothing decoded yet: a byte-order mark may still come.
+    at_start: bool,
     /// Decoded bytes taken from `reader` so far.
     pub decoded_bytes: u64,
     /// When set, every decoded byte is hashed (for plain inputs, whose decoded bytes are the
@@ -290,6 +295,7 @@ impl<R: Read> Chunker<R> {
             max_line_bytes,
             eof: false,
             failed: None,
+            at_start: true,
             decoded_bytes: 0,
             hasher: None,
         }
@@ -361,10 +367,17 @@ impl<R: Read> Chunker<R> {
         if let Some(h) = &mut self.hasher {
             h.update(&self.buf[before..]);
         }
-        result?;
-        if n < want {
+        if n < want && result.is_ok() {
             self.eof = true;
         }
+        // Some tools start a file with a UTF-8 byte-order mark; it is not part of the first line.
+        if self.at_start && (self.buf.len() >= 3 || self.eof || result.is_err()) {
+            self.at_start = false;
+            if self.buf.starts_with(UTF8_BOM) {
+                self.buf.drain(..UTF8_BOM.len());
+            }
+        }
+        result?;
         Ok(())
     }
 
@@ -436,6 +449,24 @@ mod tests {
                 assert_eq!(v.last(), Some(&b'\n'));
             }
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_dropped_and_only_there() {
+        let mut c = Chunker::new(&b"\xEF\xBB\xBFone\n\xEF\xBB\xBFtwo\n"[..], 1 << 20, 100);
+        assert_eq!(
+            c.next_chunk().unwrap(),
+            Some(Chunk::Lines(b"one\n\xEF\xBB\xBFtwo\n".to_vec()))
+        );
+        // Arriving a byte at a time, as from a pipe.
+        let bytes = b"\xEF\xBB\xBFx\n";
+        let reader = std::io::Read::chain(&bytes[..1], &bytes[1..2]).chain(&bytes[2..]);
+        let mut c = Chunker::new(reader, 1, 100);
+        assert_eq!(c.next_chunk().unwrap(), Some(Chunk::Lines(b"x\n".to_vec())));
+        assert_eq!(
+            chunks(b"\xEF\xBB", 10, 100),
+            [Chunk::Lines(b"\xEF\xBB".to_vec())]
+        );
     }
 
     #[test]
