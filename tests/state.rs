@@ -376,3 +376,93 @@ fn skipping_trusts_path_size_and_time_then_the_content_hash() {
         "its event was seen the first night"
     );
 }
+
+/// xorshift64*, for the random nights below.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// On random logs split into nightly files in time order (with redeliveries up to three
+/// nights late, rejects and blank lines), running night by night with a state gives what one
+/// run over all the files gives.
+#[test]
+fn random_nights_equal_one_run_over_everything() {
+    let users = ["ann", "Ben", "BEN", "cat", "dan", "Émile", "émile"];
+    let repos = ["g/a", "g/b", "g/c/d", "h/e"];
+    for seed in 1..=12u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let ws = Workspace::new();
+        let nights = 3 + rng.below(6) as u32;
+        let mut sent: Vec<(u32, String)> = Vec::new();
+        for night in 1..=nights {
+            let mut lines = Vec::new();
+            for i in 0..rng.below(25) {
+                let ts = format!(
+                    "2021-03-{night:02}T{:02}:{:02}:{:02}.{}Z",
+                    rng.below(24),
+                    rng.below(60),
+                    rng.below(60),
+                    rng.below(1000)
+                );
+                let id = format!("s{seed}-n{night}-{i}");
+                let action = ["push", "push", "delete", "pull"][rng.below(4) as usize];
+                let user = users[rng.below(users.len() as u64) as usize];
+                let repo = repos[rng.below(repos.len() as u64) as usize];
+                let mut e = Ev::new(&id, &ts, action, repo, user);
+                if rng.below(2) == 0 {
+                    e = e.tag("t");
+                }
+                if rng.below(3) == 0 {
+                    e = e.no_digest();
+                }
+                if rng.below(5) == 0 {
+                    e = e.actor("deployer", "deploy_token");
+                }
+                let line = if rng.below(3) == 0 {
+                    envelope(&[e])
+                } else {
+                    e.line()
+                };
+                sent.push((night, line.clone()));
+                lines.push(line);
+            }
+            // Redeliveries of the last three nights, rejects and a blank line.
+            for _ in 0..rng.below(4) {
+                let recent: Vec<&String> = sent
+                    .iter()
+                    .filter(|(n, _)| *n + 3 >= night && *n < night)
+                    .map(|(_, l)| l)
+                    .collect();
+                if !recent.is_empty() {
+                    lines.push(recent[rng.below(recent.len() as u64) as usize].clone());
+                }
+            }
+            if rng.below(3) == 0 {
+                lines.push("{\"events\":[".into());
+                lines.push(String::new());
+            }
+            ws.write_lines(&format!("incoming/night-{night:02}.jsonl"), &lines);
+            let r = nightly(&ws, &["--max-bad-ratio", "1"]);
+            assert_eq!(r.code, 0, "seed {seed} night {night}: {}", r.stderr);
+        }
+        assert_eq!(
+            ws.run(&["incoming"], "full", &["--max-bad-ratio", "1"])
+                .code,
+            0
+        );
+        let (full, batched) = (outputs(&ws, "full"), outputs(&ws, "out"));
+        for (f, (a, b)) in OUTPUTS.iter().zip(full.iter().zip(&batched)) {
+            assert!(
+                a == b,
+                "seed {seed}: {f} differs between nights and one full run"
+            );
+        }
+    }
+}
