@@ -106,6 +106,11 @@ impl RepositoryLedger {
         self.existing.remove(&key);
     }
 
+    /// How many repositories exist now.
+    pub fn existing_count(&self) -> usize {
+        self.existing.len()
+    }
+
     /// Whether the repository exists now.
     pub fn exists(&self, key: u128) -> bool {
         self.existing.contains(&key)

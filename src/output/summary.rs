@@ -90,7 +90,7 @@ pub fn write_summary<W: Write>(
         last_event: tally.last_event.map(|t| t.to_rfc3339()),
         bad_ratio: tally.bad_ratio(),
         late_events: tally.late_events,
-        repositories: tally.ledger.sorted_paths().len(),
+        repositories: tally.ledger.existing_count(),
         inputs: &tally.inputs,
         skipped_inputs: skipped,
         failures: tally
