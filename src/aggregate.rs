@@ -131,6 +131,18 @@ pub fn metric_names() -> impl Iterator<Item = &'static str> {
         .chain([TOTAL_METRIC])
 }
 
+/// The name people read: `push_tag` for `i_container_registry_push_tag_user`, `total` for the
+/// union.
+pub fn short_name(metric: &str) -> &str {
+    if metric == TOTAL_METRIC {
+        "total"
+    } else {
+        metric
+            .trim_start_matches("i_container_registry_")
+            .trim_end_matches("_user")
+    }
+}
+
 /// The static name of a metric read back from a file, if it is one regtally writes.
 pub fn known_metric(name: &str) -> Option<&'static str> {
     metric_names().find(|m| *m == name)

@@ -30,6 +30,15 @@ pub struct Period {
 }
 
 impl Period {
+    /// The period of a kind named as `period_kind` writes it (`week`, `month`) that holds `date`.
+    pub fn of_kind(kind: &str, date: NaiveDate) -> Option<Period> {
+        match kind {
+            "week" => Some(Period::week_of(date)),
+            "month" => Some(Period::month_of(date)),
+            _ => None,
+        }
+    }
+
     /// The ISO week holding `date`.
     pub fn week_of(date: NaiveDate) -> Period {
         let back = date.weekday().num_days_from_monday();

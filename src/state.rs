@@ -7,7 +7,7 @@
 
 use crate::aggregate::{known_metric, MetricTable};
 use crate::ledger::{LedgerEntry, RepositoryLedger};
-use crate::period::{Period, PeriodKind};
+use crate::period::Period;
 use crate::sketch::{UserSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
 use crate::timestamp::{parse_rfc3339, Timestamp};
 use chrono::NaiveDate;
@@ -193,11 +193,8 @@ impl RunState {
         for c in file.metrics {
             let metric = known_metric(&c.metric)
                 .ok_or_else(|| not_state(format!("unknown metric {:?}", c.metric)))?;
-            let period = match c.kind.as_str() {
-                "week" => Period::week_of(c.start),
-                "month" => Period::month_of(c.start),
-                other => return Err(not_state(format!("unknown period kind {other:?}"))),
-            };
+            let period = Period::of_kind(&c.kind, c.start)
+                .ok_or_else(|| not_state(format!("unknown period kind {:?}", c.kind)))?;
             let bytes = from_hex(&c.sketch).ok_or_else(|| not_state("sketch is not hex".into()))?;
             let sketch = UserSketch::from_bytes(&bytes).map_err(|e| not_state(e.to_string()))?;
             metrics
@@ -259,10 +256,7 @@ impl RunState {
                 .cells()
                 .map(|(metric, period, sketch, events)| StoredCell {
                     metric: metric.to_owned(),
-                    kind: match period.kind {
-                        PeriodKind::Week => "week".into(),
-                        PeriodKind::Month => "month".into(),
-                    },
+                    kind: period.kind.as_str().to_owned(),
                     start: period.start,
                     events,
                     sketch: to_hex(&sketch.clone().to_bytes()),

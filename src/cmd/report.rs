@@ -1,8 +1,7 @@
 //! `regtally report`: the Service Ping for any date, or a table of weekly and monthly users,
 //! from stored sketches (a state or an `aggregates.parquet`), without reading any log.
 
-use crate::aggregate::{metric_names, MetricRow, MetricTable};
-use crate::classify::TOTAL_METRIC;
+use crate::aggregate::{metric_names, short_name, MetricRow, MetricTable};
 use crate::cli::{check_range, parse_date, usage};
 use crate::output::aggregates::read_aggregates;
 use crate::output::service_ping::ServicePing;
@@ -88,19 +87,10 @@ fn print_table<W: Write>(
     until: Option<NaiveDate>,
     w: &mut W,
 ) -> Result<()> {
-    let label = |m: &str| -> String {
-        if m == TOTAL_METRIC {
-            "total".into()
-        } else {
-            m.trim_start_matches("i_container_registry_")
-                .trim_end_matches("_user")
-                .into()
-        }
-    };
     let metrics: Vec<&str> = metric_names().collect();
     write!(w, "{:<10}", "period")?;
     for m in &metrics {
-        write!(w, " {:>19}", label(m))?;
+        write!(w, " {:>19}", short_name(m))?;
     }
     writeln!(w)?;
     let in_range = |r: &MetricRow| {

@@ -158,11 +158,8 @@ pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggreg
             let start = NaiveDate::default()
                 .checked_add_signed(chrono::TimeDelta::days(i64::from(starts.value(i))))
                 .ok_or_else(|| fail(format!("period_start {} is out of range", starts.value(i))))?;
-            let period = match kinds.value(i) {
-                "week" => Period::week_of(start),
-                "month" => Period::month_of(start),
-                other => return Err(fail(format!("unknown period_kind {other:?}"))),
-            };
+            let period = Period::of_kind(kinds.value(i), start)
+                .ok_or_else(|| fail(format!("unknown period_kind {:?}", kinds.value(i))))?;
             if events.is_null(i) || events.value(i) == 0 {
                 continue;
             }

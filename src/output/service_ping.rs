@@ -4,8 +4,8 @@
 //! four complete ISO weeks before it (GitLab's 28-day frame), computed by merging the weekly
 //! sketches, never from calendar months.
 
-use crate::aggregate::MetricRow;
-use crate::classify::{TrackedEvent, TOTAL_METRIC};
+use crate::aggregate::{metric_names, MetricRow};
+use crate::classify::TOTAL_METRIC;
 use crate::period::{monday_of, Period, PeriodKind};
 use crate::sketch::UserSketch;
 use chrono::{Days, NaiveDate};
@@ -76,19 +76,13 @@ impl ServicePing {
             merged.estimate()
         };
         let mut counters = BTreeMap::new();
-        for event in TrackedEvent::ALL {
-            let name = event.metric_name();
-            counters.insert(format!("{name}_weekly"), users_over(name, frames.weekly));
-            counters.insert(format!("{name}_monthly"), users_over(name, frames.monthly));
+        for metric in metric_names() {
+            counters.insert(counter_key(metric, true), users_over(metric, frames.weekly));
+            counters.insert(
+                counter_key(metric, false),
+                users_over(metric, frames.monthly),
+            );
         }
-        counters.insert(
-            format!("{TOTAL_METRIC}_unique_counts_weekly"),
-            users_over(TOTAL_METRIC, frames.weekly),
-        );
-        counters.insert(
-            format!("{TOTAL_METRIC}_unique_counts_monthly"),
-            users_over(TOTAL_METRIC, frames.monthly),
-        );
         ServicePing {
             as_of,
             time_frames: frames,
@@ -98,17 +92,22 @@ impl ServicePing {
 
     /// The counter of one tracked event (or of the total) for the weekly or monthly frame.
     pub fn counter(&self, metric: &str, weekly: bool) -> i64 {
-        let suffix = if weekly { "weekly" } else { "monthly" };
-        let key = if metric == TOTAL_METRIC {
-            format!("{TOTAL_METRIC}_unique_counts_{suffix}")
-        } else {
-            format!("{metric}_{suffix}")
-        };
         self.redis_hll_counters
             .get("user_container_registry")
-            .and_then(|c| c.get(&key))
+            .and_then(|c| c.get(&counter_key(metric, weekly)))
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// GitLab's key for a metric's weekly or monthly counter: `<event>_weekly`, and
+/// `user_container_registry_total_unique_counts_weekly` for the union.
+fn counter_key(metric: &str, weekly: bool) -> String {
+    let suffix = if weekly { "weekly" } else { "monthly" };
+    if metric == TOTAL_METRIC {
+        format!("{TOTAL_METRIC}_unique_counts_{suffix}")
+    } else {
+        format!("{metric}_{suffix}")
     }
 }
 
@@ -116,6 +115,7 @@ impl ServicePing {
 mod tests {
     use super::*;
     use crate::aggregate::Aggregate;
+    use crate::classify::TrackedEvent;
 
     use crate::test_support::{d, u};
 

@@ -1,6 +1,6 @@
 //! `summary.json` and the short human summary printed at the end of a run.
 
-use crate::classify::{TrackedEvent, TOTAL_METRIC};
+use crate::aggregate::{metric_names, short_name};
 use crate::output::service_ping::ServicePing;
 use crate::pipeline::{InputReport, Tally};
 use chrono::NaiveDate;
@@ -154,16 +154,8 @@ pub fn print_human<W: Write>(
         f.monthly.start,
         f.monthly.end.pred_opt().unwrap_or(f.monthly.end)
     )?;
-    let short = |m: &str| {
-        m.trim_start_matches("i_container_registry_")
-            .trim_end_matches("_user")
-            .to_owned()
-    };
-    let names = TrackedEvent::ALL
-        .iter()
-        .map(|t| (t.metric_name(), short(t.metric_name())))
-        .chain([(TOTAL_METRIC, "total".to_owned())]);
-    for (metric, label) in names {
+    for metric in metric_names() {
+        let label = short_name(metric);
         writeln!(
             w,
             "  {label:<20} {:>12} {:>38}",
