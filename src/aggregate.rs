@@ -64,11 +64,6 @@ impl Aggregate {
         big
     }
 
-    /// The exact cell of one event and period, if anything was counted there.
-    pub fn cell(&self, event: TrackedEvent, period: Period) -> Option<&Cell> {
-        self.cells.get(&(event, period))
-    }
-
     /// The sketches of every non-empty cell and of the union row, built on every core.
     pub fn into_table(self, precision: u8) -> MetricTable {
         let mut by_period: HashMap<Period, Vec<&Cell>> = HashMap::new();
@@ -104,12 +99,6 @@ impl Aggregate {
             table.cells.insert((metric, period), (sketch, events));
         }
         table
-    }
-
-    /// One row per metric and period, dense from the first to the last counted event, sorted by
-    /// metric name, period kind and start (SPEC §8 and §9).
-    pub fn into_rows(self, precision: u8) -> Vec<MetricRow> {
-        self.into_table(precision).into_rows()
     }
 }
 
@@ -291,7 +280,7 @@ mod tests {
         let merged = a.merge(b);
         assert_eq!(merged.cells, whole.cells);
         let week = Period::week_of(d(2021, 1, 3));
-        assert_eq!(merged.cell(TrackedEvent::PushTag, week).unwrap().events, 2);
+        assert_eq!(merged.cells[&(TrackedEvent::PushTag, week)].events, 2);
     }
 
     #[test]
@@ -301,7 +290,7 @@ mod tests {
         agg.add(TrackedEvent::DeleteTag, d(2021, 1, 3), u(10));
         agg.add(TrackedEvent::DeleteTag, d(2021, 1, 3), u(11));
         agg.add(TrackedEvent::PushTag, d(2021, 1, 20), u(12));
-        let rows = agg.into_rows(14);
+        let rows = agg.into_table(14).into_rows();
         // Weeks 2020-W53..2021-W03 (4) and months 2021-01 (1): 5 periods x 6 metrics.
         assert_eq!(rows.len(), 30);
         let keys: Vec<(&str, &str, NaiveDate)> = rows
@@ -346,7 +335,7 @@ mod tests {
             let mut merged = a.into_table(14);
             merged.merge(b.into_table(14)).unwrap();
             let mut got = merged.into_rows();
-            let mut want = both.into_rows(14);
+            let mut want = both.into_table(14).into_rows();
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter_mut().zip(want.iter_mut()) {
                 assert_eq!(
@@ -371,6 +360,6 @@ mod tests {
 
     #[test]
     fn nothing_counted_gives_no_rows() {
-        assert!(Aggregate::default().into_rows(14).is_empty());
+        assert!(Aggregate::default().into_table(14).into_rows().is_empty());
     }
 }

@@ -87,7 +87,7 @@ struct RunPlan {
     end_of_today: i64,
 }
 
-fn read_known_repositories(path: &PathBuf) -> Result<Vec<String>> {
+fn read_known_repositories(path: &Path) -> Result<Vec<String>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text
             .lines()
@@ -119,7 +119,7 @@ impl RunPlan {
             Some(path) => Some(read_known_repositories(path)?),
             None => None,
         };
-        let seed = RepositoryLedger::seeded(known.iter().flatten().map(String::as_str));
+        let mut seed = RepositoryLedger::seeded(known.iter().flatten().map(String::as_str));
         if let Err(e) = output::check_output_dir(&args.out) {
             return usage(format!("{e:#}"));
         }
@@ -141,7 +141,8 @@ impl RunPlan {
                         }
                         s
                     }
-                    Ok(None) => RunState::empty(args.precision, seed.clone()),
+                    // A new state starts from the seed; `seed` is then left empty, unused.
+                    Ok(None) => RunState::empty(args.precision, std::mem::take(&mut seed)),
                     Err(e) => return usage(e.to_string()),
                 };
                 inputs.retain(|input| {

@@ -201,7 +201,7 @@ mod tests {
         let mut agg = Aggregate::default();
         agg.add(TrackedEvent::PushTag, d(2021, 1, 4), u(1));
         agg.add(TrackedEvent::DeleteTag, d(2021, 2, 1), u(2));
-        let mut rows = agg.into_rows(12);
+        let mut rows = agg.into_table(12).into_rows();
         let path = write_to(dir.path(), &mut rows, 12);
         let mut back = read_aggregates(&path).unwrap().into_rows();
         assert_eq!(back.len(), rows.len());

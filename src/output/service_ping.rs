@@ -152,7 +152,7 @@ mod tests {
         agg.add(TrackedEvent::PushTag, d(2023, 1, 1), u(3)); // January, but before the 28 days
         agg.add(TrackedEvent::PushTag, d(2023, 1, 31), u(4)); // the as-of week: not complete
         agg.add(TrackedEvent::DeleteTag, d(2023, 1, 10), u(1));
-        let rows = agg.into_rows(14);
+        let rows = agg.into_table(14).into_rows();
         let sp = ServicePing::compute(&rows, d(2023, 2, 1), 14);
         assert_eq!(sp.counter("i_container_registry_push_tag_user", true), 1);
         assert_eq!(sp.counter("i_container_registry_push_tag_user", false), 2);
