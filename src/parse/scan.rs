@@ -86,19 +86,19 @@ enum Key {
 }
 
 impl Key {
-    fn of(name: &str) -> Key {
+    fn of(name: &[u8]) -> Key {
         match name {
-            "id" => Key::Id,
-            "timestamp" => Key::Timestamp,
-            "action" => Key::Action,
-            "target" => Key::Target,
-            "actor" => Key::Actor,
-            "events" => Key::Events,
-            "repository" => Key::Repository,
-            "tag" => Key::Tag,
-            "digest" => Key::Digest,
-            "name" => Key::Name,
-            "user_type" => Key::UserType,
+            b"id" => Key::Id,
+            b"timestamp" => Key::Timestamp,
+            b"action" => Key::Action,
+            b"target" => Key::Target,
+            b"actor" => Key::Actor,
+            b"events" => Key::Events,
+            b"repository" => Key::Repository,
+            b"tag" => Key::Tag,
+            b"digest" => Key::Digest,
+            b"name" => Key::Name,
+            b"user_type" => Key::UserType,
             _ => Key::Other,
         }
     }
@@ -146,7 +146,7 @@ impl<'a> Scanner<'a> {
             if self.peek() != Some(b'"') {
                 return Err(self.error("expected a string as object key"));
             }
-            let key = Key::of(&self.string(true)?);
+            let key = self.key()?;
             self.expect(b':', "expected ':' after an object key")?;
             self.ws();
             member(self, key)?;
@@ -263,7 +263,7 @@ impl<'a> Scanner<'a> {
     /// A value read as a string field: a string (decoded, escapes checked) or anything else.
     fn str_field(&mut self) -> Result<StrField<'a>> {
         if self.peek() == Some(b'"') {
-            Ok(StrField::Str(self.string(true)?))
+            Ok(StrField::Str(self.string()?))
         } else {
             self.skip_value()?;
             Ok(StrField::NotString)
@@ -274,46 +274,65 @@ impl<'a> Scanner<'a> {
     /// decoded (so its escapes are checked, as serde_json did), anything else skipped.
     fn other_value(&mut self) -> Result<()> {
         if self.peek() == Some(b'"') {
-            self.string(true).map(drop)
+            self.string().map(drop)
         } else {
             self.skip_value()
         }
     }
 
-    /// A string whose `"` is next. `decode` checks `\u` escapes pair their surrogates and
-    /// returns the text (borrowed unless it holds escapes); without it the string is only
-    /// checked for well-formed escapes and no control characters.
-    fn string(&mut self, decode: bool) -> Result<Cow<'a, str>> {
+    /// An object key whose `"` is next, matched in place; only a key with escapes is decoded
+    /// first (`"\u0069d"` is `id`, as serde_json read it).
+    fn key(&mut self) -> Result<Key> {
+        let start = self.pos + 1;
+        let stop = self.plain_run_from(start)?;
+        if self.b[stop] == b'"' {
+            self.pos = stop + 1;
+            return Ok(Key::of(&self.b[start..stop]));
+        }
+        Ok(Key::of(self.string()?.as_bytes()))
+    }
+
+    /// Passes over a string whose `"` is next, checking its escapes are well formed  without building anything: most of a line's strings are skipped.
+    fn skip_string(&mut self) -> Result<()> {
+        self.pos += 1; // '"'
+        loop {
+            let stop = self.plain_run()?;
+            self.pos = stop + 1;
+            if self.b[stop] == b'"' {
+                return Ok(());
+            }
+            self.escape(None)?;
+        }
+    }
+
+    /// A string whose `"` is next, decoded: `\u` escapes must pair their surrogates. The text
+    /// is borrowed unless it holds escapes.
+    fn string(&mut self) -> Result<Cow<'a, str>> {
         self.pos += 1; // '"'
         let start = self.pos;
         let stop = self.plain_run()?;
-        if self.b.get(stop) == Some(&b'"') {
+        if self.b[stop] == b'"' {
             self.pos = stop + 1;
             return Ok(Cow::Borrowed(&self.text[start..stop]));
         }
         // A backslash: from here on the text is decoded piece by piece.
         self.pos = stop;
-        let mut out = decode.then(|| {
-            let mut s = String::with_capacity(stop - start + 16);
-            s.push_str(&self.text[start..stop]);
-            s
-        });
+        let mut out = String::with_capacity(stop - start + 16);
+        out.push_str(&self.text[start..stop]);
         loop {
             match self.peek() {
                 Some(b'"') => {
                     self.pos += 1;
-                    return Ok(Cow::Owned(out.unwrap_or_default()));
+                    return Ok(Cow::Owned(out));
                 }
                 Some(b'\\') => {
                     self.pos += 1;
-                    self.escape(out.as_mut())?;
+                    self.escape(Some(&mut out))?;
                 }
                 _ => {
                     let from = self.pos;
                     self.pos = self.plain_run()?;
-                    if let Some(s) = out.as_mut() {
-                        s.push_str(&self.text[from..self.pos]);
-                    }
+                    out.push_str(&self.text[from..self.pos]);
                 }
             }
         }
@@ -324,8 +343,20 @@ impl<'a> Scanner<'a> {
     /// Eight bytes are tested at a time: a byte-by-byte loop here was half of a run, and
     /// memchr's setup costs more than most of these short strings.
     fn plain_run(&self) -> Result<usize> {
+        self.plain_run_from(self.pos)
+    }
+
+    /// [`Scanner::plain_run`] from `i`.
+    #[inline]
+    fn plain_run_from(&self, mut i: usize) -> Result<usize> {
         let b = self.b;
-        let mut i = self.pos;
+        while let Some(block) = b.get(i..i + 16) {
+            let mask = sixteen(block);
+            if mask != 0 {
+                return self.run_end(i + mask.trailing_zeros() as usize);
+            }
+            i += 16;
+        }
         while let Some(word) = b.get(i..i + 8) {
             let mask = special_bytes(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
             if mask != 0 {
@@ -505,9 +536,7 @@ impl<'a> Scanner<'a> {
                         continue;
                     }
                 }
-                Some(b'"') => {
-                    self.string(false)?;
-                }
+                Some(b'"') => self.skip_string()?,
                 Some(b't') => self.literal(b"true")?,
                 Some(b'f') => self.literal(b"false")?,
                 Some(b'n') => self.literal(b"null")?,
@@ -545,7 +574,7 @@ impl<'a> Scanner<'a> {
         if self.peek() != Some(b'"') {
             return Err(self.error("expected a string as object key"));
         }
-        self.string(false)?;
+        self.skip_string()?;
         self.expect(b':', "expected ':' after an object key")
     }
 }
@@ -585,6 +614,53 @@ impl Open {
     }
 }
 
+/// Bit `i` set when byte `i` of the 16 is `"`, a backslash or below 0x20: long strings (URLs,
+/// digests, user agents) are most of a line's bytes, and SSE2, which every x86-64 has, tests
+/// sixteen bytes in about as many instructions as [`special_bytes`] takes for eight.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn special_bytes_16(block: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_set_epi64x,
+    };
+    let half = |at: usize| {
+        let bytes: [u8; 8] = block[at..at + 8].try_into().unwrap_or([0; 8]);
+        i64::from_le_bytes(bytes)
+    };
+    let v = _mm_set_epi64x(half(8), half(0));
+    let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+    let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+    // An unsigned byte is at most 0x1f exactly when its maximum with 0x1f is 0x1f.
+    let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
+    _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+}
+
+/// [`special_bytes_16`], which takes no pointer and touches no memory: its `unsafe` is only
+/// that of calling a `#[target_feature]` function, and x86-64 always has SSE2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn sixteen(block: &[u8]) -> u32 {
+    // SAFETY: SSE2 is part of the x86-64 baseline, so every x86-64 CPU runs it.
+    unsafe { special_bytes_16(block) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+use special_bytes_16 as sixteen;
+
+/// [`special_bytes_16`] where there is no SSE2: two words of [`special_bytes`].
+#[cfg(not(target_arch = "x86_64"))]
+fn special_bytes_16(block: &[u8]) -> u32 {
+    let word = |at: usize| {
+        let bytes: [u8; 8] = block[at..at + 8].try_into().unwrap_or([0; 8]);
+        special_bytes(u64::from_le_bytes(bytes))
+    };
+    let first = |mask: u64| (mask != 0).then(|| 1u32 << (mask.trailing_zeros() / 8));
+    first(word(0))
+        .or_else(|| first(word(8)).map(|bit| bit << 8))
+        .unwrap_or(0)
+}
+
 /// High bit set in each byte of `w` that is `"`, a backslash or below 0x20. Only the lowest set
 /// bit is exact (a borrow may mark bytes above it), which is the one the scanner uses.
 fn special_bytes(w: u64) -> u64 {
@@ -614,6 +690,45 @@ mod tests {
             let mask = special_bytes(u64::from_le_bytes(text.try_into().unwrap()));
             let got = (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize);
             assert_eq!(got, first, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn special_bytes_16_finds_the_first_special_byte_in_sixteen() {
+        let plain = *b"abcdefghijklmnop";
+        assert_eq!(sixteen(&plain), 0);
+        // Every position, every kind of special byte, and bytes either side of the limits.
+        for at in 0..16 {
+            for (c, special) in [
+                (b'"', true),
+                (b'\\', true),
+                (0x00, true),
+                (0x1f, true),
+                (b'\n', true),
+                (0x20, false),
+                (0x7f, false),
+                (0x80, false),
+                (0xff, false),
+                (b'!', false),
+                (b'#', false),
+                (b'[', false),
+                (b']', false),
+            ] {
+                let mut block = plain;
+                block[at] = c;
+                let mask = sixteen(&block);
+                let want: u32 = if special { 1 << at } else { 0 };
+                assert_eq!(
+                    mask.trailing_zeros(),
+                    want.trailing_zeros(),
+                    "{c:#x} at {at}"
+                );
+                if special {
+                    // Only the first special byte matters; a later one must not hide it.
+                    block[15] = b'"';
+                    assert_eq!(sixteen(&block).trailing_zeros(), at as u32);
+                }
+            }
         }
     }
 }
