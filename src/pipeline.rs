@@ -293,6 +293,59 @@ fn read_input(
 
 type KeySet = HashSet<u128, BuildHasherDefault<PassThroughHasher>>;
 
+/// How many parts the ids are split into for de-duplication, by their top bits: each part's
+/// set is small enough to stay in a core's cache (one set of every id missed it on nearly
+/// every insert), and the parts are spread over the threads.
+const ID_SHARD_BITS: u32 = 6;
+
+/// Positions (chunk, index) of the events whose id was already seen: in `seen` (a previous
+/// run's ids) or earlier in input order, which is chunk order, then position in the chunk.
+fn later_deliveries(chunks: &[Vec<EventRecord>], seen: &[u128]) -> Vec<(u32, u32)> {
+    let shards = 1usize << ID_SHARD_BITS;
+    let shard = |k: u128| (k >> (128 - ID_SHARD_BITS)) as usize;
+    // Each chunk's ids sorted into their shards, in order, so that a shard reads only its own.
+    // An id as two words (a u128 would pad each entry to 32 bytes) and its index in its chunk.
+    type ShardIds = Vec<([u64; 2], u32)>;
+    let split = |ids: &mut dyn Iterator<Item = (u128, u32)>| {
+        let mut parts: Vec<ShardIds> = vec![Vec::new(); shards];
+        for (k, i) in ids {
+            parts[shard(k)].push(([k as u64, (k >> 64) as u64], i));
+        }
+        parts
+    };
+    let prior = split(&mut seen.iter().map(|k| (*k, 0)));
+    let per_chunk: Vec<Vec<ShardIds>> = chunks
+        .par_iter()
+        .map(|records| {
+            split(
+                &mut records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.id_key, i as u32)),
+            )
+        })
+        .collect();
+    let key = |k: [u64; 2]| u128::from(k[0]) | (u128::from(k[1]) << 64);
+    (0..shards)
+        .into_par_iter()
+        .flat_map_iter(|s| {
+            let mine = per_chunk.iter().map(|parts| parts[s].len()).sum::<usize>();
+            let mut set =
+                KeySet::with_capacity_and_hasher(prior[s].len() + mine, Default::default());
+            set.extend(prior[s].iter().map(|(k, _)| key(*k)));
+            let mut later = Vec::new();
+            for (c, parts) in per_chunk.iter().enumerate() {
+                for (k, i) in &parts[s] {
+                    if !set.insert(key(*k)) {
+                        later.push((c as u32, *i));
+                    }
+                }
+            }
+            later
+        })
+        .collect()
+}
+
 /// Events per action. The four actions the registry sends are counted in an array: hashing
 /// every event's action into a map was a visible share of the fold.
 #[derive(Clone, Debug, Default)]
@@ -405,35 +458,13 @@ fn tally(
         ledger.learn_path(key, path);
     }
 
-    // SPEC §3: the first delivery in input order counts. Ids are split into shards by hash,
-    // each shard walked in input order on its own thread.
-    // A power of two, so that a mask picks the shard (u128 division is a library call).
-    let shards = rayon::current_num_threads()
-        .clamp(1, 64)
-        .next_power_of_two() as u128;
-    let total: usize = chunks.iter().map(Vec::len).sum::<usize>() + seen_ids.len();
-    let firsts: Vec<Vec<(u32, u32)>> = (0..shards)
-        .into_par_iter()
-        .map(|shard| {
-            let mine = |k: u128| k & (shards - 1) == shard;
-            let mut seen =
-                KeySet::with_capacity_and_hasher(total / shards as usize + 16, Default::default());
-            seen.extend(seen_ids.iter().copied().filter(|k| mine(*k)));
-            let mut later = Vec::new();
-            for (c, records) in chunks.iter().enumerate() {
-                for (i, r) in records.iter().enumerate() {
-                    if mine(r.id_key) && !seen.insert(r.id_key) {
-                        later.push((c as u32, i as u32));
-                    }
-                }
-            }
-            later
-        })
-        .collect();
-    let mut duplicate_events = 0;
-    for (c, i) in firsts.into_iter().flatten() {
+    // Separately timed from de-duplication: merging the chunks' path maps is its own cost.
+    phases.lap("gather");
+    // SPEC §3: the first delivery in input order counts.
+    let later = later_deliveries(&chunks, &seen_ids);
+    let duplicate_events = later.len() as u64;
+    for (c, i) in later {
         chunks[c as usize][i as usize].duplicate = true;
-        duplicate_events += 1;
     }
 
     phases.lap("deduplicate");
@@ -537,5 +568,52 @@ fn tally(
         late_events,
         event_ids,
         phase_seconds: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> EventRecord {
+        EventRecord {
+            id_key: xxhash_rust::xxh3::xxh3_128(id.as_bytes()),
+            time: Timestamp { secs: 0, nanos: 0 },
+            action: Action::Pull,
+            kind: EventKind::Untracked,
+            user: None,
+            repository: 0,
+            ledger_id: None,
+            duplicate: false,
+        }
+    }
+
+    fn chunk(ids: &[&str]) -> Vec<EventRecord> {
+        ids.iter().map(|id| record(id)).collect()
+    }
+
+    #[test]
+    fn later_deliveries_are_the_repeats_after_the_first_in_input_order() {
+        let chunks = vec![
+            chunk(&["a", "b", "a"]),
+            chunk(&[]),
+            chunk(&["c", "b", "old"]),
+            chunk(&["c", "d"]),
+        ];
+        let seen = [record("old").id_key];
+        let mut later = later_deliveries(&chunks, &seen);
+        later.sort_unstable();
+        assert_eq!(later, [(0, 2), (2, 1), (2, 2), (3, 0)]);
+    }
+
+    #[test]
+    fn later_deliveries_spread_over_every_shard() {
+        // Enough ids to land in every shard, each delivered twice in two chunks.
+        let ids: Vec<String> = (0..5000).map(|i| format!("id-{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let chunks = vec![chunk(&ids), chunk(&ids)];
+        let later = later_deliveries(&chunks, &[]);
+        assert_eq!(later.len(), ids.len());
+        assert!(later.iter().all(|(c, _)| *c == 1));
     }
 }
