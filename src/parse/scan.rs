@@ -292,7 +292,9 @@ impl<'a> Scanner<'a> {
         Ok(Key::of(self.string()?.as_bytes()))
     }
 
-    /// Passes over a string whose `"` is next, checking its escapes are well formed  without building anything: most of a line's strings are skipped.
+    /// Passes over a string whose `"` is next, checking only that its escapes are well formed
+    /// (serde_json lets a skipped string hold a lone surrogate) and building nothing: most of a
+    /// line's strings are skipped.
     fn skip_string(&mut self) -> Result<()> {
         self.pos += 1; // '"'
         loop {
@@ -340,52 +342,36 @@ impl<'a> Scanner<'a> {
 
     /// The end of the run of ordinary string bytes from the current position: the index of
     /// the next `"` or backslash, or an error at a control character or the end of the line.
-    /// Eight bytes are tested at a time: a byte-by-byte loop here was half of a run, and
-    /// memchr's setup costs more than most of these short strings.
     fn plain_run(&self) -> Result<usize> {
         self.plain_run_from(self.pos)
     }
 
-    /// [`Scanner::plain_run`] from `i`.
-    #[inline]
-    fn plain_run_from(&self, mut i: usize) -> Result<usize> {
-        let b = self.b;
-        while let Some(block) = b.get(i..i + 16) {
-            let mask = sixteen(block);
-            if mask != 0 {
-                return self.run_end(i + mask.trailing_zeros() as usize);
-            }
-            i += 16;
+    /// [`Scanner::plain_run`] from `i`. Inlined, so that the usual answer (a quote or a
+    /// backslash) costs no call and no error value; the errors are built out of line.
+    #[inline(always)]
+    fn plain_run_from(&self, i: usize) -> Result<usize> {
+        let stop = special_from(self.b, i);
+        match self.b.get(stop) {
+            Some(b'"' | b'\\') => Ok(stop),
+            _ => Err(self.bad_run_end(stop)),
         }
-        while let Some(word) = b.get(i..i + 8) {
-            let mask = special_bytes(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
-            if mask != 0 {
-                i += (mask.trailing_zeros() / 8) as usize;
-                return self.run_end(i);
-            }
-            i += 8;
-        }
-        while let Some(&c) = b.get(i) {
-            if c == b'"' || c == b'\\' || c < 0x20 {
-                return self.run_end(i);
-            }
-            i += 1;
-        }
-        Err(SyntaxError {
-            what: "end of line inside a string",
-            column: b.len() + 1,
-        })
     }
 
-    /// `i` holds a quote, a backslash or a control character.
-    fn run_end(&self, i: usize) -> Result<usize> {
-        if self.b[i] < 0x20 {
-            Err(SyntaxError {
+    /// The error for a run of string bytes that ended at a control character or at the end
+    /// of the line.
+    #[cold]
+    #[inline(never)]
+    fn bad_run_end(&self, i: usize) -> SyntaxError {
+        if i < self.b.len() {
+            SyntaxError {
                 what: "control character in a string",
                 column: i + 1,
-            })
+            }
         } else {
-            Ok(i)
+            SyntaxError {
+                what: "end of line inside a string",
+                column: self.b.len() + 1,
+            }
         }
     }
 
@@ -614,6 +600,40 @@ impl Open {
     }
 }
 
+/// The index of the first `"`, backslash or control byte of `b` from `i`, or `b.len()`.
+/// Sixteen bytes are tested at a time: a byte-by-byte loop here was half of a run, and
+/// memchr's setup costs more than most of these short strings.
+#[inline(always)]
+fn special_from(b: &[u8], mut i: usize) -> usize {
+    while let Some(block) = b.get(i..i + 16) {
+        let mask = sixteen(block);
+        if mask != 0 {
+            return i + mask.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    special_in_tail(b, i)
+}
+
+/// [`special_from`] for the last fifteen bytes or fewer.
+#[inline(never)]
+fn special_in_tail(b: &[u8], mut i: usize) -> usize {
+    if let Some(word) = b.get(i..i + 8) {
+        let mask = special_bytes(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
+        if mask != 0 {
+            return i + (mask.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
 /// Bit `i` set when byte `i` of the 16 is `"`, a backslash or below 0x20: long strings (URLs,
 /// digests, user agents) are most of a line's bytes, and SSE2, which every x86-64 has, tests
 /// sixteen bytes in about as many instructions as [`special_bytes`] takes for eight.
@@ -690,6 +710,43 @@ mod tests {
             let mask = special_bytes(u64::from_le_bytes(text.try_into().unwrap()));
             let got = (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize);
             assert_eq!(got, first, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_string_is_reported_where_it_goes_wrong() {
+        let err = |line: &str| match scan_line(line) {
+            Err(e) => (e.what, e.column),
+            Ok(_) => panic!("{line:?} scanned"),
+        };
+        // Column of the control byte, whether the string is read, keyed or skipped, and
+        // whether it is found in a 16-byte block, in the tail word or byte by byte.
+        let long = "x".repeat(40);
+        for line in [
+            "{\"id\":\"ab\u{1}cd\"}".to_string(),
+            "{\"ab\u{1}\":1}".to_string(),
+            "{\"other\":\"ab\u{1}cd\"}".to_string(),
+            format!("{{\"other\":\"{long}\u{1}{long}\"}}"),
+            "{\"other\":[\"\\n\u{1f}\"]}".to_string(),
+        ] {
+            let at = line.find(['\u{1}', '\u{1f}']).unwrap() + 1;
+            assert_eq!(
+                err(&line),
+                ("control character in a string", at),
+                "{line:?}"
+            );
+        }
+        for line in [
+            "{\"id\":\"abc",
+            "{\"ab",
+            "{\"other\":\"abc\\\"",
+            "[\"0123456789abcdefghij",
+        ] {
+            assert_eq!(
+                err(line),
+                ("end of line inside a string", line.len() + 1),
+                "{line:?}"
+            );
         }
     }
 
