@@ -34,18 +34,36 @@ pub(super) struct SyntaxError {
 
 type Result<T> = std::result::Result<T, SyntaxError>;
 
-struct Scanner<'a> {
+struct Scanner<'a, 'm> {
     text: &'a str,
     b: &'a [u8],
     pos: usize,
+    /// Bit `i % 64` of word `i / 64` is set when byte `i` is `"`, a backslash or a control
+    /// byte: computed for the whole line at once, sixteen bytes per step, so that finding
+    /// where a string ends is a lookup rather than a loop per string.
+    specials: &'m [u64],
 }
+
+/// Lines up to this many bytes keep their [`Scanner::specials`] on the stack.
+const INLINE_MASK_WORDS: usize = 32;
 
 /// Scans a line that is already known to be valid UTF-8.
 pub(super) fn scan_line(text: &str) -> Result<TopLevel<'_>> {
+    let words = text.len().div_ceil(64);
+    let mut inline = [0u64; INLINE_MASK_WORDS];
+    let mut heap = Vec::new();
+    let specials: &mut [u64] = if words <= INLINE_MASK_WORDS {
+        &mut inline[..words]
+    } else {
+        heap.resize(words, 0);
+        &mut heap
+    };
+    special_masks(text.as_bytes(), specials);
     let mut s = Scanner {
         text,
         b: text.as_bytes(),
         pos: 0,
+        specials,
     };
     s.ws();
     let top = if s.peek() == Some(b'{') {
@@ -104,7 +122,7 @@ impl Key {
     }
 }
 
-impl<'a> Scanner<'a> {
+impl<'a> Scanner<'a, '_> {
     fn error(&self, what: &'static str) -> SyntaxError {
         SyntaxError {
             what,
@@ -350,10 +368,31 @@ impl<'a> Scanner<'a> {
     /// backslash) costs no call and no error value; the errors are built out of line.
     #[inline(always)]
     fn plain_run_from(&self, i: usize) -> Result<usize> {
-        let stop = special_from(self.b, i);
+        let stop = self.special_from(i);
         match self.b.get(stop) {
             Some(b'"' | b'\\') => Ok(stop),
             _ => Err(self.bad_run_end(stop)),
+        }
+    }
+
+    /// The index of the first `"`, backslash or control byte at or after `i`, or the line's
+    /// length.
+    #[inline(always)]
+    fn special_from(&self, i: usize) -> usize {
+        let mut word = i / 64;
+        let Some(&first) = self.specials.get(word) else {
+            return self.b.len();
+        };
+        let mut mask = first & (!0u64 << (i % 64));
+        loop {
+            if mask != 0 {
+                return word * 64 + mask.trailing_zeros() as usize;
+            }
+            word += 1;
+            match self.specials.get(word) {
+                Some(&m) => mask = m,
+                None => return self.b.len(),
+            }
         }
     }
 
@@ -600,43 +639,33 @@ impl Open {
     }
 }
 
-/// The index of the first `"`, backslash or control byte of `b` from `i`, or `b.len()`.
-/// Sixteen bytes are tested at a time: a byte-by-byte loop here was half of a run, and
-/// memchr's setup costs more than most of these short strings.
-#[inline(always)]
-fn special_from(b: &[u8], mut i: usize) -> usize {
-    while let Some(block) = b.get(i..i + 16) {
-        let mask = sixteen(block);
-        if mask != 0 {
-            return i + mask.trailing_zeros() as usize;
-        }
-        i += 16;
+/// Fills `masks` (one word per 64 bytes of `b`) with the positions of `"`, backslash and
+/// control bytes. The last block is padded with spaces, which are none of those.
+fn special_masks(b: &[u8], masks: &mut [u64]) {
+    let blocks = b.chunks_exact(64);
+    let tail = blocks.remainder();
+    let block_mask = |block: &[u8]| {
+        block
+            .chunks_exact(16)
+            .enumerate()
+            .fold(0u64, |m, (k, sixteen_bytes)| {
+                m | u64::from(sixteen(sixteen_bytes)) << (16 * k)
+            })
+    };
+    let mut n = 0;
+    for (mask, block) in masks.iter_mut().zip(blocks) {
+        *mask = block_mask(block);
+        n += 1;
     }
-    special_in_tail(b, i)
+    if !tail.is_empty() {
+        let mut padded = [b' '; 64];
+        padded[..tail.len()].copy_from_slice(tail);
+        masks[n] = block_mask(&padded);
+    }
 }
 
-/// [`special_from`] for the last fifteen bytes or fewer.
-#[inline(never)]
-fn special_in_tail(b: &[u8], mut i: usize) -> usize {
-    if let Some(word) = b.get(i..i + 8) {
-        let mask = special_bytes(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
-        if mask != 0 {
-            return i + (mask.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while let Some(&c) = b.get(i) {
-        if c == b'"' || c == b'\\' || c < 0x20 {
-            return i;
-        }
-        i += 1;
-    }
-    b.len()
-}
-
-/// Bit `i` set when byte `i` of the 16 is `"`, a backslash or below 0x20: long strings (URLs,
-/// digests, user agents) are most of a line's bytes, and SSE2, which every x86-64 has, tests
-/// sixteen bytes in about as many instructions as [`special_bytes`] takes for eight.
+/// Bit `i` set when byte `i` of the 16 is `"`, a backslash or below 0x20. SSE2, which every
+/// x86-64 has, tests the sixteen bytes in about ten instructions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse2")]
 fn special_bytes_16(block: &[u8]) -> u32 {
@@ -665,53 +694,17 @@ fn sixteen(block: &[u8]) -> u32 {
     unsafe { special_bytes_16(block) }
 }
 
+/// [`special_bytes_16`] where there is no SSE2, a byte at a time.
 #[cfg(not(target_arch = "x86_64"))]
-use special_bytes_16 as sixteen;
-
-/// [`special_bytes_16`] where there is no SSE2: two words of [`special_bytes`].
-#[cfg(not(target_arch = "x86_64"))]
-fn special_bytes_16(block: &[u8]) -> u32 {
-    let word = |at: usize| {
-        let bytes: [u8; 8] = block[at..at + 8].try_into().unwrap_or([0; 8]);
-        special_bytes(u64::from_le_bytes(bytes))
-    };
-    let first = |mask: u64| (mask != 0).then(|| 1u32 << (mask.trailing_zeros() / 8));
-    first(word(0))
-        .or_else(|| first(word(8)).map(|bit| bit << 8))
-        .unwrap_or(0)
-}
-
-/// High bit set in each byte of `w` that is `"`, a backslash or below 0x20. Only the lowest set
-/// bit is exact (a borrow may mark bytes above it), which is the one the scanner uses.
-fn special_bytes(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    zero_byte(w ^ (ONES * u64::from(b'"')))
-        | zero_byte(w ^ (ONES * u64::from(b'\\')))
-        | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+fn sixteen(block: &[u8]) -> u32 {
+    block.iter().take(16).enumerate().fold(0, |mask, (k, &c)| {
+        mask | (u32::from(c == b'"' || c == b'\\' || c < 0x20) << k)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn special_bytes_finds_the_first_quote_backslash_or_control_character() {
-        for (text, first) in [
-            (&b"abcdefgh"[..], None),
-            (b"abc\"efgh", Some(3)),
-            (b"\\bcdefgh", Some(0)),
-            (b"abcdefg\x1f", Some(7)),
-            (b"ab\x00\"\\fgh", Some(2)),
-            (b"\xc3\xa9\xc3\xa9\xe2\x82\xac ", None),
-            (b"\x7f !#[]{}", None),
-        ] {
-            let mask = special_bytes(u64::from_le_bytes(text.try_into().unwrap()));
-            let got = (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize);
-            assert_eq!(got, first, "{text:?}");
-        }
-    }
 
     #[test]
     fn a_bad_string_is_reported_where_it_goes_wrong() {
@@ -750,40 +743,47 @@ mod tests {
         }
     }
 
+    /// Every byte value at every position of sixteen, beside every other kind of byte.
     #[test]
-    fn special_bytes_16_finds_the_first_special_byte_in_sixteen() {
-        let plain = *b"abcdefghijklmnop";
-        assert_eq!(sixteen(&plain), 0);
-        // Every position, every kind of special byte, and bytes either side of the limits.
+    fn sixteen_marks_every_quote_backslash_and_control_byte() {
+        let special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
         for at in 0..16 {
-            for (c, special) in [
-                (b'"', true),
-                (b'\\', true),
-                (0x00, true),
-                (0x1f, true),
-                (b'\n', true),
-                (0x20, false),
-                (0x7f, false),
-                (0x80, false),
-                (0xff, false),
-                (b'!', false),
-                (b'#', false),
-                (b'[', false),
-                (b']', false),
-            ] {
-                let mut block = plain;
-                block[at] = c;
-                let mask = sixteen(&block);
-                let want: u32 = if special { 1 << at } else { 0 };
-                assert_eq!(
-                    mask.trailing_zeros(),
-                    want.trailing_zeros(),
-                    "{c:#x} at {at}"
-                );
-                if special {
-                    // Only the first special byte matters; a later one must not hide it.
-                    block[15] = b'"';
-                    assert_eq!(sixteen(&block).trailing_zeros(), at as u32);
+            for c in 0..=255u8 {
+                for filler in [b'a', b'"', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff] {
+                    let mut block = [filler; 16];
+                    block[at] = c;
+                    let want = block
+                        .iter()
+                        .enumerate()
+                        .fold(0u32, |m, (k, &b)| m | (u32::from(special(b)) << k));
+                    assert_eq!(sixteen(&block), want, "{c:#x} at {at} among {filler:#x}");
+                }
+            }
+        }
+    }
+
+    /// Strings ending at every offset around the 64-byte words of the mask, and lines past
+    /// the stack buffer, scan as they should and report control bytes where they are.
+    #[test]
+    fn strings_are_found_across_mask_words_and_long_lines() {
+        for len in (0..200).chain([2030, 2047, 2048, 2049, 5000]) {
+            let body = "x".repeat(len);
+            let line = format!("{{\"other\":\"{body}\",\"id\":\"{body}\"}}");
+            match scan_line(&line) {
+                Ok(TopLevel::Single(e)) => {
+                    assert!(
+                        matches!(e.id, StrField::Str(ref s) if s.len() == len),
+                        "{len}"
+                    )
+                }
+                _ => panic!("length {len} did not scan"),
+            }
+            if len > 0 {
+                let bad = format!("{{\"other\":\"{}\u{1}\"}}", "x".repeat(len - 1));
+                let at = bad.find('\u{1}').unwrap() + 1;
+                match scan_line(&bad) {
+                    Err(e) => assert_eq!((e.what, e.column), ("control character in a string", at)),
+                    Ok(_) => panic!("length {len}: a control byte was missed"),
                 }
             }
         }
