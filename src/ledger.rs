@@ -51,6 +51,39 @@ impl RepositoryLedger {
         self.paths.entry(key).or_insert(path);
     }
 
+    /// [`RepositoryLedger::learn_path`] from a borrowed path, copied only when new.
+    pub fn learn_path_ref(&mut self, key: u128, path: &str) {
+        self.paths.entry(key).or_insert_with(|| path.into());
+    }
+
+    /// The ledger cut into `n` parts by `part_of(key)` (which must be below `n`), each with
+    /// all that is known of its repositories. No repository's existence depends on another's,
+    /// so the parts can replay their events apart and be joined after.
+    pub fn split(self, n: usize, part_of: impl Fn(u128) -> usize) -> Vec<RepositoryLedger> {
+        let mut parts: Vec<RepositoryLedger> = (0..n).map(|_| Self::default()).collect();
+        for k in self.existing {
+            parts[part_of(k)].existing.insert(k);
+        }
+        for (k, path) in self.paths {
+            parts[part_of(k)].paths.insert(k, path);
+        }
+        for (k, t) in self.last_applied {
+            parts[part_of(k)].last_applied.insert(k, t);
+        }
+        parts
+    }
+
+    /// Parts made by [`RepositoryLedger::split`], as one ledger again.
+    pub fn join(parts: Vec<RepositoryLedger>) -> RepositoryLedger {
+        let mut all = RepositoryLedger::default();
+        for p in parts {
+            all.existing.extend(p.existing);
+            all.paths.extend(p.paths);
+            all.last_applied.extend(p.last_applied);
+        }
+        all
+    }
+
     /// A ledger as a state file stored it.
     pub fn from_entries(entries: impl IntoIterator<Item = LedgerEntry>) -> RepositoryLedger {
         let mut ledger = RepositoryLedger::default();
@@ -181,6 +214,36 @@ mod tests {
         let back = RepositoryLedger::from_entries(entries.clone());
         assert_eq!(back.entries(), entries);
         assert_eq!(back.sorted_paths(), ["a", "k"]);
+    }
+
+    #[test]
+    fn split_parts_replay_apart_and_join_into_the_whole() {
+        let t = |s: i64| Timestamp { secs: s, nanos: 0 };
+        let paths: Vec<String> = (0..200).map(|i| format!("g/r{i}")).collect();
+        let mut whole = RepositoryLedger::seeded(paths.iter().take(50).map(String::as_str));
+        for (i, p) in paths.iter().enumerate() {
+            whole.learn_path(repository_key(p), p.as_str().into());
+            if i % 3 == 0 {
+                whole.delete(repository_key(p), t(i as i64));
+            }
+        }
+        let part_of = |k: u128| (k % 7) as usize;
+        let mut parts = whole.clone().split(7, part_of);
+        assert!(parts.iter().all(|p| !p.paths.is_empty()), "keys spread");
+        // The same later events, applied to the whole and to the part that owns each key.
+        for (i, p) in paths.iter().enumerate() {
+            let k = repository_key(p);
+            let time = t(1000 + i as i64);
+            let in_whole = whole.push(k, time);
+            assert_eq!(parts[part_of(k)].push(k, time), in_whole, "{p}");
+            assert_eq!(
+                parts[part_of(k)].is_late(k, t(500)),
+                whole.is_late(k, t(500))
+            );
+        }
+        let joined = RepositoryLedger::join(parts);
+        assert_eq!(joined.entries(), whole.entries());
+        assert_eq!(joined.sorted_paths(), whole.sorted_paths());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::aggregate::{Aggregate, MetricTable};
 use crate::classify::{EventKind, TrackedEvent};
 use crate::ledger::RepositoryLedger;
 use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath};
-use crate::records::{parse_chunk, Action, ChunkOutput, EventRecord, LineCounts, Reject};
+use crate::records::{parse_chunk, Action, ChunkOutput, EventRecord, LineCounts, PathMap, Reject};
 use crate::sketch::PassThroughHasher;
 use crate::timestamp::Timestamp;
 use chrono::NaiveDate;
@@ -388,6 +388,106 @@ impl ActionCounts {
     }
 }
 
+/// How many parts the repository ledger is split into for its replay, by the top bits of the
+/// repository key: each repository's existence depends only on its own events (SPEC §6), so
+/// the parts replay on all cores, and each sorts only its own events.
+const LEDGER_SHARD_BITS: u32 = 4;
+
+/// A chunk's share of one ledger part: its pushes and repository deletes as (time, chunk,
+/// index), and the paths of the repositories they name.
+#[derive(Default, Clone)]
+struct LedgerShare {
+    events: Vec<(Timestamp, u32, u32)>,
+    paths: Vec<(u128, Box<str>)>,
+}
+
+/// SPEC §6: replays the pushes and repository deletes of every repository in (UTC time, id)
+/// order, resolving each repository push into a create or a push. Returns the ledger moved
+/// on and how many events arrived late.
+fn replay_ledger(
+    chunks: &mut [Vec<EventRecord>],
+    path_maps: Vec<PathMap>,
+    ledger: RepositoryLedger,
+) -> (RepositoryLedger, u64) {
+    let shards = 1usize << LEDGER_SHARD_BITS;
+    let shard = |k: u128| (k >> (128 - LEDGER_SHARD_BITS)) as usize;
+    let shares: Vec<Vec<LedgerShare>> = chunks
+        .par_iter()
+        .zip(path_maps)
+        .enumerate()
+        .map(|(c, (records, paths))| {
+            let mut parts = vec![LedgerShare::default(); shards];
+            for (i, r) in records.iter().enumerate() {
+                if !r.duplicate && r.ledger_id.is_some() {
+                    parts[shard(r.repository)]
+                        .events
+                        .push((r.time, c as u32, i as u32));
+                }
+            }
+            for (k, path) in paths {
+                parts[shard(k)].paths.push((k, path));
+            }
+            parts
+        })
+        .collect();
+    let records: &[Vec<EventRecord>] = chunks;
+    // Times are in the sort keys themselves; ids are looked up only for ties.
+    let id_of = |c: u32, i: u32| records[c as usize][i as usize].ledger_id.as_deref();
+    // Per part: the part moved on, its late events, and (chunk, index, existed) per
+    // repository push.
+    type Replayed = (RepositoryLedger, u64, Vec<(u32, u32, bool)>);
+    let replayed: Vec<Replayed> = ledger
+        .split(shards, shard)
+        .into_par_iter()
+        .enumerate()
+        .map(|(s, mut part)| {
+            for (k, path) in shares.iter().flat_map(|c| &c[s].paths) {
+                part.learn_path_ref(*k, path);
+            }
+            let mut order: Vec<(Timestamp, u32, u32)> = shares
+                .iter()
+                .flat_map(|c| c[s].events.iter().copied())
+                .collect();
+            order.sort_unstable_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| id_of(a.1, a.2).cmp(&id_of(b.1, b.2)))
+            });
+            let mut late = 0;
+            let mut resolved = Vec::new();
+            for (_, c, i) in order {
+                let r = &records[c as usize][i as usize];
+                if part.is_late(r.repository, r.time) {
+                    late += 1;
+                }
+                match r.kind {
+                    EventKind::DeleteRepository => part.delete(r.repository, r.time),
+                    EventKind::RepositoryPush => {
+                        resolved.push((c, i, part.push(r.repository, r.time)));
+                    }
+                    _ => {
+                        part.push(r.repository, r.time);
+                    }
+                }
+            }
+            (part, late, resolved)
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(shards);
+    let mut late_events = 0;
+    for (part, late, resolved) in replayed {
+        for (c, i, existed) in resolved {
+            chunks[c as usize][i as usize].kind = EventKind::Resolved(if existed {
+                TrackedEvent::PushRepository
+            } else {
+                TrackedEvent::CreateRepository
+            });
+        }
+        parts.push(part);
+        late_events += late;
+    }
+    (RepositoryLedger::join(parts), late_events)
+}
+
 /// Counts of de-duplicated events that the summary reports, folded beside the [`Aggregate`].
 #[derive(Clone, Debug, Default)]
 struct EventCounts {
@@ -428,10 +528,7 @@ fn tally(
     let mut rejects = Vec::new();
     let mut chunks: Vec<Vec<EventRecord>> = Vec::new();
     let mut path_maps = Vec::new();
-    let Prior {
-        mut ledger,
-        seen_ids,
-    } = prior;
+    let Prior { ledger, seen_ids } = prior;
     for (report, outputs) in read {
         for chunk in outputs {
             counts.merge(&chunk.counts);
@@ -444,22 +541,6 @@ fn tally(
         }
         inputs.push(report);
     }
-    // Each chunk named the repositories it touched; merging those maps pairwise in parallel
-    // beats one thread inserting every chunk's.
-    let paths = path_maps.into_par_iter().reduce(Default::default, |a, b| {
-        // Equal keys are equal paths (the key is the path's hash): either one will do.
-        let (mut big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
-        for (k, v) in small {
-            big.entry(k).or_insert(v);
-        }
-        big
-    });
-    for (key, path) in paths {
-        ledger.learn_path(key, path);
-    }
-
-    // Separately timed from de-duplication: merging the chunks' path maps is its own cost.
-    phases.lap("gather");
     // SPEC §3: the first delivery in input order counts.
     let later = later_deliveries(&chunks, &seen_ids);
     let duplicate_events = later.len() as u64;
@@ -468,45 +549,7 @@ fn tally(
     }
 
     phases.lap("deduplicate");
-    // SPEC §6: replay pushes and repository deletes in (UTC time, id) order.
-    let mut order: Vec<(Timestamp, u32, u32)> = chunks
-        .iter()
-        .enumerate()
-        .flat_map(|(c, records)| {
-            records
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.duplicate && r.ledger_id.is_some())
-                .map(move |(i, r)| (r.time, c as u32, i as u32))
-        })
-        .collect();
-    // Times are in the sort keys themselves; ids are looked up only for ties.
-    let id_of = |c: u32, i: u32| chunks[c as usize][i as usize].ledger_id.as_deref();
-    order.par_sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| id_of(a.1, a.2).cmp(&id_of(b.1, b.2)))
-    });
-    let mut late_events = 0;
-    for (_, c, i) in order {
-        let r = &mut chunks[c as usize][i as usize];
-        if ledger.is_late(r.repository, r.time) {
-            late_events += 1;
-        }
-        match r.kind {
-            EventKind::DeleteRepository => ledger.delete(r.repository, r.time),
-            EventKind::RepositoryPush => {
-                let existed = ledger.push(r.repository, r.time);
-                r.kind = EventKind::Resolved(if existed {
-                    TrackedEvent::PushRepository
-                } else {
-                    TrackedEvent::CreateRepository
-                });
-            }
-            _ => {
-                ledger.push(r.repository, r.time);
-            }
-        }
-    }
+    let (ledger, late_events) = replay_ledger(&mut chunks, path_maps, ledger);
 
     phases.lap("repository_ledger");
     // The accumulator is boxed: moved by value through every step of the fold, the two

@@ -65,6 +65,9 @@ pub struct EventRecord {
     pub duplicate: bool,
 }
 
+/// Repository paths by their key.
+pub type PathMap = HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>;
+
 /// Where a reject came from and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reject {
@@ -106,7 +109,7 @@ pub struct ChunkOutput {
     pub events: Vec<EventRecord>,
     pub rejects: Vec<Reject>,
     /// Paths of the repositories this chunk pushes to or deletes, by key.
-    pub ledger_paths: HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>,
+    pub ledger_paths: PathMap,
 }
 
 impl ChunkOutput {

@@ -631,7 +631,6 @@ fn summary_accounts_for_every_line_and_input() {
         phases,
         [
             "read_and_parse",
-            "gather",
             "deduplicate",
             "repository_ledger",
             "aggregate",
