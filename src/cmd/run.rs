@@ -259,13 +259,19 @@ fn record_consumed(
 
 /// `regtally run`.
 pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
-    let mut plan = RunPlan::from_args(args, today)?;
+    let plan = RunPlan::from_args(args, today)?;
     let started = Instant::now();
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = plan.threads {
         pool = pool.num_threads(n);
     }
     let pool = pool.build().context("cannot start worker threads")?;
+    // Everything parallel in the run, writing included, stays within --threads.
+    pool.install(|| run_planned(plan, started))
+}
+
+/// The run once its plan is checked, inside the worker pool.
+fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     let prior = match &mut plan.state {
         // The ledger comes back in the tally, moved on by this run.
         Some((_, state)) => Prior {
@@ -277,7 +283,7 @@ pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
             seen_ids: Vec::new(),
         },
     };
-    let mut tally = pool.install(|| pipeline::run(&plan.config, prior));
+    let mut tally = pipeline::run(&plan.config, prior);
 
     let mut problems: Vec<String> = tally
         .failures()
