@@ -183,11 +183,19 @@ impl RunState {
                 wanted: precision,
             });
         }
-        if file.hash != HASH_NAME || file.sketch_format != SKETCH_FORMAT_VERSION {
+        if file.hash != HASH_NAME {
             return Err(StateError::Hash {
                 path: path.clone(),
                 found: file.hash,
             });
+        }
+        // Each sketch carries its own format byte and every earlier format is still read, so
+        // a state written before the current sketch format loads, and is rewritten in it.
+        if !(1..=SKETCH_FORMAT_VERSION).contains(&file.sketch_format) {
+            return Err(not_state(format!(
+                "sketch format {} is not known to this release (it reads 1 to {SKETCH_FORMAT_VERSION})",
+                file.sketch_format
+            )));
         }
         let mut metrics = MetricTable::new(precision);
         for c in file.metrics {
@@ -411,6 +419,37 @@ mod tests {
             RunState::load(dir.path(), Some(14)),
             Err(StateError::NotState { .. })
         ));
+    }
+
+    /// A state written by a release whose sketches were format 1 (serde_json) still loads.
+    #[test]
+    fn a_state_with_format_1_sketches_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let state = sample();
+        let mut bytes = Vec::new();
+        state.write(14, &mut bytes).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&zstd::decode_all(&bytes[..]).unwrap()).unwrap();
+        json["sketch_format"] = 1.into();
+        for cell in json["metrics"].as_array_mut().unwrap() {
+            let v2 = from_hex(cell["sketch"].as_str().unwrap()).unwrap();
+            let mut sketch = UserSketch::from_bytes(&v2).unwrap();
+            cell["sketch"] = to_hex(&sketch.to_bytes_v1_for_tests()).into();
+        }
+        let text = serde_json::to_vec(&json).unwrap();
+        std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
+        let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
+        let (mut a, mut b) = (state.metrics.into_rows(), back.metrics.into_rows());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+            assert!(x.sketch.to_bytes() == y.sketch.to_bytes());
+        }
+        json["sketch_format"] = 3.into();
+        let text = serde_json::to_vec(&json).unwrap();
+        std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
+        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        assert!(err.to_string().contains("sketch format 3"), "{err}");
     }
 
     #[test]

@@ -531,7 +531,10 @@ fn parquet_schema_order_and_metadata() {
         kv["regtally.version"].as_deref(),
         Some(env!("CARGO_PKG_VERSION"))
     );
-    assert!(kv.contains_key("regtally.sketch_format"));
+    assert!(kv["regtally.sketch_format"]
+        .as_deref()
+        .unwrap()
+        .starts_with("2: "));
 
     let rows = ws.rows("out");
     let keys: Vec<(String, String, i32)> = rows
@@ -543,7 +546,7 @@ fn parquet_schema_order_and_metadata() {
     assert_eq!(keys, sorted);
     assert_eq!(rows.len(), 12); // 2021-W01 and 2021-01, 6 names
     for r in &rows {
-        assert_eq!(r.sketch[0], 1, "sketch format version");
+        assert_eq!(r.sketch[0], 2, "sketch format version");
         assert_eq!(r.sketch[1], 12, "sketch precision");
         let mut sketch = regtally::sketch::UserSketch::from_bytes(&r.sketch).unwrap();
         assert_eq!(sketch.estimate(), r.unique_users);
