@@ -4,7 +4,7 @@
 //! `±hh:mm` offset). chrono's own RFC 3339 parser is more lenient than the SPEC (it takes a space
 //! for `T`, for one), so validation has its own small parser here.
 
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 /// A UTC instant with nanosecond resolution, ordered by time.
 ///
@@ -109,26 +109,49 @@ pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
         _ => return Err(TimestampError::Shape),
     };
 
-    let date =
-        NaiveDate::from_ymd_opt(year as i32, month, day).ok_or(TimestampError::OutOfRange)?;
-    let time = if second == 60 {
-        // chrono spells a leap second as second 59 with nanoseconds past one billion.
-        NaiveTime::from_hms_nano_opt(hour, minute, 59, 1_000_000_000 + nanos)
-    } else {
-        NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)
+    // Checked and counted here rather than through chrono's date and time types: this runs
+    // once per event, and chrono's constructors were a few percent of a run.
+    if !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(TimestampError::OutOfRange);
     }
-    .ok_or(TimestampError::OutOfRange)?;
-    let local = date.and_time(time).and_utc();
+    let local = days_from_civil(i64::from(year), month, day) * 86_400
+        + i64::from(hour * 3600 + minute * 60 + second.min(59));
     // A leap second sorts after :59.999999999 of its minute and before the next minute.
-    let (secs, nanos) = if local.timestamp_subsec_nanos() >= 1_000_000_000 {
-        (local.timestamp(), 999_999_999)
-    } else {
-        (local.timestamp(), local.timestamp_subsec_nanos())
-    };
-    let secs = secs - offset_secs;
-    // Offsets can push year 0000 or 9999 just outside chrono's range: refuse those.
-    DateTime::from_timestamp(secs, nanos).ok_or(TimestampError::OutOfRange)?;
-    Ok(Timestamp { secs, nanos })
+    let nanos = if second == 60 { 999_999_999 } else { nanos };
+    // Years 0000 to 9999, a day either side, lie well inside chrono's range (±262,000 years),
+    // so every instant built here converts back (`Timestamp::to_datetime`).
+    Ok(Timestamp {
+        secs: local - offset_secs,
+        nanos,
+    })
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_from_march = i64::from((month + 9) % 12);
+    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 fn digits(b: &[u8], at: usize, n: usize) -> Result<u32, TimestampError> {
@@ -187,6 +210,72 @@ mod tests {
         let before = parse_rfc3339("2016-12-31T23:59:59.9Z").unwrap();
         let after = parse_rfc3339("2017-01-01T00:00:00Z").unwrap();
         assert!(before < leap && leap < after);
+    }
+
+    /// The calendar arithmetic against chrono's, over every day of the years RFC 3339 spells
+    /// (a day in 29, and every day near the ends and around the end of February).
+    #[test]
+    fn counts_days_and_seconds_as_chrono_does() {
+        let first = NaiveDate::from_ymd_opt(0, 1, 1).unwrap();
+        let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+        let mut date = first;
+        let mut n = 0u64;
+        while date <= last {
+            use chrono::Datelike;
+            let (y, m, d) = (date.year(), date.month(), date.day());
+            for (clock, offset) in [
+                ("00:00:00", "Z"),
+                ("23:59:60.25", "-23:59"),
+                ("12:34:56.5", "+01:30"),
+            ] {
+                let text = format!("{y:04}-{m:02}-{d:02}T{clock}{offset}");
+                let ours = parse_rfc3339(&text).unwrap();
+                let theirs = chrono::DateTime::parse_from_rfc3339(&text.replace(":60", ":59"))
+                    .unwrap()
+                    .with_timezone(&Utc);
+                let want_nanos = if clock.contains(":60") {
+                    999_999_999
+                } else {
+                    theirs.timestamp_subsec_nanos()
+                };
+                assert_eq!(
+                    (ours.secs, ours.nanos),
+                    (theirs.timestamp(), want_nanos),
+                    "{text}"
+                );
+            }
+            assert!(days_in_month(y as u32, m) >= d);
+            let step = if n < 800
+                || date > last - chrono::Days::new(800)
+                || (m == 2 && d >= 27)
+                || (m == 3 && d == 1)
+            {
+                1
+            } else {
+                29
+            };
+            date = date + chrono::Days::new(step);
+            n += 1;
+        }
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2023-04-31T00:00:00Z",
+            "2023-13-01T00:00:00Z",
+            "2023-00-01T00:00:00Z",
+            "2023-01-00T00:00:00Z",
+            "2023-01-01T00:60:00Z",
+            "2023-01-01T00:00:61Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), Err(TimestampError::OutOfRange), "{bad}");
+        }
+        for good in [
+            "2024-02-29T00:00:00Z",
+            "2000-02-29T00:00:00Z",
+            "0000-02-29T00:00:00Z",
+        ] {
+            assert!(parse_rfc3339(good).is_ok(), "{good}");
+        }
     }
 
     #[test]
