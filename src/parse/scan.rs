@@ -106,6 +106,7 @@ enum Key {
 }
 
 impl Key {
+    #[inline(always)]
     fn of(name: &[u8]) -> Key {
         match name {
             b"id" => Key::Id,
@@ -302,6 +303,7 @@ impl<'a> Scanner<'a, '_> {
 
     /// An object key whose `"` is next, matched in place; only a key with escapes is decoded
     /// first (`"\u0069d"` is `id`, as serde_json read it).
+    #[inline(always)]
     fn key(&mut self) -> Result<Key> {
         let start = self.pos + 1;
         let stop = self.plain_run_from(start)?;
@@ -315,6 +317,7 @@ impl<'a> Scanner<'a, '_> {
     /// Passes over a string whose `"` is next, checking only that its escapes are well formed
     /// (serde_json lets a skipped string hold a lone surrogate) and building nothing: most of a
     /// line's strings are skipped.
+    #[inline(always)]
     fn skip_string(&mut self) -> Result<()> {
         self.pos += 1; // '"'
         loop {
@@ -597,6 +600,7 @@ impl<'a> Scanner<'a, '_> {
     }
 
     /// An object key and its colon, when skipping.
+    #[inline(always)]
     fn skip_key(&mut self) -> Result<()> {
         if self.peek() != Some(b'"') {
             return Err(self.error("expected a string as object key"));
