@@ -176,6 +176,7 @@ pub fn is_blank(line: &[u8]) -> bool {
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is allowed and ignored as whitespace).
+#[inline]
 pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
     if is_blank(line) {
         return ParsedLine::Blank;
@@ -184,14 +185,15 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
     let Ok(text) = std::str::from_utf8(line) else {
         return ParsedLine::Malformed("line is not valid UTF-8".into());
     };
-    match scan::scan_line(text) {
+    let mut single = RawEvent::default();
+    match scan::scan_line(text, &mut single) {
         Err(e) => ParsedLine::Malformed(format!("invalid JSON: {} at column {}", e.what, e.column)),
         Ok(TopLevel::NotObject) => ParsedLine::Malformed("line is not a JSON object".into()),
         Ok(TopLevel::EventsNotArray) => {
             ParsedLine::Malformed("envelope's events is not an array".into())
         }
         Ok(TopLevel::Envelope(elements)) => ParsedLine::Envelope(elements),
-        Ok(TopLevel::Single(event)) => ParsedLine::Single(event),
+        Ok(TopLevel::Single) => ParsedLine::Single(single),
     }
 }
 

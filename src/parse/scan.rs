@@ -24,7 +24,8 @@ pub(super) enum TopLevel<'a> {
     NotObject,
     EventsNotArray,
     Envelope(Vec<Element<'a>>),
-    Single(RawEvent<'a>),
+    /// The event is in the `single` that `scan_line` was given.
+    Single,
 }
 
 /// A syntax error: what was wrong and the 1-based column (in bytes) where it was found.
@@ -49,8 +50,9 @@ struct Scanner<'a, 'm> {
 /// Lines up to this many bytes keep their [`Scanner::specials`] on the stack.
 const INLINE_MASK_WORDS: usize = 32;
 
-/// Scans a line that is already known to be valid UTF-8.
-pub(super) fn scan_line(text: &str) -> Result<TopLevel<'_>> {
+/// Scans a line that is already known to be valid UTF-8. A single event is written into
+/// `single` (see [`Scanner::event_object`]).
+pub(super) fn scan_line<'a>(text: &'a str, single: &mut RawEvent<'a>) -> Result<TopLevel<'a>> {
     let words = text.len().div_ceil(64);
     let mut inline = [0u64; INLINE_MASK_WORDS];
     let mut heap = Vec::new();
@@ -69,10 +71,10 @@ pub(super) fn scan_line(text: &str) -> Result<TopLevel<'_>> {
     };
     s.ws();
     let top = if s.peek() == Some(b'{') {
-        match s.event_object(true)? {
-            (_, Some(Events::Array(elements))) => TopLevel::Envelope(elements),
-            (_, Some(Events::NotArray)) => TopLevel::EventsNotArray,
-            (event, None) => TopLevel::Single(event),
+        match s.event_object(true, single)? {
+            Some(Events::Array(elements)) => TopLevel::Envelope(elements),
+            Some(Events::NotArray) => TopLevel::EventsNotArray,
+            None => TopLevel::Single,
         }
     } else {
         s.other_value()?;
@@ -185,8 +187,14 @@ impl<'a> Scanner<'a, '_> {
 
     /// An event object whose `{` is next. At the top level an `events` member makes it an
     /// envelope; inside an envelope `events` is just another member.
-    fn event_object(&mut self, top_level: bool) -> Result<(RawEvent<'a>, Option<Events<'a>>)> {
-        let mut event = RawEvent::default();
+    ///
+    /// The event's fields are written into `event`, which the caller owns: the struct is 150
+    /// bytes, and returning it by value copied it at every level.
+    fn event_object(
+        &mut self,
+        top_level: bool,
+        event: &mut RawEvent<'a>,
+    ) -> Result<Option<Events<'a>>> {
         let mut events = None;
         self.object(|s, key| {
             match key {
@@ -200,7 +208,7 @@ impl<'a> Scanner<'a, '_> {
             }
             Ok(())
         })?;
-        Ok((event, events))
+        Ok(events)
     }
 
     fn target(&mut self) -> Result<TargetField<'a>> {
@@ -264,7 +272,9 @@ impl<'a> Scanner<'a, '_> {
         loop {
             self.ws();
             if self.peek() == Some(b'{') {
-                elements.push(Element::Event(self.event_object(false)?.0));
+                let mut event = RawEvent::default();
+                self.event_object(false, &mut event)?;
+                elements.push(Element::Event(event));
             } else {
                 self.other_value()?;
                 elements.push(Element::NotObject);
@@ -714,7 +724,7 @@ mod tests {
 
     #[test]
     fn a_bad_string_is_reported_where_it_goes_wrong() {
-        let err = |line: &str| match scan_line(line) {
+        let err = |line: &str| match scan_line(line, &mut RawEvent::default()) {
             Err(e) => (e.what, e.column),
             Ok(_) => panic!("{line:?} scanned"),
         };
@@ -775,8 +785,9 @@ mod tests {
         for len in (0..200).chain([2030, 2047, 2048, 2049, 5000]) {
             let body = "x".repeat(len);
             let line = format!("{{\"other\":\"{body}\",\"id\":\"{body}\"}}");
-            match scan_line(&line) {
-                Ok(TopLevel::Single(e)) => {
+            let mut e = RawEvent::default();
+            match scan_line(&line, &mut e) {
+                Ok(TopLevel::Single) => {
                     assert!(
                         matches!(e.id, StrField::Str(ref s) if s.len() == len),
                         "{len}"
@@ -787,7 +798,7 @@ mod tests {
             if len > 0 {
                 let bad = format!("{{\"other\":\"{}\u{1}\"}}", "x".repeat(len - 1));
                 let at = bad.find('\u{1}').unwrap() + 1;
-                match scan_line(&bad) {
+                match scan_line(&bad, &mut RawEvent::default()) {
                     Err(e) => assert_eq!((e.what, e.column), ("control character in a string", at)),
                     Ok(_) => panic!("length {len}: a control byte was missed"),
                 }
