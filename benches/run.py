@@ -5,9 +5,10 @@
 
 Generates N synthetic events (default 1,000,000, about 900 MB; kept under target/bench-data and
 reused) as one big file, as 32 files, and as 32 gzip files; runs `regtally run` on each at one
-thread and at all cores, best of K runs (default 3), page cache warm; runs zlib-rs decompression
-alone on the gzip files as that input's baseline; and runs DuckDB (installed by this script into
-target/bench-venv) on the same files with the SQL in benches/duckdb_query.sql, at all cores.
+thread and at all cores, zlib-rs decompression alone on the gzip files (that input's baseline),
+and DuckDB (installed by this script into target/bench-venv) on the 32 files with the SQL in
+benches/duckdb_query.sql, at all cores. Page cache warm; K rounds (default 3) in which every
+command runs once, each command's best round reported.
 Prints a table and writes target/bench-results.json.
 """
 
@@ -38,11 +39,6 @@ def timed(args, env=None):
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(map(str, args))} failed:\n{err}")
     return seconds, usage.ru_maxrss / 1024
-
-
-def best(args, runs, env=None):
-    results = [timed(args, env) for _ in range(runs)]
-    return min(r[0] for r in results), max(r[1] for r in results)
 
 
 def size_of(folder):
@@ -99,44 +95,22 @@ def main():
     binary = str(TARGET / "release" / "regtally")
     cores = os.cpu_count() or 1
     out = TARGET / "bench-out"
-    rows = []
 
-    def regtally(name, folder, threads, decoded=None):
-        args = [binary, "run", str(folder), "-o", str(out), "-q", "--as-of", "2024-01-15", "--max-bad-ratio", "1", "-j", str(threads)]
-        timed(args)  # warm the page cache
-        secs, rss = best(args, opts.runs)
-        size = size_of(folder)
-        row = {
-            "scenario": name,
-            "threads": threads,
-            "seconds": round(secs, 3),
-            "MB/s": round(size / secs / 1e6, 1),
-            "events/s": round(opts.events / secs),
-            "peak MiB": round(rss, 1),
-        }
-        if decoded:
-            row["decoded MB/s per core"] = round(decoded / secs / 1e6 / threads, 1)
-        rows.append(row)
-        return secs
-
-    one = regtally("one file", data / "one", 1)
-    one_all = regtally("one file", data / "one", cores)
-    many = regtally("32 files", data / "many", 1)
-    many_all = regtally("32 files", data / "many", cores)
-    decoded = size_of(data / "many")  # the gzip files hold the same events as many/
     gz_files = sorted(str(p) for p in (data / "gz").iterdir())
-    gz_one = regtally("32 gzip files", data / "gz", 1, decoded)
-    gz_all = regtally("32 gzip files", data / "gz", cores, decoded)
-
-    gunzip = str(TARGET / "release" / "examples" / "gunzip")
-    subprocess.run([gunzip, *gz_files], capture_output=True, check=True)
-    best_gunzip = min(
-        float(subprocess.run([gunzip, *gz_files], capture_output=True, check=True, text=True).stdout.split()[1])
-        for _ in range(opts.runs)
-    )
-    gunzip_rate = decoded / best_gunzip / 1e6
-
-    duck = None
+    decoded = size_of(data / "many")  # the gzip files hold the same events as many/
+    scenarios = [
+        ("one file", data / "one", 1),
+        ("one file", data / "one", cores),
+        ("32 files", data / "many", 1),
+        ("32 files", data / "many", cores),
+        ("32 gzip files", data / "gz", 1),
+        ("32 gzip files", data / "gz", cores),
+    ]
+    commands = {
+        (name, threads): [binary, "run", str(folder), "-o", str(out), "-q", "--as-of", "2024-01-15", "--max-bad-ratio", "1", "-j", str(threads)]
+        for name, folder, threads in scenarios
+    }
+    duck_key = ("DuckDB, 32 files", cores)
     if not opts.no_duckdb:
         python = duckdb_python()
         sql = (ROOT / "benches" / "duckdb_query.sql").read_text()
@@ -148,16 +122,47 @@ def main():
             f"con.execute(open({str(TARGET / 'bench-duckdb.sql')!r}).read())\n"
         )
         (TARGET / "bench-duckdb.sql").write_text(sql)
-        timed([str(python), str(script)])
-        duck, duck_rss = best([str(python), str(script)], opts.runs)
-        rows.append({
-            "scenario": "DuckDB, 32 files",
-            "threads": cores,
-            "seconds": round(duck, 3),
-            "MB/s": round(decoded / duck / 1e6, 1),
-            "events/s": round(opts.events / duck),
-            "peak MiB": round(duck_rss, 1),
-        })
+        commands[duck_key] = [str(python), str(script)]
+    gunzip = str(TARGET / "release" / "examples" / "gunzip")
+    commands[("gunzip", 1)] = [gunzip, *gz_files]
+
+    # This machine's speed drifts by tens of percent over minutes: every command runs once per
+    # round, round after round, so that the ones compared (one thread against all, regtally
+    # against DuckDB) meet the same drift; each keeps its best round.
+    for args in commands.values():
+        timed(args)  # warm the page cache
+    results = {key: [] for key in commands}
+    gunzip_secs = []
+    for _ in range(opts.runs):
+        for key, args in commands.items():
+            if key[0] == "gunzip":
+                gunzip_secs.append(float(subprocess.run(args, capture_output=True, check=True, text=True).stdout.split()[1]))
+            else:
+                results[key].append(timed(args))
+    best_of = {key: (min(r[0] for r in rs), max(r[1] for r in rs)) for key, rs in results.items() if rs}
+    gunzip_rate = decoded / min(gunzip_secs) / 1e6
+
+    rows = []
+    for (name, threads), (secs, rss) in best_of.items():
+        folder = {"one file": data / "one", "32 files": data / "many", "32 gzip files": data / "gz"}.get(name, data / "many")
+        row = {
+            "scenario": name,
+            "threads": threads,
+            "seconds": round(secs, 3),
+            "MB/s": round(size_of(folder) / secs / 1e6, 1),
+            "events/s": round(opts.events / secs),
+            "peak MiB": round(rss, 1),
+        }
+        if name == "32 gzip files":
+            row["decoded MB/s per core"] = round(decoded / secs / 1e6 / threads, 1)
+        if name.startswith("DuckDB"):
+            row["MB/s"] = round(decoded / secs / 1e6, 1)
+        rows.append(row)
+    secs = {key: v[0] for key, v in best_of.items()}
+    one, one_all = secs[("one file", 1)], secs[("one file", cores)]
+    many, many_all = secs[("32 files", 1)], secs[("32 files", cores)]
+    gz_one, gz_all = secs[("32 gzip files", 1)], secs[("32 gzip files", cores)]
+    duck = secs.get(duck_key)
 
     print(f"\n{opts.events:,} events, {size_of(data / 'one') / 1e6:.0f} MB plain; machine: {machine()}\n")
     keys = ["scenario", "threads", "seconds", "MB/s", "events/s", "peak MiB", "decoded MB/s per core"]
