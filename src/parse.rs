@@ -181,8 +181,9 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
     if is_blank(line) {
         return ParsedLine::Blank;
     }
-    // One UTF-8 check of the whole line (fast on ASCII) lets the scanner borrow every string.
-    let Ok(text) = std::str::from_utf8(line) else {
+    // One UTF-8 check of the whole line lets the scanner borrow every string. simdutf8 (as
+    // parquet uses) checks 32 bytes a step: std's check was 5% of a run's instructions.
+    let Ok(text) = simdutf8::basic::from_utf8(line) else {
         return ParsedLine::Malformed("line is not valid UTF-8".into());
     };
     let mut single = RawEvent::default();
@@ -202,6 +203,26 @@ mod tests {
     use super::*;
 
     const SEED_EVENT: &str = r#"{"id":"a582a0f3-e620-43e6-8e98-ff850fc9d984","timestamp":"2023-01-25T14:45:54.17327+11:00","action":"push","target":{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":528,"digest":"sha256:af06","length":528,"repository":"root/test","url":"http://registry.test:5000/v2/root/test/manifests/sha256:af06","tag":"more-auth"},"request":{"id":"8ef8","addr":"172.16.123.1:56969","host":"registry.test:5000","method":"PUT","useragent":"docker/20.10.18"},"actor":{"name":"root","user_type":"personal_access_token"},"source":{"addr":"Jaimes-MBP:5000","instanceID":"45681f21"}}"#;
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_malformed_wherever_the_bad_byte_is() {
+        let good = SEED_EVENT.replace("root", "rööt");
+        assert!(matches!(parse_line(good.as_bytes()), ParsedLine::Single(_)));
+        for at in (0..good.len()).step_by(7) {
+            for bad in [0xff_u8, 0xc3] {
+                let mut line = good.clone().into_bytes();
+                if std::str::from_utf8(&line[..at]).is_err() {
+                    continue;
+                }
+                line.insert(at, bad);
+                assert_eq!(
+                    parse_line(&line),
+                    ParsedLine::Malformed("line is not valid UTF-8".into()),
+                    "{bad:#x} at {at}"
+                );
+            }
+        }
+    }
 
     fn single(line: &str) -> RawEvent<'_> {
         match parse_line(line.as_bytes()) {
