@@ -393,8 +393,8 @@ impl ActionCounts {
 /// the parts replay on all cores, and each sorts only its own events.
 const LEDGER_SHARD_BITS: u32 = 4;
 
-/// A chunk's share of one ledger part: its pushes and repository deletes as (time, chunk,
-/// index), and the paths of the repositories they name.
+/// A chunk's share of one ledger part: its pushes and repository deletes, and the paths of
+/// the repositories they name.
 #[derive(Default, Clone)]
 struct LedgerShare {
     events: Vec<LedgerEvent>,
