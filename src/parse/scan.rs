@@ -20,6 +20,7 @@
 
 use super::{ActorField, Element, RawEvent, StrField, TargetField};
 use std::borrow::Cow;
+use std::cell::Cell;
 
 /// What a line's top-level value is.
 pub(super) enum TopLevel<'a> {
@@ -31,18 +32,24 @@ pub(super) enum TopLevel<'a> {
 }
 
 /// A syntax error: what was wrong and the 1-based column (in bytes) where it was found.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct SyntaxError {
     pub what: &'static str,
     pub column: usize,
 }
 
-type Result<T> = std::result::Result<T, SyntaxError>;
+/// That scanning failed; the scanner keeps the [`SyntaxError`] itself. An error carried in
+/// every `Result` made each of the scanner's many small results too big for registers.
+struct Failed;
+
+type Result<T> = std::result::Result<T, Failed>;
 
 struct Scanner<'a, 'm> {
     text: &'a str,
     b: &'a [u8],
     pos: usize,
+    /// The error that stopped the scan, for `scan_line` to report.
+    failure: Cell<Option<SyntaxError>>,
     /// Bit `i % 64` of word `i / 64` is set when byte `i` is `"`, a backslash or a control
     /// byte: computed for the whole line at once, sixteen bytes per step, so that finding
     /// where a string ends is a lookup rather than a loop per string.
@@ -54,7 +61,10 @@ const INLINE_MASK_WORDS: usize = 32;
 
 /// Scans a line that is already known to be valid UTF-8. A single event is written into
 /// `single` (see [`Scanner::event_object`]).
-pub(super) fn scan_line<'a>(text: &'a str, single: &mut RawEvent<'a>) -> Result<TopLevel<'a>> {
+pub(super) fn scan_line<'a>(
+    text: &'a str,
+    single: &mut RawEvent<'a>,
+) -> std::result::Result<TopLevel<'a>, SyntaxError> {
     let words = text.len().div_ceil(64);
     let mut inline = [0u64; INLINE_MASK_WORDS];
     let mut heap = Vec::new();
@@ -69,24 +79,15 @@ pub(super) fn scan_line<'a>(text: &'a str, single: &mut RawEvent<'a>) -> Result<
         text,
         b: text.as_bytes(),
         pos: 0,
+        failure: Cell::new(None),
         specials,
     };
-    s.ws();
-    let top = if s.peek() == Some(b'{') {
-        match s.event_object(true, single)? {
-            Some(Events::Array(elements)) => TopLevel::Envelope(elements),
-            Some(Events::NotArray) => TopLevel::EventsNotArray,
-            None => TopLevel::Single,
-        }
-    } else {
-        s.other_value()?;
-        TopLevel::NotObject
-    };
-    s.ws();
-    if s.pos != s.b.len() {
-        return Err(s.error("trailing characters"));
-    }
-    Ok(top)
+    s.line(single).map_err(|Failed| {
+        s.failure.get().unwrap_or(SyntaxError {
+            what: "invalid JSON",
+            column: s.pos + 1,
+        })
+    })
 }
 
 enum Events<'a> {
@@ -130,11 +131,36 @@ impl Key {
 }
 
 impl<'a> Scanner<'a, '_> {
-    fn error(&self, what: &'static str) -> SyntaxError {
-        SyntaxError {
-            what,
-            column: self.pos + 1,
+    /// The whole line: one value and nothing after it.
+    fn line(&mut self, single: &mut RawEvent<'a>) -> Result<TopLevel<'a>> {
+        self.ws();
+        let top = if self.peek() == Some(b'{') {
+            match self.event_object(true, single)? {
+                Some(Events::Array(elements)) => TopLevel::Envelope(elements),
+                Some(Events::NotArray) => TopLevel::EventsNotArray,
+                None => TopLevel::Single,
+            }
+        } else {
+            self.other_value()?;
+            TopLevel::NotObject
+        };
+        self.ws();
+        if self.pos != self.b.len() {
+            return Err(self.error("trailing characters"));
         }
+        Ok(top)
+    }
+
+    /// Records an error at the current position.
+    #[cold]
+    fn error(&self, what: &'static str) -> Failed {
+        self.fail_at(what, self.pos + 1)
+    }
+
+    #[cold]
+    fn fail_at(&self, what: &'static str, column: usize) -> Failed {
+        self.failure.set(Some(SyntaxError { what, column }));
+        Failed
     }
 
     fn peek(&self) -> Option<u8> {
@@ -417,17 +443,11 @@ impl<'a> Scanner<'a, '_> {
     /// of the line.
     #[cold]
     #[inline(never)]
-    fn bad_run_end(&self, i: usize) -> SyntaxError {
+    fn bad_run_end(&self, i: usize) -> Failed {
         if i < self.b.len() {
-            SyntaxError {
-                what: "control character in a string",
-                column: i + 1,
-            }
+            self.fail_at("control character in a string", i + 1)
         } else {
-            SyntaxError {
-                what: "end of line inside a string",
-                column: self.b.len() + 1,
-            }
+            self.fail_at("end of line inside a string", self.b.len() + 1)
         }
     }
 
