@@ -51,11 +51,6 @@ impl RepositoryLedger {
         self.paths.entry(key).or_insert(path);
     }
 
-    /// [`RepositoryLedger::learn_path`] from a borrowed path, copied only when new.
-    pub fn learn_path_ref(&mut self, key: u128, path: &str) {
-        self.paths.entry(key).or_insert_with(|| path.into());
-    }
-
     /// The ledger cut into `n` parts by `part_of(key)` (which must be below `n`), each with
     /// all that is known of its repositories. No repository's existence depends on another's,
     /// so the parts can replay their events apart and be joined after.
@@ -76,6 +71,11 @@ impl RepositoryLedger {
     /// Parts made by [`RepositoryLedger::split`], as one ledger again.
     pub fn join(parts: Vec<RepositoryLedger>) -> RepositoryLedger {
         let mut all = RepositoryLedger::default();
+        all.existing
+            .reserve(parts.iter().map(|p| p.existing.len()).sum());
+        all.paths.reserve(parts.iter().map(|p| p.paths.len()).sum());
+        all.last_applied
+            .reserve(parts.iter().map(|p| p.last_applied.len()).sum());
         for p in parts {
             all.existing.extend(p.existing);
             all.paths.extend(p.paths);

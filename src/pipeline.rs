@@ -451,18 +451,28 @@ fn replay_ledger(
     // Per part: the part moved on, its late events, and (chunk, index, existed) per
     // repository push.
     type Replayed = (RepositoryLedger, u64, Vec<(u32, u32, bool)>);
+    // Each part takes its shares out of every chunk's, in chunk order.
+    let mut by_part: Vec<Vec<LedgerShare>> = (0..shards)
+        .map(|_| Vec::with_capacity(shares.len()))
+        .collect();
+    for chunk_shares in shares {
+        for (s, share) in chunk_shares.into_iter().enumerate() {
+            by_part[s].push(share);
+        }
+    }
     let replayed: Vec<Replayed> = ledger
         .split(shards, shard)
         .into_par_iter()
-        .enumerate()
-        .map(|(s, mut part)| {
-            for (k, path) in shares.iter().flat_map(|c| &c[s].paths) {
-                part.learn_path_ref(*k, path);
+        .zip(by_part)
+        .map(|(mut part, shares)| {
+            let mut order = Vec::with_capacity(shares.iter().map(|c| c.events.len()).sum());
+            // Paths seen before are dropped here, on this part's thread.
+            for share in shares {
+                order.extend(share.events);
+                for (k, path) in share.paths {
+                    part.learn_path(k, path);
+                }
             }
-            let mut order: Vec<LedgerEvent> = shares
-                .iter()
-                .flat_map(|c| c[s].events.iter().copied())
-                .collect();
             order.sort_unstable_by(|a, b| {
                 a.time
                     .cmp(&b.time)
