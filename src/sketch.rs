@@ -16,8 +16,9 @@ pub const HASH_NAME: &str = "xxh3-64-seed0(utf8(lowercase(actor.name)))";
 ///
 /// Version 2: one byte `2`, one byte of precision, then the `hyperloglogplus` 0.4
 /// `HyperLogLogPlus` serialized with postcard 1 (whose wire format is fixed), after `count()`
-/// has folded its temporary set into the sparse list. Against version 1 it is a third of the
-/// size before compression and two thirds after, and several times cheaper to write.
+/// has folded its temporary set into the sparse list. Against version 1 it is a third to a
+/// half of the size before compression and about two thirds after, and cheaper to write (up
+/// to five times for sparse sketches).
 ///
 /// Version 1: the same, serialized with serde_json.
 pub const SKETCH_FORMAT_VERSION: u8 = 2;
