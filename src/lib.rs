@@ -2,15 +2,20 @@
 //! registry notification logs.
 //!
 //! The modules follow the data: [`read`] (bytes to chunks of lines), [`parse`] (lines to
-//! events), [`records`] (events to compact records), [`classify`] and [`ledger`] (records to
-//! tracked events), [`aggregate`] and [`sketch`] (tracked events to per-period sketches),
-//! [`output`] (sketches to files). [`pipeline`] runs them; [`state`] carries what a nightly
-//! run needs into the next; [`cli`] and [`cmd`] validate flags before any log is read.
+//! events), [`records`] (events to compact records and rejects), [`dedup`] (records to first
+//! deliveries), [`classify`] and [`ledger`] (first deliveries to tracked events and repository
+//! existence), [`aggregate`] and [`sketch`] (tracked events to per-period sketches), [`output`]
+//! (sketches to files). [`pipeline`] only wires them; [`spill`] holds the memory budget and the
+//! temporary files of the stages that buffer; [`state`] carries what a nightly run needs into
+//! the next, and decides which inputs it reads; [`cli`], [`flags`] and [`cmd`] validate flags
+//! before any log is read.
 
 pub mod aggregate;
 pub mod classify;
 pub mod cli;
 pub mod cmd;
+pub mod dedup;
+pub mod flags;
 pub mod ledger;
 pub mod output;
 pub mod parse;
@@ -19,6 +24,7 @@ pub mod pipeline;
 pub mod read;
 pub mod records;
 pub mod sketch;
+pub mod spill;
 pub mod state;
 pub mod timestamp;
 

@@ -76,6 +76,23 @@ pub enum ParsedLine<'a> {
     Single(RawEvent<'a>),
     /// A webhook body: the elements of its `events` array.
     Envelope(Vec<Element<'a>>),
+    /// A webhook body with too many elements to hold at once: walk them with
+    /// [`LongEnvelope::each`].
+    LongEnvelope(LongEnvelope<'a>),
+}
+
+/// An envelope of more elements than one line's parse keeps (see [`scan::INLINE_ELEMENTS`]).
+#[derive(Debug, PartialEq)]
+pub struct LongEnvelope<'a> {
+    text: &'a str,
+    array_at: usize,
+}
+
+impl<'a> LongEnvelope<'a> {
+    /// Calls `each` with every element, in array order.
+    pub fn each(&self, each: impl FnMut(Element<'a>)) {
+        scan::each_element(self.text, self.array_at, each);
+    }
 }
 
 /// An event that passed SPEC §2.
@@ -194,6 +211,9 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
             ParsedLine::Malformed("envelope's events is not an array".into())
         }
         Ok(TopLevel::Envelope(elements)) => ParsedLine::Envelope(elements),
+        Ok(TopLevel::LongEnvelope { array_at }) => {
+            ParsedLine::LongEnvelope(LongEnvelope { text, array_at })
+        }
         Ok(TopLevel::Single) => ParsedLine::Single(single),
     }
 }
@@ -255,6 +275,50 @@ mod tests {
         assert!(
             matches!(&els[2], Element::Event(e) if e.clone().validate() == Err(InvalidEvent::Id))
         );
+    }
+
+    /// An envelope past the inline limit is walked again element by element, in order, with
+    /// the same elements a short one gives; a repeated `events` key keeps its last value.
+    #[test]
+    fn a_long_envelope_is_walked_element_by_element() {
+        let n = scan::INLINE_ELEMENTS * 3 + 7;
+        let items: Vec<String> = (0..n)
+            .map(|i| {
+                if i % 5 == 0 {
+                    "7".to_owned()
+                } else {
+                    format!(r#"{{"id":"e{i}"}}"#)
+                }
+            })
+            .collect();
+        let line = format!(r#"{{"events":[1,2],"events":[{}]}}"#, items.join(","));
+        let ParsedLine::LongEnvelope(long) = parse_line(line.as_bytes()) else {
+            panic!("not a long envelope")
+        };
+        let mut seen = Vec::new();
+        long.each(|e| seen.push(e));
+        assert_eq!(seen.len(), n);
+        for (i, e) in seen.iter().enumerate() {
+            match e {
+                Element::NotObject => assert_eq!(i % 5, 0),
+                Element::Event(ev) => {
+                    assert_eq!(ev.id, StrField::Str(format!("e{i}").into()))
+                }
+            }
+        }
+        // At the limit the elements are kept; a broken long line is malformed, not walked.
+        let at_limit = format!(
+            r#"{{"events":[{}]}}"#,
+            vec!["{}"; scan::INLINE_ELEMENTS].join(",")
+        );
+        assert!(
+            matches!(parse_line(at_limit.as_bytes()), ParsedLine::Envelope(v) if v.len() == scan::INLINE_ELEMENTS)
+        );
+        let broken = format!(r#"{{"events":[{}]"#, items.join(","));
+        assert!(matches!(
+            parse_line(broken.as_bytes()),
+            ParsedLine::Malformed(_)
+        ));
     }
 
     #[test]

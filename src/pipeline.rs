@@ -1,24 +1,40 @@
-//! The run: inputs read in parallel, then de-duplication, the repository ledger and aggregation.
+//! The run's wiring: inputs read and parsed on all cores, chunk results put back in input
+//! order, then de-duplication, the ledger and aggregation as each chunk's turn comes.
 //!
-//! Pass one reads and parses every input (in parallel across inputs and across chunks of one
-//! input) into compact [`EventRecord`]s in input order. Pass two walks those records: the first
-//! delivery of each id wins (SPEC §3), pushes and repository deletes are replayed in (time, id)
-//! order through the [`RepositoryLedger`] (SPEC §6), and counted events fold into an
-//! [`Aggregate`] in parallel.
+//! Each stage is a module of its own: [`read`](crate::read) cuts an input into chunks of lines,
+//! [`records`](crate::records) parses a chunk into event records and rejects, [`dedup`] keeps
+//! first deliveries, [`ledger::replay`](crate::ledger::replay) keeps what the repository ledger
+//! must replay in time order, and [`aggregate`](crate::aggregate) folds the rest at once.
+//! This module only moves chunks between them:
+//!
+//! - Up to one reader per core, each on its own input, in input order. A reader reads a chunk
+//!   and hands it to a parse task on the pool. It may not run ahead of the consumer by more
+//!   than [`Schedule::limit`] chunks; past that it *parks* (its state is put aside, its thread
+//!   goes parsing) and is resumed once the consumer has caught up.
+//! - Parsed chunks wait in a reorder buffer keyed by (input, chunk). Whichever task finishes a
+//!   chunk then tries to become the *consumer*: under one lock it takes every chunk that is
+//!   next in input order and passes it through de-duplication, the fold and the ledger's
+//!   buffer, and writes its rejects. No thread ever waits for another.
+//!
+//! Memory is therefore a few chunks per core, plus what de-duplication and the ledger keep,
+//! which the [`MemoryBudget`](crate::spill::MemoryBudget) bounds.
 
-use crate::aggregate::{Aggregate, MetricTable};
-use crate::classify::{EventKind, TrackedEvent};
+use crate::aggregate::{Fold, MetricTable};
+use crate::classify::TrackedEvent;
+use crate::dedup::Deduplicator;
+use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::RepositoryLedger;
-use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath};
-use crate::records::{parse_chunk, Action, ChunkOutput, EventRecord, LineCounts, PathMap, Reject};
-use crate::sketch::PassThroughHasher;
+use crate::output::write_reject;
+use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath, RawBytes};
+use crate::records::{parse_chunk, ChunkOutput, EventRecord, LineCounts, Reject};
+use crate::spill::{MemoryBudget, SpillDir};
 use crate::timestamp::Timestamp;
+use anyhow::{Context, Result};
 use chrono::NaiveDate;
-use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use xxhash_rust::xxh3::Xxh3;
 
 /// What a run is asked to do, validated (SPEC §1 to §8; outputs are the caller's).
@@ -35,8 +51,18 @@ pub struct RunConfig {
     pub chunk_bytes: usize,
     /// Show a progress bar of bytes read on stderr.
     pub progress: bool,
-    /// Return the id and time of every de-duplicated event, for a state's de-duplication window.
-    pub keep_event_ids: bool,
+    /// Return the id and time of de-duplicated events inside this window, for a state.
+    pub keep_event_ids: Option<IdWindow>,
+    /// What de-duplication and the ledger may hold before they spill.
+    pub budget: MemoryBudget,
+}
+
+/// The event-time window of ids a state keeps (see `RunState::trim_ids`).
+#[derive(Clone, Copy, Debug)]
+pub struct IdWindow {
+    pub days: u32,
+    /// The latest time, in seconds, taken as the newest event.
+    pub not_after: i64,
 }
 
 /// What earlier runs left for this one: the repository ledger and the ids already seen.
@@ -77,7 +103,8 @@ pub struct FileReject {
     pub reject: Reject,
 }
 
-/// Everything a run computed: the material of every output.
+/// Everything a run computed: the material of every output but the rejects, which went to
+/// their file as they were found.
 #[derive(Debug)]
 pub struct Tally {
     pub inputs: Vec<InputReport>,
@@ -91,7 +118,8 @@ pub struct Tally {
     pub counted_events: BTreeMap<&'static str, u64>,
     pub first_event: Option<Timestamp>,
     pub last_event: Option<Timestamp>,
-    pub rejects: Vec<FileReject>,
+    /// The first few rejects, for the message when there were too many.
+    pub first_rejects: Vec<FileReject>,
     /// This run's sketches and event counts.
     pub metrics: MetricTable,
     /// The repository ledger after this run.
@@ -99,8 +127,10 @@ pub struct Tally {
     /// Pushes and repository deletes older than the last event already applied to their
     /// repository by an earlier run (see the README on late arrivals).
     pub late_events: u64,
-    /// Id and time of every de-duplicated event, when [`RunConfig::keep_event_ids`].
+    /// Id and time of de-duplicated events inside [`RunConfig::keep_event_ids`]'s window.
     pub event_ids: Vec<(u128, Timestamp)>,
+    /// What went to temporary files because it passed the memory budget.
+    pub spilled: Vec<&'static str>,
     /// Wall seconds of each step, in order.
     pub phase_seconds: Vec<(&'static str, f64)>,
 }
@@ -124,28 +154,136 @@ impl Tally {
     }
 }
 
-/// How many chunks of one input may wait for a parser at once; past that the reader parses
-/// the chunk itself, which bounds memory without blocking a pool thread.
-const CHUNKS_IN_FLIGHT: usize = 4;
+/// How many rejects the tally keeps for the message.
+const FIRST_REJECTS: usize = 5;
 
-/// Runs both passes on the current rayon pool.
-pub fn run(cfg: &RunConfig, prior: Prior) -> Tally {
+/// Runs the whole data path on the current rayon pool. Rejects are written to `rejects` as
+/// they are found; what passes the budget spills into `spill`.
+pub fn run(
+    cfg: &RunConfig,
+    prior: Prior,
+    spill: &SpillDir,
+    rejects: &mut (dyn Write + Send),
+) -> Result<Tally> {
     let mut phases = Phases::start();
     let progress = progress_bar(cfg);
-    // One pool for the run: inputs read one after another reuse the same chunk buffers.
-    let pool = BufferPool::default();
-    let read: Vec<(InputReport, Vec<ChunkOutput>)> = cfg
-        .inputs
-        .par_iter()
-        .map(|input| read_input(input, cfg, progress.clone(), &pool))
-        .collect();
+    let dedup = Deduplicator::new(prior.seen_ids, cfg.budget, spill)
+        .context("cannot start de-duplication")?;
+    let consumer = Consumer {
+        cfg,
+        rejects,
+        first_rejects: Vec::new(),
+        lines_before: 0,
+        reports: Vec::with_capacity(cfg.inputs.len()),
+        counts: LineCounts::default(),
+        dedup,
+        after: AfterDedup {
+            fold: Fold::default(),
+            ledger: LedgerBuffer::new(prior.ledger, cfg.budget, spill),
+            ids: RecentIds::new(cfg.keep_event_ids),
+        },
+        failed: None,
+    };
+    let threads = rayon::current_num_threads().max(1);
+    let shared = Shared {
+        cfg,
+        pool: BufferPool::new(Schedule::limit(threads) + threads + 1),
+        progress: progress.clone(),
+        schedule: Mutex::new(Schedule::new(cfg.inputs.len(), threads)),
+        consumer: Mutex::new(consumer),
+        posted: AtomicBool::new(false),
+    };
+    rayon::scope(|scope| {
+        let starts = lock(&shared.schedule).starts();
+        shared.start(scope, starts);
+    });
     if let Some(p) = progress {
         p.finish_and_clear();
     }
+    let consumer = shared
+        .consumer
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = consumer.failed {
+        return Err(e);
+    }
+    let Consumer {
+        reports,
+        counts,
+        dedup,
+        mut after,
+        first_rejects,
+        ..
+    } = consumer;
+    // Every input ended, or the consumer would have failed: anything else is a bug here.
+    anyhow::ensure!(
+        reports.len() == cfg.inputs.len(),
+        "internal error: {} of {} inputs were read",
+        reports.len(),
+        cfg.inputs.len()
+    );
     phases.lap("read_and_parse");
-    let mut tally = tally(cfg, prior, read, &mut phases);
-    tally.phase_seconds = phases.laps;
-    tally
+
+    let mut spilled = Vec::new();
+    if dedup.spilled() {
+        spilled.push("deduplicate");
+    }
+    let mut deferred_error = None;
+    let duplicate_events = dedup
+        .finish(|r| {
+            if deferred_error.is_none() {
+                deferred_error = after.first(cfg, r).err();
+            }
+        })
+        .context("cannot de-duplicate the spilled events")?;
+    if let Some(e) = deferred_error {
+        return Err(e).context("cannot keep the ledger's events");
+    }
+    phases.lap("deduplicate");
+
+    if after.ledger.spilled() {
+        spilled.push("repository_ledger");
+    }
+    let replayed = after
+        .ledger
+        .replay(|fold: &mut Fold, push: ResolvedPush| fold.resolved_push(push))
+        .context("cannot replay the repository ledger")?;
+    phases.lap("repository_ledger");
+    let fold = replayed
+        .sinks
+        .into_iter()
+        .fold(after.fold, |all, part| all.merge(part));
+    phases.lap("aggregate");
+
+    let metrics = fold.aggregate.into_table(cfg.precision);
+    phases.lap("sketches");
+    let events = fold.counts;
+    Ok(Tally {
+        inputs: reports,
+        counts,
+        duplicate_events,
+        out_of_range_events: events.out_of_range,
+        manifest_deletes: events.manifest_deletes,
+        events_by_action: events.by_action.into_map(),
+        counted_events: TrackedEvent::ALL
+            .iter()
+            .map(|t| (t.metric_name(), events.counted[t.index()]))
+            .collect(),
+        first_event: events.first,
+        last_event: events.last,
+        first_rejects,
+        metrics,
+        ledger: replayed.ledger,
+        late_events: replayed.late_events,
+        event_ids: after.ids.into_vec(),
+        spilled,
+        phase_seconds: phases.laps,
+    })
+}
+
+/// Locks a mutex; a panic elsewhere does not stop the run from reporting.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Wall time of each step of a run, for `summary.json` (where a slow run spent its time).
@@ -177,7 +315,7 @@ fn progress_bar(cfg: &RunConfig) -> Option<indicatif::ProgressBar> {
         .inputs
         .iter()
         .filter_map(|i| match i {
-            InputPath::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+            InputPath::File { canonical, .. } => std::fs::metadata(canonical).ok().map(|m| m.len()),
             InputPath::Stdin => None,
         })
         .sum();
@@ -194,494 +332,458 @@ fn progress_bar(cfg: &RunConfig) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Reads and parses one input, its chunks in parallel, results in chunk order.
-fn read_input(
-    input: &InputPath,
-    cfg: &RunConfig,
-    progress: Option<indicatif::ProgressBar>,
-    pool: &BufferPool,
-) -> (InputReport, Vec<ChunkOutput>) {
-    let mut report = InputReport {
-        path: input.display_name(),
-        compression: None,
-        bytes: 0,
-        decoded_bytes: 0,
-        lines: 0,
-        content_hash: None,
-        error: None,
-    };
-    let opened = match open_input(input, progress.clone()) {
-        Ok(o) => o,
-        Err(e) => {
-            report.error = Some(format!("cannot open: {e}"));
-            return (report, Vec::new());
+/// What a reader hands the consumer, in input order: the input's chunks, then its end (with
+/// the error that stopped it, if one did: the consumer, which counts lines, says where).
+enum Piece {
+    Chunk(ChunkOutput),
+    End(InputReport, Option<std::io::Error>),
+}
+
+/// One input being read: everything a parked reader needs to go on.
+struct InputReader {
+    index: usize,
+    chunker: Chunker<Box<dyn Read + Send>>,
+    raw_bytes: Option<Arc<RawBytes>>,
+    report: InputReport,
+    next_chunk: u32,
+}
+
+/// Where each input's reader is.
+enum Slot {
+    NotOpened,
+    Running,
+    Parked(Box<InputReader>),
+    Ended,
+}
+
+/// A reader to start: a new input to open, or a parked one to resume.
+enum Start {
+    Open(usize),
+    Resume(Box<InputReader>),
+}
+
+/// Which chunks are read, parsed and waiting, and which reader may read on.
+struct Schedule {
+    /// Parsed chunks and ends of input, waiting for their turn.
+    ready: BTreeMap<(usize, u32), Piece>,
+    /// The piece the consumer takes next.
+    next: (usize, u32),
+    slots: Vec<Slot>,
+    /// Chunks read and not yet consumed, per input and in all.
+    pending: Vec<u32>,
+    outstanding: usize,
+    /// Inputs opened so far (they are opened in input order), and those not yet ended.
+    opened: usize,
+    open_readers: usize,
+    max_readers: usize,
+    parked: Vec<usize>,
+    /// The consumer failed: read no further.
+    aborted: bool,
+}
+
+impl Schedule {
+    fn new(inputs: usize, threads: usize) -> Schedule {
+        Schedule {
+            ready: BTreeMap::new(),
+            next: (0, 0),
+            slots: (0..inputs).map(|_| Slot::NotOpened).collect(),
+            pending: vec![0; inputs],
+            outstanding: 0,
+            opened: 0,
+            open_readers: 0,
+            max_readers: threads,
+            parked: Vec::new(),
+            aborted: false,
         }
-    };
-    report.compression = Some(opened.compression);
-    let mut chunker = Chunker::with_pool(
-        opened.stream,
-        cfg.chunk_bytes,
-        cfg.max_line_bytes,
-        pool.clone(),
-    );
-    if opened.raw_bytes.is_none() {
-        chunker.hasher = Some(Xxh3::new());
     }
-    let done: Mutex<Vec<(usize, ChunkOutput)>> = Mutex::new(Vec::new());
-    let in_flight = AtomicUsize::new(0);
-    let mut read_error = None;
-    let parse = |seq: usize, chunk: Chunk| {
-        let out = parse_chunk(&chunk, cfg.max_line_bytes);
-        if let Chunk::Lines(buf) = chunk {
-            pool.give(buf);
+
+    /// The most chunks read ahead of the consumer: two per thread and two more, so that every
+    /// core has a chunk to parse while the next are read.
+    fn limit(threads: usize) -> usize {
+        2 * threads + 2
+    }
+
+    /// Whether input `i`'s reader may read another chunk. The input the consumer waits on may
+    /// always have `limit` chunks of its own in flight, so that it can never be starved by
+    /// inputs after it; those read only while the total is under the limit.
+    fn may_read(&self, i: usize) -> bool {
+        let limit = Self::limit(self.max_readers);
+        !self.aborted
+            && (self.pending[i] as usize) < limit
+            && (i == self.next.0 || self.outstanding < limit)
+    }
+
+    /// Readers to start now: parked ones that may read again, and new inputs in order.
+    fn starts(&mut self) -> Vec<Start> {
+        let mut starts = Vec::new();
+        if self.aborted {
+            return starts;
         }
-        done.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((seq, out));
-    };
-    rayon::scope(|scope| {
-        for seq in 0.. {
-            let before = chunker.decoded_bytes;
-            let next = chunker.next_chunk();
-            if let (Some(p), None) = (&progress, &opened.raw_bytes) {
-                p.inc(chunker.decoded_bytes - before);
+        let mut still = Vec::new();
+        for i in std::mem::take(&mut self.parked) {
+            if self.may_read(i) {
+                if let Slot::Parked(r) = std::mem::replace(&mut self.slots[i], Slot::Running) {
+                    starts.push(Start::Resume(r));
+                }
+            } else {
+                still.push(i);
+            }
+        }
+        self.parked = still;
+        // Inputs open in order, a few ahead of the consumer at most.
+        while self.opened < self.slots.len()
+            && (self.open_readers < self.max_readers || self.opened == self.next.0)
+            && self.opened <= self.next.0 + self.max_readers
+        {
+            self.slots[self.opened] = Slot::Running;
+            starts.push(Start::Open(self.opened));
+            self.opened += 1;
+            self.open_readers += 1;
+        }
+        starts
+    }
+
+    /// Takes the next piece in input order, if it is ready.
+    fn take_next(&mut self) -> Option<Piece> {
+        let piece = self.ready.remove(&self.next)?;
+        match &piece {
+            Piece::Chunk(_) => {
+                self.next.1 += 1;
+                self.outstanding -= 1;
+                self.pending[self.next.0] -= 1;
+            }
+            Piece::End(..) => self.next = (self.next.0 + 1, 0),
+        }
+        Some(piece)
+    }
+}
+
+/// What the tasks of a run share.
+struct Shared<'r> {
+    cfg: &'r RunConfig,
+    pool: BufferPool,
+    progress: Option<indicatif::ProgressBar>,
+    schedule: Mutex<Schedule>,
+    consumer: Mutex<Consumer<'r>>,
+    /// Set whenever a piece is posted: the consumer looks again before it stops.
+    posted: AtomicBool,
+}
+
+impl<'r> Shared<'r> {
+    fn start<'s>(&'s self, scope: &rayon::Scope<'s>, starts: Vec<Start>) {
+        for start in starts {
+            scope.spawn(move |scope| {
+                let reader = match start {
+                    Start::Resume(r) => Some(r),
+                    Start::Open(i) => self.open(scope, i),
+                };
+                if let Some(r) = reader {
+                    self.read(scope, r);
+                }
+            });
+        }
+    }
+
+    /// Opens input `i`; an input that cannot be opened ends at once, with its error.
+    fn open<'s>(&'s self, scope: &rayon::Scope<'s>, i: usize) -> Option<Box<InputReader>> {
+        let input = &self.cfg.inputs[i];
+        let mut report = InputReport {
+            path: input.name().to_owned(),
+            compression: None,
+            bytes: 0,
+            decoded_bytes: 0,
+            lines: 0,
+            content_hash: None,
+            error: None,
+        };
+        match open_input(input, self.progress.clone()) {
+            Ok(opened) => {
+                report.compression = Some(opened.compression);
+                let mut chunker = Chunker::with_pool(
+                    opened.stream,
+                    self.cfg.chunk_bytes,
+                    self.cfg.max_line_bytes,
+                    self.pool.clone(),
+                );
+                if opened.raw_bytes.is_none() {
+                    chunker.hasher = Some(Xxh3::new());
+                }
+                Some(Box::new(InputReader {
+                    index: i,
+                    chunker,
+                    raw_bytes: opened.raw_bytes,
+                    report,
+                    next_chunk: 0,
+                }))
+            }
+            Err(e) => {
+                report.error = Some(format!("cannot open: {e}"));
+                self.end(scope, i, 0, report, None);
+                None
+            }
+        }
+    }
+
+    /// Reads chunks of one input and hands each to a parse task, until the input ends or the
+    /// reader must wait for the consumer (then it parks).
+    fn read<'s>(&'s self, scope: &rayon::Scope<'s>, mut r: Box<InputReader>) {
+        let i = r.index;
+        loop {
+            {
+                let mut s = lock(&self.schedule);
+                if s.aborted {
+                    return;
+                }
+                if !s.may_read(i) {
+                    s.slots[i] = Slot::Parked(r);
+                    s.parked.push(i);
+                    return;
+                }
+                s.outstanding += 1;
+                s.pending[i] += 1;
+            }
+            let before = r.chunker.decoded_bytes;
+            let next = r.chunker.next_chunk();
+            if let (Some(p), None) = (&self.progress, &r.raw_bytes) {
+                p.inc(r.chunker.decoded_bytes - before);
             }
             match next {
-                Ok(Some(chunk)) if in_flight.load(Ordering::Acquire) < CHUNKS_IN_FLIGHT => {
-                    in_flight.fetch_add(1, Ordering::AcqRel);
-                    let (parse, in_flight) = (&parse, &in_flight);
-                    scope.spawn(move |_| {
-                        parse(seq, chunk);
-                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                Ok(Some(chunk)) => {
+                    let seq = r.next_chunk;
+                    r.next_chunk += 1;
+                    scope.spawn(move |scope| {
+                        let out = parse_chunk(&chunk, self.cfg.max_line_bytes);
+                        if let Chunk::Lines(buf) = chunk {
+                            self.pool.give(buf);
+                        }
+                        self.post(scope, (i, seq), Piece::Chunk(out));
                     });
                 }
-                Ok(Some(chunk)) => parse(seq, chunk),
-                Ok(None) => break,
-                Err(e) => {
-                    read_error = Some(e);
+                Ok(None) | Err(_) => {
+                    {
+                        let mut s = lock(&self.schedule);
+                        s.outstanding -= 1;
+                        s.pending[i] -= 1;
+                    }
+                    let InputReader {
+                        chunker,
+                        raw_bytes,
+                        mut report,
+                        next_chunk,
+                        ..
+                    } = *r;
+                    report.decoded_bytes = chunker.decoded_bytes;
+                    let (bytes, hash) = match (&raw_bytes, &chunker.hasher) {
+                        (Some(raw), _) => (raw.count(), raw.hash()),
+                        (None, Some(h)) => {
+                            (report.decoded_bytes, format!("{:032x}", h.digest128()))
+                        }
+                        (None, None) => (report.decoded_bytes, String::new()),
+                    };
+                    report.bytes = bytes;
+                    let error = next.err();
+                    if error.is_none() {
+                        report.content_hash = Some(hash);
+                    }
+                    self.end(scope, i, next_chunk, report, error);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Posts the end of input `i`, after its `chunks` chunks, and opens the next inputs.
+    fn end<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        i: usize,
+        chunks: u32,
+        report: InputReport,
+        error: Option<std::io::Error>,
+    ) {
+        let starts = {
+            let mut s = lock(&self.schedule);
+            s.slots[i] = Slot::Ended;
+            s.open_readers -= 1;
+            s.ready.insert((i, chunks), Piece::End(report, error));
+            s.starts()
+        };
+        self.posted.store(true, Ordering::SeqCst);
+        self.start(scope, starts);
+        self.consume(scope);
+    }
+
+    /// Puts a parsed chunk in the reorder buffer and consumes what is ready.
+    fn post<'s>(&'s self, scope: &rayon::Scope<'s>, at: (usize, u32), piece: Piece) {
+        lock(&self.schedule).ready.insert(at, piece);
+        self.posted.store(true, Ordering::SeqCst);
+        self.consume(scope);
+    }
+
+    /// Becomes the consumer if no one is, and takes every piece that is next in input order.
+    /// A piece posted while another thread consumes is seen by that thread: it checks
+    /// `posted` after letting go of the lock.
+    fn consume<'s>(&'s self, scope: &rayon::Scope<'s>) {
+        loop {
+            let Ok(mut consumer) = self.consumer.try_lock() else {
+                return;
+            };
+            loop {
+                self.posted.store(false, Ordering::SeqCst);
+                loop {
+                    // Its own statement: the schedule's lock must not be held while consuming.
+                    let next = lock(&self.schedule).take_next();
+                    let Some(piece) = next else {
+                        break;
+                    };
+                    consumer.take(piece);
+                    let starts = {
+                        let mut s = lock(&self.schedule);
+                        s.aborted |= consumer.failed.is_some();
+                        s.starts()
+                    };
+                    self.start(scope, starts);
+                }
+                if !self.posted.load(Ordering::SeqCst) {
                     break;
                 }
             }
+            drop(consumer);
+            if !self.posted.load(Ordering::SeqCst) {
+                return;
+            }
         }
-    });
-    let mut chunks = done.into_inner().unwrap_or_else(|p| p.into_inner());
-    chunks.sort_unstable_by_key(|(seq, _)| *seq);
-    let mut chunks: Vec<ChunkOutput> = chunks.into_iter().map(|(_, c)| c).collect();
-    for c in &mut chunks {
-        c.offset_lines(report.lines);
-        report.lines += c.counts.lines;
     }
-    report.decoded_bytes = chunker.decoded_bytes;
-    let (bytes, hash) = match (&opened.raw_bytes, &chunker.hasher) {
-        (Some(raw), _) => (raw.count(), raw.hash()),
-        (None, Some(h)) => (report.decoded_bytes, format!("{:032x}", h.digest128())),
-        (None, None) => (report.decoded_bytes, String::new()),
-    };
-    report.bytes = bytes;
-    if let Some(e) = read_error {
-        report.error = Some(format!(
-            "read failed at line {} (decoded byte {}, file byte {}): {e}",
-            report.lines + 1,
-            report.decoded_bytes,
-            report.bytes
-        ));
-    } else {
-        report.content_hash = Some(hash);
-    }
-    (report, chunks)
 }
 
-type KeySet = HashSet<u128, BuildHasherDefault<PassThroughHasher>>;
+/// The consumer: pieces in input order in; rejects written, records de-duplicated, and first
+/// deliveries passed on.
+struct Consumer<'r> {
+    cfg: &'r RunConfig,
+    rejects: &'r mut (dyn Write + Send),
+    first_rejects: Vec<FileReject>,
+    /// Lines of the current input before the chunk being taken.
+    lines_before: u64,
+    reports: Vec<InputReport>,
+    counts: LineCounts,
+    dedup: Deduplicator<'r>,
+    after: AfterDedup<'r>,
+    failed: Option<anyhow::Error>,
+}
 
-/// How many parts the ids are split into for de-duplication, by their top bits: each part's
-/// set is small enough to stay in a core's cache (one set of every id missed it on nearly
-/// every insert), and the parts are spread over the threads.
-const ID_SHARD_BITS: u32 = 6;
-
-/// Positions (chunk, index) of the events whose id was already seen: in `seen` (a previous
-/// run's ids) or earlier in input order, which is chunk order, then position in the chunk.
-fn later_deliveries(chunks: &[Vec<EventRecord>], seen: &[u128]) -> Vec<(u32, u32)> {
-    let shards = 1usize << ID_SHARD_BITS;
-    let shard = |k: u128| (k >> (128 - ID_SHARD_BITS)) as usize;
-    // Each chunk's ids sorted into their shards, in order, so that a shard reads only its own.
-    // An id as two words (a u128 would pad each entry to 32 bytes) and its index in its chunk.
-    type ShardIds = Vec<([u64; 2], u32)>;
-    let split = |ids: &mut dyn Iterator<Item = (u128, u32)>| {
-        let mut parts: Vec<ShardIds> = vec![Vec::new(); shards];
-        for (k, i) in ids {
-            parts[shard(k)].push(([k as u64, (k >> 64) as u64], i));
+impl Consumer<'_> {
+    fn take(&mut self, piece: Piece) {
+        if self.failed.is_some() {
+            return;
         }
-        parts
-    };
-    let prior = split(&mut seen.iter().map(|k| (*k, 0)));
-    let per_chunk: Vec<Vec<ShardIds>> = chunks
-        .par_iter()
-        .map(|records| {
-            split(
-                &mut records
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (r.id_key, i as u32)),
-            )
-        })
-        .collect();
-    let key = |k: [u64; 2]| u128::from(k[0]) | (u128::from(k[1]) << 64);
-    (0..shards)
-        .into_par_iter()
-        .flat_map_iter(|s| {
-            let mine = per_chunk.iter().map(|parts| parts[s].len()).sum::<usize>();
-            let mut set =
-                KeySet::with_capacity_and_hasher(prior[s].len() + mine, Default::default());
-            set.extend(prior[s].iter().map(|(k, _)| key(*k)));
-            let mut later = Vec::new();
-            for (c, parts) in per_chunk.iter().enumerate() {
-                for (k, i) in &parts[s] {
-                    if !set.insert(key(*k)) {
-                        later.push((c as u32, *i));
+        if let Err(e) = self.try_take(piece) {
+            self.failed = Some(e);
+        }
+    }
+
+    fn try_take(&mut self, piece: Piece) -> Result<()> {
+        let input = self.reports.len();
+        match piece {
+            Piece::End(mut report, error) => {
+                report.lines = self.lines_before;
+                if let Some(e) = error {
+                    report.error = Some(format!(
+                        "read failed at line {} (decoded byte {}, file byte {}): {e}",
+                        report.lines + 1,
+                        report.decoded_bytes,
+                        report.bytes
+                    ));
+                }
+                self.reports.push(report);
+                self.lines_before = 0;
+            }
+            Piece::Chunk(chunk) => {
+                self.counts.merge(&chunk.counts);
+                let file = self.cfg.inputs[input].name();
+                for mut reject in chunk.rejects {
+                    reject.line += self.lines_before;
+                    write_reject(file, &reject, &mut *self.rejects)
+                        .context("cannot write rejects.jsonl")?;
+                    if self.first_rejects.len() < FIRST_REJECTS {
+                        self.first_rejects.push(FileReject {
+                            file: file.to_owned(),
+                            reject,
+                        });
+                    }
+                }
+                self.lines_before += chunk.counts.lines;
+                self.after.ledger.learn_paths(chunk.ledger_paths);
+                for record in chunk.events {
+                    let first = self
+                        .dedup
+                        .take(record)
+                        .context("cannot spill de-duplication ids")?;
+                    if let Some(record) = first {
+                        self.after
+                            .first(self.cfg, record)
+                            .context("cannot spill the ledger's events")?;
                     }
                 }
             }
-            later
-        })
-        .collect()
+        }
+        Ok(())
+    }
 }
 
-/// Events per action. The four actions the registry sends are counted in an array: hashing
-/// every event's action into a map was a visible share of the fold.
-#[derive(Clone, Debug, Default)]
-struct ActionCounts {
-    known: [u64; 4],
-    other: HashMap<Box<str>, u64>,
+/// Where first deliveries go: the fold, the ledger's buffer and the state's ids.
+struct AfterDedup<'r> {
+    fold: Fold,
+    ledger: LedgerBuffer<'r>,
+    ids: RecentIds,
 }
 
-impl ActionCounts {
-    fn add(&mut self, action: &Action) {
-        match action {
-            Action::Push => self.known[0] += 1,
-            Action::Delete => self.known[1] += 1,
-            Action::Pull => self.known[2] += 1,
-            Action::Mount => self.known[3] += 1,
-            Action::Other(name) => *self.other.entry(name.clone()).or_default() += 1,
+impl AfterDedup<'_> {
+    fn first(&mut self, cfg: &RunConfig, record: EventRecord) -> std::io::Result<()> {
+        let date = record.time.date();
+        let in_range = cfg.in_range(date);
+        self.fold.first_delivery(&record, in_range, date);
+        self.ids.push(record.id_key, record.time);
+        if record.touches_ledger() {
+            self.ledger.push(&record, in_range)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ids and times of first deliveries inside the state's window, pruned as the run goes by
+/// the newest time seen so far (the final trim, by the newest of all, keeps no more).
+struct RecentIds {
+    window: Option<IdWindow>,
+    ids: Vec<(u128, Timestamp)>,
+    newest: i64,
+    /// Length at which to prune next.
+    prune_at: usize,
+}
+
+impl RecentIds {
+    fn new(window: Option<IdWindow>) -> RecentIds {
+        RecentIds {
+            window,
+            ids: Vec::new(),
+            newest: i64::MIN,
+            prune_at: 1 << 16,
         }
     }
 
-    fn merge(&mut self, o: ActionCounts) {
-        for (a, b) in self.known.iter_mut().zip(o.known) {
-            *a += b;
-        }
-        for (name, n) in o.other {
-            *self.other.entry(name).or_default() += n;
-        }
-    }
-
-    /// Every action seen at least once, by name.
-    fn into_map(self) -> BTreeMap<String, u64> {
-        let known = [Action::Push, Action::Delete, Action::Pull, Action::Mount];
-        known
-            .iter()
-            .map(Action::as_str)
-            .zip(self.known)
-            .filter(|(_, n)| *n > 0)
-            .map(|(name, n)| (name.to_owned(), n))
-            .chain(self.other.into_iter().map(|(name, n)| (name.into(), n)))
-            .collect()
-    }
-}
-
-/// How many parts the repository ledger is split into for its replay, by the top bits of the
-/// repository key: each repository's existence depends only on its own events (SPEC §6), so
-/// the parts replay on all cores, and each sorts only its own events.
-const LEDGER_SHARD_BITS: u32 = 4;
-
-/// A chunk's share of one ledger part: its pushes and repository deletes, and the paths of
-/// the repositories they name.
-#[derive(Default, Clone)]
-struct LedgerShare {
-    events: Vec<LedgerEvent>,
-    paths: Vec<(u128, Box<str>)>,
-}
-
-/// What the replay needs of one push or repository delete, copied out of its record so that
-/// replaying in time order does not jump about the records (a cache miss per event).
-#[derive(Clone, Copy)]
-struct LedgerEvent {
-    time: Timestamp,
-    repository: u128,
-    chunk: u32,
-    index: u32,
-    kind: EventKind,
-}
-
-/// SPEC §6: replays the pushes and repository deletes of every repository in (UTC time, id)
-/// order, resolving each repository push into a create or a push. Returns the ledger moved
-/// on and how many events arrived late.
-fn replay_ledger(
-    chunks: &mut [Vec<EventRecord>],
-    path_maps: Vec<PathMap>,
-    ledger: RepositoryLedger,
-) -> (RepositoryLedger, u64) {
-    let shards = 1usize << LEDGER_SHARD_BITS;
-    let shard = |k: u128| (k >> (128 - LEDGER_SHARD_BITS)) as usize;
-    let shares: Vec<Vec<LedgerShare>> = chunks
-        .par_iter()
-        .zip(path_maps)
-        .enumerate()
-        .map(|(c, (records, paths))| {
-            let mut parts = vec![LedgerShare::default(); shards];
-            for (i, r) in records.iter().enumerate() {
-                if !r.duplicate && r.ledger_id.is_some() {
-                    parts[shard(r.repository)].events.push(LedgerEvent {
-                        time: r.time,
-                        repository: r.repository,
-                        chunk: c as u32,
-                        index: i as u32,
-                        kind: r.kind,
-                    });
-                }
-            }
-            for (k, path) in paths {
-                parts[shard(k)].paths.push((k, path));
-            }
-            parts
-        })
-        .collect();
-    let records: &[Vec<EventRecord>] = chunks;
-    // Times are in the sort keys themselves; ids are looked up only for ties.
-    let id_of = |c: u32, i: u32| records[c as usize][i as usize].ledger_id.as_deref();
-    // Per part: the part moved on, its late events, and (chunk, index, existed) per
-    // repository push.
-    type Replayed = (RepositoryLedger, u64, Vec<(u32, u32, bool)>);
-    // Each part takes its shares out of every chunk's, in chunk order.
-    let mut by_part: Vec<Vec<LedgerShare>> = (0..shards)
-        .map(|_| Vec::with_capacity(shares.len()))
-        .collect();
-    for chunk_shares in shares {
-        for (s, share) in chunk_shares.into_iter().enumerate() {
-            by_part[s].push(share);
-        }
-    }
-    let replayed: Vec<Replayed> = ledger
-        .split(shards, shard)
-        .into_par_iter()
-        .zip(by_part)
-        .map(|(mut part, shares)| {
-            let mut order = Vec::with_capacity(shares.iter().map(|c| c.events.len()).sum());
-            // Paths seen before are dropped here, on this part's thread.
-            for share in shares {
-                order.extend(share.events);
-                for (k, path) in share.paths {
-                    part.learn_path(k, path);
-                }
-            }
-            order.sort_unstable_by(|a, b| {
-                a.time
-                    .cmp(&b.time)
-                    .then_with(|| id_of(a.chunk, a.index).cmp(&id_of(b.chunk, b.index)))
-            });
-            let mut late = 0;
-            let mut resolved = Vec::new();
-            for r in order {
-                if part.is_late(r.repository, r.time) {
-                    late += 1;
-                }
-                match r.kind {
-                    EventKind::DeleteRepository => part.delete(r.repository, r.time),
-                    EventKind::RepositoryPush => {
-                        resolved.push((r.chunk, r.index, part.push(r.repository, r.time)));
-                    }
-                    _ => {
-                        part.push(r.repository, r.time);
-                    }
-                }
-            }
-            (part, late, resolved)
-        })
-        .collect();
-    let mut parts = Vec::with_capacity(shards);
-    let mut late_events = 0;
-    for (part, late, resolved) in replayed {
-        for (c, i, existed) in resolved {
-            chunks[c as usize][i as usize].kind = EventKind::Resolved(if existed {
-                TrackedEvent::PushRepository
-            } else {
-                TrackedEvent::CreateRepository
-            });
-        }
-        parts.push(part);
-        late_events += late;
-    }
-    (RepositoryLedger::join(parts), late_events)
-}
-
-/// Counts of de-duplicated events that the summary reports, folded beside the [`Aggregate`].
-#[derive(Clone, Debug, Default)]
-struct EventCounts {
-    out_of_range: u64,
-    manifest_deletes: u64,
-    by_action: ActionCounts,
-    counted: [u64; TrackedEvent::ALL.len()],
-    first: Option<Timestamp>,
-    last: Option<Timestamp>,
-}
-
-impl EventCounts {
-    fn merge(mut self, o: EventCounts) -> EventCounts {
-        self.out_of_range += o.out_of_range;
-        self.manifest_deletes += o.manifest_deletes;
-        self.by_action.merge(o.by_action);
-        for (a, b) in self.counted.iter_mut().zip(o.counted) {
-            *a += b;
-        }
-        self.first = self.first.into_iter().chain(o.first).min();
-        self.last = self.last.into_iter().chain(o.last).max();
-        self
-    }
-}
-
-/// Pass two: de-duplication, the ledger and aggregation over the records of every input.
-///
-/// Records stay in their chunks' vectors (input order is chunk order, then position); copying
-/// them into one vector cost a tenth of a run.
-fn tally(
-    cfg: &RunConfig,
-    prior: Prior,
-    read: Vec<(InputReport, Vec<ChunkOutput>)>,
-    phases: &mut Phases,
-) -> Tally {
-    let mut counts = LineCounts::default();
-    let mut inputs = Vec::with_capacity(read.len());
-    let mut rejects = Vec::new();
-    let mut chunks: Vec<Vec<EventRecord>> = Vec::new();
-    let mut path_maps = Vec::new();
-    let Prior { ledger, seen_ids } = prior;
-    for (report, outputs) in read {
-        for chunk in outputs {
-            counts.merge(&chunk.counts);
-            rejects.extend(chunk.rejects.into_iter().map(|reject| FileReject {
-                file: report.path.clone(),
-                reject,
-            }));
-            chunks.push(chunk.events);
-            path_maps.push(chunk.ledger_paths);
-        }
-        inputs.push(report);
-    }
-    // SPEC §3: the first delivery in input order counts.
-    let later = later_deliveries(&chunks, &seen_ids);
-    let duplicate_events = later.len() as u64;
-    for (c, i) in later {
-        chunks[c as usize][i as usize].duplicate = true;
-    }
-
-    phases.lap("deduplicate");
-    let (ledger, late_events) = replay_ledger(&mut chunks, path_maps, ledger);
-
-    phases.lap("repository_ledger");
-    // The accumulator is boxed: moved by value through every step of the fold, the two
-    // structs cost a memmove per event.
-    let both = chunks
-        .par_iter()
-        .flat_map_iter(|records| records.iter().filter(|r| !r.duplicate))
-        .fold(Box::<(Aggregate, EventCounts)>::default, |mut acc, r| {
-            let (agg, n) = &mut *acc;
-            n.by_action.add(&r.action);
-            n.first = Some(n.first.map_or(r.time, |t| t.min(r.time)));
-            n.last = Some(n.last.map_or(r.time, |t| t.max(r.time)));
-            let date = r.time.date();
-            if !cfg.in_range(date) {
-                n.out_of_range += 1;
-            } else if r.kind == EventKind::ManifestDelete {
-                n.manifest_deletes += 1;
-            } else if let (Some(event), Some(user)) = (r.kind.tracked(), r.user) {
-                agg.add(event, date, user);
-                n.counted[event.index()] += 1;
-            }
-            acc
-        })
-        .reduce(Box::default, |a, b| {
-            let ((a1, n1), (a2, n2)) = (*a, *b);
-            Box::new((a1.merge(a2), n1.merge(n2)))
-        });
-    let (aggregate, events) = *both;
-    phases.lap("aggregate");
-    let metrics = aggregate.into_table(cfg.precision);
-    phases.lap("sketches");
-    let event_ids = if cfg.keep_event_ids {
-        chunks
-            .iter()
-            .flatten()
-            .filter(|r| !r.duplicate)
-            .map(|r| (r.id_key, r.time))
-            .collect()
-    } else {
-        Vec::new()
-    };
-
-    Tally {
-        inputs,
-        counts,
-        duplicate_events,
-        out_of_range_events: events.out_of_range,
-        manifest_deletes: events.manifest_deletes,
-        events_by_action: events.by_action.into_map(),
-        counted_events: TrackedEvent::ALL
-            .iter()
-            .map(|t| (t.metric_name(), events.counted[t.index()]))
-            .collect(),
-        first_event: events.first,
-        last_event: events.last,
-        rejects,
-        metrics,
-        ledger,
-        late_events,
-        event_ids,
-        phase_seconds: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: &str) -> EventRecord {
-        EventRecord {
-            id_key: xxhash_rust::xxh3::xxh3_128(id.as_bytes()),
-            time: Timestamp { secs: 0, nanos: 0 },
-            action: Action::Pull,
-            kind: EventKind::Untracked,
-            user: None,
-            repository: 0,
-            ledger_id: None,
-            duplicate: false,
+    fn push(&mut self, id: u128, time: Timestamp) {
+        let Some(w) = self.window else {
+            return;
+        };
+        self.newest = self.newest.max(time.secs.min(w.not_after));
+        self.ids.push((id, time));
+        if self.ids.len() >= self.prune_at {
+            let cutoff = self.newest.saturating_sub(i64::from(w.days) * 86_400);
+            self.ids.retain(|(_, t)| t.secs >= cutoff);
+            self.prune_at = (self.ids.len() * 2).max(1 << 16);
         }
     }
 
-    fn chunk(ids: &[&str]) -> Vec<EventRecord> {
-        ids.iter().map(|id| record(id)).collect()
-    }
-
-    #[test]
-    fn later_deliveries_are_the_repeats_after_the_first_in_input_order() {
-        let chunks = vec![
-            chunk(&["a", "b", "a"]),
-            chunk(&[]),
-            chunk(&["c", "b", "old"]),
-            chunk(&["c", "d"]),
-        ];
-        let seen = [record("old").id_key];
-        let mut later = later_deliveries(&chunks, &seen);
-        later.sort_unstable();
-        assert_eq!(later, [(0, 2), (2, 1), (2, 2), (3, 0)]);
-    }
-
-    #[test]
-    fn later_deliveries_spread_over_every_shard() {
-        // Enough ids to land in every shard, each delivered twice in two chunks.
-        let ids: Vec<String> = (0..5000).map(|i| format!("id-{i}")).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let chunks = vec![chunk(&ids), chunk(&ids)];
-        let later = later_deliveries(&chunks, &[]);
-        assert_eq!(later.len(), ids.len());
-        assert!(later.iter().all(|(c, _)| *c == 1));
+    fn into_vec(self) -> Vec<(u128, Timestamp)> {
+        self.ids
     }
 }

@@ -19,24 +19,49 @@ const UTF8_BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 pub const REJECT_TEXT_BYTES: usize = 1024;
 
 /// One input: a file, or standard input (`-`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+///
+/// A file is known by its canonical path (absolute, symbolic links resolved), so that one
+/// file reached by two spellings, through a link or through overlapping folders is one input.
+/// Its name in rejects and the summary is that path relative to the current folder when the
+/// file is inside it, else the canonical path itself: neither depends on how it was named.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InputPath {
-    File(PathBuf),
+    File { canonical: PathBuf, name: String },
     Stdin,
 }
 
 impl InputPath {
+    /// A file input, named relative to `cwd` (itself canonical) when it is inside it.
+    pub fn file(canonical: PathBuf, cwd: Option<&Path>) -> InputPath {
+        let name = cwd
+            .and_then(|cwd| canonical.strip_prefix(cwd).ok())
+            .filter(|rel| !rel.as_os_str().is_empty())
+            .unwrap_or(&canonical)
+            .to_string_lossy()
+            .into_owned();
+        InputPath::File { canonical, name }
+    }
+
     /// The name used in messages, rejects and the summary.
-    pub fn display_name(&self) -> String {
+    pub fn name(&self) -> &str {
         match self {
-            InputPath::File(p) => p.to_string_lossy().into_owned(),
-            InputPath::Stdin => "-".to_owned(),
+            InputPath::File { name, .. } => name,
+            InputPath::Stdin => "-",
         }
     }
 
-    /// The sort key of SPEC §1: byte-wise path order.
-    pub fn sort_key(&self) -> Vec<u8> {
-        self.display_name().into_bytes()
+    /// [`InputPath::name`], owned.
+    pub fn display_name(&self) -> String {
+        self.name().to_owned()
+    }
+
+    /// The sort key of SPEC §1: byte-wise order of canonical paths; standard input sorts as
+    /// `-`, before every absolute path.
+    pub fn sort_key(&self) -> &[u8] {
+        match self {
+            InputPath::File { canonical, .. } => canonical.as_os_str().as_encoded_bytes(),
+            InputPath::Stdin => b"-",
+        }
     }
 }
 
@@ -44,31 +69,45 @@ impl InputPath {
 ///
 /// Folders are walked recursively; hidden entries (name starting with `.`) inside them are
 /// skipped, a hidden path named on the command line is read. Symbolic links are followed, each
-/// folder only once. The same path named twice is read once.
+/// folder only once. A file reached more than once, by any path, is read once.
 pub fn discover_inputs(args: &[PathBuf]) -> io::Result<Vec<InputPath>> {
-    let mut out = Vec::new();
+    let cwd = std::env::current_dir().and_then(|d| d.canonicalize()).ok();
+    let mut files = Vec::new();
+    let mut stdin = false;
     let mut seen_dirs = std::collections::HashSet::new();
     for arg in args {
         if arg.as_os_str() == "-" {
-            out.push(InputPath::Stdin);
+            stdin = true;
             continue;
         }
         let meta = std::fs::metadata(arg)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", arg.display())))?;
         if meta.is_dir() {
-            walk(arg, &mut out, &mut seen_dirs)?;
+            walk(arg, &mut files, &mut seen_dirs)?;
         } else {
-            out.push(InputPath::File(arg.clone()));
+            files.push(arg.clone());
         }
     }
-    out.sort_by_key(InputPath::sort_key);
+    let mut out = files
+        .into_iter()
+        .map(|f| {
+            let canonical = f
+                .canonicalize()
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
+            Ok(InputPath::file(canonical, cwd.as_deref()))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    if stdin {
+        out.push(InputPath::Stdin);
+    }
+    out.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
     out.dedup();
     Ok(out)
 }
 
 fn walk(
     dir: &Path,
-    out: &mut Vec<InputPath>,
+    out: &mut Vec<PathBuf>,
     seen: &mut std::collections::HashSet<PathBuf>,
 ) -> io::Result<()> {
     let canonical = dir.canonicalize()?;
@@ -88,7 +127,7 @@ fn walk(
         if meta.is_dir() {
             walk(&path, out, seen)?;
         } else if meta.is_file() {
-            out.push(InputPath::File(path));
+            out.push(path);
         }
     }
     Ok(())
@@ -183,7 +222,7 @@ pub fn open_input(
     progress: Option<indicatif::ProgressBar>,
 ) -> io::Result<OpenInput> {
     let mut raw: Box<dyn Read + Send> = match input {
-        InputPath::File(p) => Box::new(File::open(p)?),
+        InputPath::File { canonical, .. } => Box::new(File::open(canonical)?),
         InputPath::Stdin => Box::new(io::stdin()),
     };
     let mut head = Vec::with_capacity(4);
@@ -229,25 +268,40 @@ pub enum Chunk {
 ///
 /// Fresh multi-megabyte buffers cost page faults and zeroing on every chunk (a tenth of a
 /// one-thread run); recycled ones are already mapped.
-#[derive(Clone, Default)]
-pub struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+#[derive(Clone)]
+pub struct BufferPool {
+    idle: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// How many idle buffers are kept; more would only hold memory.
+    keep: usize,
+}
+
+impl Default for BufferPool {
+    fn default() -> BufferPool {
+        BufferPool::new(4)
+    }
+}
 
 impl BufferPool {
-    /// How many idle buffers are kept; more would only hold memory.
-    const KEEP: usize = 16;
+    /// A pool that keeps up to `keep` idle buffers: as many as chunks may be in flight.
+    pub fn new(keep: usize) -> BufferPool {
+        BufferPool {
+            idle: Arc::default(),
+            keep,
+        }
+    }
 
     /// Returns a buffer for reuse.
     pub fn give(&self, mut buf: Vec<u8>) {
         buf.clear();
-        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < Self::KEEP {
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.keep {
             pool.push(buf);
         }
     }
 
     /// An empty buffer, recycled when one is idle.
     fn take(&self, capacity: usize) -> Vec<u8> {
-        let recycled = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let recycled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut buf = recycled.unwrap_or_default();
         buf.reserve(capacity);
         buf
@@ -567,7 +621,7 @@ mod tests {
             file.write_all(&enc.finish().unwrap()).unwrap();
         }
         drop(file);
-        let mut open = open_input(&InputPath::File(path), None).unwrap();
+        let mut open = open_input(&InputPath::file(path, None), None).unwrap();
         assert_eq!(open.compression, Compression::Gzip);
         let mut text = String::new();
         open.stream.read_to_string(&mut text).unwrap();
@@ -581,7 +635,7 @@ mod tests {
         let mut bytes = zstd::encode_all(&b"one\n"[..], 1).unwrap();
         bytes.extend(zstd::encode_all(&b"two\n"[..], 1).unwrap());
         std::fs::write(&path, bytes).unwrap();
-        let mut open = open_input(&InputPath::File(path), None).unwrap();
+        let mut open = open_input(&InputPath::file(path, None), None).unwrap();
         assert_eq!(open.compression, Compression::Zstd);
         let mut text = String::new();
         open.stream.read_to_string(&mut text).unwrap();

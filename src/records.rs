@@ -61,8 +61,14 @@ pub struct EventRecord {
     /// The event id, kept only for events the ledger orders (pushes and repository deletes):
     /// it breaks ties between equal timestamps (SPEC §6).
     pub ledger_id: Option<Box<str>>,
-    /// A later delivery of an id seen before (SPEC §3): it counts nowhere.
-    pub duplicate: bool,
+}
+
+impl EventRecord {
+    /// Whether the repository ledger must replay this event (SPEC §6): pushes of every kind and
+    /// repository deletes.
+    pub fn touches_ledger(&self) -> bool {
+        self.ledger_id.is_some()
+    }
 }
 
 /// Repository paths by their key.
@@ -76,9 +82,13 @@ pub struct Reject {
     /// Position in the envelope's `events`, for an invalid envelope element.
     pub index: Option<u32>,
     pub reason: String,
-    /// The line, cut to 1 KiB.
+    /// The line, cut to 1 KiB, with the line's first reject; empty for its later ones.
     pub text: String,
 }
+
+/// The most rejects written for one line; past that they are counted, and one closing reject
+/// says how many more the line held.
+pub const MAX_REJECTS_PER_LINE: u32 = 1000;
 
 /// The line and event counts of SPEC §9's summary that parsing alone decides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -110,6 +120,9 @@ pub struct ChunkOutput {
     pub rejects: Vec<Reject>,
     /// Paths of the repositories this chunk pushes to or deletes, by key.
     pub ledger_paths: PathMap,
+    /// Rejects of the line being parsed, and how many past [`MAX_REJECTS_PER_LINE`].
+    line_rejects: u32,
+    line_rejects_dropped: u64,
 }
 
 impl ChunkOutput {
@@ -186,20 +199,17 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
                     ParsedLine::Malformed(reason) => out.malformed(line_no, line, reason),
                     ParsedLine::Single(event) => out.event(line_no, line, None, event),
                     ParsedLine::Envelope(elements) => {
-                        for (i, element) in elements.into_iter().enumerate() {
-                            let index = Some(u32::try_from(i).unwrap_or(u32::MAX));
-                            match element {
-                                Element::Event(event) => out.event(line_no, line, index, event),
-                                Element::NotObject => out.invalid(
-                                    line_no,
-                                    line,
-                                    index,
-                                    "event is not a JSON object".into(),
-                                ),
-                            }
+                        let mut i = 0;
+                        for element in elements {
+                            out.element(line_no, line, &mut i, element);
                         }
                     }
+                    ParsedLine::LongEnvelope(long) => {
+                        let mut i = 0;
+                        long.each(|element| out.element(line_no, line, &mut i, element));
+                    }
                 }
+                out.end_line(line_no);
             }
         }
     }
@@ -209,22 +219,62 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
 impl ChunkOutput {
     fn malformed(&mut self, line_no: u64, line: &[u8], reason: String) {
         self.counts.malformed_lines += 1;
-        self.rejects.push(Reject {
-            line: line_no,
-            index: None,
-            reason,
-            text: cut_text(line),
-        });
+        self.reject(line_no, line, None, reason);
     }
 
     fn invalid(&mut self, line_no: u64, line: &[u8], index: Option<u32>, reason: String) {
         self.counts.invalid_events += 1;
+        self.reject(line_no, line, index, reason);
+    }
+
+    /// Keeps a reject of the current line: its text only with the first, and at most
+    /// [`MAX_REJECTS_PER_LINE`] of them (one envelope line can hold millions of bad elements).
+    fn reject(&mut self, line_no: u64, line: &[u8], index: Option<u32>, reason: String) {
+        if self.line_rejects == MAX_REJECTS_PER_LINE {
+            self.line_rejects_dropped += 1;
+            return;
+        }
+        let text = if self.line_rejects == 0 {
+            cut_text(line)
+        } else {
+            String::new()
+        };
+        self.line_rejects += 1;
         self.rejects.push(Reject {
             line: line_no,
             index,
             reason,
-            text: cut_text(line),
+            text,
         });
+    }
+
+    /// Closes a line: one more reject says how many were counted but not written.
+    fn end_line(&mut self, line_no: u64) {
+        if self.line_rejects_dropped > 0 {
+            self.rejects.push(Reject {
+                line: line_no,
+                index: None,
+                reason: format!(
+                    "{} more invalid events in this line were counted but not written (at most {MAX_REJECTS_PER_LINE} rejects are written per line)",
+                    self.line_rejects_dropped
+                ),
+                text: String::new(),
+            });
+        }
+        self.line_rejects = 0;
+        self.line_rejects_dropped = 0;
+    }
+
+    /// One element of an envelope, the `*index`-th.
+    fn element(&mut self, line_no: u64, line: &[u8], index: &mut u32, element: Element<'_>) {
+        let at = Some(*index);
+        *index = index.saturating_add(1);
+        match element {
+            Element::Event(event) => self.event(line_no, line, at, event),
+            Element::NotObject => {
+                self.invalid(line_no, line, at, "event is not a JSON object".into())
+            }
+        }
     }
 
     fn event(&mut self, line_no: u64, line: &[u8], index: Option<u32>, event: RawEvent<'_>) {
@@ -249,7 +299,6 @@ impl ChunkOutput {
             user: user_hash(event.user_type(), event.name()),
             repository,
             ledger_id: touches_ledger.then(|| (*event.id).into()),
-            duplicate: false,
         });
     }
 }
@@ -320,6 +369,35 @@ mod tests {
         let mut none = Vec::new();
         reserve_for_chunk(&mut none, 0, 100);
         assert_eq!(none.capacity(), 0);
+    }
+
+    /// An envelope of many bad elements writes its text once and at most
+    /// `MAX_REJECTS_PER_LINE` rejects, then one that says how many more there were; every
+    /// invalid event is counted.
+    #[test]
+    fn rejects_of_one_line_are_capped_and_carry_its_text_once() {
+        let n = MAX_REJECTS_PER_LINE as usize + 500;
+        let mut elements = vec!["{}"; n];
+        elements[3] = EV;
+        let line = format!("{{\"events\":[{}]}}\nnot json\n", elements.join(","));
+        let out = lines(&line);
+        assert_eq!(out.counts.invalid_events, n as u64 - 1);
+        assert_eq!(out.counts.malformed_lines, 1);
+        assert_eq!(out.events.len(), 1);
+        let first_line: Vec<&Reject> = out.rejects.iter().filter(|r| r.line == 1).collect();
+        assert_eq!(first_line.len(), MAX_REJECTS_PER_LINE as usize + 1);
+        assert!(first_line[0].text.starts_with("{\"events\":[{},{}"));
+        assert!(first_line[1..].iter().all(|r| r.text.is_empty()));
+        assert_eq!(first_line[3].index, Some(4), "element 3 was valid");
+        let last = first_line.last().unwrap();
+        assert_eq!(last.index, None);
+        assert!(
+            last.reason.starts_with("499 more invalid events"),
+            "{}",
+            last.reason
+        );
+        // The next line starts afresh.
+        assert_eq!(out.rejects.last().unwrap().text, "not json");
     }
 
     #[test]

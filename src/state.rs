@@ -8,10 +8,13 @@
 use crate::aggregate::{known_metric, MetricTable};
 use crate::ledger::{LedgerEntry, RepositoryLedger};
 use crate::period::Period;
+use crate::pipeline::{InputReport, Tally};
+use crate::read::InputPath;
 use crate::sketch::{UserSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
 use crate::timestamp::{parse_rfc3339, Timestamp};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -292,6 +295,144 @@ impl RunState {
         enc.finish()?;
         Ok(())
     }
+}
+
+/// An input the state said not to read again, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkippedInput {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What a nightly run reads: the inputs the state has not consumed.
+#[derive(Debug, Default)]
+pub struct InputSelection {
+    pub read: Vec<InputPath>,
+    pub skipped: Vec<SkippedInput>,
+    /// Modification times of the files looked at (read or skipped), by canonical path, taken
+    /// before reading them.
+    pub modified: HashMap<PathBuf, String>,
+}
+
+/// A consumed input's path, as the manifest records it: the canonical path. Entries written by
+/// earlier releases hold the path as it was named; those are resolved from the current folder.
+fn manifest_key(path: &str) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
+}
+
+impl RunState {
+    /// Splits `inputs` into those to read and those already consumed: same canonical path and
+    /// size, and either the recorded modification time (no hashing: a nightly run must not
+    /// re-read the archive) or, failing that, the recorded content hash. Standard input, and a
+    /// file that cannot be looked at now (it fails when read), are always read.
+    pub fn select_inputs(&self, inputs: Vec<InputPath>) -> InputSelection {
+        let consumed: HashMap<PathBuf, &ConsumedInput> = self
+            .inputs
+            .iter()
+            .map(|c| (manifest_key(&c.path), c))
+            .collect();
+        let mut selection = InputSelection::default();
+        for input in inputs {
+            let InputPath::File { canonical, name } = &input else {
+                selection.read.push(input);
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(canonical) else {
+                selection.read.push(input);
+                continue;
+            };
+            let stamp = modified_stamp(&meta);
+            let reason = consumed
+                .get(canonical)
+                .filter(|c| c.size == meta.len())
+                .and_then(|c| already_consumed(canonical, c, stamp.as_deref()));
+            if let Some(stamp) = stamp {
+                selection.modified.insert(canonical.clone(), stamp);
+            }
+            match reason {
+                Some(reason) => selection.skipped.push(SkippedInput {
+                    path: name.clone(),
+                    reason,
+                }),
+                None => selection.read.push(input),
+            }
+        }
+        selection
+    }
+
+    /// Moves the state on by a run that read everything cleanly: its metrics merged in, the
+    /// ledger it left, the ids of the window, and the inputs it consumed. `read` and `reports`
+    /// are the run's inputs and how each was read, in the same order.
+    pub fn absorb(
+        &mut self,
+        tally: &Tally,
+        read: &[InputPath],
+        selection: &InputSelection,
+        window_days: u32,
+        not_after: i64,
+    ) -> anyhow::Result<()> {
+        // A state is loaded only with this run's precision, so this does not fail.
+        self.metrics
+            .merge(tally.metrics.clone())
+            .map_err(|e| anyhow::anyhow!("cannot merge this run into the state: {e}"))?;
+        self.ledger = tally.ledger.clone();
+        self.recent_ids
+            .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
+        self.trim_ids(window_days, not_after);
+        self.record_consumed(read, &tally.inputs, &selection.modified);
+        Ok(())
+    }
+
+    /// Adds the inputs this run read completely to the manifest (a changed file replaces its
+    /// old entry), and notes the current modification time of inputs skipped by their hash,
+    /// so that a touched file is hashed once, not every night.
+    fn record_consumed(
+        &mut self,
+        read: &[InputPath],
+        reports: &[InputReport],
+        modified: &HashMap<PathBuf, String>,
+    ) {
+        let mut entries: HashMap<PathBuf, ConsumedInput> = std::mem::take(&mut self.inputs)
+            .into_iter()
+            .map(|c| (manifest_key(&c.path), c))
+            .collect();
+        for (input, report) in read.iter().zip(reports) {
+            let (InputPath::File { canonical, .. }, Some(hash)) = (input, &report.content_hash)
+            else {
+                continue;
+            };
+            entries.insert(
+                canonical.clone(),
+                ConsumedInput {
+                    path: String::new(),
+                    size: report.bytes,
+                    hash: hash.clone(),
+                    modified: None,
+                },
+            );
+        }
+        // Every input looked at this run, read or skipped, records the time it was seen with.
+        self.inputs = entries
+            .into_iter()
+            .map(|(key, mut entry)| {
+                if let Some(stamp) = modified.get(&key) {
+                    entry.modified = Some(stamp.clone());
+                }
+                entry.path = key.to_string_lossy().into_owned();
+                entry
+            })
+            .collect();
+        self.inputs.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+}
+
+/// Why a consumed input of the same path and size need not be read again, if it need not.
+fn already_consumed(path: &Path, entry: &ConsumedInput, modified: Option<&str>) -> Option<String> {
+    if modified.is_some() && entry.modified.as_deref() == modified {
+        return Some("already consumed: same path, size and modification time".into());
+    }
+    let (_, hash) = hash_file(path).ok()?;
+    (hash == entry.hash).then(|| "already consumed: same path, size and content hash".to_owned())
 }
 
 fn to_hex(bytes: &[u8]) -> String {

@@ -2,7 +2,7 @@
 //! from stored sketches (a state or an `aggregates.parquet`), without reading any log.
 
 use crate::aggregate::{metric_names, short_name, MetricRow, MetricTable};
-use crate::cli::{check_range, parse_date, usage};
+use crate::flags::{check_range, parse_date, usage};
 use crate::output::aggregates::read_aggregates;
 use crate::output::service_ping::ServicePing;
 use crate::period::PeriodKind;

@@ -1,19 +1,19 @@
 //! `regtally run`: validate, read the logs, write the outputs (and the state, with `--state`).
 
-use crate::aggregate::{MetricRow, MetricTable};
-use crate::cli::{check_range, parse_date, parse_ratio, usage};
+use crate::aggregate::MetricRow;
+use crate::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
 use crate::ledger::RepositoryLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
 use crate::output::service_ping::ServicePing;
-use crate::output::summary::{print_human, write_summary, RunFlags, SkippedInput};
+use crate::output::summary::{print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
-use crate::pipeline::{self, Prior, RunConfig, Tally};
+use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
 use crate::read::{discover_inputs, InputPath};
-use crate::state::{hash_file, modified_stamp, ConsumedInput, RunState, STATE_FILE};
+use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
+use crate::state::{InputSelection, RunState, STATE_FILE};
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::Args;
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// Size of the pieces one input is cut into for parallel parsing (tuning and tests).
     #[arg(long, default_value_t = 4 << 20, hide = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
     pub chunk_bytes: u64,
+    /// Memory that de-duplication and the repository ledger may hold before spilling to --temp-dir (e.g. 512M, 4G).
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub memory_limit: u64,
+    /// Folder for the temporary files of a run that passes --memory-limit; default: OUT/.regtally-tmp.
+    #[arg(long, value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
     /// Write outputs even when an input failed or too many lines were bad (the exit status stays 1; the state is never written then).
     #[arg(long)]
     pub keep_going: bool,
@@ -77,14 +83,16 @@ struct RunPlan {
     threads: Option<usize>,
     /// Where the state lives, and what it held, with `--state`.
     state: Option<(PathBuf, RunState)>,
+    /// Which inputs are read, and which the state said to skip (all read without `--state`).
+    selection: InputSelection,
     /// The ledger to start from without `--state`.
     seed: RepositoryLedger,
     dedup_window: u32,
-    skipped: Vec<SkippedInput>,
-    /// Modification times of the inputs to read, taken before reading them.
-    modified: HashMap<String, String>,
     /// The end of today (UTC), in seconds: the latest "newest event" the id window accepts.
     end_of_today: i64,
+    /// The run's folder of temporary files, created (and what killed runs left removed) before
+    /// any log is read.
+    spill: SpillDir,
 }
 
 fn read_known_repositories(path: &Path) -> Result<Vec<String>> {
@@ -105,7 +113,7 @@ fn read_known_repositories(path: &Path) -> Result<Vec<String>> {
 impl RunPlan {
     fn from_args(args: RunArgs, today: NaiveDate) -> Result<RunPlan> {
         check_range(args.since, args.until)?;
-        let mut inputs = match discover_inputs(&args.inputs) {
+        let inputs = match discover_inputs(&args.inputs) {
             Ok(i) => i,
             Err(e) => return usage(format!("cannot find inputs: {e}")),
         };
@@ -123,8 +131,6 @@ impl RunPlan {
         if let Err(e) = output::check_output_dir(&args.out) {
             return usage(format!("{e:#}"));
         }
-        let mut skipped = Vec::new();
-        let mut modified = HashMap::new();
         let state = match &args.state {
             None => None,
             Some(dir) => {
@@ -145,42 +151,47 @@ impl RunPlan {
                     Ok(None) => RunState::empty(args.precision, std::mem::take(&mut seed)),
                     Err(e) => return usage(e.to_string()),
                 };
-                inputs.retain(|input| {
-                    let InputPath::File(path) = input else {
-                        return true;
-                    };
-                    let name = input.display_name();
-                    // An input that cannot be looked at now is read, and fails there if need be.
-                    let Ok(meta) = std::fs::metadata(path) else {
-                        return true;
-                    };
-                    let stamp = modified_stamp(&meta);
-                    let consumed =
-                        already_consumed(path, &name, meta.len(), stamp.as_deref(), &state.inputs);
-                    if let Some(stamp) = stamp {
-                        modified.insert(name.clone(), stamp);
-                    }
-                    match consumed {
-                        Ok(Some(reason)) => {
-                            skipped.push(SkippedInput { path: name, reason });
-                            false
-                        }
-                        _ => true,
-                    }
-                });
                 Some((dir.clone(), state))
             }
         };
+        let selection = match &state {
+            Some((_, state)) => state.select_inputs(inputs),
+            None => InputSelection {
+                read: inputs,
+                ..InputSelection::default()
+            },
+        };
+        let temp_dir = args
+            .temp_dir
+            .clone()
+            .unwrap_or_else(|| args.out.join(".regtally-tmp"));
+        let mut staged_in = vec![args.out.as_path()];
+        staged_in.extend(args.state.as_deref());
+        let spill = match SpillDir::create(&temp_dir, &staged_in) {
+            Ok(s) => s,
+            Err(e) => {
+                return usage(format!(
+                    "--temp-dir: cannot create a folder for temporary files: {e}"
+                ))
+            }
+        };
+        let end_of_today = (today + chrono::Days::new(1))
+            .and_hms_opt(0, 0, 0)
+            .map_or(i64::MAX, |t| t.and_utc().timestamp());
         Ok(RunPlan {
             config: RunConfig {
-                inputs,
+                inputs: selection.read.clone(),
                 since: args.since,
                 until: args.until,
                 precision: args.precision,
                 max_line_bytes: args.max_line_bytes as usize,
                 chunk_bytes: args.chunk_bytes as usize,
                 progress: !args.quiet && std::io::stderr().is_terminal(),
-                keep_event_ids: state.is_some(),
+                keep_event_ids: state.as_ref().map(|_| IdWindow {
+                    days: args.dedup_window,
+                    not_after: end_of_today,
+                }),
+                budget: MemoryBudget::new(args.memory_limit),
             },
             out: args.out,
             flags: RunFlags {
@@ -191,74 +202,23 @@ impl RunPlan {
                 max_bad_ratio: args.max_bad_ratio,
                 keep_going: args.keep_going,
                 state: args.state.clone(),
+                memory_limit: args.memory_limit,
             },
             threads: args.threads.map(usize::from),
             state,
+            selection,
             seed,
             dedup_window: args.dedup_window,
-            skipped,
-            modified,
-            end_of_today: (today + chrono::Days::new(1))
-                .and_hms_opt(0, 0, 0)
-                .map_or(i64::MAX, |t| t.and_utc().timestamp()),
+            end_of_today,
+            spill,
         })
     }
 }
 
-/// Why an input need not be read again: the state consumed a file of this path and size, and
-/// either of this modification time (no hashing: a nightly run must not re-read the archive)
-/// or, failing that, of this content hash.
-fn already_consumed(
-    path: &Path,
-    name: &str,
-    size: u64,
-    modified: Option<&str>,
-    consumed: &[ConsumedInput],
-) -> std::io::Result<Option<String>> {
-    let Some(entry) = consumed.iter().find(|c| c.path == name && c.size == size) else {
-        return Ok(None);
-    };
-    if modified.is_some() && entry.modified.as_deref() == modified {
-        return Ok(Some(
-            "already consumed: same path, size and modification time".into(),
-        ));
-    }
-    let (_, hash) = hash_file(path)?;
-    Ok((hash == entry.hash)
-        .then(|| "already consumed: same path, size and content hash".to_owned()))
-}
-
-/// Adds the inputs this run read completely to a state's manifest (a changed file replaces
-/// its old entry), and notes the current modification time of inputs skipped by their hash,
-/// so that a touched file is hashed once, not every night.
-fn record_consumed(
-    consumed: &mut Vec<ConsumedInput>,
-    tally: &Tally,
-    modified: &HashMap<String, String>,
-) {
-    for input in &tally.inputs {
-        let (Some(hash), false) = (&input.content_hash, input.path == "-") else {
-            continue;
-        };
-        consumed.retain(|c| c.path != input.path);
-        consumed.push(ConsumedInput {
-            path: input.path.clone(),
-            size: input.bytes,
-            hash: hash.clone(),
-            modified: None,
-        });
-    }
-    // Every input looked at this run, read or skipped, records the time it was seen with.
-    for entry in consumed.iter_mut() {
-        if let Some(stamp) = modified.get(&entry.path) {
-            entry.modified = Some(stamp.clone());
-        }
-    }
-    consumed.sort_by(|a, b| a.path.cmp(&b.path));
-}
-
 /// `regtally run`.
 pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
+    // Before any temporary file exists: an interrupted run removes its own.
+    exit_cleanly_on_signals().context("cannot install the signal handler")?;
     let plan = RunPlan::from_args(args, today)?;
     let started = Instant::now();
     let mut pool = rayon::ThreadPoolBuilder::new();
@@ -283,7 +243,9 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
             seen_ids: Vec::new(),
         },
     };
-    let mut tally = pipeline::run(&plan.config, prior);
+    let mut staged = StagedOutputs::new(plan.spill.staged_suffix());
+    let mut rejects = staged.open(&plan.out.join(output::REJECTS))?;
+    let tally = pipeline::run(&plan.config, prior, &plan.spill, &mut rejects)?;
 
     let mut problems: Vec<String> = tally
         .failures()
@@ -298,7 +260,7 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
             tally.bad_ratio(),
             plan.flags.max_bad_ratio
         ));
-        for r in tally.rejects.iter().take(5) {
+        for r in &tally.first_rejects {
             eprintln!(
                 "regtally: {}:{}: {}",
                 r.file, r.reject.line, r.reject.reason
@@ -307,21 +269,16 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     }
 
     // The whole history: what the state held, and this run.
-    let batch = std::mem::replace(&mut tally.metrics, MetricTable::new(plan.config.precision));
     let (metrics, next_state) = match plan.state.take() {
-        None => (batch, None),
+        None => (tally.metrics.clone(), None),
         Some((dir, mut state)) => {
-            // A state is loaded only with this run's precision, so this does not fail.
-            state
-                .metrics
-                .merge(batch)
-                .context("cannot merge this run into the state")?;
-            state.ledger = tally.ledger.clone();
-            state
-                .recent_ids
-                .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
-            state.trim_ids(plan.dedup_window, plan.end_of_today);
-            record_consumed(&mut state.inputs, &tally, &plan.modified);
+            state.absorb(
+                &tally,
+                &plan.config.inputs,
+                &plan.selection,
+                plan.dedup_window,
+                plan.end_of_today,
+            )?;
             (state.metrics.clone(), Some((dir, state)))
         }
     };
@@ -330,12 +287,13 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
 
     let write = problems.is_empty() || plan.flags.keep_going;
     if write {
+        staged.close(rejects)?;
         // The state moves on only with a clean run: a half-read input must be read again.
         let state = next_state.as_ref().filter(|_| problems.is_empty());
-        write_outputs(&plan, &tally, &mut rows, &ping, state, started)?;
+        write_outputs(&plan, staged, &tally, &mut rows, &ping, state, started)?;
     }
     let mut stdout = std::io::stdout().lock();
-    print_human(&tally, &plan.skipped, &ping, &mut stdout)?;
+    print_human(&tally, &plan.selection.skipped, &ping, &mut stdout)?;
     if write {
         writeln!(stdout, "outputs: {}", plan.out.display())?;
     }
@@ -357,8 +315,11 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
+/// Stages every output but the rejects (already staged, as they were found), then renames them
+/// all into place.
 fn write_outputs(
     plan: &RunPlan,
+    mut staged: StagedOutputs,
     tally: &Tally,
     rows: &mut [MetricRow],
     ping: &ServicePing,
@@ -366,7 +327,6 @@ fn write_outputs(
     started: Instant,
 ) -> Result<()> {
     let writing = Instant::now();
-    let mut staged = StagedOutputs::new();
     let meta = AggregatesMetadata {
         precision: plan.config.precision,
         since: plan.config.since,
@@ -380,9 +340,6 @@ fn write_outputs(
         serde_json::to_writer_pretty(&mut *w, ping)?;
         Ok(w.write_all(b"\n")?)
     })?;
-    staged.stage(&out(output::REJECTS), |w| {
-        output::write_rejects(&tally.rejects, w)
-    })?;
     staged.stage(&out(output::REPOSITORIES), |w| {
         output::write_repositories(&tally.ledger, w)
     })?;
@@ -392,7 +349,14 @@ fn write_outputs(
     let elapsed = started.elapsed().as_secs_f64();
     let write_seconds = writing.elapsed().as_secs_f64();
     staged.stage(&out(output::SUMMARY), |w| {
-        write_summary(tally, &plan.skipped, &plan.flags, elapsed, write_seconds, w)
+        write_summary(
+            tally,
+            &plan.selection.skipped,
+            &plan.flags,
+            elapsed,
+            write_seconds,
+            w,
+        )
     })?;
     staged.commit()
 }

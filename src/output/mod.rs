@@ -5,7 +5,8 @@ pub mod service_ping;
 pub mod summary;
 
 use crate::ledger::RepositoryLedger;
-use crate::pipeline::FileReject;
+use crate::records::Reject;
+use crate::spill::{keep_on_signal, remove_on_signal};
 use anyhow::{Context, Result};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -20,15 +21,62 @@ pub const REPOSITORIES: &str = "repositories.txt";
 
 /// Output files written under temporary names beside their final names, renamed into place by
 /// [`StagedOutputs::commit`]. Dropped uncommitted, it removes its temporary files, so a failed
-/// run leaves the previous outputs (and state) as they were.
-#[derive(Default)]
+/// run leaves the previous outputs (and state) as they were; a signal removes them too (see
+/// [`crate::spill::exit_cleanly_on_signals`]), and what a killed run left is removed by the
+/// next one, which recognises it by its `suffix`.
 pub struct StagedOutputs {
+    /// Temporary and final path of each file, in the order they will be renamed.
     staged: Vec<(PathBuf, PathBuf)>,
+    suffix: String,
+}
+
+/// A staged output filled while the run goes on ([`StagedOutputs::open`]).
+pub struct StagedFile {
+    w: BufWriter<File>,
+    temp: PathBuf,
+}
+
+impl Write for StagedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf).map_err(|e| self.error(e))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.w.write_all(buf).map_err(|e| self.error(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush().map_err(|e| self.error(e))
+    }
+}
+
+impl StagedFile {
+    fn error(&self, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), format!("{}: {e}", self.temp.display()))
+    }
 }
 
 impl StagedOutputs {
-    pub fn new() -> StagedOutputs {
-        StagedOutputs::default()
+    /// Temporary files are named `.<name><suffix>` beside their final names.
+    pub fn new(suffix: impl Into<String>) -> StagedOutputs {
+        StagedOutputs {
+            staged: Vec::new(),
+            suffix: suffix.into(),
+        }
+    }
+
+    fn create(&mut self, final_path: &Path) -> Result<(File, PathBuf)> {
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp_path = final_path.with_file_name(format!(".{name}{}", self.suffix));
+        let file = File::create(&temp_path)
+            .with_context(|| format!("cannot create {}", temp_path.display()))?;
+        remove_on_signal(&temp_path);
+        self.staged
+            .push((temp_path.clone(), final_path.to_path_buf()));
+        Ok((file, temp_path))
     }
 
     /// Writes one file under a temporary name in its final folder and syncs it to disk.
@@ -37,17 +85,31 @@ impl StagedOutputs {
         final_path: &Path,
         write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
     ) -> Result<()> {
-        let name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp_path = final_path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let file = File::create(&temp_path)
-            .with_context(|| format!("cannot create {}", temp_path.display()))?;
-        self.staged
-            .push((temp_path.clone(), final_path.to_path_buf()));
+        let (file, temp_path) = self.create(final_path)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         write(&mut w).with_context(|| format!("cannot write {}", temp_path.display()))?;
+        Self::sync(w, &temp_path)
+    }
+
+    /// Starts a staged file that the run fills as it goes; [`StagedOutputs::close`] ends it.
+    pub fn open(&mut self, final_path: &Path) -> Result<StagedFile> {
+        let (file, temp) = self.create(final_path)?;
+        Ok(StagedFile {
+            w: BufWriter::with_capacity(1 << 20, file),
+            temp,
+        })
+    }
+
+    /// Ends a file started by [`StagedOutputs::open`]; it is renamed after those staged so far.
+    pub fn close(&mut self, file: StagedFile) -> Result<()> {
+        if let Some(at) = self.staged.iter().position(|(t, _)| *t == file.temp) {
+            let entry = self.staged.remove(at);
+            self.staged.push(entry);
+        }
+        Self::sync(file.w, &file.temp)
+    }
+
+    fn sync(w: BufWriter<File>, temp_path: &Path) -> Result<()> {
         let file = w
             .into_inner()
             .map_err(io::IntoInnerError::into_error)
@@ -64,6 +126,7 @@ impl StagedOutputs {
             fs::rename(&temp, &fin).with_context(|| {
                 format!("cannot rename {} to {}", temp.display(), fin.display())
             })?;
+            keep_on_signal(&temp);
             if let Some(parent) = fin.parent() {
                 if !dirs.iter().any(|d| d == parent) {
                     dirs.push(parent.to_path_buf());
@@ -84,6 +147,7 @@ impl Drop for StagedOutputs {
     fn drop(&mut self) {
         for (temp, _) in &self.staged {
             let _ = fs::remove_file(temp);
+            keep_on_signal(temp);
         }
     }
 }
@@ -106,23 +170,22 @@ struct RejectLine<'a> {
     line: u64,
     index: Option<u32>,
     reason: &'a str,
+    /// Only with a line's first reject.
+    #[serde(skip_serializing_if = "str::is_empty")]
     text: &'a str,
 }
 
-/// Writes `rejects.jsonl`: one object per malformed line or invalid event, in input order.
-pub fn write_rejects<W: Write>(rejects: &[FileReject], w: &mut W) -> Result<()> {
-    for r in rejects {
-        let line = RejectLine {
-            file: &r.file,
-            line: r.reject.line,
-            index: r.reject.index,
-            reason: &r.reject.reason,
-            text: &r.reject.text,
-        };
-        serde_json::to_writer(&mut *w, &line)?;
-        w.write_all(b"\n")?;
-    }
-    Ok(())
+/// Writes one line of `rejects.jsonl`: a malformed line or invalid event of `file`.
+pub fn write_reject(file: &str, r: &Reject, w: &mut dyn Write) -> io::Result<()> {
+    let line = RejectLine {
+        file,
+        line: r.line,
+        index: r.index,
+        reason: &r.reason,
+        text: &r.text,
+    };
+    serde_json::to_writer(&mut *w, &line)?;
+    w.write_all(b"\n")
 }
 
 /// Writes `repositories.txt`: one path a line, sorted.

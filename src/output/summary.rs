@@ -3,6 +3,7 @@
 use crate::aggregate::{metric_names, short_name};
 use crate::output::service_ping::ServicePing;
 use crate::pipeline::{InputReport, Tally};
+use crate::state::SkippedInput;
 use chrono::NaiveDate;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -19,13 +20,8 @@ pub struct RunFlags {
     pub keep_going: bool,
     /// The state folder, with `--state`.
     pub state: Option<std::path::PathBuf>,
-}
-
-/// An input `--state` did not read again, and why.
-#[derive(Clone, Debug, Serialize)]
-pub struct SkippedInput {
-    pub path: String,
-    pub reason: String,
+    /// `--memory-limit`, in bytes.
+    pub memory_limit: u64,
 }
 
 /// An input that could not be read completely.
@@ -58,6 +54,8 @@ struct Summary<'a> {
     inputs: &'a [InputReport],
     skipped_inputs: &'a [SkippedInput],
     failures: Vec<Failure<'a>>,
+    /// The steps whose data passed `--memory-limit` and went to temporary files.
+    spilled: &'a [&'static str],
     elapsed_seconds: f64,
     /// Wall seconds of each step of the run, in order (the last is writing the outputs).
     phase_seconds: Vec<(&'static str, f64)>,
@@ -97,6 +95,7 @@ pub fn write_summary<W: Write>(
             .failures()
             .map(|(file, error)| Failure { file, error })
             .collect(),
+        spilled: &tally.spilled,
         elapsed_seconds,
         phase_seconds: tally
             .phase_seconds

@@ -27,6 +27,11 @@ pub(super) enum TopLevel<'a> {
     NotObject,
     EventsNotArray,
     Envelope(Vec<Element<'a>>),
+    /// An envelope of more than [`INLINE_ELEMENTS`] elements: they were checked, not kept.
+    /// [`each_element`] walks them from the array's `[` at byte `array_at`.
+    LongEnvelope {
+        array_at: usize,
+    },
     /// The event is in the `single` that `scan_line` was given.
     Single,
 }
@@ -59,12 +64,63 @@ struct Scanner<'a, 'm> {
 /// Lines up to this many bytes keep their [`Scanner::specials`] on the stack.
 const INLINE_MASK_WORDS: usize = 32;
 
+/// The most elements of one envelope kept while its line is checked. A larger envelope is
+/// walked a second time, element by element, once the whole line is known to be valid: one
+/// 8 MiB line can hold millions of elements, and keeping them all took gigabytes.
+pub(super) const INLINE_ELEMENTS: usize = 256;
+
+/// The elements of the top-level `events` array seen so far (of the last `events` key: a
+/// repeated key's last value wins).
+struct Collected<'a> {
+    elements: Vec<Element<'a>>,
+    count: usize,
+    array_at: usize,
+}
+
+impl<'a> Collected<'a> {
+    fn start(&mut self, array_at: usize) {
+        self.elements.clear();
+        self.count = 0;
+        self.array_at = array_at;
+    }
+
+    fn push(&mut self, element: Element<'a>) {
+        self.count += 1;
+        if self.count <= INLINE_ELEMENTS {
+            self.elements.push(element);
+        } else if !self.elements.is_empty() {
+            self.elements = Vec::new();
+        }
+    }
+}
+
 /// Scans a line that is already known to be valid UTF-8. A single event is written into
 /// `single` (see [`Scanner::event_object`]).
 pub(super) fn scan_line<'a>(
     text: &'a str,
     single: &mut RawEvent<'a>,
 ) -> std::result::Result<TopLevel<'a>, SyntaxError> {
+    with_scanner(text, 0, |s| {
+        s.line(single).map_err(|Failed| {
+            s.failure.get().unwrap_or(SyntaxError {
+                what: "invalid JSON",
+                column: s.pos + 1,
+            })
+        })
+    })
+}
+
+/// Calls `each` with every element of the array whose `[` is at byte `array_at` of `text`, a
+/// line [`scan_line`] found to be a [`TopLevel::LongEnvelope`]. The line was checked whole
+/// then, so this walk cannot fail.
+pub(super) fn each_element<'a>(text: &'a str, array_at: usize, mut each: impl FnMut(Element<'a>)) {
+    with_scanner(text, array_at, |s| {
+        let _ = s.events(&mut each);
+    })
+}
+
+/// Runs `f` with a scanner of `text` placed at byte `pos`.
+fn with_scanner<'a, T>(text: &'a str, pos: usize, f: impl FnOnce(&mut Scanner<'a, '_>) -> T) -> T {
     let words = text.len().div_ceil(64);
     let mut inline = [0u64; INLINE_MASK_WORDS];
     let mut heap = Vec::new();
@@ -78,20 +134,16 @@ pub(super) fn scan_line<'a>(
     let mut s = Scanner {
         text,
         b: text.as_bytes(),
-        pos: 0,
+        pos,
         failure: Cell::new(None),
         specials,
     };
-    s.line(single).map_err(|Failed| {
-        s.failure.get().unwrap_or(SyntaxError {
-            what: "invalid JSON",
-            column: s.pos + 1,
-        })
-    })
+    f(&mut s)
 }
 
-enum Events<'a> {
-    Array(Vec<Element<'a>>),
+/// What a top-level `events` member held: its elements went to the caller's sink.
+enum Events {
+    Array,
     NotArray,
 }
 
@@ -135,8 +187,18 @@ impl<'a> Scanner<'a, '_> {
     fn line(&mut self, single: &mut RawEvent<'a>) -> Result<TopLevel<'a>> {
         self.ws();
         let top = if self.peek() == Some(b'{') {
-            match self.event_object(true, single)? {
-                Some(Events::Array(elements)) => TopLevel::Envelope(elements),
+            let mut collected = Collected {
+                elements: Vec::new(),
+                count: 0,
+                array_at: 0,
+            };
+            match self.event_object(Some(&mut collected), single)? {
+                Some(Events::Array) if collected.count > INLINE_ELEMENTS => {
+                    TopLevel::LongEnvelope {
+                        array_at: collected.array_at,
+                    }
+                }
+                Some(Events::Array) => TopLevel::Envelope(collected.elements),
                 Some(Events::NotArray) => TopLevel::EventsNotArray,
                 None => TopLevel::Single,
             }
@@ -213,25 +275,29 @@ impl<'a> Scanner<'a, '_> {
         }
     }
 
-    /// An event object whose `{` is next. At the top level an `events` member makes it an
-    /// envelope; inside an envelope `events` is just another member.
+    /// An event object whose `{` is next. At the top level (where `collected` is given) an
+    /// `events` member makes it an envelope, its elements going to `collected`; inside an
+    /// envelope `events` is just another member.
     ///
     /// The event's fields are written into `event`, which the caller owns: the struct is 150
     /// bytes, and returning it by value copied it at every level.
     fn event_object(
         &mut self,
-        top_level: bool,
+        mut collected: Option<&mut Collected<'a>>,
         event: &mut RawEvent<'a>,
-    ) -> Result<Option<Events<'a>>> {
+    ) -> Result<Option<Events>> {
         let mut events = None;
         self.object(|s, key| {
-            match key {
-                Key::Id => event.id = s.str_field()?,
-                Key::Timestamp => event.timestamp = s.str_field()?,
-                Key::Action => event.action = s.str_field()?,
-                Key::Target => event.target = s.target()?,
-                Key::Actor => event.actor = s.actor()?,
-                Key::Events if top_level => events = Some(s.events()?),
+            match (key, collected.as_deref_mut()) {
+                (Key::Id, _) => event.id = s.str_field()?,
+                (Key::Timestamp, _) => event.timestamp = s.str_field()?,
+                (Key::Action, _) => event.action = s.str_field()?,
+                (Key::Target, _) => event.target = s.target()?,
+                (Key::Actor, _) => event.actor = s.actor()?,
+                (Key::Events, Some(c)) => {
+                    c.start(s.pos);
+                    events = Some(s.events(&mut |e| c.push(e))?);
+                }
                 _ => s.skip_value()?,
             }
             Ok(())
@@ -285,34 +351,34 @@ impl<'a> Scanner<'a, '_> {
         Ok(ActorField::Object { name, user_type })
     }
 
-    fn events(&mut self) -> Result<Events<'a>> {
+    /// The top-level `events` value: an array's elements go to `sink` one by one.
+    fn events(&mut self, sink: &mut dyn FnMut(Element<'a>)) -> Result<Events> {
         if self.peek() != Some(b'[') {
             self.other_value()?;
             return Ok(Events::NotArray);
         }
         self.pos += 1;
-        let mut elements = Vec::new();
         self.ws();
         if self.peek() == Some(b']') {
             self.pos += 1;
-            return Ok(Events::Array(elements));
+            return Ok(Events::Array);
         }
         loop {
             self.ws();
             if self.peek() == Some(b'{') {
                 let mut event = RawEvent::default();
-                self.event_object(false, &mut event)?;
-                elements.push(Element::Event(event));
+                self.event_object(None, &mut event)?;
+                sink(Element::Event(event));
             } else {
                 self.other_value()?;
-                elements.push(Element::NotObject);
+                sink(Element::NotObject);
             }
             self.ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b']') => {
                     self.pos += 1;
-                    return Ok(Events::Array(elements));
+                    return Ok(Events::Array);
                 }
                 _ => return Err(self.error("expected ',' or ']' in an array")),
             }

@@ -1,4 +1,9 @@
 //! The repository ledger: which repositories exist, replayed along event time (SPEC §6).
+//!
+//! [`RepositoryLedger`] is the set itself, as a state carries it from run to run; [`replay`]
+//! keeps a run's pushes and repository deletes and applies them in (time, id) order.
+
+pub mod replay;
 
 use crate::sketch::PassThroughHasher;
 use crate::timestamp::Timestamp;

@@ -1,0 +1,572 @@
+//! De-duplication (SPEC §3): event records in input order in, first deliveries out.
+//!
+//! The ids seen so far are held in an [`IdSet`] of 128-bit hashes (16 bytes an id, in 64
+//! shards that grow one at a time). When the set would pass its share of the memory budget,
+//! the [`Deduplicator`] *spills*: it writes the ids it holds as a sorted run of markers, and
+//! from then on defers every record, with its position in input order, to sorted runs of its
+//! own. At the end it merges marker and record runs by (id, position): for each id the first
+//! in input order is the one delivery that counts, unless a marker says the id was seen before
+//! spilling. Deferred first deliveries come out in id order, not input order; everything
+//! after de-duplication (aggregation, the ledger's replay in time order) is indifferent to
+//! that, so outputs do not change when a run spills.
+
+use crate::classify::{EventKind, TrackedEvent};
+use crate::records::{Action, EventRecord};
+use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
+use crate::timestamp::Timestamp;
+use std::io::{self, BufRead};
+
+/// Shards of the id set, by the top bits of the id.
+const SHARD_BITS: u32 = 6;
+
+/// A set of 128-bit ids: open addressing with linear probing, 16 bytes a slot, at most three
+/// quarters full. The all-zero id is kept aside, since a zero slot means empty.
+#[derive(Debug)]
+pub struct IdSet {
+    shards: Vec<Vec<[u64; 2]>>,
+    lens: Vec<usize>,
+    has_zero: bool,
+    len: usize,
+    bytes: usize,
+}
+
+/// Slots a shard starts with.
+const FIRST_SLOTS: usize = 4;
+
+/// An id did not fit: the set would have grown past its limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+impl Default for IdSet {
+    fn default() -> IdSet {
+        let shards = vec![vec![[0; 2]; FIRST_SLOTS]; 1 << SHARD_BITS];
+        IdSet {
+            bytes: shards.len() * FIRST_SLOTS * 16,
+            shards,
+            lens: vec![0; 1 << SHARD_BITS],
+            has_zero: false,
+            len: 0,
+        }
+    }
+}
+
+impl IdSet {
+    /// How many ids the set holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of its tables.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn split(id: u128) -> (usize, [u64; 2]) {
+        (
+            (id >> (128 - SHARD_BITS)) as usize,
+            [id as u64, (id >> 64) as u64],
+        )
+    }
+
+    /// The slot holding `key`, or the empty slot where it would go.
+    fn find(slots: &[[u64; 2]], key: [u64; 2]) -> usize {
+        let mask = slots.len() - 1;
+        // The low word indexes the slot: the top bits already chose the shard.
+        let mut i = key[0] as usize & mask;
+        loop {
+            let s = slots[i];
+            if s == key || s == [0, 0] {
+                return i;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Whether the set holds `id`.
+    pub fn contains(&self, id: u128) -> bool {
+        if id == 0 {
+            return self.has_zero;
+        }
+        let (shard, key) = Self::split(id);
+        let slots = &self.shards[shard];
+        slots[Self::find(slots, key)] == key
+    }
+
+    /// Adds `id`; true when it was not there. Fails, changing nothing, when the set would have
+    /// to grow past `limit` bytes to take it.
+    pub fn insert(&mut self, id: u128, limit: usize) -> Result<bool, Full> {
+        if id == 0 {
+            let new = !std::mem::replace(&mut self.has_zero, true);
+            self.len += usize::from(new);
+            return Ok(new);
+        }
+        let (shard, key) = Self::split(id);
+        let slots = &self.shards[shard];
+        let at = Self::find(slots, key);
+        if slots[at] == key {
+            return Ok(false);
+        }
+        if (self.lens[shard] + 1) * 4 > slots.len() * 3 {
+            let growth = slots.len() * 16;
+            if self.bytes + growth > limit {
+                return Err(Full);
+            }
+            self.grow(shard);
+            self.bytes += growth;
+        }
+        let slots = &mut self.shards[shard];
+        let at = Self::find(slots, key);
+        slots[at] = key;
+        self.lens[shard] += 1;
+        self.len += 1;
+        Ok(true)
+    }
+
+    fn grow(&mut self, shard: usize) {
+        let old = std::mem::take(&mut self.shards[shard]);
+        let mut slots = vec![[0u64; 2]; old.len() * 2];
+        for key in old.into_iter().filter(|k| *k != [0, 0]) {
+            let at = Self::find(&slots, key);
+            slots[at] = key;
+        }
+        self.shards[shard] = slots;
+    }
+
+    /// Every id, sorted.
+    pub fn into_sorted(self) -> Vec<u128> {
+        let mut ids: Vec<u128> = self
+            .shards
+            .into_iter()
+            .flatten()
+            .filter(|k| *k != [0, 0])
+            .map(|k| u128::from(k[0]) | (u128::from(k[1]) << 64))
+            .collect();
+        if self.has_zero {
+            ids.push(0);
+        }
+        ids.sort_unstable();
+        ids
+    }
+}
+
+/// A record whose fate waits for the end of the run, or (without a record) an id seen before
+/// spilling. Ordered by id, then position in input order; a marker's position is 0, before
+/// every record's.
+#[derive(Debug)]
+struct Deferred {
+    id: u128,
+    position: u64,
+    record: Option<Box<EventRecord>>,
+}
+
+impl PartialEq for Deferred {
+    fn eq(&self, other: &Self) -> bool {
+        (self.id, self.position) == (other.id, other.position)
+    }
+}
+
+impl Eq for Deferred {}
+
+impl PartialOrd for Deferred {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Deferred {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.id, self.position).cmp(&(other.id, other.position))
+    }
+}
+
+impl Deferred {
+    /// Bytes it holds in memory, for the budget.
+    fn bytes(&self) -> usize {
+        let heap = self.record.as_ref().map_or(0, |r| {
+            std::mem::size_of::<EventRecord>()
+                + r.ledger_id.as_ref().map_or(0, |s| s.len())
+                + match &r.action {
+                    Action::Other(name) => name.len(),
+                    _ => 0,
+                }
+        });
+        std::mem::size_of::<Deferred>() + heap
+    }
+}
+
+fn kind_code(kind: EventKind) -> u8 {
+    match kind {
+        EventKind::Untracked => 0,
+        EventKind::PushTag => 1,
+        EventKind::DeleteTag => 2,
+        EventKind::ManifestDelete => 3,
+        EventKind::DeleteRepository => 4,
+        EventKind::RepositoryPush => 5,
+        EventKind::Resolved(t) => 6 + t.index() as u8,
+    }
+}
+
+fn kind_of(code: u8) -> Option<EventKind> {
+    Some(match code {
+        0 => EventKind::Untracked,
+        1 => EventKind::PushTag,
+        2 => EventKind::DeleteTag,
+        3 => EventKind::ManifestDelete,
+        4 => EventKind::DeleteRepository,
+        5 => EventKind::RepositoryPush,
+        c => EventKind::Resolved(*TrackedEvent::ALL.get(usize::from(c.checked_sub(6)?))?),
+    })
+}
+
+fn action_code(action: &Action) -> u8 {
+    match action {
+        Action::Push => 0,
+        Action::Delete => 1,
+        Action::Pull => 2,
+        Action::Mount => 3,
+        Action::Other(_) => 4,
+    }
+}
+
+impl SpillRecord for Deferred {
+    fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_u128(out, self.id);
+        codec::put_u64(out, self.position);
+        let Some(r) = &self.record else {
+            out.push(0);
+            return;
+        };
+        out.push(1);
+        codec::put_u64(out, r.time.secs as u64);
+        codec::put_u32(out, r.time.nanos);
+        out.push(action_code(&r.action));
+        if let Action::Other(name) = &r.action {
+            codec::put_bytes(out, name.as_bytes());
+        }
+        out.push(kind_code(r.kind));
+        match r.user {
+            Some(u) => {
+                out.push(1);
+                codec::put_u64(out, u);
+            }
+            None => out.push(0),
+        }
+        codec::put_u128(out, r.repository);
+        match &r.ledger_id {
+            Some(id) => {
+                out.push(1);
+                codec::put_bytes(out, id.as_bytes());
+            }
+            None => out.push(0),
+        }
+    }
+
+    fn decode(input: &mut impl BufRead) -> io::Result<Option<Deferred>> {
+        if codec::at_end(input)? {
+            return Ok(None);
+        }
+        let id = codec::get_u128(input)?;
+        let position = codec::get_u64(input)?;
+        if codec::get_u8(input)? == 0 {
+            return Ok(Some(Deferred {
+                id,
+                position,
+                record: None,
+            }));
+        }
+        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| codec::corrupt("text"));
+        let time = Timestamp {
+            secs: codec::get_u64(input)? as i64,
+            nanos: codec::get_u32(input)?,
+        };
+        let action = match codec::get_u8(input)? {
+            0 => Action::Push,
+            1 => Action::Delete,
+            2 => Action::Pull,
+            3 => Action::Mount,
+            4 => Action::Other(text(codec::get_bytes(input)?)?.into()),
+            _ => return Err(codec::corrupt("action")),
+        };
+        let kind = kind_of(codec::get_u8(input)?).ok_or_else(|| codec::corrupt("kind"))?;
+        let user = match codec::get_u8(input)? {
+            0 => None,
+            _ => Some(codec::get_u64(input)?),
+        };
+        let repository = codec::get_u128(input)?;
+        let ledger_id = match codec::get_u8(input)? {
+            0 => None,
+            _ => Some(text(codec::get_bytes(input)?)?.into()),
+        };
+        Ok(Some(Deferred {
+            id,
+            position,
+            record: Some(Box::new(EventRecord {
+                id_key: id,
+                time,
+                action,
+                kind,
+                user,
+                repository,
+                ledger_id,
+            })),
+        }))
+    }
+}
+
+/// De-duplication state: the ids seen, in memory or spilled.
+pub struct Deduplicator<'d> {
+    mode: Mode,
+    limit: usize,
+    budget: MemoryBudget,
+    dir: &'d SpillDir,
+    /// Later deliveries found so far.
+    duplicates: u64,
+    /// Records taken so far: the next one's position in input order.
+    position: u64,
+}
+
+enum Mode {
+    Memory(IdSet),
+    Spilled {
+        runs: RunFile,
+        pending: Vec<Deferred>,
+        pending_bytes: usize,
+    },
+}
+
+impl<'d> Deduplicator<'d> {
+    /// Starts from the ids an earlier run saw (`seen`), spilling into `dir` past the budget.
+    pub fn new(
+        seen: impl IntoIterator<Item = u128>,
+        budget: MemoryBudget,
+        dir: &'d SpillDir,
+    ) -> io::Result<Deduplicator<'d>> {
+        let mut d = Deduplicator {
+            mode: Mode::Memory(IdSet::default()),
+            limit: budget.dedup_bytes(),
+            budget,
+            dir,
+            duplicates: 0,
+            position: 0,
+        };
+        for id in seen {
+            if let Mode::Memory(set) = &mut d.mode {
+                if set.insert(id, d.limit).is_ok() {
+                    continue;
+                }
+            }
+            d.spill()?;
+            d.defer(Deferred {
+                id,
+                position: 0,
+                record: None,
+            })?;
+        }
+        Ok(d)
+    }
+
+    /// Later deliveries found so far (more may come out of [`Deduplicator::finish`]).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Whether the ids no longer fit in memory.
+    pub fn spilled(&self) -> bool {
+        matches!(self.mode, Mode::Spilled { .. })
+    }
+
+    /// Takes the next record in input order: `Some` when it is the first delivery of its id,
+    /// `None` when it is a later one or (after spilling) deferred to [`Deduplicator::finish`].
+    pub fn take(&mut self, record: EventRecord) -> io::Result<Option<EventRecord>> {
+        self.position += 1;
+        if let Mode::Memory(set) = &mut self.mode {
+            match set.insert(record.id_key, self.limit) {
+                Ok(true) => return Ok(Some(record)),
+                Ok(false) => {
+                    self.duplicates += 1;
+                    return Ok(None);
+                }
+                Err(Full) => self.spill()?,
+            }
+        }
+        self.defer(Deferred {
+            id: record.id_key,
+            position: self.position,
+            record: Some(Box::new(record)),
+        })?;
+        Ok(None)
+    }
+
+    /// Writes the id set as a run of markers and frees it.
+    fn spill(&mut self) -> io::Result<()> {
+        let Mode::Memory(set) = &mut self.mode else {
+            return Ok(());
+        };
+        let ids = std::mem::take(set).into_sorted();
+        let mut runs = RunFile::create(self.dir, "dedup.runs")?;
+        let markers: Vec<Deferred> = ids
+            .into_iter()
+            .map(|id| Deferred {
+                id,
+                position: 0,
+                record: None,
+            })
+            .collect();
+        runs.write_run(&markers)?;
+        self.mode = Mode::Spilled {
+            runs,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        };
+        Ok(())
+    }
+
+    fn defer(&mut self, d: Deferred) -> io::Result<()> {
+        let Mode::Spilled {
+            runs,
+            pending,
+            pending_bytes,
+        } = &mut self.mode
+        else {
+            unreachable!("records are deferred only after spilling");
+        };
+        *pending_bytes += d.bytes();
+        pending.push(d);
+        if *pending_bytes > self.limit {
+            pending.sort_unstable();
+            runs.write_run(pending.iter())?;
+            pending.clear();
+            *pending_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// Ends de-duplication: calls `first` with each deferred record that is the first delivery
+    /// of its id (in id order), and returns how many later deliveries there were in all.
+    pub fn finish(self, mut first: impl FnMut(EventRecord)) -> io::Result<u64> {
+        let mut duplicates = self.duplicates;
+        let Mode::Spilled {
+            mut runs,
+            mut pending,
+            ..
+        } = self.mode
+        else {
+            return Ok(duplicates);
+        };
+        pending.sort_unstable();
+        let readers = runs.readers::<Deferred>(self.budget.merge_buffer(runs.runs() + 1))?;
+        let mut sources: Vec<Box<dyn Iterator<Item = io::Result<Deferred>>>> = readers
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Iterator<Item = _>>)
+            .collect();
+        sources.push(Box::new(pending.into_iter().map(Ok)));
+        let mut current: Option<u128> = None;
+        for d in merge(sources) {
+            let d = d?;
+            let first_of_id = current != Some(d.id);
+            current = Some(d.id);
+            match (d.record, first_of_id) {
+                (Some(record), true) => first(*record),
+                (Some(_), false) => duplicates += 1,
+                (None, _) => {}
+            }
+        }
+        Ok(duplicates)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u128) -> EventRecord {
+        EventRecord {
+            id_key: id,
+            time: Timestamp {
+                secs: id as i64,
+                nanos: 3,
+            },
+            action: if id.is_multiple_of(3) {
+                Action::Other(format!("act{id}").into())
+            } else {
+                Action::Pull
+            },
+            kind: if id.is_multiple_of(2) {
+                EventKind::RepositoryPush
+            } else {
+                EventKind::Untracked
+            },
+            user: (!id.is_multiple_of(5)).then_some(id as u64 * 7),
+            repository: id * 11,
+            ledger_id: id.is_multiple_of(2).then(|| format!("id-{id}").into()),
+        }
+    }
+
+    #[test]
+    fn the_id_set_holds_what_it_took_and_refuses_to_grow_past_its_limit() {
+        let mut set = IdSet::default();
+        let spread = |i: u128| (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        for i in 0..10_000u128 {
+            assert_eq!(set.insert(spread(i), usize::MAX), Ok(true));
+        }
+        assert_eq!(set.insert(spread(5), usize::MAX), Ok(false));
+        assert_eq!(set.insert(0, usize::MAX), Ok(true));
+        assert_eq!(set.insert(0, usize::MAX), Ok(false));
+        assert!(set.contains(spread(9_999)) && set.contains(0) && !set.contains(spread(10_000)));
+        assert_eq!(set.len(), 10_001);
+        // 16 bytes a slot, at most three quarters full, grown by doubling: under 43 an id.
+        assert!(set.bytes() < 10_001 * 43, "{}", set.bytes());
+        let limit = set.bytes();
+        let mut i = 10_000;
+        while set.insert(spread(i), limit).is_ok() {
+            i += 1;
+        }
+        assert_eq!(set.insert(spread(i), limit), Err(Full));
+        assert_eq!(set.bytes(), limit);
+        assert!(!set.contains(spread(i)));
+        let sorted = set.into_sorted();
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(sorted.len() as u128, i + 1);
+    }
+
+    /// With a budget too small for any id, every record is deferred and spilled, and what
+    /// comes out is what the in-memory path gives: each id's first delivery, ids seen by an
+    /// earlier run never.
+    #[test]
+    fn spilled_and_in_memory_deduplication_agree() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = SpillDir::create(parent.path(), &[]).unwrap();
+        let ids: Vec<u128> = (0..3000u128).map(|i| (i * 7919) % 1000 + 1).collect();
+        let seen = [5u128, 77, 999];
+        let run = |budget: u64| {
+            let mut d = Deduplicator::new(seen, MemoryBudget::new(budget), &dir).unwrap();
+            let mut firsts = Vec::new();
+            for &id in &ids {
+                if let Some(r) = d.take(record(id)).unwrap() {
+                    firsts.push(r);
+                }
+            }
+            let spilled = d.spilled();
+            let duplicates = d.finish(|r| firsts.push(r)).unwrap();
+            firsts.sort_by_key(|r| r.id_key);
+            (firsts, duplicates, spilled)
+        };
+        let (memory, dup_memory, spilled) = run(1 << 30);
+        assert!(!spilled);
+        assert_eq!(memory.len(), 997);
+        assert_eq!(dup_memory, 3000 - 997);
+        for budget in [1, 5_000, 60_000] {
+            let (firsts, duplicates, spilled) = run(budget);
+            assert!(spilled, "budget {budget}");
+            assert_eq!(duplicates, dup_memory, "budget {budget}");
+            assert_eq!(firsts.len(), memory.len());
+            for (a, b) in firsts.iter().zip(&memory) {
+                assert_eq!(format!("{a:?}"), format!("{b:?}"));
+            }
+        }
+    }
+}
