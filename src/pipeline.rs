@@ -26,7 +26,7 @@ use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::RepositoryLedger;
 use crate::output::write_reject;
 use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath, RawBytes};
-use crate::records::{parse_chunk, ChunkOutput, EventRecord, LineCounts, Reject};
+use crate::records::{parse_chunk_into, ChunkOutput, EventRecord, LineCounts, PathMap, Reject};
 use crate::spill::{MemoryBudget, SpillDir};
 use crate::timestamp::Timestamp;
 use anyhow::{Context, Result};
@@ -169,6 +169,9 @@ pub fn run(
     let progress = progress_bar(cfg);
     let dedup = Deduplicator::new(prior.seen_ids, cfg.budget, spill)
         .context("cannot start de-duplication")?;
+    let threads = rayon::current_num_threads().max(1);
+    // As many buffers as chunks may be read ahead: each pool then serves every chunk in flight.
+    let records = BufferPool::new(Schedule::limit(threads));
     let consumer = Consumer {
         cfg,
         rejects,
@@ -177,21 +180,18 @@ pub fn run(
         reports: Vec::with_capacity(cfg.inputs.len()),
         counts: LineCounts::default(),
         dedup,
-        after: AfterDedup {
-            fold: Fold::default(),
-            ledger: LedgerBuffer::new(prior.ledger, cfg.budget, spill),
-            ids: RecentIds::new(cfg.keep_event_ids),
-        },
-        failed: None,
     };
-    let threads = rayon::current_num_threads().max(1);
     let shared = Shared {
         cfg,
-        pool: BufferPool::new(Schedule::limit(threads) + threads + 1),
+        pool: BufferPool::new(Schedule::limit(threads)),
+        records,
         progress: progress.clone(),
         schedule: Mutex::new(Schedule::new(cfg.inputs.len(), threads)),
         consumer: Mutex::new(consumer),
         posted: AtomicBool::new(false),
+        folds: Mutex::new(Vec::new()),
+        ledger: Mutex::new(LedgerBuffer::new(prior.ledger, cfg.budget, spill)),
+        failed: Mutex::new(None),
     };
     rayon::scope(|scope| {
         let starts = lock(&shared.schedule).starts();
@@ -200,28 +200,41 @@ pub fn run(
     if let Some(p) = progress {
         p.finish_and_clear();
     }
+    if let Some(e) = shared
+        .failed
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        return Err(e);
+    }
     let consumer = shared
         .consumer
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(e) = consumer.failed {
-        return Err(e);
-    }
     let Consumer {
         reports,
         counts,
         dedup,
-        mut after,
         first_rejects,
         ..
     } = consumer;
-    // Every input ended, or the consumer would have failed: anything else is a bug here.
+    // Every input ended, or a stage would have failed: anything else is a bug here.
     anyhow::ensure!(
         reports.len() == cfg.inputs.len(),
         "internal error: {} of {} inputs were read",
         reports.len(),
         cfg.inputs.len()
     );
+    let mut after = shared
+        .folds
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .fold(AfterDedup::new(cfg), AfterDedup::merge);
+    let mut ledger = shared
+        .ledger
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     phases.lap("read_and_parse");
 
     let mut spilled = Vec::new();
@@ -231,8 +244,9 @@ pub fn run(
     let mut deferred_error = None;
     let duplicate_events = dedup
         .finish(|r| {
-            if deferred_error.is_none() {
-                deferred_error = after.first(cfg, r).err();
+            let in_range = after.first(&r);
+            if r.touches_ledger() && deferred_error.is_none() {
+                deferred_error = ledger.push_record(&r, in_range).err();
             }
         })
         .context("cannot de-duplicate the spilled events")?;
@@ -241,11 +255,10 @@ pub fn run(
     }
     phases.lap("deduplicate");
 
-    if after.ledger.spilled() {
+    if ledger.spilled() {
         spilled.push("repository_ledger");
     }
-    let replayed = after
-        .ledger
+    let replayed = ledger
         .replay(|fold: &mut Fold, push: ResolvedPush| fold.resolved_push(push))
         .context("cannot replay the repository ledger")?;
     phases.lap("repository_ledger");
@@ -461,12 +474,20 @@ impl Schedule {
 /// What the tasks of a run share.
 struct Shared<'r> {
     cfg: &'r RunConfig,
+    /// Chunk buffers, and record vectors, for reuse.
     pool: BufferPool,
+    records: BufferPool<EventRecord>,
     progress: Option<indicatif::ProgressBar>,
     schedule: Mutex<Schedule>,
     consumer: Mutex<Consumer<'r>>,
     /// Set whenever a piece is posted: the consumer looks again before it stops.
     posted: AtomicBool,
+    /// Folds of first deliveries, one taken by each fold task (they merge at the end).
+    folds: Mutex<Vec<AfterDedup<'r>>>,
+    /// The ledger's events, appended a chunk at a time by the fold tasks.
+    ledger: Mutex<LedgerBuffer<'r>>,
+    /// Why a task stopped the run (a spill that failed).
+    failed: Mutex<Option<anyhow::Error>>,
 }
 
 impl<'r> Shared<'r> {
@@ -552,7 +573,8 @@ impl<'r> Shared<'r> {
                     let seq = r.next_chunk;
                     r.next_chunk += 1;
                     scope.spawn(move |scope| {
-                        let out = parse_chunk(&chunk, self.cfg.max_line_bytes);
+                        let events = self.records.take(0);
+                        let out = parse_chunk_into(&chunk, self.cfg.max_line_bytes, events);
                         if let Chunk::Lines(buf) = chunk {
                             self.pool.give(buf);
                         }
@@ -636,12 +658,12 @@ impl<'r> Shared<'r> {
                     let Some(piece) = next else {
                         break;
                     };
-                    consumer.take(piece);
-                    let starts = {
-                        let mut s = lock(&self.schedule);
-                        s.aborted |= consumer.failed.is_some();
-                        s.starts()
-                    };
+                    match consumer.take(piece) {
+                        Ok(Some(job)) => scope.spawn(move |_| self.fold(job)),
+                        Ok(None) => {}
+                        Err(e) => self.fail(e),
+                    }
+                    let starts = lock(&self.schedule).starts();
                     self.start(scope, starts);
                 }
                 if !self.posted.load(Ordering::SeqCst) {
@@ -656,6 +678,59 @@ impl<'r> Shared<'r> {
     }
 }
 
+impl Shared<'_> {
+    /// Stops the run: the first error is the one reported; readers read no further.
+    fn fail(&self, e: anyhow::Error) {
+        lock(&self.failed).get_or_insert(e);
+        lock(&self.schedule).aborted = true;
+    }
+
+    /// Folds a chunk's first deliveries and hands the ledger its events, on any thread: only
+    /// de-duplication needs input order, the fold and the ledger's buffer do not.
+    fn fold(&self, mut job: FoldJob) {
+        if lock(&self.schedule).aborted {
+            return;
+        }
+        let mut after = lock(&self.folds)
+            .pop()
+            .unwrap_or_else(|| AfterDedup::new(self.cfg));
+        // The ledger's share: (record, in range), appended under its lock in one go.
+        let mut for_ledger = Vec::new();
+        for (r, _) in job.records.iter().zip(&job.firsts).filter(|(_, f)| **f) {
+            let in_range = after.first(r);
+            if r.touches_ledger() {
+                for_ledger.push((r, in_range));
+            }
+        }
+        lock(&self.folds).push(after);
+        let result = {
+            let mut ledger = lock(&self.ledger);
+            // Records de-duplication deferred come back after the chunk is gone: their paths
+            // are learned now.
+            if job.deferred {
+                ledger.learn_paths(std::mem::take(&mut job.paths));
+            }
+            for_ledger
+                .into_iter()
+                .try_for_each(|(r, in_range)| ledger.push(r, in_range, &job.paths))
+        };
+        if let Err(e) = result {
+            self.fail(anyhow::Error::new(e).context("cannot spill the ledger's events"));
+        }
+        self.records.give(job.records);
+    }
+}
+
+/// A chunk's records, which of them are first deliveries, and the paths of the repositories
+/// its ledger events name.
+struct FoldJob {
+    records: Vec<EventRecord>,
+    firsts: Vec<bool>,
+    paths: PathMap,
+    /// De-duplication deferred some of the records (it has spilled).
+    deferred: bool,
+}
+
 /// The consumer: pieces in input order in; rejects written, records de-duplicated, and first
 /// deliveries passed on.
 struct Consumer<'r> {
@@ -667,21 +742,11 @@ struct Consumer<'r> {
     reports: Vec<InputReport>,
     counts: LineCounts,
     dedup: Deduplicator<'r>,
-    after: AfterDedup<'r>,
-    failed: Option<anyhow::Error>,
 }
 
 impl Consumer<'_> {
-    fn take(&mut self, piece: Piece) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Err(e) = self.try_take(piece) {
-            self.failed = Some(e);
-        }
-    }
-
-    fn try_take(&mut self, piece: Piece) -> Result<()> {
+    /// Takes the next piece in input order; a chunk's first deliveries come back to be folded.
+    fn take(&mut self, piece: Piece) -> Result<Option<FoldJob>> {
         let input = self.reports.len();
         match piece {
             Piece::End(mut report, error) => {
@@ -696,6 +761,7 @@ impl Consumer<'_> {
                 }
                 self.reports.push(report);
                 self.lines_before = 0;
+                Ok(None)
             }
             Piece::Chunk(chunk) => {
                 self.counts.merge(&chunk.counts);
@@ -712,41 +778,52 @@ impl Consumer<'_> {
                     }
                 }
                 self.lines_before += chunk.counts.lines;
-                self.after.ledger.learn_paths(chunk.ledger_paths);
-                for record in chunk.events {
-                    let first = self
-                        .dedup
-                        .take(record)
-                        .context("cannot spill de-duplication ids")?;
-                    if let Some(record) = first {
-                        self.after
-                            .first(self.cfg, record)
-                            .context("cannot spill the ledger's events")?;
-                    }
-                }
+                let mut firsts = Vec::new();
+                self.dedup
+                    .take_all(&chunk.events, &mut firsts)
+                    .context("cannot spill to the temporary folder")?;
+                Ok(Some(FoldJob {
+                    records: chunk.events,
+                    firsts,
+                    paths: chunk.ledger_paths,
+                    deferred: self.dedup.spilled(),
+                }))
             }
         }
-        Ok(())
     }
 }
 
-/// Where first deliveries go: the fold, the ledger's buffer and the state's ids.
+/// Where first deliveries go: the fold and the state's ids. Several fold apart and merge.
 struct AfterDedup<'r> {
+    cfg: &'r RunConfig,
     fold: Fold,
-    ledger: LedgerBuffer<'r>,
     ids: RecentIds,
 }
 
-impl AfterDedup<'_> {
-    fn first(&mut self, cfg: &RunConfig, record: EventRecord) -> std::io::Result<()> {
-        let date = record.time.date();
-        let in_range = cfg.in_range(date);
-        self.fold.first_delivery(&record, in_range, date);
-        self.ids.push(record.id_key, record.time);
-        if record.touches_ledger() {
-            self.ledger.push(&record, in_range)?;
+impl<'r> AfterDedup<'r> {
+    fn new(cfg: &'r RunConfig) -> AfterDedup<'r> {
+        AfterDedup {
+            cfg,
+            fold: Fold::default(),
+            ids: RecentIds::new(cfg.keep_event_ids),
         }
-        Ok(())
+    }
+
+    /// Folds a first delivery; returns whether it is inside `--since`/`--until`.
+    fn first(&mut self, record: &EventRecord) -> bool {
+        let date = record.time.date();
+        let in_range = self.cfg.in_range(date);
+        self.fold.first_delivery(record, in_range, date);
+        self.ids.push(record.id_key, record.time);
+        in_range
+    }
+
+    fn merge(self, other: AfterDedup<'r>) -> AfterDedup<'r> {
+        AfterDedup {
+            cfg: self.cfg,
+            fold: self.fold.merge(other.fold),
+            ids: self.ids.merge(other.ids),
+        }
     }
 }
 
@@ -781,6 +858,13 @@ impl RecentIds {
             self.ids.retain(|(_, t)| t.secs >= cutoff);
             self.prune_at = (self.ids.len() * 2).max(1 << 16);
         }
+    }
+
+    fn merge(mut self, other: RecentIds) -> RecentIds {
+        self.newest = self.newest.max(other.newest);
+        self.ids.extend(other.ids);
+        self.prune_at = self.prune_at.max(other.prune_at);
+        self
     }
 
     fn into_vec(self) -> Vec<(u128, Timestamp)> {

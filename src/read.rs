@@ -264,26 +264,36 @@ pub enum Chunk {
     Overlong { prefix: Vec<u8>, len: u64 },
 }
 
-/// Chunk buffers handed back by the parsers for the reader to fill again.
+/// Buffers handed back after use, to be filled again: chunk buffers from the parsers to the
+/// reader, record vectors from the consumer to the parsers.
 ///
 /// Fresh multi-megabyte buffers cost page faults and zeroing on every chunk (a tenth of a
-/// one-thread run); recycled ones are already mapped.
-#[derive(Clone)]
-pub struct BufferPool {
-    idle: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+/// one-thread run), and freeing them unmaps their pages, which interrupts every core to flush
+/// its address translations; recycled ones are already mapped.
+pub struct BufferPool<T = u8> {
+    idle: Arc<std::sync::Mutex<Vec<Vec<T>>>>,
     /// How many idle buffers are kept; more would only hold memory.
     keep: usize,
 }
 
-impl Default for BufferPool {
-    fn default() -> BufferPool {
+impl<T> Clone for BufferPool<T> {
+    fn clone(&self) -> Self {
+        BufferPool {
+            idle: self.idle.clone(),
+            keep: self.keep,
+        }
+    }
+}
+
+impl<T> Default for BufferPool<T> {
+    fn default() -> BufferPool<T> {
         BufferPool::new(4)
     }
 }
 
-impl BufferPool {
+impl<T> BufferPool<T> {
     /// A pool that keeps up to `keep` idle buffers: as many as chunks may be in flight.
-    pub fn new(keep: usize) -> BufferPool {
+    pub fn new(keep: usize) -> BufferPool<T> {
         BufferPool {
             idle: Arc::default(),
             keep,
@@ -291,7 +301,7 @@ impl BufferPool {
     }
 
     /// Returns a buffer for reuse.
-    pub fn give(&self, mut buf: Vec<u8>) {
+    pub fn give(&self, mut buf: Vec<T>) {
         buf.clear();
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < self.keep {
@@ -300,7 +310,7 @@ impl BufferPool {
     }
 
     /// An empty buffer, recycled when one is idle.
-    fn take(&self, capacity: usize) -> Vec<u8> {
+    pub fn take(&self, capacity: usize) -> Vec<T> {
         let recycled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut buf = recycled.unwrap_or_default();
         buf.reserve(capacity);

@@ -151,7 +151,21 @@ fn reserve_for_chunk(events: &mut Vec<EventRecord>, read: usize, total: usize) {
 }
 
 pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
-    let mut out = ChunkOutput::default();
+    parse_chunk_into(chunk, max_line_bytes, Vec::new())
+}
+
+/// [`parse_chunk`], its records written into `events` (emptied first): a vector recycled
+/// from an earlier chunk, already the right size.
+pub fn parse_chunk_into(
+    chunk: &Chunk,
+    max_line_bytes: usize,
+    mut events: Vec<EventRecord>,
+) -> ChunkOutput {
+    events.clear();
+    let mut out = ChunkOutput {
+        events,
+        ..ChunkOutput::default()
+    };
     match chunk {
         Chunk::Overlong { prefix, len } => {
             out.counts.lines = 1;

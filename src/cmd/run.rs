@@ -59,7 +59,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 8 << 20, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
     pub max_line_bytes: u64,
     /// Size of the pieces one input is cut into for parallel parsing (tuning and tests).
-    #[arg(long, default_value_t = 4 << 20, hide = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
+    #[arg(long, default_value_t = 1 << 20, hide = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
     pub chunk_bytes: u64,
     /// Memory that de-duplication and the repository ledger may hold before spilling to --temp-dir (e.g. 512M, 4G).
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]

@@ -213,8 +213,27 @@ impl<'d> LedgerBuffer<'d> {
     }
 
     /// Keeps a first delivery that touches the ledger; `in_range` says whether it is inside
-    /// `--since`/`--until`. Other records are ignored.
-    pub fn push(&mut self, record: &EventRecord, in_range: bool) -> io::Result<()> {
+    /// `--since`/`--until`. Other records are ignored. The first time this run names a
+    /// repository, its path is taken from `paths` (its chunk's).
+    pub fn push(
+        &mut self,
+        record: &EventRecord,
+        in_range: bool,
+        paths: &PathMap,
+    ) -> io::Result<()> {
+        let known = self.repositories.keys.len();
+        self.push_record(record, in_range)?;
+        if self.repositories.keys.len() > known {
+            if let Some(path) = paths.get(&record.repository) {
+                self.ledger.learn_path(record.repository, path.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// [`LedgerBuffer::push`] for a record whose path the buffer already learned (with
+    /// [`LedgerBuffer::learn_paths`]).
+    pub fn push_record(&mut self, record: &EventRecord, in_range: bool) -> io::Result<()> {
         let step = match record.kind {
             EventKind::RepositoryPush => Step::RepositoryPush,
             EventKind::DeleteRepository => Step::DeleteRepository,
