@@ -64,20 +64,21 @@ impl Default for MemoryBudget {
 }
 
 /// Paths removed if the process is interrupted (SIGINT, SIGTERM, SIGHUP) before it removes
-/// them itself: the run's spill folder and its staged outputs.
-static REMOVE_ON_SIGNAL: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// them itself: the run's spill folder (with its parent, the temporary folder, if that is left
+/// empty) and its staged outputs.
+static REMOVE_ON_SIGNAL: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
 
 /// Removes `path` (a file or a folder) if a signal ends the run.
 pub fn remove_on_signal(path: &Path) {
-    lock_registry().push(path.to_path_buf());
+    lock_registry().push((path.to_path_buf(), false));
 }
 
 /// Forgets a path given to [`remove_on_signal`]: it was removed, or renamed into place.
 pub fn keep_on_signal(path: &Path) {
-    lock_registry().retain(|p| p != path);
+    lock_registry().retain(|(p, _)| p != path);
 }
 
-fn lock_registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+fn lock_registry() -> std::sync::MutexGuard<'static, Vec<(PathBuf, bool)>> {
     REMOVE_ON_SIGNAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -90,8 +91,11 @@ pub fn exit_cleanly_on_signals() -> io::Result<()> {
         .name("regtally-signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                for path in lock_registry().iter() {
+                for (path, empty_parent_too) in lock_registry().iter() {
                     let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
+                    if let (true, Some(parent)) = (empty_parent_too, path.parent()) {
+                        let _ = fs::remove_dir(parent);
+                    }
                 }
                 eprintln!("regtally: interrupted by signal {signal}; temporary files removed, no output replaced");
                 std::process::exit(128 + signal);
@@ -131,7 +135,7 @@ impl SpillDir {
         fs::create_dir(&path)
             .or_else(|_| fs::create_dir_all(parent).and_then(|()| fs::create_dir(&path)))
             .map_err(|e| with_path(e, &path))?;
-        remove_on_signal(&path);
+        lock_registry().push((path.clone(), true));
         let lock_path = path.join(LOCK_FILE);
         let lock = File::create(&lock_path)
             .and_then(|f| f.try_lock().map(|()| f).map_err(io::Error::from))

@@ -312,7 +312,9 @@ fn model(g: &Generated, since: Option<NaiveDate>, until: Option<NaiveDate>) -> M
     }
 }
 
-fn check(seed: u64) {
+/// Checks one random log; returns what the spilling run spilled, and how many valid events
+/// the log held.
+fn check(seed: u64) -> (Vec<String>, usize) {
     let g = generate(seed);
     let ws = Workspace::new();
     for (name, text) in &g.files {
@@ -338,9 +340,22 @@ fn check(seed: u64) {
     }
     let m = model(&g, since, until);
     let chunk = (1 + rng.below(400)).to_string();
-    let runs: [(&str, Vec<&str>); 2] = [
+    // A limit so small that de-duplication and the ledger spill nearly at once.
+    let limit = (1 + rng.below(3000)).to_string();
+    let runs: [(&str, Vec<&str>); 3] = [
         ("seq", vec!["--threads", "1"]),
         ("par", vec!["--threads", "2", "--chunk-bytes", &chunk]),
+        (
+            "spill",
+            vec![
+                "--threads",
+                "2",
+                "--chunk-bytes",
+                &chunk,
+                "--memory-limit",
+                &limit,
+            ],
+        ),
     ];
     let mut outputs = Vec::new();
     for (out, threads) in &runs {
@@ -429,6 +444,20 @@ fn check(seed: u64) {
         outputs[0] == outputs[1],
         "seed {seed}: sequential and parallel outputs differ"
     );
+    assert!(
+        outputs[0] == outputs[2],
+        "seed {seed}: spilled and in-memory outputs differ"
+    );
+    let spilled = ws.json("spill/summary.json")["spilled"].clone();
+    (
+        spilled
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        g.valid.len(),
+    )
 }
 
 #[test]
@@ -437,7 +466,21 @@ fn parallel_sequential_and_naive_counts_agree_on_random_logs() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
+    let mut spilled_both = 0;
     for seed in 1..=cases {
-        check(seed);
+        let (spilled, events) = check(seed);
+        if spilled == ["deduplicate", "repository_ledger"] {
+            spilled_both += 1;
+        } else {
+            assert!(
+                events < 100,
+                "seed {seed}: {events} events and only {spilled:?} spilled"
+            );
+        }
     }
+    // The spilling runs really took the spilled path.
+    assert!(
+        spilled_both * 2 > cases,
+        "{spilled_both} of {cases} spilled"
+    );
 }

@@ -1,0 +1,389 @@
+//! Integration tests of the streaming data path: rejects capped per line, one input per file
+//! however it is named, the memory limit and its spilling, and temporary files left by runs
+//! that were killed.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: &str = "2021-01-05T10:00:00Z";
+
+fn push_tag(id: &str, ts: &str, repo: &str, user: &str) -> Ev {
+    Ev::new(id, ts, "push", repo, user).tag("v1")
+}
+
+/// Lines of a small busy log: tag and repository pushes, deletes, redeliveries.
+fn busy_lines(n: usize, seed: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let id = format!("e{}", (i * 7 + seed) % (n * 9 / 10)); // about a tenth repeat
+            let ts = format!("2021-01-{:02}T{:02}:{:02}:00Z", 1 + i % 28, i % 24, i % 60);
+            let action = if i % 6 == 0 { "delete" } else { "push" };
+            let mut e = Ev::new(
+                &id,
+                &ts,
+                action,
+                &format!("g/r{}", i % 37),
+                &format!("U{}", i % 23),
+            );
+            if i % 3 == 0 {
+                e = e.tag("t");
+            }
+            if i % 5 == 0 {
+                e = e.no_digest();
+            }
+            e.line()
+        })
+        .collect()
+}
+
+/// The outputs a run must reproduce byte for byte (all but the summary).
+fn outputs(ws: &Workspace, out: &str) -> Vec<Vec<u8>> {
+    [
+        "aggregates.parquet",
+        "service_ping.json",
+        "rejects.jsonl",
+        "repositories.txt",
+    ]
+    .iter()
+    .map(|f| fs::read(ws.path(&format!("{out}/{f}"))).unwrap())
+    .collect()
+}
+
+/// Runs the binary with `args` in the folder `cwd`.
+fn regtally_in(cwd: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_regtally"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// An envelope line of thousands of empty objects among good lines: every invalid event is
+/// counted, the line's text is written once, and at most 1,000 rejects for it, then one that
+/// says how many more there were. Nothing else is lost.
+#[test]
+fn an_envelope_bomb_writes_capped_rejects_and_counts_exactly() {
+    let ws = Workspace::new();
+    let good: Vec<String> = (0..3000)
+        .map(|i| push_tag(&format!("g{i}"), T, "g/r", &format!("u{}", i % 9)).line())
+        .collect();
+    let bomb = format!("{{\"events\":[{}]}}", vec!["{}"; 3000].join(","));
+    let mut lines = good[..25].to_vec();
+    lines.push(bomb);
+    lines.extend_from_slice(&good[25..]);
+    ws.write_lines("logs/a.jsonl", &lines);
+    ws.write_lines("clean/a.jsonl", &good);
+    let r = ws.run(&["logs"], "out", &["--max-bad-ratio", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ws.run(&["clean"], "clean_out", &[]).code, 0);
+
+    let s = ws.json("out/summary.json");
+    assert_eq!(s["invalid_events"], 3000);
+    assert_eq!(s["lines"], 3001);
+    assert_eq!(s["events_seen"], 3000);
+    let rejects = ws.rejects("out");
+    assert_eq!(rejects.len(), 1001);
+    assert!(rejects.iter().all(|r| r["line"] == 26));
+    assert!(rejects[0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("{\"events\":[{},{}"));
+    assert!(rejects[1..].iter().all(|r| r.get("text").is_none()));
+    assert_eq!(rejects[999]["index"], 999);
+    assert_eq!(rejects[1000]["index"], serde_json::Value::Null);
+    assert!(
+        rejects[1000]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("2000 more invalid events"),
+        "{}",
+        rejects[1000]
+    );
+    // The good lines around it count exactly as without it.
+    assert_eq!(ws.rows("out"), ws.rows("clean_out"));
+}
+
+/// One file named twice, by other spellings, through a symbolic link and through
+/// overlapping folders is read once, and under one name.
+#[test]
+fn a_file_reached_many_ways_is_one_input() {
+    let ws = Workspace::new();
+    let lines = busy_lines(40, 0);
+    ws.write_lines("d/sub/a.jsonl", &lines[..20]);
+    ws.write_lines("d/b.jsonl", &lines[20..]);
+    std::os::unix::fs::symlink(ws.path("d/sub/a.jsonl"), ws.path("link.jsonl")).unwrap();
+    let dir = ws.dir.path();
+    let r = regtally_in(
+        dir,
+        &[
+            "run",
+            "d/sub/a.jsonl",
+            "./d/sub/a.jsonl",
+            "d/./sub/../sub/a.jsonl",
+            "link.jsonl",
+            "d",
+            "./d/sub",
+            "-o",
+            "out",
+            "-q",
+            "--as-of",
+            "2021-02-01",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = ws.json("out/summary.json");
+    let names: Vec<&str> = s["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["d/b.jsonl", "d/sub/a.jsonl"]);
+    assert_eq!(s["lines"], 40);
+    let r = regtally_in(
+        dir,
+        &["run", "d", "-o", "once", "-q", "--as-of", "2021-02-01"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(outputs(&ws, "out"), outputs(&ws, "once"));
+    assert_eq!(
+        s["duplicate_events"],
+        ws.json("once/summary.json")["duplicate_events"]
+    );
+}
+
+/// However the paths are spelled and ordered, every output but the summary's timings is the
+/// same: names come from the canonical path relative to the current folder.
+#[test]
+fn path_order_and_spelling_change_no_output() {
+    let ws = Workspace::new();
+    ws.write_lines("d/x.jsonl", &busy_lines(60, 1));
+    ws.write_lines("d/sub/y.jsonl", &busy_lines(60, 2));
+    // A malformed line in each, so that rejects.jsonl names both files.
+    ws.write("d/x.jsonl", format!("{}not json\n", ws.text("d/x.jsonl")));
+    ws.write(
+        "d/sub/y.jsonl",
+        format!("{}[1]\n", ws.text("d/sub/y.jsonl")),
+    );
+    let dir = ws.dir.path();
+    let abs = ws.s("d");
+    let spellings: [Vec<&str>; 4] = [
+        vec!["d"],
+        vec!["./d/sub", "d"],
+        vec!["d/sub/y.jsonl", "d/x.jsonl"],
+        vec![&abs, "d/sub/../x.jsonl"],
+    ];
+    let mut first: Option<(Vec<Vec<u8>>, serde_json::Value)> = None;
+    for (i, inputs) in spellings.iter().enumerate() {
+        let out = format!("o{i}");
+        let mut args = vec!["run"];
+        args.extend(inputs.iter());
+        args.extend([
+            "-o",
+            &out,
+            "-q",
+            "--as-of",
+            "2021-02-01",
+            "--max-bad-ratio",
+            "1",
+        ]);
+        let r = regtally_in(dir, &args);
+        assert_eq!(r.code, 0, "{inputs:?}: {}", r.stderr);
+        let s = ws.json(&format!("{out}/summary.json"));
+        let inputs_seen: Vec<serde_json::Value> = s["inputs"].as_array().unwrap().clone();
+        let got = (outputs(&ws, &out), serde_json::Value::Array(inputs_seen));
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert!(*f == got, "{inputs:?} differs"),
+        }
+    }
+    let rejects = ws.rejects("o0");
+    let files: Vec<&str> = rejects
+        .iter()
+        .map(|r| r["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["d/sub/y.jsonl", "d/x.jsonl"]);
+}
+
+/// With a memory limit too small for anything, de-duplication and the ledger spill, and the
+/// outputs are byte for byte those of a run that kept everything in memory; nothing is left
+/// in the temporary folder.
+#[test]
+fn a_run_that_spills_writes_what_one_in_memory_writes() {
+    let ws = Workspace::new();
+    for f in 0..3 {
+        ws.write_lines(&format!("logs/f{f}.jsonl"), &busy_lines(400, f));
+    }
+    assert_eq!(ws.run(&["logs"], "memory", &[]).code, 0);
+    let r = ws.run(
+        &["logs"],
+        "spilled",
+        &[
+            "--memory-limit",
+            "2K",
+            "--chunk-bytes",
+            "3000",
+            "--temp-dir",
+            &ws.s("tmp"),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = ws.json("spilled/summary.json");
+    assert_eq!(
+        s["spilled"],
+        serde_json::json!(["deduplicate", "repository_ledger"])
+    );
+    assert_eq!(
+        ws.json("memory/summary.json")["spilled"],
+        serde_json::json!([])
+    );
+    assert_eq!(outputs(&ws, "spilled"), outputs(&ws, "memory"));
+    for k in [
+        "duplicate_events",
+        "events_by_action",
+        "counted_events",
+        "late_events",
+    ] {
+        assert_eq!(s[k], ws.json("memory/summary.json")[k], "{k}");
+    }
+    assert!(!ws.path("tmp").exists(), "the temporary folder is removed");
+    assert!(!ws.path("memory/.regtally-tmp").exists());
+}
+
+/// Waits until `dir` holds a run folder with a spilled file in it.
+fn wait_for_spill(dir: &Path, child: &mut std::process::Child) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let spilled = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|run| {
+                fs::read_dir(run.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().ends_with(".runs"))
+            });
+        if spilled {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Names in `dir` that a run leaves only while it runs.
+fn leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') || n.starts_with("run-"))
+        .collect()
+}
+
+/// A run killed while it spills leaves its temporary files; the next run removes them. A run
+/// stopped by SIGTERM removes its own and exits 143 without replacing any output.
+#[test]
+fn temporary_files_of_killed_and_stopped_runs_are_removed() {
+    let ws = Workspace::new();
+    let lines = busy_lines(20_000, 3);
+    ws.write_lines("logs/big.jsonl", &lines);
+    let start = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_regtally"))
+            .args([
+                "run",
+                &ws.s("logs"),
+                "-o",
+                &ws.s(out),
+                "-q",
+                "--as-of",
+                "2021-02-01",
+            ])
+            .args(["--memory-limit", "1K", "--chunk-bytes", "2000", "-j", "1"])
+            .args(["--temp-dir", &ws.s("tmp")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    // SIGKILL: nothing can run, so the files stay until the next run.
+    let mut child = start("out");
+    assert!(
+        wait_for_spill(&ws.path("tmp"), &mut child),
+        "the run spilled"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !leftovers(&ws.path("tmp")).is_empty(),
+        "a killed run's folder is left"
+    );
+    assert!(
+        leftovers(&ws.path("out"))
+            .iter()
+            .any(|n| n.starts_with(".rejects.jsonl.tmp-run-")),
+        "{:?}",
+        leftovers(&ws.path("out"))
+    );
+    fs::write(ws.path("small.jsonl"), format!("{}\n", lines[0])).unwrap();
+    let r = ws.run(&["small.jsonl"], "out", &["--temp-dir", &ws.s("tmp")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!ws.path("tmp").exists(), "{:?}", leftovers(&ws.path("tmp")));
+    assert_eq!(leftovers(&ws.path("out")), Vec::<String>::new());
+
+    // SIGTERM: the run removes its files itself and replaces nothing.
+    let before = outputs(&ws, "out");
+    let mut child = start("out");
+    assert!(
+        wait_for_spill(&ws.path("tmp"), &mut child),
+        "the run spilled"
+    );
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(!ws.path("tmp").exists(), "{:?}", leftovers(&ws.path("tmp")));
+    assert_eq!(leftovers(&ws.path("out")), Vec::<String>::new());
+    assert_eq!(outputs(&ws, "out"), before);
+}
+
+#[test]
+fn a_bad_memory_limit_is_a_usage_error() {
+    let ws = Workspace::new();
+    ws.write_lines("a.jsonl", &[push_tag("a", T, "g/r", "u").line()]);
+    for bad in ["12Q", "0", "-5", "1.5G", ""] {
+        let r = ws.run(&["a.jsonl"], "out", &[&format!("--memory-limit={bad}")]);
+        assert_eq!(r.code, 2, "{bad:?}: {}", r.stderr);
+        assert!(r.stderr.contains("--memory-limit"), "{}", r.stderr);
+        assert!(!ws.path("out/summary.json").exists());
+    }
+    let r = ws.run(&["a.jsonl"], "out", &["--memory-limit", "64M"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        ws.json("out/summary.json")["flags"]["memory_limit"],
+        64 << 20
+    );
+}
