@@ -118,8 +118,11 @@ impl IdSet {
     }
 
     /// Adds `id`; true when it was not there. Fails, changing nothing, when the set would have
-    /// to grow past `limit` bytes to take it.
+    /// to grow past `limit` bytes to take it, or is past it already (its first tables are).
     pub fn insert(&mut self, id: u128, limit: usize) -> Result<bool, Full> {
+        if self.bytes > limit && !self.contains(id) {
+            return Err(Full);
+        }
         if id == 0 {
             let new = !std::mem::replace(&mut self.has_zero, true);
             self.len += usize::from(new);
