@@ -8,7 +8,7 @@
 //! This module only moves chunks between them:
 //!
 //! - Up to one reader per core, each on its own input, in input order. A reader reads a chunk
-//!   and hands it to a parse task on the pool. It may not run ahead of the consumer by more
+//!   and hands it to a parse task on the pool. It may not run ahead of the fold by more
 //!   than [`Schedule::limit`] chunks; past that it *parks* (its state is put aside, its thread
 //!   goes parsing) and is resumed once the consumer has caught up.
 //! - Parsed chunks wait in a reorder buffer keyed by (input, chunk). Whichever task finishes a
@@ -382,7 +382,7 @@ struct Schedule {
     /// The piece the consumer takes next.
     next: (usize, u32),
     slots: Vec<Slot>,
-    /// Chunks read and not yet consumed, per input and in all.
+    /// Chunks read and not yet folded, per input and in all.
     pending: Vec<u32>,
     outstanding: usize,
     /// Inputs opened so far (they are opened in input order), and those not yet ended.
@@ -410,7 +410,7 @@ impl Schedule {
         }
     }
 
-    /// The most chunks read ahead of the consumer: two per thread and two more, so that every
+    /// The most chunks read and not yet folded: two per thread and two more, so that every
     /// core has a chunk to parse while the next are read.
     fn limit(threads: usize) -> usize {
         2 * threads + 2
@@ -460,11 +460,8 @@ impl Schedule {
     fn take_next(&mut self) -> Option<Piece> {
         let piece = self.ready.remove(&self.next)?;
         match &piece {
-            Piece::Chunk(_) => {
-                self.next.1 += 1;
-                self.outstanding -= 1;
-                self.pending[self.next.0] -= 1;
-            }
+            // The chunk stays counted until its fold task is done (see `Shared::fold`).
+            Piece::Chunk(_) => self.next.1 += 1,
             Piece::End(..) => self.next = (self.next.0 + 1, 0),
         }
         Some(piece)
@@ -659,7 +656,7 @@ impl<'r> Shared<'r> {
                         break;
                     };
                     match consumer.take(piece) {
-                        Ok(Some(job)) => scope.spawn(move |_| self.fold(job)),
+                        Ok(Some(job)) => scope.spawn(move |scope| self.fold(scope, job)),
                         Ok(None) => {}
                         Err(e) => self.fail(e),
                     }
@@ -687,7 +684,7 @@ impl Shared<'_> {
 
     /// Folds a chunk's first deliveries and hands the ledger its events, on any thread: only
     /// de-duplication needs input order, the fold and the ledger's buffer do not.
-    fn fold(&self, mut job: FoldJob) {
+    fn fold<'s>(&'s self, scope: &rayon::Scope<'s>, mut job: FoldJob) {
         if lock(&self.schedule).aborted {
             return;
         }
@@ -718,12 +715,21 @@ impl Shared<'_> {
             self.fail(anyhow::Error::new(e).context("cannot spill the ledger's events"));
         }
         self.records.give(job.records);
+        // The chunk is done with: its reader may read another.
+        let starts = {
+            let mut s = lock(&self.schedule);
+            s.outstanding -= 1;
+            s.pending[job.input] -= 1;
+            s.starts()
+        };
+        self.start(scope, starts);
     }
 }
 
 /// A chunk's records, which of them are first deliveries, and the paths of the repositories
 /// its ledger events name.
 struct FoldJob {
+    input: usize,
     records: Vec<EventRecord>,
     firsts: Vec<bool>,
     paths: PathMap,
@@ -783,6 +789,7 @@ impl Consumer<'_> {
                     .take_all(&chunk.events, &mut firsts)
                     .context("cannot spill to the temporary folder")?;
                 Ok(Some(FoldJob {
+                    input,
                     records: chunk.events,
                     firsts,
                     paths: chunk.ledger_paths,

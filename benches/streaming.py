@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""The streaming data path's benchmark: speed and peak memory against an earlier release.
+
+    python3 benches/streaming.py --baseline REV [--rounds K]
+
+Builds the release binary of this tree and of git revision REV (in a worktree under
+target/bench-baseline, with its own target folder, so the first build takes a few minutes),
+generates synthetic logs under target/bench-stream (reused), and runs, page cache warm:
+
+- 1M events in one file (about 900 MB), both binaries, all cores: seconds and peak memory;
+- 4M events in 16 files (about 3.5 GB), both binaries, all cores: seconds and peak memory;
+- 12M events in 16 files (about 11 GB), this tree with --memory-limit 256M and with 16G:
+  peak memory, and whether every output but the summary is byte-identical;
+- one 8.5 MB envelope line of 2.8 million empty objects among 200 good lines, both binaries:
+  peak memory, seconds, the size of rejects.jsonl and invalid_events.
+
+Each compared pair runs once per round, alternating, K rounds (default 3); each keeps its best
+time (this machine drifts by tens of percent over minutes). Prints a table and the ratios, and
+writes target/bench-streaming.json.
+"""
+
+import argparse
+import filecmp
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ROOT / "target"
+DATA = TARGET / "bench-stream"
+OUTPUTS = ["aggregates.parquet", "service_ping.json", "rejects.jsonl", "repositories.txt"]
+
+
+def sh(*args, **kw):
+    return subprocess.run([str(a) for a in args], check=True, **kw)
+
+
+def timed(args):
+    """Runs a command; returns (seconds, peak RSS in MiB)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    err = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(map(str, args))} failed:\n{err}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def build_baseline(rev):
+    tree = TARGET / "bench-baseline" / "tree"
+    binary = TARGET / "bench-baseline" / "target" / "release" / "regtally"
+    sha = sh("git", "rev-parse", rev, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    marker = TARGET / "bench-baseline" / f"built-{sha}"
+    if not marker.exists():
+        if tree.exists():
+            sh("git", "worktree", "remove", "--force", tree, cwd=ROOT)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        sh("git", "worktree", "add", "--detach", tree, sha, cwd=ROOT)
+        sh("cargo", "build", "--release", "--quiet", "--bin", "regtally",
+           "--target-dir", TARGET / "bench-baseline" / "target", cwd=tree)
+        for old in tree.parent.glob("built-*"):
+            old.unlink()
+        marker.touch()
+    return binary, sha[:10]
+
+
+def generate():
+    gen = TARGET / "release" / "examples" / "gen_logs"
+    for name, events, files, seed in [("one", 1_000_000, 1, 1), ("four", 4_000_000, 16, 4), ("twelve", 12_000_000, 16, 12)]:
+        folder = DATA / name
+        marker = DATA / f"{name}-done"
+        if not marker.exists():
+            sh("rm", "-rf", folder)
+            sh(gen, folder, events, files, "--seed", seed)
+            marker.touch()
+    bomb = DATA / "bomb" / "bomb.jsonl"
+    if not bomb.exists():
+        bomb.parent.mkdir(parents=True, exist_ok=True)
+        with open(DATA / "one" / "registry-00000.log", "rb") as f:
+            good = [f.readline() for _ in range(200)]
+        with open(bomb, "wb") as out:
+            out.writelines(good[:100])
+            out.write(b'{"events":[' + b",".join([b"{}"] * 2_800_000) + b"]}\n")
+            out.writelines(good[100:])
+    return bomb
+
+
+def run_args(binary, inputs, out, *extra):
+    return [binary, "run", inputs, "-o", out, "-q", "--as-of", "2024-01-15", "--max-bad-ratio", "1", *extra]
+
+
+def best_of(commands, rounds):
+    """Runs each command once per round, alternating; returns {key: (best seconds, max peak MiB)}."""
+    results = {key: [] for key in commands}
+    for _ in range(rounds):
+        for key, args in commands.items():
+            results[key].append(timed(args))
+    return {key: (min(r[0] for r in rs), max(r[1] for r in rs)) for key, rs in results.items()}
+
+
+def same_outputs(a, b):
+    return all(filecmp.cmp(Path(a) / f, Path(b) / f, shallow=False) for f in OUTPUTS)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", required=True, help="git revision to compare with, e.g. a release tag or main")
+    ap.add_argument("--rounds", type=int, default=3)
+    opts = ap.parse_args()
+
+    sh("cargo", "build", "--release", "--quiet", "--bin", "regtally", "--example", "gen_logs", cwd=ROOT)
+    new = TARGET / "release" / "regtally"
+    old, sha = build_baseline(opts.baseline)
+    bomb = generate()
+    out = TARGET / "bench-stream-out"
+    cores = str(os.cpu_count() or 1)
+    rows = []
+
+    def pair(name, inputs, rounds):
+        commands = {
+            "baseline": run_args(old, inputs, out / "baseline", "-j", cores),
+            "this tree": run_args(new, inputs, out / "new", "-j", cores),
+        }
+        for args in commands.values():
+            timed(args)  # warm the page cache
+        best = best_of(commands, rounds)
+        for key, (secs, rss) in best.items():
+            rows.append({"scenario": name, "binary": key, "seconds": round(secs, 2), "peak MiB": round(rss, 1)})
+        assert same_outputs(out / "baseline", out / "new"), f"{name}: outputs differ from the baseline's"
+        return best
+
+    one = pair("1M events, one file", DATA / "one", opts.rounds)
+    four = pair("4M events, 16 files", DATA / "four", opts.rounds)
+
+    spilled = run_args(new, DATA / "twelve", out / "256M", "-j", cores, "--memory-limit", "256M")
+    unspilled = run_args(new, DATA / "twelve", out / "16G", "-j", cores, "--memory-limit", "16G")
+    timed(unspilled)  # warm the page cache
+    twelve = {"--memory-limit 256M": timed(spilled), "--memory-limit 16G": timed(unspilled)}
+    for key, (secs, rss) in twelve.items():
+        rows.append({"scenario": "12M events, 16 files", "binary": f"this tree, {key}", "seconds": round(secs, 2), "peak MiB": round(rss, 1)})
+    twelve_same = same_outputs(out / "256M", out / "16G")
+    spilled_steps = json.loads((out / "256M" / "summary.json").read_text())["spilled"]
+
+    bomb_runs = {}
+    for key, binary in [("baseline", old), ("this tree", new)]:
+        secs, rss = timed(run_args(binary, bomb, out / f"bomb-{key}", "-j", cores))
+        summary = json.loads((out / f"bomb-{key}" / "summary.json").read_text())
+        rejects = (out / f"bomb-{key}" / "rejects.jsonl").stat().st_size / 2**20
+        bomb_runs[key] = (secs, rss, rejects, summary["invalid_events"])
+        rows.append({"scenario": "8.5 MB envelope of 2.8M {} among 200 lines", "binary": key, "seconds": round(secs, 2),
+                     "peak MiB": round(rss, 1), "rejects.jsonl MiB": round(rejects, 2), "invalid_events": summary["invalid_events"]})
+
+    keys = ["scenario", "binary", "seconds", "peak MiB", "rejects.jsonl MiB", "invalid_events"]
+    print(f"\nbaseline: {opts.baseline} ({sha}); {cores} cores; best of {opts.rounds} rounds\n")
+    print(" | ".join(keys))
+    print(" | ".join("---" for _ in keys))
+    for r in rows:
+        print(" | ".join(str(r.get(k, "")) for k in keys))
+    targets = {
+        "1M one file: peak MiB (target <= 100)": round(one["this tree"][1], 1),
+        "1M one file: speed-up over the baseline (target >= 1.0)": round(one["baseline"][0] / one["this tree"][0], 2),
+        "4M 16 files: speed-up over the baseline (target >= 1.25)": round(four["baseline"][0] / four["this tree"][0], 2),
+        "12M --memory-limit 256M: peak MiB (target < 400)": round(twelve["--memory-limit 256M"][1], 1),
+        "12M: outputs of 256M and 16G byte-identical": twelve_same,
+        "12M --memory-limit 256M: steps that spilled": spilled_steps,
+        "envelope line: peak MiB (target < 200)": round(bomb_runs["this tree"][1], 1),
+        "envelope line: rejects.jsonl MiB (target < 2)": round(bomb_runs["this tree"][2], 2),
+        "envelope line: invalid_events (exact: 2800000)": bomb_runs["this tree"][3],
+    }
+    print()
+    for k, v in targets.items():
+        print(f"{k}: {v}")
+    (TARGET / "bench-streaming.json").write_text(json.dumps({"baseline": sha, "rows": rows, "targets": targets}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
