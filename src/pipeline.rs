@@ -166,7 +166,9 @@ pub fn run(
     rejects: &mut (dyn Write + Send),
 ) -> Result<Tally> {
     let mut phases = Phases::start();
-    let progress = progress_bar(cfg);
+    // The id set is sized from this once the first chunk says how many events a byte holds.
+    let input_bytes = input_bytes(cfg);
+    let progress = progress_bar(cfg, input_bytes);
     let dedup = Deduplicator::new(prior.seen_ids, cfg.budget, spill)
         .context("cannot start de-duplication")?;
     let threads = rayon::current_num_threads().max(1);
@@ -174,6 +176,7 @@ pub fn run(
     let records = BufferPool::new(Schedule::limit(threads));
     let consumer = Consumer {
         cfg,
+        input_bytes: Some(input_bytes),
         rejects,
         first_rejects: Vec::new(),
         lines_before: 0,
@@ -320,18 +323,21 @@ impl Phases {
     }
 }
 
-fn progress_bar(cfg: &RunConfig) -> Option<indicatif::ProgressBar> {
-    if !cfg.progress {
-        return None;
-    }
-    let total: u64 = cfg
-        .inputs
+/// The inputs' size on disk (compressed ones hold more than they weigh; standard input, nothing).
+fn input_bytes(cfg: &RunConfig) -> u64 {
+    cfg.inputs
         .iter()
         .filter_map(|i| match i {
             InputPath::File { canonical, .. } => std::fs::metadata(canonical).ok().map(|m| m.len()),
             InputPath::Stdin => None,
         })
-        .sum();
+        .sum()
+}
+
+fn progress_bar(cfg: &RunConfig, total: u64) -> Option<indicatif::ProgressBar> {
+    if !cfg.progress {
+        return None;
+    }
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(total),
         indicatif::ProgressDrawTarget::stderr(),
@@ -741,6 +747,8 @@ struct FoldJob {
 /// deliveries passed on.
 struct Consumer<'r> {
     cfg: &'r RunConfig,
+    /// The inputs' size in bytes, until the id set is sized from it.
+    input_bytes: Option<u64>,
     rejects: &'r mut (dyn Write + Send),
     first_rejects: Vec<FileReject>,
     /// Lines of the current input before the chunk being taken.
@@ -784,6 +792,13 @@ impl Consumer<'_> {
                     }
                 }
                 self.lines_before += chunk.counts.lines;
+                // Sized once, from the first chunk with events enough to tell their density.
+                if chunk.events.len() >= 64 {
+                    if let Some(bytes) = self.input_bytes.take() {
+                        let per_byte = chunk.events.len() as f64 / chunk.bytes.max(1) as f64;
+                        self.dedup.reserve((bytes as f64 * per_byte) as usize);
+                    }
+                }
                 let mut firsts = Vec::new();
                 self.dedup
                     .take_all(&chunk.events, &mut firsts)

@@ -50,11 +50,6 @@ impl InputPath {
         }
     }
 
-    /// [`InputPath::name`], owned.
-    pub fn display_name(&self) -> String {
-        self.name().to_owned()
-    }
-
     /// The sort key of SPEC §1: byte-wise order of canonical paths; standard input sorts as
     /// `-`, before every absolute path.
     pub fn sort_key(&self) -> &[u8] {
@@ -665,7 +660,7 @@ mod tests {
         let found = discover_inputs(&[d.join("b"), d.to_path_buf(), d.join("a.gz")]).unwrap();
         let names: Vec<String> = found
             .iter()
-            .map(|i| i.display_name().replace(&d.display().to_string(), ""))
+            .map(|i| i.name().replace(&d.display().to_string(), ""))
             .collect();
         // Each file once, whichever argument reached it first, in byte-wise order.
         assert_eq!(names, ["/a.gz", "/b/a.log", "/b/sub/z.log"]);

@@ -120,6 +120,8 @@ pub struct ChunkOutput {
     pub rejects: Vec<Reject>,
     /// Paths of the repositories this chunk pushes to or deletes, by key.
     pub ledger_paths: PathMap,
+    /// Bytes of text the chunk held.
+    pub bytes: u64,
     /// Rejects of the line being parsed, and how many past [`MAX_REJECTS_PER_LINE`].
     line_rejects: u32,
     line_rejects_dropped: u64,
@@ -180,6 +182,7 @@ pub fn parse_chunk_into(
             });
         }
         Chunk::Lines(data) => {
+            out.bytes = data.len() as u64;
             let body = data.strip_suffix(b"\n").unwrap_or(data);
             if data.is_empty() {
                 return out;

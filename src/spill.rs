@@ -262,11 +262,6 @@ impl RunFile {
         self.runs.len()
     }
 
-    /// Bytes written so far.
-    pub fn bytes(&self) -> u64 {
-        self.written
-    }
-
     /// A reader for each run, each with a buffer of `buffer` bytes.
     pub fn readers<T: SpillRecord>(&mut self, buffer: usize) -> io::Result<Vec<RunReader<T>>> {
         self.out.flush().map_err(|e| spill_error(&self.path, e))?;

@@ -57,6 +57,7 @@ pub enum StateError {
 /// An input a state has consumed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsumedInput {
+    /// The file's canonical path (earlier releases recorded the path as it was named).
     pub path: String,
     pub size: u64,
     /// xxh3-128 of the file's bytes, as 32 hex digits.

@@ -83,7 +83,8 @@ struct RunPlan {
     threads: Option<usize>,
     /// Where the state lives, and what it held, with `--state`.
     state: Option<(PathBuf, RunState)>,
-    /// Which inputs are read, and which the state said to skip (all read without `--state`).
+    /// Which inputs the state said to skip, and the times the files were seen with (the
+    /// inputs to read are in `config.inputs`).
     selection: InputSelection,
     /// The ledger to start from without `--state`.
     seed: RepositoryLedger,
@@ -154,7 +155,7 @@ impl RunPlan {
                 Some((dir.clone(), state))
             }
         };
-        let selection = match &state {
+        let mut selection = match &state {
             Some((_, state)) => state.select_inputs(inputs),
             None => InputSelection {
                 read: inputs,
@@ -180,7 +181,7 @@ impl RunPlan {
             .map_or(i64::MAX, |t| t.and_utc().timestamp());
         Ok(RunPlan {
             config: RunConfig {
-                inputs: selection.read.clone(),
+                inputs: std::mem::take(&mut selection.read),
                 since: args.since,
                 until: args.until,
                 precision: args.precision,
