@@ -474,18 +474,39 @@ impl<'d> Deduplicator<'d> {
         Ok(false)
     }
 
-    /// [`Deduplicator::take`] for each record of a chunk, in order: `firsts` is set to say
-    /// which are first deliveries. Records are not moved, only their ids read.
-    pub fn take_all(&mut self, records: &[EventRecord], firsts: &mut Vec<bool>) -> io::Result<()> {
+    /// [`Deduplicator::take`] for each record of a chunk, in order, given the records' `ids`
+    /// apart (only those are read while the ids fit in memory): `firsts` is set to say which
+    /// are first deliveries.
+    pub fn take_all(
+        &mut self,
+        ids: &[u128],
+        records: &[EventRecord],
+        firsts: &mut Vec<bool>,
+    ) -> io::Result<()> {
         /// How many records ahead the id set's slots are fetched.
         const AHEAD: usize = 8;
+        debug_assert_eq!(ids.len(), records.len());
         firsts.clear();
-        firsts.reserve(records.len());
-        for (i, record) in records.iter().enumerate() {
-            if let (Mode::Memory(set), Some(next)) = (&self.mode, records.get(i + AHEAD)) {
-                set.prefetch(next.id_key);
+        firsts.reserve(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            let Mode::Memory(set) = &mut self.mode else {
+                firsts.push(self.take(&records[i])?);
+                continue;
+            };
+            if let Some(&next) = ids.get(i + AHEAD) {
+                set.prefetch(next);
             }
-            firsts.push(self.take(record)?);
+            self.position += 1;
+            match set.insert(id, self.limit) {
+                Ok(new) => {
+                    self.duplicates += u64::from(!new);
+                    firsts.push(new);
+                }
+                Err(Full) => {
+                    self.position -= 1;
+                    firsts.push(self.take(&records[i])?);
+                }
+            }
         }
         Ok(())
     }
@@ -658,7 +679,7 @@ mod tests {
             let mut firsts = Vec::new();
             let records: Vec<EventRecord> = ids.iter().map(|&id| record(id)).collect();
             let mut first = Vec::new();
-            d.take_all(&records, &mut first).unwrap();
+            d.take_all(&ids, &records, &mut first).unwrap();
             firsts.extend(
                 records
                     .into_iter()

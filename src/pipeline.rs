@@ -801,7 +801,7 @@ impl Consumer<'_> {
                 }
                 let mut firsts = Vec::new();
                 self.dedup
-                    .take_all(&chunk.events, &mut firsts)
+                    .take_all(&chunk.ids, &chunk.events, &mut firsts)
                     .context("cannot spill to the temporary folder")?;
                 Ok(Some(FoldJob {
                     input,

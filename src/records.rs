@@ -117,6 +117,9 @@ pub struct ChunkOutput {
     pub counts: LineCounts,
     /// Valid events in input order.
     pub events: Vec<EventRecord>,
+    /// Their ids ([`EventRecord::id_key`]) apart, in the same order: de-duplication reads
+    /// only these, 16 bytes an event instead of a cache line of each record.
+    pub ids: Vec<u128>,
     pub rejects: Vec<Reject>,
     /// Paths of the repositories this chunk pushes to or deletes, by key.
     pub ledger_paths: PathMap,
@@ -165,6 +168,7 @@ pub fn parse_chunk_into(
 ) -> ChunkOutput {
     events.clear();
     let mut out = ChunkOutput {
+        ids: Vec::with_capacity(events.capacity()),
         events,
         ..ChunkOutput::default()
     };
@@ -308,8 +312,10 @@ impl ChunkOutput {
                 .entry(repository)
                 .or_insert_with(|| (*event.repository).into());
         }
+        let id_key = xxhash_rust::xxh3::xxh3_128(event.id.as_bytes());
+        self.ids.push(id_key);
         self.events.push(EventRecord {
-            id_key: xxhash_rust::xxh3::xxh3_128(event.id.as_bytes()),
+            id_key,
             time: event.timestamp,
             action: Action::new(&event.action),
             kind,
