@@ -13,8 +13,10 @@
 //!   goes parsing) and is resumed once the consumer has caught up.
 //! - Parsed chunks wait in a reorder buffer keyed by (input, chunk). Whichever task finishes a
 //!   chunk then tries to become the *consumer*: under one lock it takes every chunk that is
-//!   next in input order and passes it through de-duplication, the fold and the ledger's
-//!   buffer, and writes its rejects. No thread ever waits for another.
+//!   next in input order, writes its rejects and de-duplicates its records (reading only their
+//!   ids). That is all that needs input order: a fold task per chunk then, on any thread,
+//!   folds the first deliveries and appends the ledger's events to its buffer. No thread ever
+//!   waits for another.
 //!
 //! Memory is therefore a few chunks per core, plus what de-duplication and the ledger keep,
 //! which the [`MemoryBudget`](crate::spill::MemoryBudget) bounds.
@@ -462,8 +464,12 @@ impl Schedule {
         starts
     }
 
-    /// Takes the next piece in input order, if it is ready.
+    /// Takes the next piece in input order, if it is ready (none once the run failed).
     fn take_next(&mut self) -> Option<Piece> {
+        if self.aborted {
+            self.ready.clear();
+            return None;
+        }
         let piece = self.ready.remove(&self.next)?;
         match &piece {
             // The chunk stays counted until its fold task is done (see `Shared::fold`).
