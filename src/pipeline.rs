@@ -724,7 +724,7 @@ impl Shared<'_> {
                 .try_for_each(|(r, in_range)| ledger.push(r, in_range, &job.paths))
         };
         if let Err(e) = result {
-            self.fail(anyhow::Error::new(e).context("cannot spill the ledger's events"));
+            self.fail(anyhow::Error::new(e).context("repository ledger"));
         }
         self.records.give(job.records);
         // The chunk is done with: its reader may read another.
@@ -808,7 +808,7 @@ impl Consumer<'_> {
                 let mut firsts = Vec::new();
                 self.dedup
                     .take_all(&chunk.ids, &chunk.events, &mut firsts)
-                    .context("cannot spill to the temporary folder")?;
+                    .context("de-duplication")?;
                 Ok(Some(FoldJob {
                     input,
                     records: chunk.events,

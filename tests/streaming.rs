@@ -387,3 +387,53 @@ fn a_bad_memory_limit_is_a_usage_error() {
         64 << 20
     );
 }
+
+/// A temporary folder on a file system too small for the spill: the run fails with exit 1,
+/// naming the folder, removes what it wrote and leaves earlier outputs as they were. It needs
+/// a tiny tmpfs, which only root can mount: elsewhere it says so and checks nothing.
+#[test]
+fn a_full_disk_while_spilling_is_an_error_naming_the_folder() {
+    let ws = Workspace::new();
+    ws.write_lines("logs/a.jsonl", &busy_lines(3000, 5));
+    let disk = ws.path("disk");
+    fs::create_dir(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&disk)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&disk);
+    assert_eq!(ws.run(&["logs"], "out", &[]).code, 0);
+    let before = outputs(&ws, "out");
+    let tmp = disk.join("tmp");
+    let r = ws.run(
+        &["logs"],
+        "out",
+        &[
+            "--memory-limit",
+            "1K",
+            "--chunk-bytes",
+            "4000",
+            "--temp-dir",
+            &tmp.to_string_lossy(),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    assert!(r.stderr.contains(&*tmp.to_string_lossy()), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert_eq!(outputs(&ws, "out"), before);
+    assert_eq!(leftovers(&ws.path("out")), Vec::<String>::new());
+    assert!(!tmp.exists(), "{:?}", leftovers(&tmp));
+}
