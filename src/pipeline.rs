@@ -680,6 +680,9 @@ impl<'r> Shared<'r> {
                 }
             }
             drop(consumer);
+            // The unlock is a release only: the fence orders it before the load below, so
+            // that a poster whose `try_lock` failed is seen here.
+            std::sync::atomic::fence(Ordering::SeqCst);
             if !self.posted.load(Ordering::SeqCst) {
                 return;
             }

@@ -83,15 +83,19 @@ pub fn discover_inputs(args: &[PathBuf]) -> io::Result<Vec<InputPath>> {
             files.push(arg.clone());
         }
     }
-    let mut out = files
+    let mut out: Vec<InputPath> = files
         .into_iter()
-        .map(|f| {
-            let canonical = f
-                .canonicalize()
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
-            Ok(InputPath::file(canonical, cwd.as_deref()))
+        .map(|f| match f.canonicalize() {
+            Ok(canonical) => InputPath::file(canonical, cwd.as_deref()),
+            // A pipe named by the shell (`<(zcat x.gz)` is `/dev/fd/63`, a link to no path),
+            // or a file gone since the folder was walked: read by the path as given, where it
+            // is read or fails as one input.
+            Err(_) => InputPath::File {
+                name: f.to_string_lossy().into_owned(),
+                canonical: cwd.as_deref().map_or_else(|| f.clone(), |cwd| cwd.join(&f)),
+            },
         })
-        .collect::<io::Result<Vec<_>>>()?;
+        .collect();
     if stdin {
         out.push(InputPath::Stdin);
     }

@@ -213,6 +213,7 @@ pub fn parse_chunk_into(
                             line.len()
                         ),
                     );
+                    out.end_line(line_no);
                     continue;
                 }
                 match parse_line(line) {
@@ -429,6 +430,18 @@ mod tests {
         assert_eq!(lines("a").counts.lines, 1);
         assert_eq!(lines("").counts.lines, 0);
         assert_eq!(lines("\n").counts.lines, 1);
+    }
+
+    /// Each line's rejects start afresh after an over-long line: the next one has its text.
+    #[test]
+    fn a_line_after_an_overlong_one_has_its_own_text() {
+        let text = format!("{}\nnot json\n{}\n", "x".repeat(50), "y".repeat(50));
+        let out = parse_chunk(&Chunk::Lines(text.into_bytes()), 20);
+        let texts: Vec<&str> = out.rejects.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["x".repeat(50).as_str(), "not json", "y".repeat(50).as_str()]
+        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn exit_cleanly_on_signals() -> io::Result<()> {
                         let _ = fs::remove_dir(parent);
                     }
                 }
-                eprintln!("regtally: interrupted by signal {signal}; temporary files removed, no output replaced");
+                eprintln!("regtally: interrupted by signal {signal}; temporary files removed");
                 std::process::exit(128 + signal);
             }
         })?;
@@ -106,6 +106,8 @@ pub fn exit_cleanly_on_signals() -> io::Result<()> {
 
 /// The name of a run's folder inside the temporary folder: `run-<pid>-<start in ns>`.
 const RUN_PREFIX: &str = "run-";
+/// The same folder's name while it is made, before its lock is held.
+const MAKING_PREFIX: &str = "making-";
 const LOCK_FILE: &str = "lock";
 
 /// One run's folder of temporary files, `TEMP/run-<pid>-<ns>/`, held by a lock on its `lock`
@@ -130,19 +132,26 @@ impl SpillDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let path = parent.join(format!("{RUN_PREFIX}{}-{nanos}", std::process::id()));
+        let name = format!("{}-{nanos}", std::process::id());
+        // Made and locked under another name, then renamed: a run sweeping stale folders
+        // must never find this one before its lock is held.
+        let making = parent.join(format!("{MAKING_PREFIX}{name}"));
+        let path = parent.join(format!("{RUN_PREFIX}{name}"));
         // Another run may remove `parent` the moment it finds it empty: create it again then.
-        fs::create_dir(&path)
-            .or_else(|_| fs::create_dir_all(parent).and_then(|()| fs::create_dir(&path)))
-            .map_err(|e| with_path(e, &path))?;
-        lock_registry().push((path.clone(), true));
-        let lock_path = path.join(LOCK_FILE);
-        let lock = File::create(&lock_path)
+        fs::create_dir(&making)
+            .or_else(|_| fs::create_dir_all(parent).and_then(|()| fs::create_dir(&making)))
+            .map_err(|e| with_path(e, &making))?;
+        lock_registry().push((making.clone(), true));
+        let lock = File::create(making.join(LOCK_FILE))
             .and_then(|f| f.try_lock().map(|()| f).map_err(io::Error::from))
+            .and_then(|f| fs::rename(&making, &path).map(|()| f))
             .map_err(|e| {
-                let _ = fs::remove_dir_all(&path);
-                with_path(e, &lock_path)
+                let _ = fs::remove_dir_all(&making);
+                keep_on_signal(&making);
+                with_path(e, &making)
             })?;
+        keep_on_signal(&making);
+        lock_registry().push((path.clone(), true));
         Ok(SpillDir { path, _lock: lock })
     }
 
@@ -179,18 +188,19 @@ fn remove_stale_runs(parent: &Path, stale_outputs: &[&Path]) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(RUN_PREFIX) {
-            continue;
-        }
         let dir = entry.path();
-        let stale = match File::open(dir.join(LOCK_FILE)) {
-            Ok(f) => f.try_lock().is_ok(),
-            // A folder without its lock is either being created this instant or was left by a
-            // run killed in between: only the second is older than a minute.
-            Err(_) => entry
+        let older_than_a_minute = || {
+            entry
                 .metadata()
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60)),
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60))
+        };
+        let stale = if name.starts_with(RUN_PREFIX) {
+            File::open(dir.join(LOCK_FILE)).is_ok_and(|f| f.try_lock().is_ok())
+        } else {
+            // Being made this instant, or left by a run killed while making it: only the
+            // second is older than a minute.
+            name.starts_with(MAKING_PREFIX) && older_than_a_minute()
         };
         if !stale {
             continue;
@@ -206,6 +216,9 @@ fn remove_stale_runs(parent: &Path, stale_outputs: &[&Path]) {
         }
     }
 }
+
+/// The most runs merged at once (so the most files a merge holds open).
+pub const MAX_MERGE: usize = 32;
 
 /// A record that can be written to a run and read back.
 pub trait SpillRecord: Sized {
@@ -260,6 +273,32 @@ impl RunFile {
     /// How many runs the file holds.
     pub fn runs(&self) -> usize {
         self.runs.len()
+    }
+
+    /// Merges runs, [`MAX_MERGE`] at a time, into longer runs appended to the same file, until
+    /// at most [`MAX_MERGE`] are left: a merge opens the file once per run, and a budget small
+    /// against the data makes thousands of runs.
+    pub fn compact<T: SpillRecord + Ord>(&mut self, budget: MemoryBudget) -> io::Result<()> {
+        while self.runs.len() > MAX_MERGE {
+            let all = std::mem::take(&mut self.runs);
+            let mut merged = Vec::with_capacity(all.len().div_ceil(MAX_MERGE));
+            for group in all.chunks(MAX_MERGE) {
+                self.runs = group.to_vec();
+                let readers = self.readers::<T>(budget.merge_buffer(group.len()))?;
+                let start = self.written;
+                for record in merge(readers) {
+                    self.scratch.clear();
+                    record?.encode(&mut self.scratch);
+                    self.out
+                        .write_all(&self.scratch)
+                        .map_err(|e| spill_error(&self.path, e))?;
+                    self.written += self.scratch.len() as u64;
+                }
+                merged.push((start, self.written - start));
+            }
+            self.runs = merged;
+        }
+        Ok(())
     }
 
     /// A reader for each run, each with a buffer of `buffer` bytes.
@@ -457,6 +496,25 @@ mod tests {
         file.write_run(std::iter::empty::<&Item>()).unwrap();
         assert_eq!(merge(file.readers::<Item>(4096).unwrap()).count(), 500);
         assert_eq!(merge(Vec::<RunReader<Item>>::new()).count(), 0);
+    }
+
+    #[test]
+    fn many_runs_are_compacted_into_few_and_still_merge_in_order() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = SpillDir::create(parent.path(), &[]).unwrap();
+        let mut file = RunFile::create(&dir, "many").unwrap();
+        let n = MAX_MERGE * MAX_MERGE + 5;
+        for r in 0..n as u64 {
+            file.write_run(&[Item(r * 7 % n as u64, vec![1]), Item(n as u64 + r, vec![])])
+                .unwrap();
+        }
+        file.compact::<Item>(MemoryBudget::new(1 << 20)).unwrap();
+        assert!(file.runs() <= MAX_MERGE, "{}", file.runs());
+        let merged: Vec<Item> = merge(file.readers::<Item>(4096).unwrap())
+            .collect::<io::Result<_>>()
+            .unwrap();
+        assert_eq!(merged.len(), 2 * n);
+        assert!(merged.windows(2).all(|w| w[0] <= w[1]));
     }
 
     #[test]

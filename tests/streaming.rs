@@ -437,3 +437,77 @@ fn a_full_disk_while_spilling_is_an_error_naming_the_folder() {
     assert_eq!(leftovers(&ws.path("out")), Vec::<String>::new());
     assert!(!tmp.exists(), "{:?}", leftovers(&tmp));
 }
+
+/// A pipe the shell names (`<(zcat x.gz)` is `/dev/fd/63`, which resolves to no path) is read
+/// by the name it was given.
+#[test]
+fn a_pipe_named_by_the_shell_is_read() {
+    let ws = Workspace::new();
+    let lines = busy_lines(50, 4);
+    ws.write_lines("logs/a.jsonl", &lines);
+    assert_eq!(ws.run(&["logs"], "file", &[]).code, 0);
+    let script = format!(
+        "exec {} run <(cat {}) -o {} -q --as-of 2021-02-01",
+        env!("CARGO_BIN_EXE_regtally"),
+        ws.s("logs/a.jsonl"),
+        ws.s("pipe")
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = ws.json("pipe/summary.json");
+    assert!(
+        s["inputs"][0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dev/fd/"),
+        "{s}"
+    );
+    assert_eq!(s["lines"], 50);
+    assert_eq!(ws.rows("pipe"), ws.rows("file"));
+}
+
+/// The ledger spills while reading goes on (its events are large, the ids few), on more
+/// threads than the machine has: a fold task spilling holds the ledger's lock, and nothing it
+/// does may wait for another fold task. The outputs are those of a run that kept everything.
+#[test]
+fn the_ledger_spills_while_reading_on_many_threads() {
+    let ws = Workspace::new();
+    let long = "i".repeat(300);
+    for f in 0..4 {
+        let lines: Vec<String> = (0..500)
+            .map(|i| {
+                let id = format!("{long}-{f}-{i}");
+                let ts = format!("2021-01-{:02}T{:02}:00:00Z", 1 + i % 28, i % 24);
+                let e = Ev::new(
+                    &id,
+                    &ts,
+                    "push",
+                    &format!("g/r{}", i % 50),
+                    &format!("u{}", i % 7),
+                );
+                if i % 2 == 0 {
+                    e.tag("t").line()
+                } else {
+                    e.line()
+                }
+            })
+            .collect();
+        ws.write_lines(&format!("logs/f{f}.jsonl"), &lines);
+    }
+    assert_eq!(ws.run(&["logs"], "memory", &[]).code, 0);
+    let r = ws.run(
+        &["logs"],
+        "spilled",
+        &["-j", "6", "--chunk-bytes", "5000", "--memory-limit", "400K"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        ws.json("spilled/summary.json")["spilled"],
+        serde_json::json!(["repository_ledger"])
+    );
+    assert_eq!(outputs(&ws, "spilled"), outputs(&ws, "memory"));
+}

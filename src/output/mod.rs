@@ -120,12 +120,15 @@ impl StagedOutputs {
     }
 
     /// Renames every staged file into place, in the order staged, then syncs their folders.
+    /// If a rename fails, the files not yet renamed are removed (by `Drop`).
     pub fn commit(mut self) -> Result<()> {
         let mut dirs: Vec<PathBuf> = Vec::new();
-        for (temp, fin) in std::mem::take(&mut self.staged) {
-            fs::rename(&temp, &fin).with_context(|| {
+        while !self.staged.is_empty() {
+            let (temp, fin) = &self.staged[0];
+            fs::rename(temp, fin).with_context(|| {
                 format!("cannot rename {} to {}", temp.display(), fin.display())
             })?;
+            let (temp, fin) = self.staged.remove(0);
             keep_on_signal(&temp);
             if let Some(parent) = fin.parent() {
                 if !dirs.iter().any(|d| d == parent) {
