@@ -568,6 +568,7 @@ impl<'d> Deduplicator<'d> {
             return Ok(duplicates);
         };
         pending.sort_unstable();
+        runs.compact::<Deferred>(self.budget)?;
         let readers = runs.readers::<Deferred>(self.budget.merge_buffer(runs.runs() + 1))?;
         let mut sources: Vec<Box<dyn Iterator<Item = io::Result<Deferred>>>> = readers
             .into_iter()

@@ -277,26 +277,27 @@ impl<'d> LedgerBuffer<'d> {
     }
 
     /// Sorts every part and writes it as a run; the buffer is empty after.
+    ///
+    /// One part after another, on the calling thread: the fold tasks call this holding the
+    /// buffer's lock, and a parallel loop here would let this thread run another fold task
+    /// while it waits, which would block on that same lock for good.
     fn spill(&mut self) -> io::Result<()> {
         let dir = self.dir;
-        self.parts
-            .par_iter_mut()
-            .enumerate()
-            .filter(|(_, p)| !p.records.is_empty())
-            .try_for_each(|(i, part)| {
-                part.sort();
-                if part.runs.is_none() {
-                    part.runs = Some(RunFile::create(dir, &format!("ledger-part-{i:02}.runs"))?);
-                }
-                let run: Vec<SpilledRecord> =
-                    part.records.iter().map(|r| part.spilled(r)).collect();
-                if let Some(runs) = &mut part.runs {
-                    runs.write_run(&run)?;
-                }
-                part.records = Vec::new();
-                part.ids = Vec::new();
-                Ok::<(), io::Error>(())
-            })?;
+        for (i, part) in self.parts.iter_mut().enumerate() {
+            if part.records.is_empty() {
+                continue;
+            }
+            part.sort();
+            if part.runs.is_none() {
+                part.runs = Some(RunFile::create(dir, &format!("ledger-part-{i:02}.runs"))?);
+            }
+            let run: Vec<SpilledRecord> = part.records.iter().map(|r| part.spilled(r)).collect();
+            if let Some(runs) = &mut part.runs {
+                runs.write_run(&run)?;
+            }
+            part.records = Vec::new();
+            part.ids = Vec::new();
+        }
         self.bytes = 0;
         Ok(())
     }
@@ -333,6 +334,7 @@ impl<'d> LedgerBuffer<'d> {
                         }
                     }
                     Some(mut runs) => {
+                        runs.compact::<SpilledRecord>(budget)?;
                         let readers =
                             runs.readers::<SpilledRecord>(budget.merge_buffer(runs.runs() + 1))?;
                         let memory: Vec<SpilledRecord> =
