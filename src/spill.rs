@@ -275,28 +275,40 @@ impl RunFile {
         self.runs.len()
     }
 
-    /// Merges runs, [`MAX_MERGE`] at a time, into longer runs appended to the same file, until
-    /// at most [`MAX_MERGE`] are left: a merge opens the file once per run, and a budget small
-    /// against the data makes thousands of runs.
+    /// Merges runs, [`MAX_MERGE`] at a time, into longer runs, until at most [`MAX_MERGE`] are
+    /// left: a merge opens the file once per run, and a budget small against the data makes
+    /// thousands of runs. Each pass writes a new file and removes the old one, so the disk
+    /// holds at most twice the spilled data.
     pub fn compact<T: SpillRecord + Ord>(&mut self, budget: MemoryBudget) -> io::Result<()> {
         while self.runs.len() > MAX_MERGE {
-            let all = std::mem::take(&mut self.runs);
-            let mut merged = Vec::with_capacity(all.len().div_ceil(MAX_MERGE));
-            for group in all.chunks(MAX_MERGE) {
-                self.runs = group.to_vec();
-                let readers = self.readers::<T>(budget.merge_buffer(group.len()))?;
-                let start = self.written;
+            let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+            let next_path = self.path.with_file_name(format!("{name}.next"));
+            let file = File::create(&next_path).map_err(|e| spill_error(&next_path, e))?;
+            let mut next = RunFile {
+                out: BufWriter::with_capacity(256 << 10, file),
+                path: next_path,
+                runs: Vec::new(),
+                written: 0,
+                scratch: Vec::new(),
+            };
+            self.out.flush().map_err(|e| spill_error(&self.path, e))?;
+            for group in self.runs.chunks(MAX_MERGE) {
+                let readers = self.open_runs::<T>(group, budget.merge_buffer(group.len()))?;
+                let start = next.written;
                 for record in merge(readers) {
-                    self.scratch.clear();
-                    record?.encode(&mut self.scratch);
-                    self.out
-                        .write_all(&self.scratch)
-                        .map_err(|e| spill_error(&self.path, e))?;
-                    self.written += self.scratch.len() as u64;
+                    next.scratch.clear();
+                    record?.encode(&mut next.scratch);
+                    next.out
+                        .write_all(&next.scratch)
+                        .map_err(|e| spill_error(&next.path, e))?;
+                    next.written += next.scratch.len() as u64;
                 }
-                merged.push((start, self.written - start));
+                next.runs.push((start, next.written - start));
             }
-            self.runs = merged;
+            fs::remove_file(&self.path).map_err(|e| spill_error(&self.path, e))?;
+            fs::rename(&next.path, &self.path).map_err(|e| spill_error(&self.path, e))?;
+            next.path = self.path.clone();
+            *self = next;
         }
         Ok(())
     }
@@ -304,8 +316,16 @@ impl RunFile {
     /// A reader for each run, each with a buffer of `buffer` bytes.
     pub fn readers<T: SpillRecord>(&mut self, buffer: usize) -> io::Result<Vec<RunReader<T>>> {
         self.out.flush().map_err(|e| spill_error(&self.path, e))?;
-        self.runs
-            .iter()
+        self.open_runs(&self.runs, buffer)
+    }
+
+    /// Readers of `runs` (of this file, flushed).
+    fn open_runs<T: SpillRecord>(
+        &self,
+        runs: &[(u64, u64)],
+        buffer: usize,
+    ) -> io::Result<Vec<RunReader<T>>> {
+        runs.iter()
             .map(|&(start, len)| {
                 let mut file = File::open(&self.path).map_err(|e| spill_error(&self.path, e))?;
                 file.seek(SeekFrom::Start(start))?;
@@ -510,6 +530,14 @@ mod tests {
         }
         file.compact::<Item>(MemoryBudget::new(1 << 20)).unwrap();
         assert!(file.runs() <= MAX_MERGE, "{}", file.runs());
+        file.out.flush().unwrap();
+        // The file holds the data once: each pass replaced the one before.
+        assert_eq!(fs::metadata(&file.path).unwrap().len(), 33 * n as u64);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "the lock and the runs"
+        );
         let merged: Vec<Item> = merge(file.readers::<Item>(4096).unwrap())
             .collect::<io::Result<_>>()
             .unwrap();
