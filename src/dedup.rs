@@ -455,19 +455,24 @@ impl<'d> Deduplicator<'d> {
     /// false when it is a later one or (after spilling) deferred, as a copy, to
     /// [`Deduplicator::finish`].
     pub fn take(&mut self, record: &EventRecord) -> io::Result<bool> {
+        self.take_keyed(record.id_key, record)
+    }
+
+    /// [`Deduplicator::take`] with the record's id given apart: the record itself is read only
+    /// if it must be deferred.
+    fn take_keyed(&mut self, id: u128, record: &EventRecord) -> io::Result<bool> {
         self.position += 1;
         if let Mode::Memory(set) = &mut self.mode {
-            match set.insert(record.id_key, self.limit) {
-                Ok(true) => return Ok(true),
-                Ok(false) => {
-                    self.duplicates += 1;
-                    return Ok(false);
+            match set.insert(id, self.limit) {
+                Ok(new) => {
+                    self.duplicates += u64::from(!new);
+                    return Ok(new);
                 }
                 Err(Full) => self.spill()?,
             }
         }
         self.defer(Deferred {
-            id: record.id_key,
+            id,
             position: self.position,
             record: Some(Box::new(record.clone())),
         })?;
@@ -488,25 +493,11 @@ impl<'d> Deduplicator<'d> {
         debug_assert_eq!(ids.len(), records.len());
         firsts.clear();
         firsts.reserve(ids.len());
-        for (i, &id) in ids.iter().enumerate() {
-            let Mode::Memory(set) = &mut self.mode else {
-                firsts.push(self.take(&records[i])?);
-                continue;
-            };
-            if let Some(&next) = ids.get(i + AHEAD) {
+        for (i, (&id, record)) in ids.iter().zip(records).enumerate() {
+            if let (Mode::Memory(set), Some(&next)) = (&self.mode, ids.get(i + AHEAD)) {
                 set.prefetch(next);
             }
-            self.position += 1;
-            match set.insert(id, self.limit) {
-                Ok(new) => {
-                    self.duplicates += u64::from(!new);
-                    firsts.push(new);
-                }
-                Err(Full) => {
-                    self.position -= 1;
-                    firsts.push(self.take(&records[i])?);
-                }
-            }
+            firsts.push(self.take_keyed(id, record)?);
         }
         Ok(())
     }

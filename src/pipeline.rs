@@ -369,14 +369,6 @@ struct InputReader {
     next_chunk: u32,
 }
 
-/// Where each input's reader is.
-enum Slot {
-    NotOpened,
-    Running,
-    Parked(Box<InputReader>),
-    Ended,
-}
-
 /// A reader to start: a new input to open, or a parked one to resume.
 enum Start {
     Open(usize),
@@ -389,15 +381,15 @@ struct Schedule {
     ready: BTreeMap<(usize, u32), Piece>,
     /// The piece the consumer takes next.
     next: (usize, u32),
-    slots: Vec<Slot>,
-    /// Chunks read and not yet folded, per input and in all.
+    /// Chunks read and not yet folded, per input (one entry per input) and in all.
     pending: Vec<u32>,
     outstanding: usize,
     /// Inputs opened so far (they are opened in input order), and those not yet ended.
     opened: usize,
     open_readers: usize,
     max_readers: usize,
-    parked: Vec<usize>,
+    /// Readers waiting for the consumer or the folds to catch up.
+    parked: Vec<InputReader>,
     /// The consumer failed: read no further.
     aborted: bool,
 }
@@ -407,7 +399,6 @@ impl Schedule {
         Schedule {
             ready: BTreeMap::new(),
             next: (0, 0),
-            slots: (0..inputs).map(|_| Slot::NotOpened).collect(),
             pending: vec![0; inputs],
             outstanding: 0,
             opened: 0,
@@ -441,22 +432,19 @@ impl Schedule {
             return starts;
         }
         let mut still = Vec::new();
-        for i in std::mem::take(&mut self.parked) {
-            if self.may_read(i) {
-                if let Slot::Parked(r) = std::mem::replace(&mut self.slots[i], Slot::Running) {
-                    starts.push(Start::Resume(r));
-                }
+        for r in std::mem::take(&mut self.parked) {
+            if self.may_read(r.index) {
+                starts.push(Start::Resume(Box::new(r)));
             } else {
-                still.push(i);
+                still.push(r);
             }
         }
         self.parked = still;
         // Inputs open in order, a few ahead of the consumer at most.
-        while self.opened < self.slots.len()
+        while self.opened < self.pending.len()
             && (self.open_readers < self.max_readers || self.opened == self.next.0)
             && self.opened <= self.next.0 + self.max_readers
         {
-            self.slots[self.opened] = Slot::Running;
             starts.push(Start::Open(self.opened));
             self.opened += 1;
             self.open_readers += 1;
@@ -565,8 +553,7 @@ impl<'r> Shared<'r> {
                     return;
                 }
                 if !s.may_read(i) {
-                    s.slots[i] = Slot::Parked(r);
-                    s.parked.push(i);
+                    s.parked.push(*r);
                     return;
                 }
                 s.outstanding += 1;
@@ -634,7 +621,6 @@ impl<'r> Shared<'r> {
     ) {
         let starts = {
             let mut s = lock(&self.schedule);
-            s.slots[i] = Slot::Ended;
             s.open_readers -= 1;
             s.ready.insert((i, chunks), Piece::End(report, error));
             s.starts()

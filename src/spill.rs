@@ -241,7 +241,10 @@ pub struct RunFile {
 impl RunFile {
     /// Creates `name` in the run's folder.
     pub fn create(dir: &SpillDir, name: &str) -> io::Result<RunFile> {
-        let path = dir.path().join(name);
+        RunFile::at(dir.path().join(name))
+    }
+
+    fn at(path: PathBuf) -> io::Result<RunFile> {
         let file = File::create(&path).map_err(|e| spill_error(&path, e))?;
         Ok(RunFile {
             out: BufWriter::with_capacity(256 << 10, file),
@@ -259,14 +262,20 @@ impl RunFile {
     ) -> io::Result<()> {
         let start = self.written;
         for r in records {
-            self.scratch.clear();
-            r.encode(&mut self.scratch);
-            self.out
-                .write_all(&self.scratch)
-                .map_err(|e| spill_error(&self.path, e))?;
-            self.written += self.scratch.len() as u64;
+            self.append(r)?;
         }
         self.runs.push((start, self.written - start));
+        Ok(())
+    }
+
+    /// Writes one record at the end of the file (the caller marks where runs end).
+    fn append<T: SpillRecord>(&mut self, r: &T) -> io::Result<()> {
+        self.scratch.clear();
+        r.encode(&mut self.scratch);
+        self.out
+            .write_all(&self.scratch)
+            .map_err(|e| spill_error(&self.path, e))?;
+        self.written += self.scratch.len() as u64;
         Ok(())
     }
 
@@ -283,25 +292,13 @@ impl RunFile {
         while self.runs.len() > MAX_MERGE {
             let name = self.path.file_name().unwrap_or_default().to_string_lossy();
             let next_path = self.path.with_file_name(format!("{name}.next"));
-            let file = File::create(&next_path).map_err(|e| spill_error(&next_path, e))?;
-            let mut next = RunFile {
-                out: BufWriter::with_capacity(256 << 10, file),
-                path: next_path,
-                runs: Vec::new(),
-                written: 0,
-                scratch: Vec::new(),
-            };
+            let mut next = RunFile::at(next_path)?;
             self.out.flush().map_err(|e| spill_error(&self.path, e))?;
             for group in self.runs.chunks(MAX_MERGE) {
                 let readers = self.open_runs::<T>(group, budget.merge_buffer(group.len()))?;
                 let start = next.written;
                 for record in merge(readers) {
-                    next.scratch.clear();
-                    record?.encode(&mut next.scratch);
-                    next.out
-                        .write_all(&next.scratch)
-                        .map_err(|e| spill_error(&next.path, e))?;
-                    next.written += next.scratch.len() as u64;
+                    next.append(&record?)?;
                 }
                 next.runs.push((start, next.written - start));
             }

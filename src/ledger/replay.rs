@@ -106,6 +106,11 @@ impl SpillRecord for SpilledRecord {
     }
 }
 
+/// A record's id in its part's arena.
+fn id_in<'a>(ids: &'a [u8], r: &LedgerRecord) -> &'a [u8] {
+    &ids[r.id_at as usize..(r.id_at + r.id_len) as usize]
+}
+
 /// A part's records: in memory, and the runs already spilled.
 #[derive(Default)]
 struct Part {
@@ -120,17 +125,16 @@ impl Part {
     }
 
     fn id(&self, r: &LedgerRecord) -> &[u8] {
-        &self.ids[r.id_at as usize..(r.id_at + r.id_len) as usize]
+        id_in(&self.ids, r)
     }
 
     /// Sorts the records by (time, id).
     fn sort(&mut self) {
         let ids = &self.ids;
-        let id = |r: &LedgerRecord| &ids[r.id_at as usize..(r.id_at + r.id_len) as usize];
         self.records.sort_unstable_by(|a, b| {
             (a.secs, a.nanos)
                 .cmp(&(b.secs, b.nanos))
-                .then_with(|| id(a).cmp(id(b)))
+                .then_with(|| id_in(ids, a).cmp(id_in(ids, b)))
         });
     }
 
@@ -318,7 +322,7 @@ impl<'d> LedgerBuffer<'d> {
             .map(|(mut part, mut ledger)| {
                 let mut sink = S::default();
                 // Applies one event; true when it came late.
-                let mut step = |r: &SpilledRecordView| {
+                let mut step = |r: &RecordView| {
                     let late = ledger.is_late(keys[r.repository as usize], r.time());
                     if let Some(push) = apply(&mut ledger, keys, r) {
                         on_push(&mut sink, push);
@@ -330,7 +334,7 @@ impl<'d> LedgerBuffer<'d> {
                 match part.runs.take() {
                     None => {
                         for r in &part.records {
-                            late += u64::from(step(&SpilledRecordView::of(r)));
+                            late += u64::from(step(&RecordView::of(r)));
                         }
                     }
                     Some(mut runs) => {
@@ -347,7 +351,7 @@ impl<'d> LedgerBuffer<'d> {
                         sources.push(Box::new(memory.into_iter().map(Ok)));
                         for r in merge(sources) {
                             let r = r?;
-                            let view = SpilledRecordView {
+                            let view = RecordView {
                                 secs: r.secs,
                                 nanos: r.nanos,
                                 repository: r.repository,
@@ -379,8 +383,8 @@ impl<'d> LedgerBuffer<'d> {
     }
 }
 
-/// What the replay reads of a record, wherever it was kept.
-struct SpilledRecordView {
+/// What the replay reads of a record, whether it stayed in memory or was spilled.
+struct RecordView {
     secs: i64,
     nanos: u32,
     repository: u32,
@@ -389,9 +393,9 @@ struct SpilledRecordView {
     flags: u8,
 }
 
-impl SpilledRecordView {
-    fn of(r: &LedgerRecord) -> SpilledRecordView {
-        SpilledRecordView {
+impl RecordView {
+    fn of(r: &LedgerRecord) -> RecordView {
+        RecordView {
             secs: r.secs,
             nanos: r.nanos,
             repository: r.repository,
@@ -411,11 +415,7 @@ impl SpilledRecordView {
 
 /// Applies one event to its part of the ledger; a counted repository push comes back resolved.
 /// Lateness is judged before the event is applied, by the caller.
-fn apply(
-    ledger: &mut RepositoryLedger,
-    keys: &[u128],
-    r: &SpilledRecordView,
-) -> Option<ResolvedPush> {
+fn apply(ledger: &mut RepositoryLedger, keys: &[u128], r: &RecordView) -> Option<ResolvedPush> {
     let key = keys[r.repository as usize];
     let time = r.time();
     match r.step {
