@@ -72,22 +72,25 @@ pub fn write_aggregates<W: Write + Send>(
         Arc::new(BinaryArray::from_iter_values(sketches.iter())),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let kv = |k: &str, v: Option<String>| KeyValue::new(k.to_owned(), v);
+    // Every key has a value: Spark's Parquet reader (parquet-mr) fails on a key without one.
+    // `--since` and `--until` are written only when given.
+    let kv = |k: &str, v: String| KeyValue::new(k.to_owned(), Some(v));
     let props = WriterProperties::builder()
         // Level 1: the sketches are most of the bytes and compress well at any level; higher
         // levels cost more time than the few kilobytes they save.
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_key_value_metadata(Some(vec![
-            kv(
-                "regtally.version",
-                Some(env!("CARGO_PKG_VERSION").to_owned()),
-            ),
-            kv("regtally.precision", Some(meta.precision.to_string())),
-            kv("regtally.hash", Some(HASH_NAME.to_owned())),
-            kv("regtally.sketch_format", Some(SKETCH_FORMAT.to_owned())),
-            kv("regtally.since", meta.since.map(|d| d.to_string())),
-            kv("regtally.until", meta.until.map(|d| d.to_string())),
-        ]))
+        .set_key_value_metadata(Some(
+            [
+                kv("regtally.version", env!("CARGO_PKG_VERSION").to_owned()),
+                kv("regtally.precision", meta.precision.to_string()),
+                kv("regtally.hash", HASH_NAME.to_owned()),
+                kv("regtally.sketch_format", SKETCH_FORMAT.to_owned()),
+            ]
+            .into_iter()
+            .chain(meta.since.map(|d| kv("regtally.since", d.to_string())))
+            .chain(meta.until.map(|d| kv("regtally.until", d.to_string())))
+            .collect(),
+        ))
         .build();
     let mut writer = ArrowWriter::try_new(w, schema, Some(props))?;
     writer.write(&batch)?;
