@@ -28,7 +28,9 @@ use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::RepositoryLedger;
 use crate::output::write_reject;
 use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath, RawBytes};
-use crate::records::{parse_chunk_into, ChunkOutput, EventRecord, LineCounts, PathMap, Reject};
+use crate::records::{
+    parse_chunk_into, ChunkOutput, EventRecord, LineCounts, ParseRules, PathMap, Reject,
+};
 use crate::spill::{MemoryBudget, SpillDir};
 use crate::timestamp::Timestamp;
 use anyhow::{Context, Result};
@@ -48,7 +50,8 @@ pub struct RunConfig {
     /// First day no longer counted, exclusive.
     pub until: Option<NaiveDate>,
     pub precision: u8,
-    pub max_line_bytes: usize,
+    /// Line length and event times a valid event must keep to.
+    pub rules: ParseRules,
     /// Size a chunk of one input is cut at for the parsers.
     pub chunk_bytes: usize,
     /// Show a progress bar of bytes read on stderr.
@@ -520,7 +523,7 @@ impl<'r> Shared<'r> {
                 let mut chunker = Chunker::with_pool(
                     opened.stream,
                     self.cfg.chunk_bytes,
-                    self.cfg.max_line_bytes,
+                    self.cfg.rules.max_line_bytes,
                     self.pool.clone(),
                 );
                 if opened.raw_bytes.is_none() {
@@ -570,7 +573,7 @@ impl<'r> Shared<'r> {
                     r.next_chunk += 1;
                     scope.spawn(move |scope| {
                         let events = self.records.take(0);
-                        let out = parse_chunk_into(&chunk, self.cfg.max_line_bytes, events);
+                        let out = parse_chunk_into(&chunk, &self.cfg.rules, events);
                         if let Chunk::Lines(buf) = chunk {
                             self.pool.give(buf);
                         }

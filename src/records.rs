@@ -9,7 +9,7 @@ use crate::ledger::repository_key;
 use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
 use crate::sketch::PassThroughHasher;
-use crate::timestamp::Timestamp;
+use crate::timestamp::{TimeWindow, Timestamp};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -97,6 +97,8 @@ pub struct LineCounts {
     pub blank_lines: u64,
     pub malformed_lines: u64,
     pub invalid_events: u64,
+    /// Of `invalid_events`, those valid but for a time no registry can have written.
+    pub implausible_times: u64,
     pub events_seen: u64,
 }
 
@@ -107,6 +109,7 @@ impl LineCounts {
         self.blank_lines += o.blank_lines;
         self.malformed_lines += o.malformed_lines;
         self.invalid_events += o.invalid_events;
+        self.implausible_times += o.implausible_times;
         self.events_seen += o.events_seen;
     }
 }
@@ -128,6 +131,8 @@ pub struct ChunkOutput {
     /// Rejects of the line being parsed, and how many past [`MAX_REJECTS_PER_LINE`].
     line_rejects: u32,
     line_rejects_dropped: u64,
+    /// The times an event may carry.
+    times: TimeWindow,
 }
 
 impl ChunkOutput {
@@ -155,21 +160,36 @@ fn reserve_for_chunk(events: &mut Vec<EventRecord>, read: usize, total: usize) {
     events.reserve((expected + expected / 8).saturating_sub(events.len()));
 }
 
+/// How chunks are parsed: the run's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ParseRules {
+    pub max_line_bytes: usize,
+    /// Events stamped outside it are invalid.
+    pub times: TimeWindow,
+}
+
+/// [`parse_chunk_into`] with no limit on times, for tests of the other rules.
 pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
-    parse_chunk_into(chunk, max_line_bytes, Vec::new())
+    let rules = ParseRules {
+        max_line_bytes,
+        times: TimeWindow::unbounded(),
+    };
+    parse_chunk_into(chunk, &rules, Vec::new())
 }
 
 /// [`parse_chunk`], its records written into `events` (emptied first): a vector recycled
 /// from an earlier chunk, already the right size.
 pub fn parse_chunk_into(
     chunk: &Chunk,
-    max_line_bytes: usize,
+    rules: &ParseRules,
     mut events: Vec<EventRecord>,
 ) -> ChunkOutput {
     events.clear();
+    let max_line_bytes = rules.max_line_bytes;
     let mut out = ChunkOutput {
         ids: Vec::with_capacity(events.capacity()),
         events,
+        times: rules.times,
         ..ChunkOutput::default()
     };
     match chunk {
@@ -304,6 +324,11 @@ impl ChunkOutput {
             Ok(e) => e,
             Err(why) => return self.invalid(line_no, line, index, why.to_string()),
         };
+        if !self.times.contains(event.timestamp) {
+            self.counts.implausible_times += 1;
+            let why = self.times.refusal(event.timestamp);
+            return self.invalid(line_no, line, index, why);
+        }
         self.counts.events_seen += 1;
         let kind = EventKind::classify(&event.action, event.has_tag, event.has_digest);
         let repository = repository_key(&event.repository);
@@ -361,6 +386,7 @@ mod tests {
                 blank_lines: 2,
                 malformed_lines: 1,
                 invalid_events: 2,
+                implausible_times: 0,
                 events_seen: 3,
             }
         );

@@ -37,6 +37,84 @@ impl Timestamp {
     }
 }
 
+/// The times a registry can have written: a valid event stamped outside them counts as invalid
+/// (README, "Times no registry wrote"). Go's zero time, the Unix epoch or a clock set years
+/// ahead would otherwise stretch the outputs over every period in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// The first day a time may fall on.
+    pub first_day: NaiveDate,
+    /// The day after the last day a time may fall on.
+    pub end_day: NaiveDate,
+    first: i64,
+    end: i64,
+}
+
+impl Default for TimeWindow {
+    fn default() -> TimeWindow {
+        TimeWindow::unbounded()
+    }
+}
+
+impl TimeWindow {
+    /// The first day of 2015: Docker Distribution 2.0, the first registry that sent
+    /// notifications, came out in April 2015.
+    pub const FIRST_DAY: NaiveDate = match NaiveDate::from_ymd_opt(2015, 1, 1) {
+        Some(d) => d,
+        None => panic!("a valid date"),
+    };
+
+    /// From [`TimeWindow::FIRST_DAY`] to the end of the day after `today` (UTC): a registry's
+    /// clock may run a little ahead of the machine that replays its logs, not more.
+    pub fn until_day_after(today: NaiveDate) -> TimeWindow {
+        TimeWindow::new(Self::FIRST_DAY, today + chrono::Days::new(2))
+    }
+
+    /// Days `first_day` (inclusive) to `end_day` (exclusive).
+    pub fn new(first_day: NaiveDate, end_day: NaiveDate) -> TimeWindow {
+        let secs = |d: NaiveDate| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp();
+        TimeWindow {
+            first_day,
+            end_day,
+            first: secs(first_day),
+            end: secs(end_day),
+        }
+    }
+
+    /// Every time RFC 3339 can spell (for tests of other rules).
+    pub fn unbounded() -> TimeWindow {
+        TimeWindow {
+            first_day: NaiveDate::MIN,
+            end_day: NaiveDate::MAX,
+            first: i64::MIN,
+            end: i64::MAX,
+        }
+    }
+
+    /// Whether a registry can have written `t`.
+    #[inline]
+    pub fn contains(&self, t: Timestamp) -> bool {
+        (self.first..self.end).contains(&t.secs)
+    }
+
+    /// Why `t`, outside the window, is refused: the reason `rejects.jsonl` gives.
+    pub fn refusal(&self, t: Timestamp) -> String {
+        if t.secs < self.first {
+            format!(
+                "timestamp {} is before {}: no registry sent notifications then",
+                t.to_rfc3339(),
+                self.first_day
+            )
+        } else {
+            format!(
+                "timestamp {} is on or after {}, later than the day after this run",
+                t.to_rfc3339(),
+                self.end_day
+            )
+        }
+    }
+}
+
 /// Why a timestamp string was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TimestampError {
@@ -184,6 +262,26 @@ fn expect(b: &[u8], at: usize, c: u8) -> Result<(), TimestampError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_window_holds_its_first_second_and_the_whole_day_after_the_run() {
+        let t = |s: &str| parse_rfc3339(s).unwrap();
+        let w = TimeWindow::until_day_after(NaiveDate::from_ymd_opt(2026, 11, 29).unwrap());
+        assert!(w.contains(t("2015-01-01T00:00:00Z")));
+        assert!(!w.contains(t("2014-12-31T23:59:59.999999999Z")));
+        assert!(w.contains(t("2026-11-30T23:59:59.999999999Z")));
+        assert!(!w.contains(t("2026-12-01T00:00:00Z")));
+        assert!(!w.contains(t("0001-01-01T00:00:00Z")));
+        assert!(!w.contains(t("1970-01-01T00:00:00Z")));
+        assert!(!w.contains(t("0000-01-01T00:30:00+01:00")));
+        assert!(TimeWindow::unbounded().contains(t("0000-01-01T00:30:00+01:00")));
+        assert!(w
+            .refusal(t("1970-01-01T00:00:00Z"))
+            .contains("before 2015-01-01"));
+        assert!(w
+            .refusal(t("9999-12-31T23:59:59Z"))
+            .contains("on or after 2026-12-01"));
+    }
+
     use super::*;
 
     fn utc(text: &str) -> String {

@@ -9,8 +9,10 @@ use crate::output::summary::{print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
 use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
 use crate::read::{discover_inputs, InputPath};
+use crate::records::ParseRules;
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
 use crate::state::{InputSelection, RunState, STATE_FILE};
+use crate::timestamp::TimeWindow;
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::Args;
@@ -185,7 +187,10 @@ impl RunPlan {
                 since: args.since,
                 until: args.until,
                 precision: args.precision,
-                max_line_bytes: args.max_line_bytes as usize,
+                rules: ParseRules {
+                    max_line_bytes: args.max_line_bytes as usize,
+                    times: TimeWindow::until_day_after(today),
+                },
                 chunk_bytes: args.chunk_bytes as usize,
                 progress: !args.quiet && std::io::stderr().is_terminal(),
                 keep_event_ids: state.as_ref().map(|_| IdWindow {

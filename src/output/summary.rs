@@ -40,6 +40,8 @@ struct Summary<'a> {
     blank_lines: u64,
     malformed_lines: u64,
     invalid_events: u64,
+    /// Of `invalid_events`, those stamped at a time no registry can have written.
+    implausible_time_events: u64,
     events_seen: u64,
     duplicate_events: u64,
     out_of_range_events: u64,
@@ -78,6 +80,7 @@ pub fn write_summary<W: Write>(
         blank_lines: c.blank_lines,
         malformed_lines: c.malformed_lines,
         invalid_events: c.invalid_events,
+        implausible_time_events: c.implausible_times,
         events_seen: c.events_seen,
         duplicate_events: tally.duplicate_events,
         out_of_range_events: tally.out_of_range_events,
@@ -144,6 +147,13 @@ pub fn print_human<W: Write>(
         "events: {} valid, {} duplicate, {} out of range; rejects: {} malformed lines, {} invalid events",
         c.events_seen, tally.duplicate_events, tally.out_of_range_events, c.malformed_lines, c.invalid_events
     )?;
+    if c.implausible_times > 0 {
+        writeln!(
+            w,
+            "of the invalid events, {} carry a time no registry can have written (see rejects.jsonl)",
+            c.implausible_times
+        )?;
+    }
     let f = ping.time_frames;
     writeln!(
         w,
