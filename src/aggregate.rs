@@ -8,8 +8,8 @@
 use crate::classify::{EventKind, TrackedEvent, TOTAL_METRIC};
 use crate::ledger::replay::ResolvedPush;
 use crate::period::{Period, PeriodKind};
-use crate::records::{Action, EventRecord};
-use crate::sketch::{PassThroughHasher, SketchError, UserSketch};
+use crate::records::{Action, EventRecord, UserCoupons};
+use crate::sketch::{PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
 use crate::timestamp::Timestamp;
 use chrono::NaiveDate;
 use rayon::prelude::*;
@@ -76,6 +76,8 @@ impl std::hash::Hasher for CellKeyHasher {
 #[derive(Clone, Debug, Default)]
 pub struct Aggregate {
     cells: HashMap<(TrackedEvent, Period), Cell, BuildHasherDefault<CellKeyHasher>>,
+    /// Where each user lands in the `hll_sketch` column, by identity hash.
+    coupons: UserCoupons,
 }
 
 impl Aggregate {
@@ -85,6 +87,16 @@ impl Aggregate {
             let cell = self.cells.entry((event, period)).or_default();
             cell.events += 1;
             cell.users.insert(user);
+        }
+    }
+
+    /// Learns where users land in the `hll_sketch` column.
+    pub fn learn_users(&mut self, users: UserCoupons) {
+        if self.coupons.len() < users.len() {
+            let mine = std::mem::replace(&mut self.coupons, users);
+            self.coupons.extend(mine);
+        } else {
+            self.coupons.extend(users);
         }
     }
 
@@ -98,6 +110,7 @@ impl Aggregate {
         for (key, cell) in small.cells {
             big.cells.entry(key).or_default().merge(cell);
         }
+        big.learn_users(small.coupons);
         big
     }
 
@@ -107,39 +120,64 @@ impl Aggregate {
     /// users built again: a merge adds the other sketch's entries in one pass, where inserting
     /// users one by one re-sorts the sparse list every hundred or so. The two give the same
     /// bytes (`union_row_by_merge_equals_union_row_by_insert`).
+    ///
+    /// The union row's `hll_sketch` is built from the union of the cells' users in the same
+    /// way, not by a DataSketches union, so that its bytes are those of one sketch of them.
     pub fn into_table(self, precision: u8) -> MetricTable {
         let mut by_period: HashMap<Period, Vec<(TrackedEvent, &Cell)>> = HashMap::new();
         for ((event, period), cell) in &self.cells {
             by_period.entry(*period).or_default().push((*event, cell));
         }
-        let rows: Vec<(&'static str, Period, UserSketch, u64)> = by_period
+        let coupons = &self.coupons;
+        let rows: Vec<(&'static str, Period, TableCell)> = by_period
             .par_iter()
             .flat_map_iter(|(&period, cells)| {
-                let singles: Vec<(&'static str, Period, UserSketch, u64)> = cells
+                let singles: Vec<(&'static str, Period, TableCell)> = cells
                     .par_iter()
                     .map(|(event, cell)| {
-                        let sketch = sketch_of(&cell.users, precision);
-                        (event.metric_name(), period, sketch, cell.events)
+                        let mut users = coupons_of(&cell.users, coupons);
+                        let table_cell = TableCell {
+                            sketch: sketch_of(&cell.users, precision),
+                            hll_sketch: Some(WarehouseSketch::of_users(precision, &mut users)),
+                            events: cell.events,
+                        };
+                        (event.metric_name(), period, table_cell)
                     })
                     .collect();
                 let mut total = UserSketch::new(precision);
                 let mut events = 0;
-                for (_, _, sketch, n) in &singles {
+                let mut users = Vec::new();
+                for (_, _, c) in &singles {
                     // Equal precision by construction: the merge cannot fail.
-                    let _ = total.merge(sketch);
-                    events += n;
+                    let _ = total.merge(&c.sketch);
+                    events += c.events;
                 }
-                singles
-                    .into_iter()
-                    .chain([(TOTAL_METRIC, period, total, events)])
+                for (_, cell) in cells {
+                    users.extend(coupons_of(&cell.users, coupons));
+                }
+                let total = TableCell {
+                    sketch: total,
+                    hll_sketch: Some(WarehouseSketch::of_users(precision, &mut users)),
+                    events,
+                };
+                singles.into_iter().chain([(TOTAL_METRIC, period, total)])
             })
             .collect();
         let mut table = MetricTable::new(precision);
-        for (metric, period, sketch, events) in rows {
-            table.cells.insert((metric, period), (sketch, events));
+        for (metric, period, cell) in rows {
+            table.cells.insert((metric, period), cell);
         }
         table
     }
+}
+
+/// The `hll_sketch` coupons of a cell's users.
+fn coupons_of(users: &IdentitySet, coupons: &UserCoupons) -> Vec<datasketches::hll::Coupon> {
+    // Every counted user's coupon was learned from its chunk (`Aggregate::learn_users`).
+    users
+        .iter()
+        .filter_map(|h| coupons.get(h).copied())
+        .collect()
 }
 
 fn sketch_of(users: &IdentitySet, precision: u8) -> UserSketch {
@@ -333,7 +371,7 @@ pub fn known_metric(name: &str) -> Option<&'static str> {
 #[derive(Clone, Debug)]
 pub struct MetricTable {
     precision: u8,
-    cells: BTreeMap<(&'static str, Period), (UserSketch, u64)>,
+    cells: BTreeMap<(&'static str, Period), TableCell>,
 }
 
 impl MetricTable {
@@ -355,19 +393,25 @@ impl MetricTable {
         &mut self,
         metric: &'static str,
         period: Period,
-        sketch: UserSketch,
-        events: u64,
+        cell: TableCell,
     ) -> Result<(), SketchError> {
+        if cell.sketch.precision() != self.precision {
+            return Err(SketchError::Precision(
+                self.precision,
+                cell.sketch.precision(),
+            ));
+        }
+        if let Some(h) = cell
+            .hll_sketch
+            .as_ref()
+            .filter(|h| h.lg_k() != self.precision)
+        {
+            return Err(SketchError::Precision(self.precision, h.lg_k()));
+        }
         match self.cells.get_mut(&(metric, period)) {
-            Some((s, e)) => {
-                s.merge(&sketch)?;
-                *e += events;
-            }
+            Some(mine) => mine.merge(cell)?,
             None => {
-                if sketch.precision() != self.precision {
-                    return Err(SketchError::Precision(self.precision, sketch.precision()));
-                }
-                self.cells.insert((metric, period), (sketch, events));
+                self.cells.insert((metric, period), cell);
             }
         }
         Ok(())
@@ -375,26 +419,23 @@ impl MetricTable {
 
     /// Adds every cell of `other`.
     pub fn merge(&mut self, other: MetricTable) -> Result<(), SketchError> {
-        for ((metric, period), (sketch, events)) in other.cells {
-            self.add_cell(metric, period, sketch, events)?;
+        for ((metric, period), cell) in other.cells {
+            self.add_cell(metric, period, cell)?;
         }
         Ok(())
     }
 
     /// The cells that hold counted events, for storing.
-    pub fn cells(&self) -> impl Iterator<Item = (&'static str, Period, &UserSketch, u64)> + '_ {
+    pub fn cells(&self) -> impl Iterator<Item = (&'static str, Period, &TableCell)> + '_ {
         self.cells
             .iter()
-            .filter(|(_, (_, events))| *events > 0)
-            .map(|((m, p), (s, e))| (*m, *p, s, *e))
+            .filter(|(_, c)| c.events > 0)
+            .map(|((m, p), c)| (*m, *p, c))
     }
 
     /// First and last week and month holding a counted event.
     fn span(&self, kind: PeriodKind) -> Option<(Period, Period)> {
-        let mut periods = self
-            .cells()
-            .map(|(_, p, _, _)| p)
-            .filter(|p| p.kind == kind);
+        let mut periods = self.cells().map(|(_, p, _)| p).filter(|p| p.kind == kind);
         let first = periods.next()?;
         Some(periods.fold((first, first), |(lo, hi), p| (lo.min(p), hi.max(p))))
     }
@@ -411,15 +452,50 @@ impl MetricTable {
         let mut rows = Vec::with_capacity(periods.len() * 6);
         for metric in metric_names() {
             for &period in &periods {
-                let (sketch, events) = self
+                let cell = self
                     .cells
                     .remove(&(metric, period))
-                    .unwrap_or_else(|| (UserSketch::new(self.precision), 0));
-                rows.push(MetricRow::new(metric, period, sketch, events));
+                    .unwrap_or_else(|| TableCell::empty(self.precision));
+                rows.push(MetricRow::new(metric, period, cell));
             }
         }
         rows.sort_by(|a, b| (a.metric, a.period).cmp(&(b.metric, b.period)));
         rows
+    }
+}
+
+/// One metric in one period: its two sketches and its exact event count.
+#[derive(Clone, Debug)]
+pub struct TableCell {
+    pub sketch: UserSketch,
+    /// `None` when some of the cell's users came from a state written before the column
+    /// existed: those users were never hashed for it, and a sketch without them would be
+    /// wrong without saying so.
+    pub hll_sketch: Option<WarehouseSketch>,
+    pub events: u64,
+}
+
+impl TableCell {
+    /// A cell with no users and no events.
+    pub fn empty(precision: u8) -> TableCell {
+        TableCell {
+            sketch: UserSketch::new(precision),
+            hll_sketch: Some(WarehouseSketch::new(precision)),
+            events: 0,
+        }
+    }
+
+    fn merge(&mut self, other: TableCell) -> Result<(), SketchError> {
+        self.sketch.merge(&other.sketch)?;
+        self.hll_sketch = match (self.hll_sketch.take(), other.hll_sketch) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.merge(&theirs)?;
+                Some(mine)
+            }
+            _ => None,
+        };
+        self.events += other.events;
+        Ok(())
     }
 }
 
@@ -431,16 +507,18 @@ pub struct MetricRow {
     pub unique_users: i64,
     pub events: i64,
     pub sketch: UserSketch,
+    pub hll_sketch: Option<WarehouseSketch>,
 }
 
 impl MetricRow {
-    fn new(metric: &'static str, period: Period, mut sketch: UserSketch, events: u64) -> MetricRow {
+    fn new(metric: &'static str, period: Period, mut cell: TableCell) -> MetricRow {
         MetricRow {
             metric,
             period,
-            unique_users: sketch.estimate(),
-            events: i64::try_from(events).unwrap_or(i64::MAX),
-            sketch,
+            unique_users: cell.sketch.estimate(),
+            events: i64::try_from(cell.events).unwrap_or(i64::MAX),
+            sketch: cell.sketch,
+            hll_sketch: cell.hll_sketch,
         }
     }
 }

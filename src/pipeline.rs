@@ -30,6 +30,7 @@ use crate::output::write_reject;
 use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath, RawBytes};
 use crate::records::{
     parse_chunk_into, ChunkOutput, EventRecord, LineCounts, ParseRules, PathMap, Reject,
+    UserCoupons,
 };
 use crate::spill::{MemoryBudget, SpillDir};
 use crate::timestamp::Timestamp;
@@ -703,6 +704,12 @@ impl Shared<'_> {
                 for_ledger.push((r, in_range));
             }
         }
+        // Every user of the chunk, first delivery or not: records de-duplication deferred are
+        // folded later, without their chunk.
+        after
+            .fold
+            .aggregate
+            .learn_users(std::mem::take(&mut job.users));
         lock(&self.folds).push(after);
         let result = {
             let mut ledger = lock(&self.ledger);
@@ -737,6 +744,7 @@ struct FoldJob {
     records: Vec<EventRecord>,
     firsts: Vec<bool>,
     paths: PathMap,
+    users: UserCoupons,
     /// De-duplication deferred some of the records (it has spilled).
     deferred: bool,
 }
@@ -806,6 +814,7 @@ impl Consumer<'_> {
                     records: chunk.events,
                     firsts,
                     paths: chunk.ledger_paths,
+                    users: chunk.users,
                     deferred: self.dedup.spilled(),
                 }))
             }

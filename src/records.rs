@@ -4,12 +4,13 @@
 //! small [`EventRecord`] per valid event: all the later passes (de-duplication, the repository
 //! ledger, aggregation) need, and nothing else.
 
-use crate::classify::{user_hash, EventKind};
+use crate::classify::{user_identity, EventKind};
 use crate::ledger::repository_key;
 use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
-use crate::sketch::PassThroughHasher;
+use crate::sketch::{identity_coupon, identity_hash, PassThroughHasher};
 use crate::timestamp::{TimeWindow, Timestamp};
+use datasketches::hll::Coupon;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -74,6 +75,10 @@ impl EventRecord {
 /// Repository paths by their key.
 pub type PathMap = HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>;
 
+/// Where each user lands in the `hll_sketch` column, by identity hash: computed once per user
+/// and chunk, not carried in every record.
+pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
+
 /// Where a reject came from and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reject {
@@ -126,6 +131,8 @@ pub struct ChunkOutput {
     pub rejects: Vec<Reject>,
     /// Paths of the repositories this chunk pushes to or deletes, by key.
     pub ledger_paths: PathMap,
+    /// The users of events that can count in a user metric.
+    pub users: UserCoupons,
     /// Bytes of text the chunk held.
     pub bytes: u64,
     /// Rejects of the line being parsed, and how many past [`MAX_REJECTS_PER_LINE`].
@@ -338,6 +345,16 @@ impl ChunkOutput {
                 .entry(repository)
                 .or_insert_with(|| (*event.repository).into());
         }
+        let counts_for_users = kind.tracked().is_some() || kind == EventKind::RepositoryPush;
+        let user = user_identity(event.user_type(), event.name()).map(|identity| {
+            let hash = identity_hash(&identity);
+            if counts_for_users {
+                self.users
+                    .entry(hash)
+                    .or_insert_with(|| identity_coupon(&identity));
+            }
+            hash
+        });
         let id_key = xxhash_rust::xxh3::xxh3_128(event.id.as_bytes());
         self.ids.push(id_key);
         self.events.push(EventRecord {
@@ -345,7 +362,7 @@ impl ChunkOutput {
             time: event.timestamp,
             action: Action::new(&event.action),
             kind,
-            user: user_hash(event.user_type(), event.name()),
+            user,
             repository,
             ledger_id: touches_ledger.then(|| (*event.id).into()),
         });
@@ -396,7 +413,10 @@ mod tests {
         assert_eq!(out.rejects[0].text, "not json");
         assert_eq!(out.events.len(), 3);
         assert_eq!(out.events[0].kind, EventKind::PushTag);
-        assert_eq!(out.events[0].user, user_hash(Some("build"), Some("root")));
+        assert_eq!(
+            out.events[0].user,
+            crate::classify::user_hash(Some("build"), Some("root"))
+        );
         assert_eq!(out.events[0].ledger_id.as_deref(), Some("e1"));
         assert_eq!(out.ledger_paths.len(), 1);
     }

@@ -1,9 +1,17 @@
-//! Distinct-user sketches: HyperLogLog++ over a stable 64-bit hash of each user's identity.
+//! Distinct-user sketches, two per cell.
 //!
-//! Sketches from different runs, machines and releases must merge, so the hash is pinned
-//! (xxh3-64, seed 0, of the identity's UTF-8 bytes) and the crate is fed that value through a
-//! pass-through hasher instead of hashing again with a per-process random key.
+//! [`UserSketch`]: HyperLogLog++ over a stable 64-bit hash of each user's identity, the source
+//! of `unique_users`, the Service Ping and `report` (SPEC §8). Sketches from different runs,
+//! machines and releases must merge, so the hash is pinned (xxh3-64, seed 0, of the identity's
+//! UTF-8 bytes) and the crate is fed that value through a pass-through hasher instead of
+//! hashing again with a per-process random key.
+//!
+//! [`WarehouseSketch`]: the `hll_sketch` column, an Apache DataSketches HLL_8 sketch fed each
+//! identity as DataSketches' Java `HllSketch.update(String)` hashes it, so that Spark, Druid,
+//! Hive and Python merge it with their own.
 
+use datasketches::hash::value::raw_bytes;
+use datasketches::hll::{Coupon, HllSketch, HllType, HllUnion};
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
 use std::hash::{BuildHasher, Hasher};
@@ -32,6 +40,20 @@ pub const PRECISION_RANGE: std::ops::RangeInclusive<u8> = 4..=18;
 /// The stable 64-bit hash of a user identity (already lower-cased).
 pub fn identity_hash(identity: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
+}
+
+/// The family, type and hash of the `hll_sketch` column, written into the Parquet metadata.
+pub const HLL_SKETCH_FAMILY: &str = "HLL";
+pub const HLL_SKETCH_TYPE: &str = "HLL_8";
+pub const HLL_SKETCH_HASH: &str = "MurmurHash3_x64_128 seed 9001 of the UTF-8 bytes of lowercase(actor.name), as DataSketches HllSketch.update(String)";
+
+/// Where a user identity (already lower-cased, never empty) lands in a [`WarehouseSketch`].
+///
+/// `raw_bytes::from_str` hashes the string's bytes as Java's `update(String)` does; a plain
+/// `&str` would go through Rust's `Hash for str`, which appends a `0xFF` byte, and such
+/// sketches would count every user twice against everyone else's.
+pub fn identity_coupon(identity: &str) -> Coupon {
+    Coupon::from_value(raw_bytes::from_str(identity))
 }
 
 /// Hands the crate the value it is given: the value is already a good 64-bit hash.
@@ -166,6 +188,91 @@ impl UserSketch {
     /// The precision this sketch was built with.
     pub fn precision(&self) -> u8 {
         self.precision
+    }
+}
+
+/// The `hll_sketch` column's sketch: Apache DataSketches HLL, type HLL_8, `lg_k` equal to the
+/// precision, fed [`identity_coupon`]s.
+#[derive(Clone, PartialEq)]
+pub struct WarehouseSketch {
+    hll: HllSketch,
+}
+
+impl std::fmt::Debug for WarehouseSketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WarehouseSketch(lg_k {}, estimate {})",
+            self.hll.lg_config_k(),
+            self.hll.estimate()
+        )
+    }
+}
+
+impl WarehouseSketch {
+    /// An empty sketch. `lg_k` must lie in [`PRECISION_RANGE`] (the CLI checks it).
+    pub fn new(lg_k: u8) -> WarehouseSketch {
+        let hll = HllSketch::new(lg_k, HllType::Hll8)
+            .expect("precision is validated by the CLI to lie in 4..=18");
+        WarehouseSketch { hll }
+    }
+
+    /// The sketch of these users. They are sorted first: a sketch's bytes follow the order of
+    /// its updates, and the order users come in depends on threads and spilling.
+    pub fn of_users(lg_k: u8, coupons: &mut [Coupon]) -> WarehouseSketch {
+        coupons.sort_unstable();
+        let mut sketch = WarehouseSketch::new(lg_k);
+        let mut last = None;
+        for &c in coupons.iter() {
+            if last != Some(c) {
+                sketch.hll.update_with_coupon(c);
+                last = Some(c);
+            }
+        }
+        sketch
+    }
+
+    /// Adds every user of `other` (a DataSketches union, as warehouses merge).
+    pub fn merge(&mut self, other: &WarehouseSketch) -> Result<(), SketchError> {
+        let (mine, theirs) = (self.lg_k(), other.lg_k());
+        if mine != theirs {
+            return Err(SketchError::Precision(mine, theirs));
+        }
+        let mut union = HllUnion::new(mine).map_err(|e| SketchError::Corrupt(e.to_string()))?;
+        union.update(&self.hll);
+        union.update(&other.hll);
+        self.hll = union.to_sketch(HllType::Hll8);
+        Ok(())
+    }
+
+    /// The sketch's estimate of distinct users.
+    pub fn estimate(&self) -> f64 {
+        self.hll.estimate()
+    }
+
+    /// The `lg_k` (the precision) of the sketch.
+    pub fn lg_k(&self) -> u8 {
+        self.hll.lg_config_k()
+    }
+
+    /// The sketch in DataSketches' own serialized form (compact), as every implementation reads it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.hll.serialize()
+    }
+
+    /// Reads a sketch in DataSketches' serialized form: an HLL_8 sketch of `lg_k` 4 to 18.
+    pub fn from_bytes(bytes: &[u8]) -> Result<WarehouseSketch, SketchError> {
+        let hll = HllSketch::deserialize(bytes).map_err(|e| SketchError::Corrupt(e.to_string()))?;
+        if hll.target_type() != HllType::Hll8 {
+            return Err(SketchError::Corrupt(format!(
+                "hll_sketch is of type {:?}, not HLL_8",
+                hll.target_type()
+            )));
+        }
+        if !PRECISION_RANGE.contains(&hll.lg_config_k()) {
+            return Err(SketchError::BadPrecision(hll.lg_config_k()));
+        }
+        Ok(WarehouseSketch { hll })
     }
 }
 

@@ -1,16 +1,23 @@
 //! Run state (`run --state DIR`): what a later run needs to continue exactly where this one
 //! stopped, kept in one file so that it is replaced in one rename.
 //!
-//! The file is zstd-compressed JSON: the sketches and exact counts per metric and period, the
-//! repository ledger with the time of the last event applied to each repository, the ids of
-//! recent events (a window of event time) for de-duplication, and the inputs already consumed.
+//! The file, `regtally-state.bin.zst`, is zstd-compressed: a magic line, then postcard 1 (a
+//! fixed, documented wire format) of [`StateFile`]: the sketches and exact counts per metric
+//! and period, the repository ledger with the time of the last event applied to each
+//! repository (seconds and nanoseconds, integers), the ids of recent events (16 bytes each) for
+//! de-duplication, and the inputs already consumed. Every value a valid event can carry
+//! round-trips. regtally 0.3's `regtally-state.json.zst` (JSON, times as RFC 3339 text) still
+//! loads, and is replaced by the new file at the next run's end.
+//!
+//! A run holds `regtally-state.lock` ([`StateLock`]) from before it loads the state until its
+//! outputs are in place: two runs on one state would each count only their own inputs.
 
-use crate::aggregate::{known_metric, MetricTable};
+use crate::aggregate::{known_metric, MetricTable, TableCell};
 use crate::ledger::{LedgerEntry, RepositoryLedger};
 use crate::period::Period;
 use crate::pipeline::{InputReport, Tally};
 use crate::read::InputPath;
-use crate::sketch::{UserSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
+use crate::sketch::{UserSketch, WarehouseSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
 use crate::timestamp::{parse_rfc3339, Timestamp};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -19,12 +26,23 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The state file's name inside the state folder.
-pub const STATE_FILE: &str = "regtally-state.json.zst";
+pub const STATE_FILE: &str = "regtally-state.bin.zst";
 
-/// Version of the state file's layout and meaning; a state of another version is refused.
-pub const STATE_VERSION: u32 = 1;
+/// The file regtally 0.3 kept its state in (version 1, JSON). After a run migrates it, it
+/// holds only a version header, so that 0.3 refuses the folder instead of starting afresh.
+pub const LEGACY_STATE_FILE: &str = "regtally-state.json.zst";
+
+/// The lock a run holds on its state folder.
+pub const LOCK_FILE: &str = "regtally-state.lock";
+
+/// Version of the state file's layout and meaning. Version 1 (regtally 0.3, JSON) still
+/// loads; any other is refused.
+pub const STATE_VERSION: u32 = 2;
 
 const STATE_FORMAT: &str = "regtally-state";
+
+/// The first bytes of a state file, inside the compression.
+const MAGIC: &[u8] = b"regtally-state\n";
 
 /// Why a state could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +52,9 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not a regtally state file ({why})")]
+    #[error("{path}: not a regtally state file ({why}). Rebuild the state from the archived logs (README, \"Nightly runs\")")]
     NotState { path: PathBuf, why: String },
-    #[error("{path}: state format version {found} was written by regtally {tool}; this release reads version {STATE_VERSION} only. Rebuild the state from the archived logs (see the README)")]
+    #[error("{path}: state format version {found} was written by regtally {tool}; this release reads versions 1 and {STATE_VERSION}. Rebuild the state from the archived logs (README, \"Nightly runs\")")]
     Version {
         path: PathBuf,
         found: u32,
@@ -78,26 +96,31 @@ pub fn modified_stamp(meta: &std::fs::Metadata) -> Option<String> {
     Some(format!("{}.{:09}", t.as_secs(), t.subsec_nanos()))
 }
 
+/// One metric in one period, as the state keeps it.
 #[derive(Serialize, Deserialize)]
 struct StoredCell {
     metric: String,
     kind: String,
-    start: NaiveDate,
+    /// First day of the period, in days since 1970-01-01.
+    start: i32,
     events: u64,
-    /// The sketch's versioned bytes (as in `aggregates.parquet`), in hex.
-    sketch: String,
+    /// The `sketch` column's versioned bytes.
+    sketch: Vec<u8>,
+    /// The `hll_sketch` column's bytes; `None` for a cell carried over from a version 1 state.
+    hll_sketch: Option<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct StoredRepository {
     path: String,
     exists: bool,
-    last_applied: Option<String>,
+    /// Seconds since the epoch and nanoseconds of the last event applied.
+    last_applied: Option<(i64, u32)>,
 }
 
+/// The state file's contents (version 2), in postcard after [`MAGIC`].
 #[derive(Serialize, Deserialize)]
 struct StateFile {
-    format: String,
     version: u32,
     written_by: String,
     precision: u8,
@@ -106,8 +129,8 @@ struct StateFile {
     dedup_window_days: u32,
     metrics: Vec<StoredCell>,
     repositories: Vec<StoredRepository>,
-    /// `[id hash in hex, seconds since the epoch]` of events inside the window.
-    recent_ids: Vec<(String, i64)>,
+    /// Id (xxh3-128, little-endian) and seconds since the epoch of events inside the window.
+    recent_ids: Vec<([u8; 16], i64)>,
     inputs: Vec<ConsumedInput>,
 }
 
@@ -119,6 +142,16 @@ pub struct RunState {
     /// Ids and times of recent de-duplicated events.
     pub recent_ids: Vec<(u128, i64)>,
     pub inputs: Vec<ConsumedInput>,
+    /// Loaded from regtally 0.3's file: the next write replaces it.
+    pub legacy: bool,
+}
+
+fn days_since_epoch(date: NaiveDate) -> i32 {
+    (date - NaiveDate::default()).num_days() as i32
+}
+
+fn date_of_days(days: i32) -> Option<NaiveDate> {
+    NaiveDate::default().checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
 }
 
 impl RunState {
@@ -129,89 +162,371 @@ impl RunState {
             ledger,
             recent_ids: Vec::new(),
             inputs: Vec::new(),
+            legacy: false,
         }
     }
 
-    /// Reads `dir/regtally-state.json.zst`; `Ok(None)` when the folder holds no state yet.
-    /// With `precision`, a state of another precision is refused.
+    /// Reads the state of `dir`: its `regtally-state.bin.zst`, else regtally 0.3's
+    /// `regtally-state.json.zst`; `Ok(None)` when the folder holds neither. With `precision`,
+    /// a state of another precision is refused. Every byte is checked: a damaged file is an
+    /// error, never a panic.
     pub fn load(dir: &Path, precision: Option<u8>) -> Result<Option<RunState>, StateError> {
         let path = dir.join(STATE_FILE);
-        let io = |source| StateError::Io {
-            path: path.clone(),
-            source,
-        };
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
-        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Self::from_bytes(&path, &bytes, precision).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let legacy = dir.join(LEGACY_STATE_FILE);
+                match std::fs::read(&legacy) {
+                    Ok(bytes) => legacy::load(&legacy, &bytes, precision).map(Some),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StateError::Io {
+                        path: legacy,
+                        source,
+                    }),
+                }
+            }
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Reads the bytes of a state file (zstd of [`MAGIC`] and postcard of [`StateFile`]).
+    pub fn from_bytes(
+        path: &Path,
+        compressed: &[u8],
+        precision: Option<u8>,
+    ) -> Result<RunState, StateError> {
         let not_state = |why: String| StateError::NotState {
-            path: path.clone(),
+            path: path.to_owned(),
             why,
         };
-        let mut text = Vec::new();
-        zstd::stream::read::Decoder::new(file)
-            .and_then(|mut d| d.read_to_end(&mut text))
-            .map_err(|e| not_state(format!("not zstd: {e}")))?;
-        // The header first, so that another version is named as such rather than misread.
-        #[derive(Deserialize)]
-        struct Header {
-            format: String,
-            version: u32,
-            written_by: String,
+        let bytes = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
+        let body = bytes
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| not_state("no regtally-state header".into()))?;
+        // The version first, so that another version is named as such rather than misread.
+        let (header, _): ((u32, String), _) =
+            postcard::take_from_bytes(body).map_err(|e| not_state(e.to_string()))?;
+        if header.0 != STATE_VERSION {
+            return Err(StateError::Version {
+                path: path.to_owned(),
+                found: header.0,
+                tool: header.1,
+            });
         }
+        let file: StateFile = match postcard::take_from_bytes(body) {
+            Ok((file, [])) => file,
+            Ok(_) => return Err(not_state("trailing bytes".into())),
+            Err(e) => return Err(not_state(e.to_string())),
+        };
+        let check = Checked::new(
+            path,
+            file.precision,
+            precision,
+            &file.hash,
+            file.sketch_format,
+        )?;
+        let mut metrics = MetricTable::new(check.precision);
+        for c in file.metrics {
+            let start = date_of_days(c.start)
+                .ok_or_else(|| not_state(format!("period start {} is out of range", c.start)))?;
+            let hll_sketch = match c.hll_sketch {
+                None => None,
+                Some(b) => Some(
+                    WarehouseSketch::from_bytes(&b)
+                        .map_err(|e| not_state(format!("hll_sketch: {e}")))?,
+                ),
+            };
+            check.add_cell(
+                &mut metrics,
+                &c.metric,
+                &c.kind,
+                start,
+                &c.sketch,
+                hll_sketch,
+                c.events,
+            )?;
+        }
+        let mut entries = Vec::with_capacity(file.repositories.len());
+        for r in file.repositories {
+            let last_applied = match r.last_applied {
+                Some((secs, nanos)) if nanos >= 1_000_000_000 => {
+                    return Err(not_state(format!("time {secs}.{nanos} is not a time")))
+                }
+                Some((secs, nanos)) => Some(Timestamp { secs, nanos }),
+                None => None,
+            };
+            entries.push(LedgerEntry {
+                path: r.path,
+                exists: r.exists,
+                last_applied,
+            });
+        }
+        Ok(RunState {
+            metrics,
+            ledger: RepositoryLedger::from_entries(entries),
+            recent_ids: file
+                .recent_ids
+                .into_iter()
+                .map(|(id, secs)| (u128::from_le_bytes(id), secs))
+                .collect(),
+            inputs: file.inputs,
+            legacy: false,
+        })
+    }
+
+    /// Keeps only the ids of events less than `window_days` older than the newest one, the
+    /// newest taken no later than `not_after` (so that one event dated years ahead cannot push
+    /// every other id out of the window).
+    pub fn trim_ids(&mut self, window_days: u32, not_after: i64) {
+        let Some(newest) = self.recent_ids.iter().map(|(_, t)| *t).max() else {
+            return;
+        };
+        let newest = newest.min(not_after);
+        let cutoff = newest - i64::from(window_days) * 86_400;
+        self.recent_ids.retain(|(_, t)| *t >= cutoff);
+        self.recent_ids.sort_unstable();
+        self.recent_ids.dedup_by_key(|(id, _)| *id);
+    }
+
+    /// Writes the state file (`regtally-state.bin.zst`) to `w`.
+    pub fn write<W: Write>(&self, dedup_window_days: u32, w: W) -> anyhow::Result<()> {
+        let file = StateFile {
+            version: STATE_VERSION,
+            written_by: env!("CARGO_PKG_VERSION").to_owned(),
+            precision: self.metrics.precision(),
+            hash: HASH_NAME.to_owned(),
+            sketch_format: SKETCH_FORMAT_VERSION,
+            dedup_window_days,
+            metrics: self
+                .metrics
+                .cells()
+                .map(|(metric, period, cell)| StoredCell {
+                    metric: metric.to_owned(),
+                    kind: period.kind.as_str().to_owned(),
+                    start: days_since_epoch(period.start),
+                    events: cell.events,
+                    sketch: cell.sketch.clone().to_bytes(),
+                    hll_sketch: cell.hll_sketch.as_ref().map(WarehouseSketch::to_bytes),
+                })
+                .collect(),
+            repositories: self
+                .ledger
+                .entries()
+                .into_iter()
+                .map(|e| StoredRepository {
+                    path: e.path,
+                    exists: e.exists,
+                    last_applied: e.last_applied.map(|t| (t.secs, t.nanos)),
+                })
+                .collect(),
+            recent_ids: self
+                .recent_ids
+                .iter()
+                .map(|(id, t)| (id.to_le_bytes(), *t))
+                .collect(),
+            inputs: self.inputs.clone(),
+        };
+        let mut enc = zstd::stream::write::Encoder::new(w, 3)?;
+        enc.write_all(MAGIC)?;
+        enc.write_all(&postcard::to_allocvec(&file)?)?;
+        enc.finish()?;
+        Ok(())
+    }
+}
+
+/// Decompresses a whole state file, refusing to grow past [`MAX_STATE_BYTES`]: a small
+/// hostile file must not expand into all of memory.
+fn unzstd(compressed: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(compressed)?
+        .take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_STATE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "decompresses to more than {MAX_STATE_BYTES} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// The largest state a file may decompress to (16 GiB).
+const MAX_STATE_BYTES: u64 = 16 << 30;
+
+/// What every version of the state is checked for before its cells are read.
+struct Checked<'p> {
+    path: &'p Path,
+    precision: u8,
+}
+
+impl<'p> Checked<'p> {
+    fn new(
+        path: &'p Path,
+        found: u8,
+        wanted: Option<u8>,
+        hash: &str,
+        sketch_format: u8,
+    ) -> Result<Checked<'p>, StateError> {
+        let not_state = |why: String| StateError::NotState {
+            path: path.to_owned(),
+            why,
+        };
+        if !crate::sketch::PRECISION_RANGE.contains(&found) {
+            return Err(not_state(format!("precision {found} is out of range")));
+        }
+        let precision = wanted.unwrap_or(found);
+        if found != precision {
+            return Err(StateError::Precision {
+                path: path.to_owned(),
+                found,
+                wanted: precision,
+            });
+        }
+        if hash != HASH_NAME {
+            return Err(StateError::Hash {
+                path: path.to_owned(),
+                found: hash.to_owned(),
+            });
+        }
+        // Each sketch carries its own format byte and every earlier format is still read, so
+        // a state written before the current sketch format loads, and is rewritten in it.
+        if !(1..=SKETCH_FORMAT_VERSION).contains(&sketch_format) {
+            return Err(not_state(format!(
+                "sketch format {sketch_format} is not known to this release (it reads 1 to {SKETCH_FORMAT_VERSION})"
+            )));
+        }
+        Ok(Checked { path, precision })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_cell(
+        &self,
+        metrics: &mut MetricTable,
+        metric: &str,
+        kind: &str,
+        start: NaiveDate,
+        sketch: &[u8],
+        hll_sketch: Option<WarehouseSketch>,
+        events: u64,
+    ) -> Result<(), StateError> {
+        let not_state = |why: String| StateError::NotState {
+            path: self.path.to_owned(),
+            why,
+        };
+        let metric =
+            known_metric(metric).ok_or_else(|| not_state(format!("unknown metric {metric:?}")))?;
+        let period = Period::of_kind(kind, start)
+            .ok_or_else(|| not_state(format!("unknown period kind {kind:?} or start {start}")))?;
+        let sketch = UserSketch::from_bytes(sketch).map_err(|e| not_state(e.to_string()))?;
+        let cell = TableCell {
+            sketch,
+            hll_sketch,
+            events,
+        };
+        metrics
+            .add_cell(metric, period, cell)
+            .map_err(|e| not_state(e.to_string()))
+    }
+}
+
+/// regtally 0.3's state: zstd-compressed JSON, times as RFC 3339 text, ids as hex.
+mod legacy {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct StoredCell {
+        metric: String,
+        kind: String,
+        start: NaiveDate,
+        events: u64,
+        sketch: String,
+    }
+
+    #[derive(Deserialize)]
+    struct StoredRepository {
+        path: String,
+        exists: bool,
+        last_applied: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct StateFile {
+        precision: u8,
+        hash: String,
+        sketch_format: u8,
+        metrics: Vec<StoredCell>,
+        repositories: Vec<StoredRepository>,
+        recent_ids: Vec<(String, i64)>,
+        inputs: Vec<ConsumedInput>,
+    }
+
+    /// The header every version of the JSON file starts with.
+    #[derive(Deserialize, Serialize)]
+    pub(super) struct Header {
+        pub format: String,
+        pub version: u32,
+        pub written_by: String,
+    }
+
+    /// The header left in place of a migrated version 1 file: regtally 0.3 reads it and
+    /// refuses the folder, naming this release, instead of starting a new state beside it.
+    pub(super) fn moved_header() -> Vec<u8> {
+        let header = Header {
+            format: STATE_FORMAT.to_owned(),
+            version: STATE_VERSION,
+            written_by: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        serde_json::to_vec(&header).expect("serializing to memory cannot fail")
+    }
+
+    /// Reads a version 1 state. Its cells have no `hll_sketch` (their users were hashed only
+    /// for the `sketch` column): those cells' `hll_sketch` stays null.
+    pub(super) fn load(
+        path: &Path,
+        compressed: &[u8],
+        precision: Option<u8>,
+    ) -> Result<RunState, StateError> {
+        let not_state = |why: String| StateError::NotState {
+            path: path.to_owned(),
+            why,
+        };
+        let text = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
         let header: Header = serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
         if header.format != STATE_FORMAT {
             return Err(not_state(format!("format is {:?}", header.format)));
         }
-        if header.version != STATE_VERSION {
+        if header.version == STATE_VERSION {
+            return Err(not_state(format!(
+                "it says the state moved to {STATE_FILE}, which is missing"
+            )));
+        }
+        if header.version != 1 {
             return Err(StateError::Version {
-                path: path.clone(),
+                path: path.to_owned(),
                 found: header.version,
                 tool: header.written_by,
             });
         }
         let file: StateFile =
             serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
-        if !crate::sketch::PRECISION_RANGE.contains(&file.precision) {
-            return Err(not_state(format!(
-                "precision {} is out of range",
-                file.precision
-            )));
-        }
-        let precision = precision.unwrap_or(file.precision);
-        if file.precision != precision {
-            return Err(StateError::Precision {
-                path: path.clone(),
-                found: file.precision,
-                wanted: precision,
-            });
-        }
-        if file.hash != HASH_NAME {
-            return Err(StateError::Hash {
-                path: path.clone(),
-                found: file.hash,
-            });
-        }
-        // Each sketch carries its own format byte and every earlier format is still read, so
-        // a state written before the current sketch format loads, and is rewritten in it.
-        if !(1..=SKETCH_FORMAT_VERSION).contains(&file.sketch_format) {
-            return Err(not_state(format!(
-                "sketch format {} is not known to this release (it reads 1 to {SKETCH_FORMAT_VERSION})",
-                file.sketch_format
-            )));
-        }
-        let mut metrics = MetricTable::new(precision);
+        let check = Checked::new(
+            path,
+            file.precision,
+            precision,
+            &file.hash,
+            file.sketch_format,
+        )?;
+        let mut metrics = MetricTable::new(check.precision);
         for c in file.metrics {
-            let metric = known_metric(&c.metric)
-                .ok_or_else(|| not_state(format!("unknown metric {:?}", c.metric)))?;
-            let period = Period::of_kind(&c.kind, c.start)
-                .ok_or_else(|| not_state(format!("unknown period kind {:?}", c.kind)))?;
             let bytes = from_hex(&c.sketch).ok_or_else(|| not_state("sketch is not hex".into()))?;
-            let sketch = UserSketch::from_bytes(&bytes).map_err(|e| not_state(e.to_string()))?;
-            metrics
-                .add_cell(metric, period, sketch, c.events)
-                .map_err(|e| not_state(e.to_string()))?;
+            check.add_cell(
+                &mut metrics,
+                &c.metric,
+                &c.kind,
+                c.start,
+                &bytes,
+                None,
+                c.events,
+            )?;
         }
         let mut entries = Vec::with_capacity(file.repositories.len());
         for r in file.repositories {
@@ -231,70 +546,66 @@ impl RunState {
                 u128::from_str_radix(&hex, 16).map_err(|_| not_state(format!("bad id {hex:?}")))?;
             recent_ids.push((id, secs));
         }
-        Ok(Some(RunState {
+        Ok(RunState {
             metrics,
             ledger: RepositoryLedger::from_entries(entries),
             recent_ids,
             inputs: file.inputs,
-        }))
+            legacy: true,
+        })
     }
+}
 
-    /// Keeps only the ids of events less than `window_days` older than the newest one, the
-    /// newest taken no later than `not_after` (so that one event dated years ahead cannot push
-    /// every other id out of the window).
-    pub fn trim_ids(&mut self, window_days: u32, not_after: i64) {
-        let Some(newest) = self.recent_ids.iter().map(|(_, t)| *t).max() else {
-            return;
-        };
-        let newest = newest.min(not_after);
-        let cutoff = newest - i64::from(window_days) * 86_400;
-        self.recent_ids.retain(|(_, t)| *t >= cutoff);
-        self.recent_ids.sort_unstable();
-        self.recent_ids.dedup_by_key(|(id, _)| *id);
-    }
+/// What stands in the old state file once a run has moved its state to [`STATE_FILE`].
+pub fn legacy_moved_header() -> Vec<u8> {
+    legacy::moved_header()
+}
 
-    /// Writes the state (zstd-compressed JSON) to `w`.
-    pub fn write<W: Write>(&self, dedup_window_days: u32, w: W) -> anyhow::Result<()> {
-        let file = StateFile {
-            format: STATE_FORMAT.to_owned(),
-            version: STATE_VERSION,
-            written_by: env!("CARGO_PKG_VERSION").to_owned(),
-            precision: self.metrics.precision(),
-            hash: HASH_NAME.to_owned(),
-            sketch_format: SKETCH_FORMAT_VERSION,
-            dedup_window_days,
-            metrics: self
-                .metrics
-                .cells()
-                .map(|(metric, period, sketch, events)| StoredCell {
-                    metric: metric.to_owned(),
-                    kind: period.kind.as_str().to_owned(),
-                    start: period.start,
-                    events,
-                    sketch: to_hex(&sketch.clone().to_bytes()),
-                })
-                .collect(),
-            repositories: self
-                .ledger
-                .entries()
-                .into_iter()
-                .map(|e| StoredRepository {
-                    path: e.path,
-                    exists: e.exists,
-                    last_applied: e.last_applied.map(Timestamp::to_rfc3339),
-                })
-                .collect(),
-            recent_ids: self
-                .recent_ids
-                .iter()
-                .map(|(id, t)| (format!("{id:032x}"), *t))
-                .collect(),
-            inputs: self.inputs.clone(),
-        };
-        let mut enc = zstd::stream::write::Encoder::new(w, 3)?;
-        serde_json::to_writer(&mut enc, &file)?;
-        enc.finish()?;
-        Ok(())
+/// The lock a run holds on its state folder, from before it loads the state until its outputs
+/// are in place. An advisory lock (`flock`) on `regtally-state.lock`, which holds the pid of
+/// the run that took it: the kernel releases it when that run ends, however it ends, so a lock
+/// left by a killed run is simply taken by the next.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock of `dir`, or fails naming the lock and the process holding it.
+    pub fn acquire(dir: &Path) -> anyhow::Result<StateLock> {
+        use std::fs::TryLockError;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                anyhow::anyhow!("{}: cannot open the state's lock: {e}", path.display())
+            })?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0)?;
+                writeln!(file, "{}", std::process::id())?;
+                Ok(StateLock { _file: file })
+            }
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "a process that has not written its pid yet".to_owned(),
+                    pid => format!("process {pid}"),
+                };
+                anyhow::bail!(
+                    "{}: the state is in use by another run ({holder}); no log was read. Run again when it has ended",
+                    path.display()
+                )
+            }
+            Err(TryLockError::Error(e)) => {
+                anyhow::bail!("{}: cannot lock the state: {e}", path.display())
+            }
+        }
     }
 }
 
@@ -436,6 +747,7 @@ fn already_consumed(path: &Path, entry: &ConsumedInput, modified: Option<&str>) 
     (hash == entry.hash).then(|| "already consumed: same path, size and content hash".to_owned())
 }
 
+#[cfg(test)]
 fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -504,6 +816,7 @@ mod tests {
                 hash: "00".repeat(16),
                 modified: Some("1.000000002".into()),
             }],
+            legacy: false,
         }
     }
 
@@ -548,7 +861,8 @@ mod tests {
                 ..
             })
         ));
-        let other = br#"{"format":"regtally-state","version":99,"written_by":"9.9.9"}"#;
+        let mut other = MAGIC.to_vec();
+        other.extend(postcard::to_allocvec(&(99u32, "9.9.9")).unwrap());
         std::fs::write(&path, zstd::encode_all(&other[..], 3).unwrap()).unwrap();
         let err = RunState::load(dir.path(), Some(14)).unwrap_err();
         assert!(
@@ -556,6 +870,7 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("9.9.9"));
+        assert!(err.to_string().contains("Rebuild the state"));
         std::fs::write(&path, b"plain text").unwrap();
         assert!(matches!(
             RunState::load(dir.path(), Some(14)),
@@ -563,35 +878,129 @@ mod tests {
         ));
     }
 
-    /// A state written by a release whose sketches were format 1 (serde_json) still loads.
+    /// Version 1 of `sample()`, as regtally 0.3 wrote it (JSON, format 1 or 2 sketches).
+    fn version_1_json(state: &RunState, sketch_format: u8) -> serde_json::Value {
+        let metrics: Vec<serde_json::Value> = state
+            .metrics
+            .cells()
+            .map(|(metric, period, cell)| {
+                let mut sketch = cell.sketch.clone();
+                let bytes = if sketch_format == 1 {
+                    sketch.to_bytes_v1_for_tests()
+                } else {
+                    sketch.to_bytes()
+                };
+                serde_json::json!({
+                    "metric": metric, "kind": period.kind.as_str(), "start": period.start,
+                    "events": cell.events, "sketch": to_hex(&bytes),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "format": "regtally-state", "version": 1, "written_by": "0.3.0", "precision": 14,
+            "hash": HASH_NAME, "sketch_format": sketch_format, "dedup_window_days": 14,
+            "metrics": metrics,
+            "repositories": [
+                {"path": "g/known", "exists": true, "last_applied": null},
+                {"path": "g/r", "exists": true, "last_applied": "2021-01-04T08:46:40.000000005Z"},
+            ],
+            "recent_ids": [[format!("{:032x}", 7), 100], [format!("{:032x}", u128::MAX), 200]],
+            "inputs": [{"path": "logs/a.gz", "size": 10, "hash": "00".repeat(16), "modified": "1.000000002"}],
+        })
+    }
+
+    /// A state regtally 0.3 wrote (version 1, with format 1 or 2 sketches) still loads, with
+    /// no `hll_sketch` for its cells; a version 1 file that is not a state is refused.
     #[test]
-    fn a_state_with_format_1_sketches_loads() {
+    fn a_version_1_state_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(STATE_FILE);
+        let path = dir.path().join(LEGACY_STATE_FILE);
         let state = sample();
-        let mut bytes = Vec::new();
-        state.write(14, &mut bytes).unwrap();
-        let mut json: serde_json::Value =
-            serde_json::from_slice(&zstd::decode_all(&bytes[..]).unwrap()).unwrap();
-        json["sketch_format"] = 1.into();
-        for cell in json["metrics"].as_array_mut().unwrap() {
-            let v2 = from_hex(cell["sketch"].as_str().unwrap()).unwrap();
-            let mut sketch = UserSketch::from_bytes(&v2).unwrap();
-            cell["sketch"] = to_hex(&sketch.to_bytes_v1_for_tests()).into();
+        for format in [1, 2] {
+            let text = serde_json::to_vec(&version_1_json(&state, format)).unwrap();
+            std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
+            let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
+            assert!(back.legacy);
+            assert_eq!(back.ledger.entries(), state.ledger.entries());
+            assert_eq!(back.recent_ids, state.recent_ids);
+            assert_eq!(back.inputs, state.inputs);
+            let (mut a, mut b) = (state.metrics.clone().into_rows(), back.metrics.into_rows());
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+                assert!(x.sketch.to_bytes() == y.sketch.to_bytes());
+                assert!(y.events == 0 || y.hll_sketch.is_none());
+            }
         }
-        let text = serde_json::to_vec(&json).unwrap();
-        std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
-        let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
-        let (mut a, mut b) = (state.metrics.into_rows(), back.metrics.into_rows());
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter_mut().zip(b.iter_mut()) {
-            assert!(x.sketch.to_bytes() == y.sketch.to_bytes());
-        }
-        json["sketch_format"] = 3.into();
+        let mut json = version_1_json(&state, 3);
         let text = serde_json::to_vec(&json).unwrap();
         std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
         let err = RunState::load(dir.path(), Some(14)).unwrap_err();
         assert!(err.to_string().contains("sketch format 3"), "{err}");
+        // The year-0 time 0.3 wrote and could not read back is refused, with how to rebuild.
+        json = version_1_json(&state, 2);
+        json["repositories"][1]["last_applied"] = "-0001-12-31T23:30:00Z".into();
+        let text = serde_json::to_vec(&json).unwrap();
+        std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
+        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        assert!(err.to_string().contains("Rebuild the state"), "{err}");
+        // The header a migration leaves, without the new file beside it.
+        std::fs::write(
+            &path,
+            zstd::encode_all(&legacy_moved_header()[..], 3).unwrap(),
+        )
+        .unwrap();
+        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        assert!(err.to_string().contains("which is missing"), "{err}");
+        // The new file wins over the old one.
+        sample()
+            .write(
+                14,
+                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
+            )
+            .unwrap();
+        assert!(
+            !RunState::load(dir.path(), Some(14))
+                .unwrap()
+                .unwrap()
+                .legacy
+        );
+    }
+
+    /// Every time a valid event can carry round-trips, year 0 included.
+    #[test]
+    fn extreme_times_and_ids_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = sample();
+        let key = crate::ledger::repository_key("g/old");
+        state.ledger.learn_path(key, "g/old".into());
+        let year_0 = parse_rfc3339("0000-01-01T00:30:00+01:00").unwrap();
+        state.ledger.push(key, year_0);
+        state.recent_ids.push((u128::MAX - 1, year_0.secs));
+        state
+            .write(
+                14,
+                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
+            )
+            .unwrap();
+        let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
+        assert_eq!(back.ledger.entries(), state.ledger.entries());
+        assert_eq!(back.recent_ids, state.recent_ids);
+    }
+
+    #[test]
+    fn a_second_lock_names_the_holder_and_a_released_one_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StateLock::acquire(dir.path()).unwrap();
+        let err = StateLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(LOCK_FILE), "{err}");
+        assert!(
+            err.contains(&format!("process {}", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        // The file stays, as a killed run leaves it; its lock is free.
+        assert!(dir.path().join(LOCK_FILE).exists());
+        StateLock::acquire(dir.path()).unwrap();
     }
 
     #[test]

@@ -11,7 +11,9 @@ use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
 use crate::read::{discover_inputs, InputPath};
 use crate::records::ParseRules;
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
-use crate::state::{InputSelection, RunState, STATE_FILE};
+use crate::state::{
+    legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
+};
 use crate::timestamp::TimeWindow;
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
@@ -93,6 +95,8 @@ struct RunPlan {
     dedup_window: u32,
     /// The end of today (UTC), in seconds: the latest "newest event" the id window accepts.
     end_of_today: i64,
+    /// Held as long as the plan: until the outputs are in place or the run has failed.
+    _state_lock: Option<StateLock>,
     /// The run's folder of temporary files, created (and what killed runs left removed) before
     /// any log is read.
     spill: SpillDir,
@@ -134,12 +138,15 @@ impl RunPlan {
         if let Err(e) = output::check_output_dir(&args.out) {
             return usage(format!("{e:#}"));
         }
+        let mut state_lock = None;
         let state = match &args.state {
             None => None,
             Some(dir) => {
                 if let Err(e) = output::check_output_dir(dir) {
                     return usage(format!("--state: {e:#}"));
                 }
+                // Before the state is read: another run would count only its own inputs.
+                state_lock = Some(StateLock::acquire(dir)?);
                 let state = match RunState::load(dir, Some(args.precision)) {
                     Ok(Some(s)) => {
                         if known.is_some() {
@@ -217,6 +224,7 @@ impl RunPlan {
             dedup_window: args.dedup_window,
             end_of_today,
             spill,
+            _state_lock: state_lock,
         })
     }
 }
@@ -351,6 +359,12 @@ fn write_outputs(
     })?;
     if let Some((dir, state)) = state {
         staged.stage(&dir.join(STATE_FILE), |w| state.write(plan.dedup_window, w))?;
+        if state.legacy {
+            // regtally 0.3 must refuse the folder now, not start a state of its own beside it.
+            staged.stage(&dir.join(LEGACY_STATE_FILE), |w| {
+                Ok(w.write_all(&legacy_moved_header())?)
+            })?;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let write_seconds = writing.elapsed().as_secs_f64();

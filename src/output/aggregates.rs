@@ -1,9 +1,11 @@
 //! `aggregates.parquet`: one row per metric and period, with its mergeable sketch (SPEC §9).
 
-use crate::aggregate::{known_metric, MetricRow, MetricTable};
+use crate::aggregate::{known_metric, MetricRow, MetricTable, TableCell};
 use crate::period::Period;
-use crate::sketch::UserSketch;
-use crate::sketch::{HASH_NAME, PRECISION_RANGE, SKETCH_FORMAT};
+use crate::sketch::{UserSketch, WarehouseSketch};
+use crate::sketch::{
+    HASH_NAME, HLL_SKETCH_FAMILY, HLL_SKETCH_HASH, HLL_SKETCH_TYPE, PRECISION_RANGE, SKETCH_FORMAT,
+};
 use anyhow::Result;
 use arrow_array::{ArrayRef, BinaryArray, Date32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
@@ -34,7 +36,16 @@ pub fn schema() -> Schema {
         Field::new("unique_users", DataType::Int64, false),
         Field::new("events", DataType::Int64, false),
         Field::new("sketch", DataType::Binary, false),
+        // Null only for a cell whose users partly came from a state of regtally 0.3.
+        Field::new("hll_sketch", DataType::Binary, true),
     ])
+}
+
+/// The columns regtally 0.3 and earlier wrote: `report --from` still reads such files.
+fn schema_before_hll_sketch() -> Schema {
+    let mut fields: Vec<Field> = schema().fields().iter().map(|f| (**f).clone()).collect();
+    fields.pop();
+    Schema::new(fields)
 }
 
 fn days(date: NaiveDate) -> i32 {
@@ -49,7 +60,13 @@ pub fn write_aggregates<W: Write + Send>(
 ) -> Result<()> {
     let schema = Arc::new(schema());
     // Serializing a few hundred dense sketches is most of the writing time: use every core.
-    let sketches: Vec<Vec<u8>> = rows.par_iter_mut().map(|r| r.sketch.to_bytes()).collect();
+    let sketches: Vec<(Vec<u8>, Option<Vec<u8>>)> = rows
+        .par_iter_mut()
+        .map(|r| {
+            let hll = r.hll_sketch.as_ref().map(WarehouseSketch::to_bytes);
+            (r.sketch.to_bytes(), hll)
+        })
+        .collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.metric))),
         Arc::new(StringArray::from_iter_values(
@@ -69,7 +86,10 @@ pub fn write_aggregates<W: Write + Send>(
             rows.iter().map(|r| r.unique_users),
         )),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.events))),
-        Arc::new(BinaryArray::from_iter_values(sketches.iter())),
+        Arc::new(BinaryArray::from_iter_values(sketches.iter().map(|s| &s.0))),
+        Arc::new(BinaryArray::from_iter(
+            sketches.iter().map(|s| s.1.as_ref()),
+        )),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     // Every key has a value: Spark's Parquet reader (parquet-mr) fails on a key without one.
@@ -85,6 +105,10 @@ pub fn write_aggregates<W: Write + Send>(
                 kv("regtally.precision", meta.precision.to_string()),
                 kv("regtally.hash", HASH_NAME.to_owned()),
                 kv("regtally.sketch_format", SKETCH_FORMAT.to_owned()),
+                kv("regtally.hll_sketch.family", HLL_SKETCH_FAMILY.to_owned()),
+                kv("regtally.hll_sketch.type", HLL_SKETCH_TYPE.to_owned()),
+                kv("regtally.hll_sketch.lg_k", meta.precision.to_string()),
+                kv("regtally.hll_sketch.hash", HLL_SKETCH_HASH.to_owned()),
             ]
             .into_iter()
             .chain(meta.since.map(|d| kv("regtally.since", d.to_string())))
@@ -138,7 +162,8 @@ pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggreg
     if kv.get("regtally.hash").cloned().flatten().as_deref() != Some(HASH_NAME) {
         return Err(fail(format!("identity hash is not {HASH_NAME}")));
     }
-    if builder.schema().fields() != schema().fields() {
+    let fields = builder.schema().fields();
+    if fields != schema().fields() && fields != schema_before_hll_sketch().fields() {
         return Err(fail("columns are not those regtally writes".into()));
     }
     let reader = builder.build().map_err(|e| fail(e.to_string()))?;
@@ -155,6 +180,9 @@ pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggreg
         ) else {
             return Err(fail("columns are not those regtally writes".into()));
         };
+        let hll_sketches = (b.num_columns() > 8)
+            .then(|| col(8).downcast_ref::<BinaryArray>())
+            .flatten();
         for i in 0..b.num_rows() {
             let metric = known_metric(names.value(i))
                 .ok_or_else(|| fail(format!("unknown event_name {:?}", names.value(i))))?;
@@ -163,14 +191,30 @@ pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggreg
                 .ok_or_else(|| fail(format!("period_start {} is out of range", starts.value(i))))?;
             let period = Period::of_kind(kinds.value(i), start)
                 .ok_or_else(|| fail(format!("unknown period_kind {:?}", kinds.value(i))))?;
-            if events.is_null(i) || events.value(i) == 0 {
+            let n = events.value(i);
+            if events.is_null(i) || n == 0 {
                 continue;
             }
-            let sketch =
-                UserSketch::from_bytes(sketches.value(i)).map_err(|e| fail(e.to_string()))?;
+            if n < 0 || sketches.is_null(i) {
+                return Err(fail(format!("row {i}: events or sketch is invalid")));
+            }
+            let sketch = UserSketch::from_bytes(sketches.value(i))
+                .map_err(|e| fail(format!("row {i}: sketch: {e}")))?;
+            let hll_sketch = match hll_sketches {
+                Some(h) if !h.is_null(i) => Some(
+                    WarehouseSketch::from_bytes(h.value(i))
+                        .map_err(|e| fail(format!("row {i}: hll_sketch: {e}")))?,
+                ),
+                _ => None,
+            };
+            let cell = TableCell {
+                sketch,
+                hll_sketch,
+                events: n as u64,
+            };
             table
-                .add_cell(metric, period, sketch, events.value(i) as u64)
-                .map_err(|e| fail(e.to_string()))?;
+                .add_cell(metric, period, cell)
+                .map_err(|e| fail(format!("row {i}: {e}")))?;
         }
     }
     Ok(table)

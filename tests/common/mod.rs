@@ -211,6 +211,30 @@ pub struct Row {
     pub unique_users: i64,
     pub events: i64,
     pub sketch: Vec<u8>,
+    pub hll_sketch: Option<Vec<u8>>,
+}
+
+impl Row {
+    /// The estimate of the `hll_sketch` column (DataSketches), if the row has one.
+    pub fn hll_estimate(&self) -> Option<f64> {
+        let bytes = self.hll_sketch.as_ref()?;
+        Some(
+            datasketches::hll::HllSketch::deserialize(bytes)
+                .unwrap()
+                .estimate(),
+        )
+    }
+
+    /// The row with its `hll_sketch` as its estimate: DataSketches unions (nightly states
+    /// merge by them) hold the same users as one sketch of them, in other bytes.
+    pub fn by_estimate(&self) -> (Row, Option<u64>) {
+        let mut row = self.clone();
+        row.hll_sketch = None;
+        (
+            row,
+            self.hll_estimate().map(|e| (e * 1000.0).round() as u64),
+        )
+    }
 }
 
 /// Reads every row of an aggregates file with the parquet crate.
@@ -246,12 +270,14 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
         let (name, kind, period) = (s(0), s(1), s(2));
         let (start, end) = (d(3), d(4));
         let (users, events) = (n(5), n(6));
-        let sketch = b
-            .column(7)
-            .as_any()
-            .downcast_ref::<BinaryArray>()
-            .unwrap()
-            .clone();
+        let binary = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .unwrap()
+                .clone()
+        };
+        let (sketch, hll_sketch) = (binary(7), binary(8));
         for i in 0..b.num_rows() {
             assert!(!name.is_null(i) && !sketch.is_null(i));
             rows.push(Row {
@@ -263,6 +289,7 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
                 unique_users: users.value(i),
                 events: events.value(i),
                 sketch: sketch.value(i).to_vec(),
+                hll_sketch: (!hll_sketch.is_null(i)).then(|| hll_sketch.value(i).to_vec()),
             });
         }
     }
