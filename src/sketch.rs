@@ -164,9 +164,29 @@ impl UserSketch {
     }
 
     /// Reads bytes written by [`UserSketch::to_bytes`], in this format or an earlier one.
+    ///
+    /// The bytes come from files anyone can edit: every field of the crate's state is checked
+    /// ([`check_layout`]) before the crate sees it, since the crate trusts its own state and
+    /// indexes or subtracts with it.
     pub fn from_bytes(bytes: &[u8]) -> Result<UserSketch, SketchError> {
         let (&version, rest) = bytes.split_first().ok_or(SketchError::Empty)?;
         let (&precision, body) = rest.split_first().ok_or(SketchError::Empty)?;
+        if !(1..=SKETCH_FORMAT_VERSION).contains(&version) {
+            return Err(SketchError::Version(version));
+        }
+        if !PRECISION_RANGE.contains(&precision) {
+            return Err(SketchError::BadPrecision(precision));
+        }
+        let layout: Layout = match version {
+            1 => serde_json::from_slice(body).map_err(|e| SketchError::Corrupt(e.to_string()))?,
+            2 => match postcard::take_from_bytes(body) {
+                Ok((layout, [])) => layout,
+                Ok(_) => return Err(SketchError::Corrupt("trailing bytes".into())),
+                Err(e) => return Err(SketchError::Corrupt(e.to_string())),
+            },
+            _ => return Err(SketchError::Version(version)),
+        };
+        check_layout(&layout, precision).map_err(|why| SketchError::Corrupt(why.into()))?;
         let hll: HyperLogLogPlus<u64, PassThroughBuildHasher> = match version {
             1 => serde_json::from_slice(body).map_err(|e| SketchError::Corrupt(e.to_string()))?,
             2 => match postcard::take_from_bytes(body) {
@@ -189,6 +209,132 @@ impl UserSketch {
     pub fn precision(&self) -> u8 {
         self.precision
     }
+}
+
+/// The serialized state of `hyperloglogplus` 0.4.1's `HyperLogLogPlus`, field for field (its
+/// fields are private): what [`UserSketch::from_bytes`] checks before handing bytes to the
+/// crate. Postcard and JSON read it exactly as they read the crate's own struct.
+#[derive(Deserialize)]
+struct Layout {
+    #[allow(dead_code)]
+    builder: PassThroughBuildHasher,
+    precision: u8,
+    counts: (usize, usize, usize),
+    tmpset: Vec<u32>,
+    sparse: SparseLayout,
+    registers: Option<RegistersLayout>,
+    #[allow(dead_code)]
+    phantom: std::marker::PhantomData<u64>,
+}
+
+#[derive(Deserialize)]
+struct SparseLayout {
+    count: usize,
+    last: u32,
+    buf: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct RegistersLayout {
+    buf: Vec<u32>,
+    count: usize,
+    zeros: usize,
+}
+
+/// The crate's sparse precision.
+const PRIME_PRECISION: u32 = 25;
+
+/// Checks a sketch's state as the crate would have built it for `precision`: the register
+/// counts it derives from the precision, an empty temporary set (`to_bytes` folds it), a
+/// sparse list of valid codes in strictly increasing order whose count and last value match,
+/// or dense registers of the right number, each no larger than a hash can make it, with the
+/// count of zero registers right.
+fn check_layout(l: &Layout, precision: u8) -> Result<(), &'static str> {
+    let p = u32::from(precision);
+    let m = 1usize << p;
+    if l.precision != precision {
+        return Err("the precision byte does not match the sketch");
+    }
+    if l.counts != (m, 1 << (PRIME_PRECISION - 1), 4 * m / 5) {
+        return Err("register counts do not match the precision");
+    }
+    if !l.tmpset.is_empty() {
+        return Err("temporary set is not empty");
+    }
+    let (mut count, mut last, mut at) = (0usize, None::<u32>, 0usize);
+    let buf = &l.sparse.buf;
+    while at < buf.len() {
+        let (mut value, mut shift) = (0u64, 0u32);
+        loop {
+            let Some(&b) = buf.get(at) else {
+                return Err("sparse list ends inside a number");
+            };
+            at += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 28 {
+                return Err("sparse list holds a number of more than 32 bits");
+            }
+        }
+        let code = last
+            .unwrap_or(0)
+            .checked_add(u32::try_from(value).map_err(|_| "sparse code past 32 bits")?)
+            .ok_or("sparse code past 32 bits")?;
+        if last.is_some() && value == 0 {
+            return Err("sparse list is not in strictly increasing order");
+        }
+        let valid = if code & 1 == 1 {
+            // Index in bits 7.., rank in bits 1..7: at most 64 - 25 + 1.
+            let rank = (code >> 1) & 0x3f;
+            (1..=64 - PRIME_PRECISION + 1).contains(&rank)
+        } else {
+            // Index in bits 1..26, with some bit below the precision's set.
+            let index = code >> 1;
+            index >> PRIME_PRECISION == 0 && index & ((1 << (PRIME_PRECISION - p)) - 1) != 0
+        };
+        if !valid {
+            return Err("sparse list holds a code no hash encodes to");
+        }
+        count += 1;
+        last = Some(code);
+    }
+    if count != l.sparse.count || last.unwrap_or(0) != l.sparse.last {
+        return Err("sparse count or last value does not match the list");
+    }
+    if let Some(r) = &l.registers {
+        if count != 0 {
+            return Err("sketch is both sparse and dense");
+        }
+        if r.count != m || r.buf.len() != m.div_ceil(5) {
+            return Err("dense sketch has the wrong number of registers");
+        }
+        let max_rank = 64 - p + 1;
+        let mut zeros = 0;
+        for (w, word) in r.buf.iter().enumerate() {
+            if word >> 30 != 0 {
+                return Err("dense register word has bits past its registers");
+            }
+            for i in 0..5 {
+                let v = (word >> (6 * i)) & 0x3f;
+                if w * 5 + i >= m {
+                    if v != 0 {
+                        return Err("dense sketch holds a register past its count");
+                    }
+                } else if v > max_rank {
+                    return Err("dense register larger than a hash can make it");
+                } else if v == 0 {
+                    zeros += 1;
+                }
+            }
+        }
+        if zeros != r.zeros {
+            return Err("dense sketch's count of zero registers does not match");
+        }
+    }
+    Ok(())
 }
 
 /// The `hll_sketch` column's sketch: Apache DataSketches HLL, type HLL_8, `lg_k` equal to the
@@ -278,6 +424,65 @@ impl WarehouseSketch {
 
 #[cfg(test)]
 mod tests {
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The bytes of the pinned `hyperloglogplus` (=0.4.1) as postcard writes them: the
+    /// `sketch` column and every state hold this layout, so a change of the crate that moved a
+    /// byte must fail here, not in a warehouse.
+    #[test]
+    fn golden_bytes_of_the_pinned_layout() {
+        let mut sparse = UserSketch::new(4);
+        sparse.insert(identity_hash("root"));
+        sparse.insert(identity_hash("jaime"));
+        assert_eq!(
+            hex(&sparse.to_bytes()),
+            "02040410808080080c0002fabeb10f08dee7a5019cd78b0e00"
+        );
+        let mut dense = UserSketch::new(4);
+        (0..200).for_each(|i| dense.insert(identity_hash(&format!("u{i}"))));
+        // Dense: 16 six-bit registers in 4 words, then the count and the zero registers.
+        assert_eq!(
+            hex(&dense.to_bytes()),
+            "02040410808080080c000000000104c6a1a119c883b120c382c128061000"
+        );
+        let mut back = UserSketch::from_bytes(&dense.to_bytes()).unwrap();
+        assert_eq!(back.estimate(), dense.estimate());
+    }
+
+    /// `hll_sketch` bytes equal those Apache DataSketches' own Python package writes for the
+    /// same names (`hll_sketch(lg_k, HLL_8)`, `update(name)`, `serialize_compact()`):
+    /// the hash is Java's `update(String)`, not Rust's `Hash for str`.
+    #[test]
+    fn warehouse_sketch_bytes_equal_datasketches_python() {
+        let of = |lg_k: u8, names: &[&str]| {
+            let mut coupons: Vec<Coupon> = names.iter().map(|n| identity_coupon(n)).collect();
+            hex(&WarehouseSketch::of_users(lg_k, &mut coupons).to_bytes())
+        };
+        assert_eq!(of(4, &["root"]), "02010704030801082311cf11");
+        // Python kept its insertion order, regtally sorts: the same header and coupons.
+        let coupons = |hex: &str| {
+            let mut c: Vec<String> = (16..hex.len())
+                .step_by(8)
+                .map(|i| hex[i..i + 8].to_owned())
+                .collect();
+            c.sort();
+            (hex[..16].to_owned(), c)
+        };
+        assert_eq!(
+            coupons(&of(12, &["élodie", "root", "jaime"])),
+            coupons("0201070c030803082311cf11ed19310a953fe90b")
+        );
+        let rust_hash = {
+            let mut h = WarehouseSketch::new(4);
+            h.hll.update("root");
+            hex(&h.to_bytes())
+        };
+        assert_ne!(rust_hash, of(4, &["root"]));
+    }
+
     use super::*;
 
     #[test]
