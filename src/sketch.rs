@@ -407,7 +407,11 @@ impl WarehouseSketch {
     }
 
     /// Reads a sketch in DataSketches' serialized form: an HLL_8 sketch of `lg_k` 4 to 18.
+    ///
+    /// The crate checks the layout but not the values of dense registers, and shifts by them
+    /// when it merges: those are checked here first ([`check_dense_hll8`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<WarehouseSketch, SketchError> {
+        check_dense_hll8(bytes).map_err(|why| SketchError::Corrupt(why.into()))?;
         let hll = HllSketch::deserialize(bytes).map_err(|e| SketchError::Corrupt(e.to_string()))?;
         if hll.target_type() != HllType::Hll8 {
             return Err(SketchError::Corrupt(format!(
@@ -420,6 +424,41 @@ impl WarehouseSketch {
         }
         Ok(WarehouseSketch { hll })
     }
+}
+
+/// Checks a dense (HLL mode) HLL_8 sketch's registers: exactly `2^lg_k` of them after the
+/// 40-byte preamble, none above 63 (a register holds six bits of leading zeros), as many
+/// zeros as the preamble says, and finite, non-negative estimator values. Other modes and
+/// types are left to the crate.
+fn check_dense_hll8(b: &[u8]) -> Result<(), &'static str> {
+    const PREAMBLE: usize = 40;
+    let (Some(&lg_k), Some(&mode)) = (b.get(3), b.get(7)) else {
+        return Ok(());
+    };
+    // Current mode HLL (low two bits 2), target type HLL_8 (next two bits 2).
+    if mode & 0x3 != 2 || (mode >> 2) & 0x3 != 2 || !(4..=21).contains(&lg_k) {
+        return Ok(());
+    }
+    let k = 1usize << lg_k;
+    if b.len() != PREAMBLE + k {
+        return Err("dense hll_sketch does not hold 2^lg_k registers");
+    }
+    let f64_at = |at: usize| f64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+    if [8, 16, 24]
+        .iter()
+        .any(|&at| !f64_at(at).is_finite() || f64_at(at) < 0.0)
+    {
+        return Err("dense hll_sketch's estimator values are not numbers");
+    }
+    let registers = &b[PREAMBLE..];
+    if registers.iter().any(|&r| r > 63) {
+        return Err("dense hll_sketch has a register above 63");
+    }
+    let zeros = registers.iter().filter(|&&r| r == 0).count();
+    if u32::from_le_bytes([b[32], b[33], b[34], b[35]]) as usize != zeros {
+        return Err("dense hll_sketch's count of zero registers does not match");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

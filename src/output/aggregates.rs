@@ -132,13 +132,48 @@ pub struct ReadAggregatesError {
 
 /// Reads an `aggregates.parquet` back into a table of sketches (for `regtally report`).
 pub fn read_aggregates(path: &std::path::Path) -> Result<MetricTable, ReadAggregatesError> {
+    let name = path.display().to_string();
+    match std::fs::File::open(path) {
+        Ok(file) => read_aggregates_from(&name, file),
+        Err(e) => Err(ReadAggregatesError {
+            path: name,
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// [`read_aggregates`] from any Parquet source; `name` names it in errors. Every byte is
+/// untrusted: a damaged or hostile file is an error, never a panic.
+pub fn read_aggregates_from<R: parquet::file::reader::ChunkReader + 'static>(
+    name: &str,
+    source: R,
+) -> Result<MetricTable, ReadAggregatesError> {
+    // The parquet crate (55) still indexes out of bounds on some damaged files (found by
+    // tests/fuzz.rs): its panics are this file's error, not the end of regtally.
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_unguarded(name, source)
+    }));
+    std::panic::set_hook(quiet);
+    result.unwrap_or_else(|_| {
+        Err(ReadAggregatesError {
+            path: name.to_owned(),
+            why: "damaged Parquet file (the Parquet reader could not decode it)".into(),
+        })
+    })
+}
+
+fn read_unguarded<R: parquet::file::reader::ChunkReader + 'static>(
+    name: &str,
+    source: R,
+) -> Result<MetricTable, ReadAggregatesError> {
     use arrow_array::Array;
     let fail = |why: String| ReadAggregatesError {
-        path: path.display().to_string(),
+        path: name.to_owned(),
         why,
     };
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(source)
         .map_err(|e| fail(format!("not a Parquet file: {e}")))?;
     let kv: std::collections::HashMap<String, Option<String>> = builder
         .metadata()
