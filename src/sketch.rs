@@ -417,7 +417,7 @@ impl WarehouseSketch {
             1 => 12,
             _ => return bytes,
         };
-        if flags & 8 != 0 && bytes.len() >= start && (bytes.len() - start) % 4 == 0 {
+        if flags & 8 != 0 && bytes.len() >= start && (bytes.len() - start).is_multiple_of(4) {
             let mut coupons: Vec<u32> = bytes[start..]
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))

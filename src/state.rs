@@ -475,7 +475,8 @@ mod legacy {
             version: STATE_VERSION,
             written_by: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        serde_json::to_vec(&header).expect("serializing to memory cannot fail")
+        let json = serde_json::to_vec(&header).expect("serializing to memory cannot fail");
+        zstd::encode_all(&json[..], 3).expect("compressing in memory cannot fail")
     }
 
     /// Reads a version 1 state. Its cells have no `hll_sketch` (their users were hashed only
@@ -556,7 +557,8 @@ mod legacy {
     }
 }
 
-/// What stands in the old state file once a run has moved its state to [`STATE_FILE`].
+/// What stands in the old state file once a run has moved its state to [`STATE_FILE`]:
+/// zstd-compressed JSON, as 0.3 reads it.
 pub fn legacy_moved_header() -> Vec<u8> {
     legacy::moved_header()
 }
@@ -944,11 +946,7 @@ mod tests {
         let err = RunState::load(dir.path(), Some(14)).unwrap_err();
         assert!(err.to_string().contains("Rebuild the state"), "{err}");
         // The header a migration leaves, without the new file beside it.
-        std::fs::write(
-            &path,
-            zstd::encode_all(&legacy_moved_header()[..], 3).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(&path, legacy_moved_header()).unwrap();
         let err = RunState::load(dir.path(), Some(14)).unwrap_err();
         assert!(err.to_string().contains("which is missing"), "{err}");
         // The new file wins over the old one.

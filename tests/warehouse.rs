@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::fs;
 
 fn push_tag(id: &str, ts: &str, user: &str) -> Ev {
     Ev::new(id, ts, "push", "g/r", user).tag("v1")
@@ -102,4 +103,226 @@ fn a_zero_time_event_among_normal_ones_changes_no_row() {
     assert_eq!(ws.rows("oa-range"), ws.rows("ob-range"));
     let s = ws.json("ob-range/summary.json");
     assert_eq!(s["out_of_range_events"], 300 - 7 * 15);
+}
+
+// ---- The state: format, migration, lock ----
+
+/// Runs `regtally run <inputs> --state state -o out` plus `extra`.
+fn nightly(ws: &Workspace, input: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["--state".to_owned(), ws.s("state")];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ws.run(&[input], "out", &args)
+}
+
+#[test]
+fn a_year_0_push_and_another_night() {
+    let ws = Workspace::new();
+    let mut lines = ordinary(50);
+    lines.push(push_tag("year0", "0000-01-01T00:30:00+01:00", "u1").line());
+    lines.push(
+        Ev::new(
+            "year0-repo",
+            "0000-01-01T00:30:00+01:00",
+            "push",
+            "g/old",
+            "u1",
+        )
+        .line(),
+    );
+    ws.write_lines("n1/log.jsonl", &lines);
+    let r = nightly(&ws, "n1", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ws.json("out/summary.json")["implausible_time_events"], 2);
+    ws.write_lines(
+        "n2/log.jsonl",
+        &[push_tag("next", "2021-01-25T10:00:00Z", "u9").line()],
+    );
+    let r = nightly(&ws, "n2", &[]);
+    assert_eq!(r.code, 0, "the next night loads the state: {}", r.stderr);
+    assert_eq!(cell(&ws.rows("out"), "push_tag", "2021-W04").0, 1);
+}
+
+#[test]
+fn a_state_of_0_3_loads_and_is_replaced() {
+    let ws = Workspace::new();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-0.3");
+    fs::create_dir_all(ws.path("state")).unwrap();
+    fs::copy(
+        fixture.join("regtally-state.json.zst"),
+        ws.path("state/regtally-state.json.zst"),
+    )
+    .unwrap();
+    // Night 2, in the weeks after 0.3's night 1 and in one of its weeks.
+    ws.write_lines(
+        "n2/log.jsonl",
+        &[
+            push_tag("new1", "2021-01-25T10:00:00Z", "u9").line(),
+            push_tag("new2", "2021-01-05T10:00:00Z", "u9").line(),
+        ],
+    );
+    let r = nightly(&ws, "n2", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = ws.rows("out");
+    // 0.3's counts carry on: 30 pushes by 5 users in 2021-01, and night 2's two.
+    assert_eq!(cell(&rows, "push_tag", "2021-01"), (6, 32));
+    // A cell only night 2 filled has its hll_sketch; one 0.3 had a part in stays null.
+    assert_eq!(
+        row(&rows, "i_container_registry_push_tag_user", "2021-W04")
+            .hll_estimate()
+            .map(f64::round),
+        Some(1.0)
+    );
+    assert_eq!(
+        row(&rows, "i_container_registry_push_tag_user", "2021-W01").hll_sketch,
+        None
+    );
+    assert_eq!(
+        row(&rows, "i_container_registry_push_tag_user", "2021-01").hll_sketch,
+        None
+    );
+    // The new file is written; the old one holds only a header 0.3 refuses.
+    assert!(ws.path("state/regtally-state.bin.zst").exists());
+    let old =
+        zstd::decode_all(&fs::read(ws.path("state/regtally-state.json.zst")).unwrap()[..]).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&old).unwrap();
+    assert_eq!(header["version"], 2);
+    // And the night after loads the new file.
+    ws.write_lines(
+        "n3/log.jsonl",
+        &[push_tag("new3", "2021-01-26T10:00:00Z", "u8").line()],
+    );
+    let r = nightly(&ws, "n3", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(cell(&ws.rows("out"), "push_tag", "2021-W04"), (2, 2));
+}
+
+#[test]
+fn a_held_lock_stops_a_run_before_it_reads_and_a_released_one_is_taken() {
+    let ws = Workspace::new();
+    ws.write_lines("n1/log.jsonl", &ordinary(20));
+    fs::create_dir_all(ws.path("state")).unwrap();
+    let lock_path = ws.path("state/regtally-state.lock");
+    let mut lock = fs::File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    use std::io::Write;
+    writeln!(lock, "{}", std::process::id()).unwrap();
+    let r = nightly(&ws, "n1", &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("regtally-state.lock"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("process {}", std::process::id())),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !ws.path("out/aggregates.parquet").exists(),
+        "no output written"
+    );
+    assert!(!ws.path("state/regtally-state.bin.zst").exists());
+    // A killed run's lock: the file is left, its lock is free.
+    drop(lock);
+    let r = nightly(&ws, "n1", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn two_runs_on_one_state_started_together_count_every_input_once() {
+    let ws = Workspace::new();
+    // Enough lines that the first run still holds the lock when the second starts.
+    let lines: Vec<String> = (0..60_000)
+        .map(|i| {
+            let ts = format!("2021-01-{:02}T10:00:00Z", 4 + i % 20);
+            push_tag(&format!("e{i}"), &ts, &format!("u{}", i % 97)).line()
+        })
+        .collect();
+    ws.write_lines("in/a.jsonl", &lines[..30_000]);
+    ws.write_lines("in/b.jsonl", &lines[30_000..]);
+    let spawn = |out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_regtally"))
+            .args([
+                "run",
+                &ws.s("in"),
+                "-o",
+                &ws.s(out),
+                "--state",
+                &ws.s("state"),
+            ])
+            .args(["--as-of", "2021-02-01", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("o1"), spawn("o2"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code().unwrap(), b.status.code().unwrap()];
+    codes.sort();
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    match codes {
+        // They overlapped: one was refused, naming the lock.
+        [0, 1] => assert!(stderr.contains("in use by another run"), "{stderr}"),
+        // One finished before the other took the lock: the second skipped both inputs.
+        [0, 0] => {}
+        _ => panic!("exit codes {codes:?}: {stderr}"),
+    }
+    // Either way the state counted every input once: a run now reads nothing new.
+    assert_eq!(ws.run(&["in"], "full", &[]).code, 0);
+    let r = ws.run(&["in"], "after", &["--state", &ws.s("state")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ws.json("after/summary.json")["lines"], 0);
+    assert_eq!(
+        ws.rows("after")
+            .iter()
+            .map(Row::by_estimate)
+            .collect::<Vec<_>>(),
+        ws.rows("full")
+            .iter()
+            .map(Row::by_estimate)
+            .collect::<Vec<_>>()
+    );
+}
+
+// ---- hll_sketch ----
+
+#[test]
+fn hll_sketch_counts_the_users_unique_users_counts() {
+    let ws = Workspace::new();
+    // Names differing in case are one user; a deploy token is none.
+    let mut lines = ordinary(300);
+    lines.push(push_tag("upper", "2021-01-05T11:00:00Z", "U1").line());
+    lines.push(
+        push_tag("token", "2021-01-05T12:00:00Z", "x")
+            .actor("deployer", "deploy_token")
+            .line(),
+    );
+    ws.write_lines("a/log.jsonl", &lines);
+    assert_eq!(ws.run(&["a"], "out", &["--threads", "1"]).code, 0);
+    assert_eq!(
+        ws.run(&["a"], "out2", &["--threads", "2", "--memory-limit", "300"])
+            .code,
+        0
+    );
+    let rows = ws.rows("out");
+    assert_eq!(
+        rows,
+        ws.rows("out2"),
+        "bytes do not depend on threads or spilling"
+    );
+    for r in &rows {
+        let e = r.hll_estimate().unwrap();
+        assert_eq!(
+            e.round() as i64,
+            r.unique_users,
+            "{} {}",
+            r.event_name,
+            r.period
+        );
+    }
+    assert_eq!(cell(&rows, "push_tag", "2021-01").0, 7);
 }
