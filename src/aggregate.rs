@@ -12,6 +12,7 @@ use crate::records::{Action, EventRecord, UserCoupons};
 use crate::sketch::{PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
 use crate::timestamp::Timestamp;
 use chrono::NaiveDate;
+use datasketches::hll::Coupon;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
@@ -91,13 +92,8 @@ impl Aggregate {
     }
 
     /// Learns where users land in the `hll_sketch` column.
-    pub fn learn_users(&mut self, users: UserCoupons) {
-        if self.coupons.len() < users.len() {
-            let mine = std::mem::replace(&mut self.coupons, users);
-            self.coupons.extend(mine);
-        } else {
-            self.coupons.extend(users);
-        }
+    pub fn learn_users(&mut self, users: impl IntoIterator<Item = (u64, Coupon)>) {
+        self.coupons.extend(users);
     }
 
     /// Adds everything `other` counted.
@@ -110,7 +106,12 @@ impl Aggregate {
         for (key, cell) in small.cells {
             big.cells.entry(key).or_default().merge(cell);
         }
-        big.learn_users(small.coupons);
+        if big.coupons.len() < small.coupons.len() {
+            let mine = std::mem::replace(&mut big.coupons, small.coupons);
+            big.coupons.extend(mine);
+        } else {
+            big.coupons.extend(small.coupons);
+        }
         big
     }
 
@@ -172,7 +173,7 @@ impl Aggregate {
 }
 
 /// The `hll_sketch` coupons of a cell's users.
-fn coupons_of(users: &IdentitySet, coupons: &UserCoupons) -> Vec<datasketches::hll::Coupon> {
+fn coupons_of(users: &IdentitySet, coupons: &UserCoupons) -> Vec<Coupon> {
     // Every counted user's coupon was learned from its chunk (`Aggregate::learn_users`).
     users
         .iter()

@@ -30,12 +30,12 @@ use crate::output::write_reject;
 use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath, RawBytes};
 use crate::records::{
     parse_chunk_into, ChunkOutput, EventRecord, LineCounts, ParseRules, PathMap, Reject,
-    UserCoupons,
 };
 use crate::spill::{MemoryBudget, SpillDir};
 use crate::timestamp::Timestamp;
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
+use datasketches::hll::Coupon;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -744,7 +744,7 @@ struct FoldJob {
     records: Vec<EventRecord>,
     firsts: Vec<bool>,
     paths: PathMap,
-    users: UserCoupons,
+    users: Vec<(u64, Coupon)>,
     /// De-duplication deferred some of the records (it has spilled).
     deferred: bool,
 }

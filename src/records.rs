@@ -75,9 +75,25 @@ impl EventRecord {
 /// Repository paths by their key.
 pub type PathMap = HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>;
 
-/// Where each user lands in the `hll_sketch` column, by identity hash: computed once per user
-/// and chunk, not carried in every record.
+/// Where each user lands in the `hll_sketch` column, by identity hash: computed about once per
+/// user and parse thread ([`ParseRules::run`]), not carried in every record.
 pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
+
+/// Identity hashes.
+type IdentitySeen = std::collections::HashSet<u64, BuildHasherDefault<PassThroughHasher>>;
+
+thread_local! {
+    /// The users this thread has reported in the chunks of the run it names: each user's
+    /// coupon is computed and handed on once per thread and run, not once per event.
+    static REPORTED: std::cell::RefCell<(u64, IdentitySeen)> = Default::default();
+}
+
+static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A number no other run in this process has, for [`ParseRules::run`].
+pub fn new_run_id() -> u64 {
+    NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Where a reject came from and why.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,8 +147,11 @@ pub struct ChunkOutput {
     pub rejects: Vec<Reject>,
     /// Paths of the repositories this chunk pushes to or deletes, by key.
     pub ledger_paths: PathMap,
-    /// The users of events that can count in a user metric.
-    pub users: UserCoupons,
+    /// The users of events that can count in a user metric, each reported by the first chunk
+    /// its thread parsed it in (every chunk is folded, so every such user reaches the fold).
+    pub users: Vec<(u64, Coupon)>,
+    /// The users this chunk's thread has reported in this run, lent by [`REPORTED`].
+    reported: IdentitySeen,
     /// Bytes of text the chunk held.
     pub bytes: u64,
     /// Rejects of the line being parsed, and how many past [`MAX_REJECTS_PER_LINE`].
@@ -173,6 +192,9 @@ pub struct ParseRules {
     pub max_line_bytes: usize,
     /// Events stamped outside it are invalid.
     pub times: TimeWindow,
+    /// The run, from [`new_run_id`]: what a thread reported in another run's chunks does not
+    /// count as reported in this one's.
+    pub run: u64,
 }
 
 /// [`parse_chunk_into`] with no limit on times, for tests of the other rules.
@@ -180,6 +202,7 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
     let rules = ParseRules {
         max_line_bytes,
         times: TimeWindow::unbounded(),
+        run: new_run_id(),
     };
     parse_chunk_into(chunk, &rules, Vec::new())
 }
@@ -193,12 +216,26 @@ pub fn parse_chunk_into(
 ) -> ChunkOutput {
     events.clear();
     let max_line_bytes = rules.max_line_bytes;
+    let reported = REPORTED.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.0 != rules.run {
+            *r = (rules.run, IdentitySeen::default());
+        }
+        std::mem::take(&mut r.1)
+    });
     let mut out = ChunkOutput {
         ids: Vec::with_capacity(events.capacity()),
         events,
         times: rules.times,
+        reported,
         ..ChunkOutput::default()
     };
+    parse_into(chunk, max_line_bytes, &mut out);
+    REPORTED.with(|r| r.borrow_mut().1 = std::mem::take(&mut out.reported));
+    out
+}
+
+fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
     match chunk {
         Chunk::Overlong { prefix, len } => {
             out.counts.lines = 1;
@@ -216,7 +253,7 @@ pub fn parse_chunk_into(
             out.bytes = data.len() as u64;
             let body = data.strip_suffix(b"\n").unwrap_or(data);
             if data.is_empty() {
-                return out;
+                return;
             }
             // memchr finds newlines many bytes at a time; a byte loop here was a quarter of
             // the whole run's time.
@@ -262,7 +299,6 @@ pub fn parse_chunk_into(
             }
         }
     }
-    out
 }
 
 impl ChunkOutput {
@@ -348,10 +384,8 @@ impl ChunkOutput {
         let counts_for_users = kind.tracked().is_some() || kind == EventKind::RepositoryPush;
         let user = user_identity(event.user_type(), event.name()).map(|identity| {
             let hash = identity_hash(&identity);
-            if counts_for_users {
-                self.users
-                    .entry(hash)
-                    .or_insert_with(|| identity_coupon(&identity));
+            if counts_for_users && self.reported.insert(hash) {
+                self.users.push((hash, identity_coupon(&identity)));
             }
             hash
         });

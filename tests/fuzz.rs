@@ -10,7 +10,6 @@ use regtally::aggregate::Aggregate;
 use regtally::classify::TrackedEvent;
 use regtally::ledger::RepositoryLedger;
 use regtally::output::aggregates::{read_aggregates_from, write_aggregates, AggregatesMetadata};
-use regtally::records::UserCoupons;
 use regtally::sketch::{identity_coupon, identity_hash, UserSketch, WarehouseSketch};
 use regtally::state::RunState;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -108,12 +107,12 @@ fn fuzz(what: &str, seeds: &[Vec<u8>], mut read: impl FnMut(&[u8]) -> Result<(),
     eprintln!("{what}: {accepted} accepted, {refused} refused");
 }
 
-fn users(names: impl Iterator<Item = String>) -> (Vec<u64>, UserCoupons) {
-    let mut coupons = UserCoupons::default();
+fn users(names: impl Iterator<Item = String>) -> (Vec<u64>, Vec<(u64, Coupon)>) {
+    let mut coupons = Vec::new();
     let hashes = names
         .map(|n| {
             let h = identity_hash(&n);
-            coupons.insert(h, identity_coupon(&n));
+            coupons.push((h, identity_coupon(&n)));
             h
         })
         .collect();

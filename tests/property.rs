@@ -408,6 +408,12 @@ fn check(seed: u64) -> (Vec<String>, usize) {
                 r.unique_users,
                 users.len() as i64,
                 "seed {seed} {out}: users of {metric} {period}"
+            ); // So does a DataSketches list or set: a user whose coupon went missing on
+               // the way (threads, spilling) would show here.
+            assert_eq!(
+                r.hll_estimate().map(|e| e.round() as usize),
+                Some(users.len()),
+                "seed {seed} {out}: hll_sketch of {metric} {period}"
             );
         }
         for r in &rows {

@@ -9,7 +9,7 @@ use crate::output::summary::{print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
 use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
 use crate::read::{discover_inputs, InputPath};
-use crate::records::ParseRules;
+use crate::records::{new_run_id, ParseRules};
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
 use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
@@ -197,6 +197,7 @@ impl RunPlan {
                 rules: ParseRules {
                     max_line_bytes: args.max_line_bytes as usize,
                     times: TimeWindow::until_day_after(today),
+                    run: new_run_id(),
                 },
                 chunk_bytes: args.chunk_bytes as usize,
                 progress: !args.quiet && std::io::stderr().is_terminal(),
