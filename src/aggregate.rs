@@ -133,7 +133,7 @@ impl Aggregate {
         let rows: Vec<(&'static str, Period, TableCell)> = by_period
             .par_iter()
             .flat_map_iter(|(&period, cells)| {
-                let singles: Vec<(&'static str, Period, TableCell)> = cells
+                let singles: Vec<(&'static str, Period, TableCell, Vec<Coupon>)> = cells
                     .par_iter()
                     .map(|(event, cell)| {
                         let mut users = coupons_of(&cell.users, coupons);
@@ -142,26 +142,27 @@ impl Aggregate {
                             hll_sketch: Some(WarehouseSketch::of_users(precision, &mut users)),
                             events: cell.events,
                         };
-                        (event.metric_name(), period, table_cell)
+                        (event.metric_name(), period, table_cell, users)
                     })
                     .collect();
                 let mut total = UserSketch::new(precision);
                 let mut events = 0;
                 let mut users = Vec::new();
-                for (_, _, c) in &singles {
+                for (_, _, c, cell_users) in &singles {
                     // Equal precision by construction: the merge cannot fail.
                     let _ = total.merge(&c.sketch);
                     events += c.events;
-                }
-                for (_, cell) in cells {
-                    users.extend(coupons_of(&cell.users, coupons));
+                    users.extend_from_slice(cell_users);
                 }
                 let total = TableCell {
                     sketch: total,
                     hll_sketch: Some(WarehouseSketch::of_users(precision, &mut users)),
                     events,
                 };
-                singles.into_iter().chain([(TOTAL_METRIC, period, total)])
+                singles
+                    .into_iter()
+                    .map(|(metric, period, cell, _)| (metric, period, cell))
+                    .chain([(TOTAL_METRIC, period, total)])
             })
             .collect();
         let mut table = MetricTable::new(precision);
