@@ -136,10 +136,10 @@ impl Aggregate {
                 let singles: Vec<(&'static str, Period, TableCell, Vec<Coupon>)> = cells
                     .par_iter()
                     .map(|(event, cell)| {
-                        let mut users = coupons_of(&cell.users, coupons);
+                        let users = coupons_of(&cell.users, coupons);
                         let table_cell = TableCell {
                             sketch: sketch_of(&cell.users, precision),
-                            hll_sketch: Some(WarehouseSketch::of_users(precision, &mut users)),
+                            hll_sketch: Some(WarehouseSketch::of_users(precision, &users)),
                             events: cell.events,
                         };
                         (event.metric_name(), period, table_cell, users)
@@ -156,7 +156,7 @@ impl Aggregate {
                 }
                 let total = TableCell {
                     sketch: total,
-                    hll_sketch: Some(WarehouseSketch::of_users(precision, &mut users)),
+                    hll_sketch: Some(WarehouseSketch::of_users(precision, &users)),
                     events,
                 };
                 singles

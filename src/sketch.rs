@@ -363,17 +363,12 @@ impl WarehouseSketch {
         WarehouseSketch { hll }
     }
 
-    /// The sketch of these users. They are sorted first: a sketch's bytes follow the order of
-    /// its updates, and the order users come in depends on threads and spilling.
-    pub fn of_users(lg_k: u8, coupons: &mut [Coupon]) -> WarehouseSketch {
-        coupons.sort_unstable();
+    /// The sketch of these users, in any order: [`WarehouseSketch::to_bytes`] writes what the
+    /// order changes in a form that does not depend on it.
+    pub fn of_users(lg_k: u8, coupons: &[Coupon]) -> WarehouseSketch {
         let mut sketch = WarehouseSketch::new(lg_k);
-        let mut last = None;
-        for &c in coupons.iter() {
-            if last != Some(c) {
-                sketch.hll.update_with_coupon(c);
-                last = Some(c);
-            }
+        for &c in coupons {
+            sketch.hll.update_with_coupon(c);
         }
         sketch
     }
@@ -403,10 +398,14 @@ impl WarehouseSketch {
 
     /// The sketch in DataSketches' own serialized form (compact), as every implementation reads it.
     ///
-    /// A compact list or set holds its coupons in the order of the crate's table, which
-    /// depends on the order they came in (a sketch read back from a state re-inserts them):
-    /// they are written sorted, so that the same users give the same bytes. Readers insert
-    /// them one by one whatever the order.
+    /// What depends on the order users came in (threads, spilling, a state's nights) is
+    /// written in a form that does not, so that the same users give the same bytes:
+    /// - a compact list or set holds its coupons in the order of the crate's table: they are
+    ///   written sorted (readers insert them one by one whatever the order);
+    /// - a dense sketch's HIP estimator accumulates in update order: it is marked out of order
+    ///   (the flag a union sets, with which every reader estimates from the registers alone),
+    ///   its HIP sum written as 0, and the register sums `kxq0`/`kxq1` computed again in
+    ///   register order.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = self.hll.serialize();
         let (Some(&flags), Some(&mode)) = (bytes.get(5), bytes.get(7)) else {
@@ -415,7 +414,10 @@ impl WarehouseSketch {
         let start = match mode & 0x3 {
             0 => 8,
             1 => 12,
-            _ => return bytes,
+            _ => {
+                canonical_dense(&mut bytes);
+                return bytes;
+            }
         };
         if flags & 8 != 0 && bytes.len() >= start && (bytes.len() - start).is_multiple_of(4) {
             let mut coupons: Vec<u32> = bytes[start..]
@@ -448,6 +450,29 @@ impl WarehouseSketch {
         }
         Ok(WarehouseSketch { hll })
     }
+}
+
+/// Rewrites a dense HLL_8 sketch's estimator fields from its registers alone (see
+/// [`WarehouseSketch::to_bytes`]).
+fn canonical_dense(b: &mut [u8]) {
+    const PREAMBLE: usize = 40;
+    const OUT_OF_ORDER: u8 = 16;
+    if b.len() < PREAMBLE || (b[7] >> 2) & 0x3 != 2 {
+        return;
+    }
+    let (mut kxq0, mut kxq1) = (0.0f64, 0.0f64);
+    for &r in &b[PREAMBLE..] {
+        let inverse = 1.0 / (1u64 << (r & 63)) as f64;
+        if r < 32 {
+            kxq0 += inverse;
+        } else {
+            kxq1 += inverse;
+        }
+    }
+    b[5] |= OUT_OF_ORDER;
+    b[8..16].copy_from_slice(&0f64.to_le_bytes());
+    b[16..24].copy_from_slice(&kxq0.to_le_bytes());
+    b[24..32].copy_from_slice(&kxq1.to_le_bytes());
 }
 
 /// Checks a dense (HLL mode) HLL_8 sketch's registers: exactly `2^lg_k` of them after the
@@ -515,25 +540,30 @@ mod tests {
         assert_eq!(back.estimate(), dense.estimate());
     }
 
-    /// The same users give the same `hll_sketch` bytes, built at once, read back from bytes
-    /// (as a state's are) or, while the sketch is a list or set, merged from parts.
+    /// The same users give the same `hll_sketch` bytes, in any order, built at once, read back
+    /// from bytes (as a state's are) or merged from parts (as nights are), list, set or dense.
     #[test]
     fn warehouse_sketch_bytes_depend_on_the_users_only() {
         for n in [3, 7, 100, 600, 5000] {
-            let mut all: Vec<Coupon> = (0..n).map(|i| identity_coupon(&format!("u{i}"))).collect();
-            let whole = WarehouseSketch::of_users(12, &mut all.clone());
+            let all: Vec<Coupon> = (0..n).map(|i| identity_coupon(&format!("u{i}"))).collect();
+            let whole = WarehouseSketch::of_users(12, &all);
+            let reversed: Vec<Coupon> = all.iter().rev().copied().collect();
+            assert!(
+                WarehouseSketch::of_users(12, &reversed).to_bytes() == whole.to_bytes(),
+                "{n} users in reverse"
+            );
             let back = WarehouseSketch::from_bytes(&whole.to_bytes()).unwrap();
             assert!(back.to_bytes() == whole.to_bytes(), "{n} users read back");
-            let mut second = all.split_off(n / 2);
-            let mut merged = WarehouseSketch::of_users(12, &mut second);
-            merged
-                .merge(&WarehouseSketch::of_users(12, &mut all))
-                .unwrap();
-            // Below 2^(lg_k-3) * 3/4 = 384 users: a list or set. Past it a merged dense sketch
-            // is marked out of order, so its bytes differ from one built at once.
-            if n < 384 {
-                assert!(merged.to_bytes() == whole.to_bytes(), "{n} users merged");
-            }
+            let (first, second) = all.split_at(n / 3);
+            let mut merged = WarehouseSketch::of_users(12, second);
+            merged.merge(&WarehouseSketch::of_users(12, first)).unwrap();
+            assert!(merged.to_bytes() == whole.to_bytes(), "{n} users merged");
+            // Read back, the canonical bytes estimate what the sketch estimated (to HLL's
+            // error: a dense sketch then estimates from its registers alone).
+            let e = WarehouseSketch::from_bytes(&whole.to_bytes())
+                .unwrap()
+                .estimate();
+            assert!((e - n as f64).abs() <= 0.05 * n as f64, "{n} users: {e}");
         }
     }
 
@@ -543,8 +573,8 @@ mod tests {
     #[test]
     fn warehouse_sketch_bytes_equal_datasketches_python() {
         let of = |lg_k: u8, names: &[&str]| {
-            let mut coupons: Vec<Coupon> = names.iter().map(|n| identity_coupon(n)).collect();
-            hex(&WarehouseSketch::of_users(lg_k, &mut coupons).to_bytes())
+            let coupons: Vec<Coupon> = names.iter().map(|n| identity_coupon(n)).collect();
+            hex(&WarehouseSketch::of_users(lg_k, &coupons).to_bytes())
         };
         assert_eq!(of(4, &["root"]), "02010704030801082311cf11");
         // Python kept its insertion order, regtally sorts: the same header and coupons.

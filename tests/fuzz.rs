@@ -165,8 +165,8 @@ fn hll_sketch_column_reader_never_panics() {
     let mut seeds = Vec::new();
     // List, set and dense HLL_8 modes.
     for (lg_k, n) in [(4, 3), (12, 5), (12, 200), (10, 5000)] {
-        let mut coupons: Vec<Coupon> = (0..n).map(|i| identity_coupon(&format!("u{i}"))).collect();
-        seeds.push(WarehouseSketch::of_users(lg_k, &mut coupons).to_bytes());
+        let coupons: Vec<Coupon> = (0..n).map(|i| identity_coupon(&format!("u{i}"))).collect();
+        seeds.push(WarehouseSketch::of_users(lg_k, &coupons).to_bytes());
     }
     fuzz("hll_sketch", &seeds, |b| {
         WarehouseSketch::from_bytes(b)
