@@ -84,7 +84,11 @@ pub struct Aggregate {
 impl Aggregate {
     /// Counts one event by a user on a UTC date.
     pub fn add(&mut self, event: TrackedEvent, date: NaiveDate, user: u64) {
-        for period in [Period::week_of(date), Period::month_of(date)] {
+        for period in [
+            Period::day_of(date),
+            Period::week_of(date),
+            Period::month_of(date),
+        ] {
             let cell = self.cells.entry((event, period)).or_default();
             cell.events += 1;
             cell.users.insert(user);
@@ -435,18 +439,73 @@ impl MetricTable {
             .map(|((m, p), c)| (*m, *p, c))
     }
 
-    /// First and last week and month holding a counted event.
+    /// First and last period of a kind holding a counted event.
     fn span(&self, kind: PeriodKind) -> Option<(Period, Period)> {
         let mut periods = self.cells().map(|(_, p, _)| p).filter(|p| p.kind == kind);
         let first = periods.next()?;
         Some(periods.fold((first, first), |(lo, hi), p| (lo.min(p), hi.max(p))))
     }
 
+    /// Distinct users and events of every metric over the UTC days `since` (inclusive) to
+    /// `until` (exclusive), merged from the daily cells, in [`metric_names`] order.
+    ///
+    /// Days a table holds no cell for had no counted event, unless the table was built before
+    /// it kept days (regtally 0.3 and the first 0.4 nights): a week wholly inside the range
+    /// whose events its days do not add up to is such a gap, and an error, not a silent
+    /// undercount.
+    pub fn over_days(
+        &self,
+        since: NaiveDate,
+        until: NaiveDate,
+    ) -> Result<Vec<DistinctUsers>, String> {
+        let in_range = |p: &Period| p.start >= since && p.start < until;
+        let mut out = Vec::new();
+        for metric in metric_names() {
+            let mut sketch = UserSketch::new(self.precision);
+            let mut events = 0;
+            let days = self
+                .cells
+                .range((metric, Period::day_of(since))..(metric, Period::day_of(until)));
+            for ((_, period), cell) in days {
+                debug_assert!(period.kind == PeriodKind::Day && in_range(period));
+                sketch.merge(&cell.sketch).map_err(|e| e.to_string())?;
+                events += cell.events;
+            }
+            for ((_, week), cell) in self
+                .cells
+                .range((metric, Period::week_of(since))..(metric, Period::week_of(until)))
+            {
+                let whole = week.start >= since && week.end().is_some_and(|e| e <= until);
+                let of_days: u64 = self
+                    .cells
+                    .range(
+                        (metric, Period::day_of(week.start))
+                            ..(metric, Period::day_of(week.start + chrono::Days::new(7))),
+                    )
+                    .map(|(_, c)| c.events)
+                    .sum();
+                if whole && cell.events != of_days {
+                    return Err(format!(
+                        "week {week} holds {} {} events but its days {of_days}: the days before this state kept daily sketches (regtally 0.4) are not there; rebuild the state from the logs to ask about them",
+                        cell.events,
+                        short_name(metric)
+                    ));
+                }
+            }
+            out.push(DistinctUsers {
+                metric,
+                unique_users: sketch.estimate(),
+                events,
+            });
+        }
+        Ok(out)
+    }
+
     /// One row per metric and period, dense from the first to the last period with a counted
     /// event, sorted by metric name, period kind and start (SPEC §8 and §9).
     pub fn into_rows(mut self) -> Vec<MetricRow> {
         let mut periods = Vec::new();
-        for kind in [PeriodKind::Month, PeriodKind::Week] {
+        for kind in [PeriodKind::Day, PeriodKind::Month, PeriodKind::Week] {
             if let Some((lo, hi)) = self.span(kind) {
                 periods.extend(Period::span(lo, hi));
             }
@@ -464,6 +523,14 @@ impl MetricTable {
         rows.sort_by(|a, b| (a.metric, a.period).cmp(&(b.metric, b.period)));
         rows
     }
+}
+
+/// The distinct users and events of one metric over a range of days.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DistinctUsers {
+    pub metric: &'static str,
+    pub unique_users: i64,
+    pub events: u64,
 }
 
 /// One metric in one period: its two sketches and its exact event count.
@@ -616,8 +683,9 @@ mod tests {
         agg.add(TrackedEvent::DeleteTag, d(2021, 1, 3), u(11));
         agg.add(TrackedEvent::PushTag, d(2021, 1, 20), u(12));
         let rows = agg.into_table(14).into_rows();
-        // Weeks 2020-W53..2021-W03 (4) and months 2021-01 (1): 5 periods x 6 metrics.
-        assert_eq!(rows.len(), 30);
+        // Days 2021-01-03..2021-01-20 (18), weeks 2020-W53..2021-W03 (4) and month 2021-01
+        // (1): 23 periods x 6 metrics.
+        assert_eq!(rows.len(), 138);
         let keys: Vec<(&str, &str, NaiveDate)> = rows
             .iter()
             .map(|r| (r.metric, r.period.kind.as_str(), r.period.start))
@@ -625,8 +693,10 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
-        assert_eq!(rows[0].period.to_string(), "2021-01");
-        assert_eq!(rows[1].period.to_string(), "2020-W53");
+        assert_eq!(rows[0].period.to_string(), "2021-01-03");
+        assert_eq!(rows[17].period.to_string(), "2021-01-20");
+        assert_eq!(rows[18].period.to_string(), "2021-01");
+        assert_eq!(rows[19].period.to_string(), "2020-W53");
         let find = |m: &str, p: &str| {
             rows.iter()
                 .find(|r| r.metric == m && r.period.to_string() == p)
@@ -638,6 +708,10 @@ mod tests {
         assert_eq!((gap.unique_users, gap.events), (0, 0));
         let month = find(TOTAL_METRIC, "2021-01");
         assert_eq!((month.unique_users, month.events), (3, 4));
+        let day = find(TOTAL_METRIC, "2021-01-03");
+        assert_eq!((day.unique_users, day.events), (2, 3));
+        let quiet_day = find(TOTAL_METRIC, "2021-01-04");
+        assert_eq!((quiet_day.unique_users, quiet_day.events), (0, 0));
     }
 
     #[test]

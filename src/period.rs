@@ -1,11 +1,13 @@
-//! Periods: ISO 8601 weeks and UTC calendar months, as keys that sort by time.
+//! Periods: UTC days, ISO 8601 weeks and UTC calendar months, as keys that sort by time.
 
 use chrono::{Datelike, Days, Months, NaiveDate};
 use std::fmt;
 
-/// Whether a period is an ISO week or a calendar month.
+/// Whether a period is a UTC day, an ISO week or a calendar month. Declared in the byte order
+/// of their names, the order of `aggregates.parquet`'s `period_kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PeriodKind {
+    Day,
     Month,
     Week,
 }
@@ -14,13 +16,15 @@ impl PeriodKind {
     /// The name written in `period_kind`.
     pub fn as_str(self) -> &'static str {
         match self {
+            PeriodKind::Day => "day",
             PeriodKind::Month => "month",
             PeriodKind::Week => "week",
         }
     }
 }
 
-/// One week or month, identified by its first day (a Monday, or the 1st of the month).
+/// One day, week or month, identified by its first day (the day, a Monday, or the 1st of the
+/// month).
 ///
 /// Ordered by kind, then by start: the order of `aggregates.parquet`'s rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,12 +34,22 @@ pub struct Period {
 }
 
 impl Period {
-    /// The period of a kind named as `period_kind` writes it (`week`, `month`) that holds `date`.
+    /// The period of a kind named as `period_kind` writes it (`day`, `week`, `month`) that
+    /// holds `date`.
     pub fn of_kind(kind: &str, date: NaiveDate) -> Option<Period> {
         match kind {
+            "day" => Some(Period::day_of(date)),
             "week" => Some(Period::week_of(date)),
             "month" => Some(Period::month_of(date)),
             _ => None,
+        }
+    }
+
+    /// The UTC day `date`.
+    pub fn day_of(date: NaiveDate) -> Period {
+        Period {
+            kind: PeriodKind::Day,
+            start: date,
         }
     }
 
@@ -59,6 +73,7 @@ impl Period {
     /// The first day after the period (exclusive end), or `None` past chrono's last date.
     pub fn end(self) -> Option<NaiveDate> {
         match self.kind {
+            PeriodKind::Day => self.start.checked_add_days(Days::new(1)),
             PeriodKind::Week => self.start.checked_add_days(Days::new(7)),
             PeriodKind::Month => self.start.checked_add_months(Months::new(1)),
         }
@@ -80,9 +95,11 @@ impl Period {
 }
 
 impl fmt::Display for Period {
-    /// `2020-W53` for a week (ISO week-based year), `2021-01` for a month.
+    /// `2021-01-03` for a day, `2020-W53` for a week (ISO week-based year), `2021-01` for a
+    /// month.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
+            PeriodKind::Day => write!(f, "{}", self.start.format("%Y-%m-%d")),
             PeriodKind::Week => {
                 let w = self.start.iso_week();
                 write!(f, "{:04}-W{:02}", w.year(), w.week())
@@ -137,6 +154,22 @@ mod tests {
         .map(|p| p.to_string())
         .collect();
         assert_eq!(months, ["2020-11", "2020-12", "2021-01", "2021-02"]);
+    }
+
+    #[test]
+    fn days_are_utc_dates() {
+        let day = Period::day_of(d(2021, 2, 28));
+        assert_eq!(day.to_string(), "2021-02-28");
+        assert_eq!(day.end(), Some(d(2021, 3, 1)));
+        assert_eq!(Period::of_kind("day", d(2021, 2, 28)), Some(day));
+        let days: Vec<String> = Period::span(day, Period::day_of(d(2021, 3, 2)))
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(days, ["2021-02-28", "2021-03-01", "2021-03-02"]);
+        assert!(
+            day < Period::month_of(d(2000, 1, 1)),
+            "day sorts before month"
+        );
     }
 
     #[test]

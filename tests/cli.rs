@@ -422,8 +422,12 @@ fn week_year_boundary_months_and_dense_periods() {
         assert_eq!(cell(&rows, "push_tag", &format!("2021-W{w:02}")), (0, 0));
     }
     assert_eq!(cell(&rows, "delete_tag", "2021-W07"), (0, 0));
-    // 2020-W53..2021-W07 is 8 weeks, 2021-01..02 is 2 months: 10 periods, 6 names.
-    assert_eq!(rows.len(), 60);
+    // UTC days 2021-01-01..2021-02-15 are 46, 2020-W53..2021-W07 is 8 weeks, 2021-01..02 is
+    // 2 months: 56 periods, 6 names.
+    assert_eq!(rows.len(), 336);
+    assert_eq!(cell(&rows, "push_tag", "2021-01-03"), (2, 2));
+    assert_eq!(cell(&rows, "push_tag", "2021-01-01"), (1, 1));
+    assert_eq!(cell(&rows, "push_tag", "2021-01-02"), (0, 0));
     let w53 = row(&rows, "i_container_registry_push_tag_user", "2020-W53");
     let days = |y, m, d| {
         (chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap() - chrono::NaiveDate::default())
@@ -548,7 +552,10 @@ fn parquet_schema_order_and_metadata() {
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted);
-    assert_eq!(rows.len(), 12); // 2021-W01 and 2021-01, 6 names
+    // Its days, 2021-W01 and 2021-01, 6 names.
+    let days = rows.iter().filter(|r| r.period_kind == "day").count();
+    assert_eq!(rows.len(), 12 + days);
+    assert!(days > 0 && days % 6 == 0);
     for r in &rows {
         assert_eq!(r.sketch[0], 2, "sketch format version");
         assert_eq!(r.sketch[1], 12, "sketch precision");

@@ -292,6 +292,7 @@ fn model(g: &Generated, since: Option<NaiveDate>, until: Option<NaiveDate>) -> M
         let labels = [
             format!("{}-W{:02}", week.year(), week.week()),
             format!("{}-{:02}", date.year(), date.month()),
+            date.format("%Y-%m-%d").to_string(),
         ];
         for metric in [
             format!("i_container_registry_{class}_user"),

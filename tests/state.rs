@@ -480,3 +480,107 @@ fn random_nights_equal_one_run_over_everything() {
         );
     }
 }
+
+#[test]
+fn report_distinct_merges_the_days_of_any_range() {
+    let ws = Workspace::new();
+    // Day d of January: users u(d % 7) push tags, and u(d % 3) deletes one.
+    let mut lines = Vec::new();
+    for d in 1..=31u32 {
+        for k in 0..3 {
+            let ts = format!("2021-01-{d:02}T{:02}:00:00Z", 8 + k);
+            let user = format!("u{}", (d + k) % 7);
+            lines.push(
+                Ev::new(&format!("p{d}-{k}"), &ts, "push", "g/r", &user)
+                    .tag("v1")
+                    .line(),
+            );
+        }
+        let ts = format!("2021-01-{d:02}T20:00:00Z");
+        let user = format!("U{}", d % 3);
+        lines.push(
+            Ev::new(&format!("d{d}"), &ts, "delete", "g/r", &user)
+                .tag("v1")
+                .line(),
+        );
+    }
+    ws.write_lines("incoming/jan.jsonl", &lines);
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let (since, until) = (5u32, 12u32); // 2021-01-05 to 2021-01-11, both included
+    let mut push_users = std::collections::BTreeSet::new();
+    let mut delete_users = std::collections::BTreeSet::new();
+    for d in since..until {
+        for k in 0..3 {
+            push_users.insert((d + k) % 7);
+        }
+        delete_users.insert(d % 3);
+    }
+    let total: std::collections::BTreeSet<String> = push_users
+        .iter()
+        .map(|u| format!("u{u}"))
+        .chain(delete_users.iter().map(|u| format!("u{u}")))
+        .collect();
+    for source in [
+        vec!["--state".to_owned(), ws.s("state")],
+        vec!["--from".to_owned(), ws.s("out/aggregates.parquet")],
+    ] {
+        let mut args = vec![
+            "report",
+            "--distinct",
+            "--since",
+            "2021-01-05",
+            "--until",
+            "2021-01-12",
+        ];
+        args.extend(source.iter().map(String::as_str));
+        args.extend(["--format", "json"]);
+        let r = regtally(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(v["since"], "2021-01-05");
+        assert_eq!(v["until"], "2021-01-12");
+        let m = &v["metrics"];
+        let push = &m["i_container_registry_push_tag_user"];
+        assert_eq!(push["unique_users"], push_users.len() as u64);
+        assert_eq!(push["events"], 3 * (until - since) as u64);
+        let del = &m["i_container_registry_delete_tag_user"];
+        assert_eq!(del["unique_users"], delete_users.len() as u64);
+        assert_eq!(del["events"], (until - since) as u64);
+        let all = &m["user_container_registry_total"];
+        assert_eq!(all["unique_users"], total.len() as u64);
+        assert_eq!(all["events"], 4 * (until - since) as u64);
+        assert_eq!(
+            m["i_container_registry_create_repository_user"]["events"],
+            0
+        );
+        assert_eq!(m.as_object().unwrap().len(), 6);
+    }
+    let r = regtally(&[
+        "report",
+        "--state",
+        &ws.s("state"),
+        "--distinct",
+        "--since",
+        "2021-01-05",
+        "--until",
+        "2021-01-12",
+    ]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout.contains("from 2021-01-05 to 2021-01-11"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.lines().any(|l| l.starts_with("push_tag")
+        && l.split_whitespace().nth(1) == Some(&push_users.len().to_string())));
+    // --distinct needs both ends.
+    let r = regtally(&[
+        "report",
+        "--state",
+        &ws.s("state"),
+        "--distinct",
+        "--since",
+        "2021-01-05",
+    ]);
+    assert_eq!(r.code, 2);
+}

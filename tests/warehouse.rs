@@ -187,6 +187,25 @@ fn a_state_of_0_3_loads_and_is_replaced() {
         zstd::decode_all(&fs::read(ws.path("state/regtally-state.json.zst")).unwrap()[..]).unwrap();
     let header: serde_json::Value = serde_json::from_slice(&old).unwrap();
     assert_eq!(header["version"], 2);
+    // Distinct users over days: not where 0.3 kept no days (an error, not an undercount);
+    // where only 0.4 counted, yes.
+    let distinct = |since: &str, until: &str| {
+        regtally(&[
+            "report",
+            "--state",
+            &ws.s("state"),
+            "--distinct",
+            "--since",
+            since,
+            "--until",
+            until,
+        ])
+    };
+    let r = distinct("2021-01-04", "2021-01-11");
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("rebuild the state"), "{}", r.stderr);
+    let r = distinct("2021-01-25", "2021-02-01");
+    assert_eq!(r.code, 0, "{}", r.stderr);
     // And the night after loads the new file.
     ws.write_lines(
         "n3/log.jsonl",

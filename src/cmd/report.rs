@@ -1,7 +1,8 @@
-//! `regtally report`: the Service Ping for any date, or a table of weekly and monthly users,
-//! from stored sketches (a state or an `aggregates.parquet`), without reading any log.
+//! `regtally report`: the Service Ping for any date, a table of weekly and monthly users, or
+//! the distinct users over any range of days, from stored sketches (a state or an
+//! `aggregates.parquet`), without reading any log.
 
-use crate::aggregate::{metric_names, short_name, MetricRow, MetricTable};
+use crate::aggregate::{metric_names, short_name, DistinctUsers, MetricRow, MetricTable};
 use crate::flags::{check_range, parse_date, usage};
 use crate::output::aggregates::read_aggregates;
 use crate::output::service_ping::ServicePing;
@@ -48,6 +49,10 @@ pub struct ReportArgs {
     /// Table: periods starting before this day.
     #[arg(long, value_name = "DATE", value_parser = parse_date)]
     pub until: Option<NaiveDate>,
+    /// Distinct users and events per tracked event over exactly the days --since (inclusive)
+    /// to --until (exclusive), merged from the daily sketches.
+    #[arg(long, requires_all = ["since", "until"])]
+    pub distinct: bool,
 }
 
 /// `regtally report`.
@@ -65,9 +70,25 @@ pub fn report(args: ReportArgs, today: NaiveDate) -> Result<ExitCode> {
         },
         (None, None) => return usage("give --state DIR or --from AGGREGATES.parquet"),
     };
+    let mut out = std::io::stdout().lock();
+    if let (true, Some(since), Some(until)) = (args.distinct, args.since, args.until) {
+        let metrics = match table.over_days(since, until) {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("cannot count distinct users from {since} to {until}: {e}"),
+        };
+        match args.format {
+            Format::Json => {
+                let doc = distinct_json(since, until, &metrics);
+                serde_json::to_writer_pretty(&mut out, &doc)?;
+                writeln!(out)?;
+            }
+            Format::Table => print_distinct(since, until, &metrics, &mut out)?,
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let precision = table.precision();
     let rows = table.into_rows();
-    let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
             let ping = ServicePing::compute(&rows, args.as_of.unwrap_or(today), precision);
@@ -117,5 +138,47 @@ fn print_table<W: Write>(
         }
     }
     writeln!(w, "(each cell: unique users/events)")?;
+    Ok(())
+}
+
+/// `{"since", "until", "metrics": {"<event name>": {"unique_users", "events"}}}`.
+fn distinct_json(
+    since: NaiveDate,
+    until: NaiveDate,
+    metrics: &[DistinctUsers],
+) -> serde_json::Value {
+    let by_name: serde_json::Map<String, serde_json::Value> = metrics
+        .iter()
+        .map(|m| {
+            let cell = serde_json::json!({"unique_users": m.unique_users, "events": m.events});
+            (m.metric.to_owned(), cell)
+        })
+        .collect();
+    serde_json::json!({
+        "since": since.to_string(),
+        "until": until.to_string(),
+        "metrics": by_name,
+    })
+}
+
+/// One line per tracked event and the total.
+fn print_distinct<W: Write>(
+    since: NaiveDate,
+    until: NaiveDate,
+    metrics: &[DistinctUsers],
+    w: &mut W,
+) -> Result<()> {
+    let last = until.pred_opt().unwrap_or(until);
+    writeln!(w, "distinct users from {since} to {last} (both included)")?;
+    writeln!(w, "{:<20} {:>12} {:>12}", "event", "unique users", "events")?;
+    for m in metrics {
+        writeln!(
+            w,
+            "{:<20} {:>12} {:>12}",
+            short_name(m.metric),
+            m.unique_users,
+            m.events
+        )?;
+    }
     Ok(())
 }
