@@ -584,3 +584,88 @@ fn report_distinct_merges_the_days_of_any_range() {
     ]);
     assert_eq!(r.code, 2);
 }
+
+#[test]
+fn report_draws_weekly_users_as_svg_and_sparklines() {
+    let ws = Workspace::new();
+    for (name, lines) in nightly_files() {
+        ws.write_lines(&format!("incoming/{name}"), &lines);
+    }
+    assert_eq!(nightly(&ws, &[]).code, 0);
+    let r = regtally(&["report", "--state", &ws.s("state"), "--format", "svg"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let svg = &r.stdout;
+    assert!(
+        svg.starts_with("<svg width=\"800\" height=\"450\""),
+        "{}",
+        &svg[..80]
+    );
+    assert!(svg.trim_end().ends_with("</svg>"));
+    // Axes with dates and counts, a legend naming the five events and the total, a line each.
+    assert!(
+        svg.contains("Weekly unique users, 2020-W53 to 2021-W01"),
+        "{svg}"
+    );
+    assert!(svg.contains("2021-01-04") && svg.contains("unique users"));
+    for name in [
+        "create_repository",
+        "delete_repository",
+        "delete_tag",
+        "push_repository",
+        "push_tag",
+        "total",
+    ] {
+        assert!(svg.contains(&format!("\n{name}\n")), "legend {name}");
+    }
+    assert!(
+        svg.matches("<polyline").count() >= 12,
+        "a line and a legend mark per series"
+    );
+    // The terminal table ends with a sparkline per event.
+    let r = regtally(&["report", "--state", &ws.s("state")]);
+    let spark = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("push_tag "))
+        .unwrap();
+    assert_eq!(
+        spark.split_whitespace().nth(1).unwrap().chars().count(),
+        2,
+        "{spark}"
+    );
+    assert!(spark.chars().any(|c| ('▁'..='█').contains(&c)), "{spark}");
+}
+
+/// The chart in the README is what the README's own commands draw for `samples/`.
+#[test]
+fn the_readme_chart_is_the_samples_chart() {
+    let ws = Workspace::new();
+    let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/samples");
+    let r = regtally(&[
+        "run",
+        samples,
+        "-o",
+        &ws.s("out"),
+        "--as-of",
+        "2023-02-01",
+        "-q",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = regtally(&[
+        "report",
+        "--from",
+        &ws.s("out/aggregates.parquet"),
+        "--format",
+        "svg",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let committed = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/samples-weekly-users.svg"
+    ))
+    .unwrap();
+    assert!(
+        r.stdout == committed,
+        "docs/samples-weekly-users.svg is stale: draw it again with the README's command"
+    );
+}

@@ -5,6 +5,7 @@
 use crate::aggregate::{metric_names, short_name, DistinctUsers, MetricRow, MetricTable};
 use crate::flags::{check_range, parse_date, usage};
 use crate::output::aggregates::read_aggregates;
+use crate::output::chart::{sparkline, weekly_chart, weekly_users};
 use crate::output::service_ping::ServicePing;
 use crate::period::PeriodKind;
 use crate::state::RunState;
@@ -20,8 +21,10 @@ use std::process::ExitCode;
 pub enum Format {
     /// Weekly and monthly unique users and events per tracked event, one line a period.
     Table,
-    /// The Service Ping document, as `service_ping.json`.
+    /// The Service Ping document, as `service_ping.json` (with --distinct: the distinct users).
     Json,
+    /// An SVG line chart of weekly unique users per tracked event and the total.
+    Svg,
 }
 
 /// Flags of `regtally report`.
@@ -83,6 +86,9 @@ pub fn report(args: ReportArgs, today: NaiveDate) -> Result<ExitCode> {
                 writeln!(out)?;
             }
             Format::Table => print_distinct(since, until, &metrics, &mut out)?,
+            Format::Svg => return usage(
+                "--distinct prints a table or JSON; the chart is of weeks (leave out --distinct)",
+            ),
         }
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
@@ -96,6 +102,7 @@ pub fn report(args: ReportArgs, today: NaiveDate) -> Result<ExitCode> {
             writeln!(out)?;
         }
         Format::Table => print_table(&rows, args.since, args.until, &mut out)?,
+        Format::Svg => out.write_all(weekly_chart(&rows, args.since, args.until)?.as_bytes())?,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -138,6 +145,20 @@ fn print_table<W: Write>(
         }
     }
     writeln!(w, "(each cell: unique users/events)")?;
+    let (weeks, series) = weekly_users(rows, since, until);
+    if let (Some(first), Some(last)) = (weeks.first(), weeks.last()) {
+        writeln!(w)?;
+        writeln!(w, "weekly unique users, {first} to {last}:")?;
+        for (metric, values) in &series {
+            let top = values.iter().max().copied().unwrap_or(0);
+            writeln!(
+                w,
+                "{:<18} {}  (most {top})",
+                short_name(metric),
+                sparkline(values)
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Writing: the run's results to the five files of SPEC §9, replaced all together or not at all.
 
 pub mod aggregates;
+pub mod chart;
 pub mod service_ping;
 pub mod summary;
 
