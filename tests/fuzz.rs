@@ -5,6 +5,9 @@
 //! `REGTALLY_FUZZ_ROUNDS` changes the count (e.g. a million for a longer hunt); a failure
 //! prints the seed and input that caused it.
 
+mod common;
+
+use common::Rng;
 use datasketches::hll::Coupon;
 use regtally::aggregate::Aggregate;
 use regtally::classify::TrackedEvent;
@@ -22,36 +25,25 @@ fn rounds() -> u64 {
         .unwrap_or(100_000)
 }
 
-/// xorshift64*: the same mutations for the same seed on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// An index below `n` (0 for an empty range).
+fn below(rng: &mut Rng, n: usize) -> usize {
+    rng.below(n.max(1) as u64) as usize
 }
 
 /// One to four mutations of `seed`: bit flips, random or boundary bytes and words, inserted,
 /// deleted or repeated runs, truncation.
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     let mut b = seed.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(b.len());
-        match rng.below(8) {
-            0 if !b.is_empty() => b[at] ^= 1 << rng.below(8),
+    for _ in 0..1 + below(rng, 4) {
+        let at = below(rng, b.len());
+        match below(rng, 8) {
+            0 if !b.is_empty() => b[at] ^= 1 << below(rng, 8),
             1 if !b.is_empty() => b[at] = rng.next() as u8,
             2 => {
-                let word: [u8; 4] = match rng.below(4) {
+                let word: [u8; 4] = match below(rng, 4) {
                     0 => [0; 4],
                     1 => [0xff; 4],
-                    2 => (rng.below(300) as u32).to_le_bytes(),
+                    2 => (below(rng, 300) as u32).to_le_bytes(),
                     _ => [0x7f, 0xff, 0xff, 0xff],
                 };
                 for (i, w) in word.iter().enumerate() {
@@ -62,16 +54,16 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
             }
             3 => b.insert(at.min(b.len()), rng.next() as u8),
             4 if !b.is_empty() => {
-                let n = 1 + rng.below(16);
+                let n = 1 + below(rng, 16);
                 b.drain(at..(at + n).min(b.len()));
             }
             5 if !b.is_empty() => {
-                let n = 1 + rng.below(64);
+                let n = 1 + below(rng, 64);
                 let run: Vec<u8> = b[at..(at + n).min(b.len())].to_vec();
                 b.splice(at..at, run);
             }
             6 => b.truncate(at),
-            _ if !b.is_empty() => b[at] = [0, 1, 0x7f, 0x80, 0xff][rng.below(5)],
+            _ if !b.is_empty() => b[at] = [0, 1, 0x7f, 0x80, 0xff][below(rng, 5)],
             _ => b.push(rng.next() as u8),
         }
     }
@@ -191,7 +183,7 @@ fn state_loader_never_panics() {
     let mut rng = Rng(7);
     // Most damage goes inside the compression, where the loader's own checks are.
     fuzz("state", &[inner], |b| {
-        let compressed = if rng.below(8) == 0 {
+        let compressed = if below(&mut rng, 8) == 0 {
             mutate(&mut rng, &file)
         } else {
             zstd::encode_all(b, 1).unwrap()
