@@ -111,7 +111,7 @@ fn users(names: impl Iterator<Item = String>) -> (Vec<u64>, Vec<(u64, Coupon)>) 
     (hashes, coupons)
 }
 
-/// Cells of a few sizes over two months: sparse and dense sketches of both kinds.
+/// Cells of a few sizes (days, a week, a month): sparse and dense sketches of both kinds.
 fn aggregate() -> Aggregate {
     let mut agg = Aggregate::default();
     let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2023, 1, d).unwrap();
@@ -126,7 +126,8 @@ fn aggregate() -> Aggregate {
         let (hashes, coupons) = users((0..n).map(|i| format!("u{k}-{i}")));
         agg.learn_users(coupons);
         for (i, h) in hashes.into_iter().enumerate() {
-            agg.add(event, day(1 + (i as u32 % 28)), h);
+            // Three days: every kind of cell, and seeds small enough for 100,000 rounds.
+            agg.add(event, day(1 + (i as u32 % 3)), h);
         }
     }
     agg
