@@ -83,16 +83,31 @@ pub struct Aggregate {
 
 impl Aggregate {
     /// Counts one event by a user on a UTC date.
+    ///
+    /// Only the day's cell: weeks and months are rolled up from the days at the end
+    /// ([`Aggregate::into_table`]), once per user and day instead of once per event.
     pub fn add(&mut self, event: TrackedEvent, date: NaiveDate, user: u64) {
-        for period in [
-            Period::day_of(date),
-            Period::week_of(date),
-            Period::month_of(date),
-        ] {
-            let cell = self.cells.entry((event, period)).or_default();
-            cell.events += 1;
-            cell.users.insert(user);
+        let cell = self.cells.entry((event, Period::day_of(date))).or_default();
+        cell.events += 1;
+        cell.users.insert(user);
+    }
+
+    /// Adds the week and month cells, each the union of its days.
+    fn roll_up(&mut self) {
+        let mut weeks = HashMap::<(TrackedEvent, Period), Cell>::new();
+        let mut months = HashMap::<(TrackedEvent, Period), Cell>::new();
+        for ((event, day), cell) in &self.cells {
+            for (to, period) in [
+                (&mut weeks, Period::week_of(day.start)),
+                (&mut months, Period::month_of(day.start)),
+            ] {
+                let c = to.entry((*event, period)).or_default();
+                c.events += cell.events;
+                c.users.extend(cell.users.iter().copied());
+            }
         }
+        self.cells.extend(weeks);
+        self.cells.extend(months);
     }
 
     /// Learns where users land in the `hll_sketch` column.
@@ -128,7 +143,8 @@ impl Aggregate {
     ///
     /// The union row's `hll_sketch` is built from the union of the cells' users in the same
     /// way, not by a DataSketches union, so that its bytes are those of one sketch of them.
-    pub fn into_table(self, precision: u8) -> MetricTable {
+    pub fn into_table(mut self, precision: u8) -> MetricTable {
+        self.roll_up();
         let mut by_period: HashMap<Period, Vec<(TrackedEvent, &Cell)>> = HashMap::new();
         for ((event, period), cell) in &self.cells {
             by_period.entry(*period).or_default().push((*event, cell));
@@ -632,10 +648,19 @@ mod tests {
         let mut b = Aggregate::default();
         adds[..2].iter().for_each(|&(e, dt, u)| a.add(e, dt, u));
         adds[2..].iter().for_each(|&(e, dt, u)| b.add(e, dt, u));
-        let merged = a.merge(b);
+        let mut merged = a.merge(b);
         assert_eq!(merged.cells, whole.cells);
-        let week = Period::week_of(d(2021, 1, 3));
-        assert_eq!(merged.cells[&(TrackedEvent::PushTag, week)].events, 2);
+        let day = Period::day_of(d(2021, 1, 3));
+        assert_eq!(merged.cells[&(TrackedEvent::PushTag, day)].events, 2);
+        // Weeks and months are rolled up from the days: 2021-01-03 and -04 fall in two weeks
+        // and one month.
+        merged.roll_up();
+        let week = |y, m, dd| (TrackedEvent::PushTag, Period::week_of(d(y, m, dd)));
+        assert_eq!(merged.cells[&week(2021, 1, 3)].events, 2);
+        assert_eq!(merged.cells[&week(2021, 1, 4)].events, 1);
+        let month = (TrackedEvent::PushTag, Period::month_of(d(2021, 1, 1)));
+        assert_eq!(merged.cells[&month].events, 3);
+        assert_eq!(merged.cells[&month].users.len(), 2);
     }
 
     /// The union row built by merging the cells' sketches is byte for byte the sketch of the
