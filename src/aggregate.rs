@@ -8,7 +8,7 @@
 use crate::classify::{EventKind, TrackedEvent, TOTAL_METRIC};
 use crate::ledger::replay::ResolvedPush;
 use crate::period::{Period, PeriodKind};
-use crate::records::{Action, EventRecord, UserCoupons};
+use crate::records::{Action, EventRecord};
 use crate::sketch::{PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
 use crate::timestamp::Timestamp;
 use chrono::NaiveDate;
@@ -16,6 +16,11 @@ use datasketches::hll::Coupon;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
+
+/// Where each user lands in the `hll_sketch` column, by identity hash: parse threads report
+/// each user's coupon about once per run ([`crate::records::ParseRules::run`]), not with every
+/// record.
+pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
 
 /// A set of identity hashes; the hashes are already uniform, so they index the table directly.
 pub type IdentitySet = HashSet<u64, BuildHasherDefault<PassThroughHasher>>;

@@ -75,10 +75,6 @@ impl EventRecord {
 /// Repository paths by their key.
 pub type PathMap = HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>;
 
-/// Where each user lands in the `hll_sketch` column, by identity hash: computed about once per
-/// user and parse thread ([`ParseRules::run`]), not carried in every record.
-pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
-
 /// Identity hashes.
 type IdentitySeen = std::collections::HashSet<u64, BuildHasherDefault<PassThroughHasher>>;
 

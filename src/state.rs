@@ -195,10 +195,7 @@ impl RunState {
         compressed: &[u8],
         precision: Option<u8>,
     ) -> Result<RunState, StateError> {
-        let not_state = |why: String| StateError::NotState {
-            path: path.to_owned(),
-            why,
-        };
+        let not_state = not_state(path);
         let bytes = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
         let body = bytes
             .strip_prefix(MAGIC)
@@ -352,6 +349,14 @@ fn unzstd(compressed: &[u8]) -> std::io::Result<Vec<u8>> {
 /// The largest state a file may decompress to (16 GiB).
 const MAX_STATE_BYTES: u64 = 16 << 30;
 
+/// The error for a file that is not a usable state, naming it: `not_state(path)(why)`.
+fn not_state(path: &Path) -> impl Fn(String) -> StateError + '_ {
+    move |why| StateError::NotState {
+        path: path.to_owned(),
+        why,
+    }
+}
+
 /// What every version of the state is checked for before its cells are read.
 struct Checked<'p> {
     path: &'p Path,
@@ -366,10 +371,7 @@ impl<'p> Checked<'p> {
         hash: &str,
         sketch_format: u8,
     ) -> Result<Checked<'p>, StateError> {
-        let not_state = |why: String| StateError::NotState {
-            path: path.to_owned(),
-            why,
-        };
+        let not_state = not_state(path);
         if !crate::sketch::PRECISION_RANGE.contains(&found) {
             return Err(not_state(format!("precision {found} is out of range")));
         }
@@ -408,10 +410,7 @@ impl<'p> Checked<'p> {
         hll_sketch: Option<WarehouseSketch>,
         events: u64,
     ) -> Result<(), StateError> {
-        let not_state = |why: String| StateError::NotState {
-            path: self.path.to_owned(),
-            why,
-        };
+        let not_state = not_state(self.path);
         let metric =
             known_metric(metric).ok_or_else(|| not_state(format!("unknown metric {metric:?}")))?;
         let period = Period::of_kind(kind, start)
@@ -486,10 +485,7 @@ mod legacy {
         compressed: &[u8],
         precision: Option<u8>,
     ) -> Result<RunState, StateError> {
-        let not_state = |why: String| StateError::NotState {
-            path: path.to_owned(),
-            why,
-        };
+        let not_state = not_state(path);
         let text = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
         let header: Header = serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
         if header.format != STATE_FORMAT {

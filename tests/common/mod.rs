@@ -224,17 +224,6 @@ impl Row {
                 .estimate(),
         )
     }
-
-    /// The row with its `hll_sketch` as its estimate: DataSketches unions (nightly states
-    /// merge by them) hold the same users as one sketch of them, in other bytes.
-    pub fn by_estimate(&self) -> (Row, Option<u64>) {
-        let mut row = self.clone();
-        row.hll_sketch = None;
-        (
-            row,
-            self.hll_estimate().map(|e| (e * 1000.0).round() as u64),
-        )
-    }
 }
 
 /// Reads every row of an aggregates file with the parquet crate.
