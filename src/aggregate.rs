@@ -350,7 +350,7 @@ impl Fold {
 
     /// Counts a repository push the ledger resolved.
     pub fn resolved_push(&mut self, p: ResolvedPush) {
-        self.aggregate.add(p.event, p.date, p.user);
+        self.aggregate.add(p.event, p.time.date(), p.user);
         self.counts.counted[p.event.index()] += 1;
     }
 

@@ -389,8 +389,10 @@ pub struct Deduplicator<'d> {
     dir: &'d SpillDir,
     /// Later deliveries found so far.
     duplicates: u64,
-    /// Records taken so far: the next one's position in input order.
+    /// Records taken so far: the last one's position in input order (the first is 1).
     position: u64,
+    /// Position of the first record deferred, once spilled.
+    deferred_from: Option<u64>,
 }
 
 enum Mode {
@@ -416,6 +418,7 @@ impl<'d> Deduplicator<'d> {
             dir,
             duplicates: 0,
             position: 0,
+            deferred_from: None,
         };
         for id in seen {
             if let Mode::Memory(set) = &mut d.mode {
@@ -444,6 +447,17 @@ impl<'d> Deduplicator<'d> {
     /// Later deliveries found so far (more may come out of [`Deduplicator::finish`]).
     pub fn duplicates(&self) -> u64 {
         self.duplicates
+    }
+
+    /// Records taken so far: the position of the last (the first record's is 1).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Once spilled, the position from which on every record is deferred: [`Deduplicator::take`]
+    /// says false for them, and [`Deduplicator::finish`] which are first deliveries.
+    pub fn deferred_from(&self) -> Option<u64> {
+        self.deferred_from
     }
 
     /// Whether the ids no longer fit in memory.
@@ -507,6 +521,8 @@ impl<'d> Deduplicator<'d> {
         let Mode::Memory(set) = &mut self.mode else {
             return Ok(());
         };
+        // The record being taken, if any, is the first deferred.
+        self.deferred_from = Some(self.position.max(1));
         let ids = std::mem::take(set).into_sorted();
         let mut runs = RunFile::create(self.dir, "dedup.runs")?;
         let markers: Vec<Deferred> = ids
@@ -546,9 +562,10 @@ impl<'d> Deduplicator<'d> {
         Ok(())
     }
 
-    /// Ends de-duplication: calls `first` with each deferred record that is the first delivery
-    /// of its id (in id order), and returns how many later deliveries there were in all.
-    pub fn finish(self, mut first: impl FnMut(EventRecord)) -> io::Result<u64> {
+    /// Ends de-duplication: calls `first` with the position and record of each deferred record
+    /// that is the first delivery of its id (in id order), and returns how many later
+    /// deliveries there were in all.
+    pub fn finish(self, mut first: impl FnMut(u64, EventRecord)) -> io::Result<u64> {
         let mut duplicates = self.duplicates;
         let Mode::Spilled {
             mut runs,
@@ -572,7 +589,7 @@ impl<'d> Deduplicator<'d> {
             let first_of_id = current != Some(d.id);
             current = Some(d.id);
             match (d.record, first_of_id) {
-                (Some(record), true) => first(*record),
+                (Some(record), true) => first(d.position, *record),
                 (Some(_), false) => duplicates += 1,
                 (None, _) => {}
             }
@@ -680,7 +697,16 @@ mod tests {
                     .map(|(r, _)| r),
             );
             let spilled = d.spilled();
-            let duplicates = d.finish(|r| firsts.push(r)).unwrap();
+            let from = d.deferred_from();
+            assert_eq!(from.is_some(), spilled);
+            let duplicates = d
+                .finish(|position, r| {
+                    // Positions count records from 1, in input order, from where deferral began.
+                    assert!(from.is_some_and(|f| position >= f));
+                    assert_eq!(ids[position as usize - 1], r.id_key);
+                    firsts.push(r)
+                })
+                .unwrap();
             firsts.sort_by_key(|r| r.id_key);
             (firsts, duplicates, spilled)
         };

@@ -14,6 +14,7 @@ pub mod aggregate;
 pub mod classify;
 pub mod cli;
 pub mod cmd;
+pub mod dataset;
 pub mod dedup;
 pub mod flags;
 pub mod ledger;

@@ -23,6 +23,7 @@
 
 use crate::aggregate::{Fold, MetricTable};
 use crate::classify::TrackedEvent;
+use crate::dataset::{ChunkRows, DatasetRows, DeferredFirsts, IdKeys, Resolution, RowSpool};
 use crate::dedup::Deduplicator;
 use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::RepositoryLedger;
@@ -137,6 +138,8 @@ pub struct Tally {
     pub event_ids: Vec<(u128, Timestamp)>,
     /// What went to temporary files because it passed the memory budget.
     pub spilled: Vec<&'static str>,
+    /// The events dataset's rows, when asked for ([`ParseRules::rows`]).
+    pub dataset: Option<DatasetRows>,
     /// Wall seconds of each step, in order.
     pub phase_seconds: Vec<(&'static str, f64)>,
 }
@@ -189,6 +192,7 @@ pub fn run(
         reports: Vec::with_capacity(cfg.inputs.len()),
         counts: LineCounts::default(),
         dedup,
+        rows: cfg.rules.rows.then(|| RowSpool::new(spill)),
     };
     let shared = Shared {
         cfg,
@@ -225,6 +229,7 @@ pub fn run(
         counts,
         dedup,
         first_rejects,
+        rows,
         ..
     } = consumer;
     // Every input ended, or a stage would have failed: anything else is a bug here.
@@ -251,8 +256,12 @@ pub fn run(
         spilled.push("deduplicate");
     }
     let mut deferred_error = None;
+    let mut deferred_firsts = dedup.deferred_from().map(DeferredFirsts::new);
     let duplicate_events = dedup
-        .finish(|r| {
+        .finish(|position, r| {
+            if let Some(d) = &mut deferred_firsts {
+                d.set(position);
+            }
             let in_range = after.first(&r);
             if r.touches_ledger() && deferred_error.is_none() {
                 deferred_error = ledger.push_record(&r, in_range).err();
@@ -267,15 +276,40 @@ pub fn run(
     if ledger.spilled() {
         spilled.push("repository_ledger");
     }
+    let want_creates = rows.is_some();
     let replayed = ledger
-        .replay(|fold: &mut Fold, push: ResolvedPush| fold.resolved_push(push))
+        .replay(|sink: &mut ReplaySink, push: ResolvedPush, id: &[u8]| {
+            if push.counted {
+                sink.fold.resolved_push(push);
+            }
+            if want_creates && push.event == TrackedEvent::CreateRepository {
+                sink.creates.insert(xxhash_rust::xxh3::xxh3_128(id));
+            }
+        })
         .context("cannot replay the repository ledger")?;
     phases.lap("repository_ledger");
-    let fold = replayed
-        .sinks
-        .into_iter()
-        .fold(after.fold, |all, part| all.merge(part));
+    let mut creates = IdKeys::default();
+    let mut fold = after.fold;
+    for sink in replayed.sinks {
+        fold = fold.merge(sink.fold);
+        creates.extend(sink.creates);
+    }
     phases.lap("aggregate");
+    let dataset = match rows {
+        None => None,
+        Some(spool) => Some(DatasetRows {
+            months: spool
+                .finish()
+                .context("cannot keep the events dataset's rows")?,
+            resolution: Resolution {
+                creates,
+                deferred: deferred_firsts,
+            },
+            files: reports.iter().map(|r| r.path.clone()).collect(),
+            since: cfg.since,
+            until: cfg.until,
+        }),
+    };
 
     let metrics = fold.aggregate.into_table(cfg.precision);
     phases.lap("sketches");
@@ -299,8 +333,17 @@ pub fn run(
         late_events: replayed.late_events,
         event_ids: after.ids.into_vec(),
         spilled,
+        dataset,
         phase_seconds: phases.laps,
     })
+}
+
+/// What each part of the ledger's replay gathers: the fold of counted repository pushes, and
+/// (for the events dataset) the ids of those that created their repository.
+#[derive(Default)]
+struct ReplaySink {
+    fold: Fold,
+    creates: IdKeys,
 }
 
 /// Locks a mutex; a panic elsewhere does not stop the run from reporting.
@@ -762,6 +805,8 @@ struct Consumer<'r> {
     reports: Vec<InputReport>,
     counts: LineCounts,
     dedup: Deduplicator<'r>,
+    /// The events dataset's rows, with `--events`.
+    rows: Option<RowSpool>,
 }
 
 impl Consumer<'_> {
@@ -797,6 +842,7 @@ impl Consumer<'_> {
                         });
                     }
                 }
+                let lines_before = self.lines_before;
                 self.lines_before += chunk.counts.lines;
                 // Sized once, from the first chunk with events enough to tell their density.
                 if chunk.events.len() >= 64 {
@@ -806,9 +852,25 @@ impl Consumer<'_> {
                     }
                 }
                 let mut firsts = Vec::new();
+                let position_base = self.dedup.position();
                 self.dedup
                     .take_all(&chunk.ids, &chunk.events, &mut firsts)
                     .context("de-duplication")?;
+                if let Some(spool) = &mut self.rows {
+                    let deferred_from = self.dedup.deferred_from();
+                    let rows = ChunkRows {
+                        input: input as u32,
+                        lines_before,
+                        position_base,
+                        rows: &chunk.rows,
+                    };
+                    spool
+                        .add_chunk(rows, |i| {
+                            firsts[i]
+                                || deferred_from.is_some_and(|f| position_base + i as u64 + 1 >= f)
+                        })
+                        .context("cannot keep the events dataset's rows")?;
+                }
                 Ok(Some(FoldJob {
                     input,
                     records: chunk.events,

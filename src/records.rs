@@ -5,6 +5,7 @@
 //! ledger, aggregation) need, and nothing else.
 
 use crate::classify::{user_identity, EventKind};
+use crate::dataset::encode_row;
 use crate::ledger::repository_key;
 use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
@@ -155,6 +156,9 @@ pub struct ChunkOutput {
     line_rejects_dropped: u64,
     /// The times an event may carry.
     times: TimeWindow,
+    /// With `run --events`: each valid event's row ([`crate::dataset::encode_row`]), in order.
+    pub rows: Vec<u8>,
+    keep_rows: bool,
 }
 
 impl ChunkOutput {
@@ -191,6 +195,8 @@ pub struct ParseRules {
     /// The run, from [`new_run_id`]: what a thread reported in another run's chunks does not
     /// count as reported in this one's.
     pub run: u64,
+    /// Encode each valid event's row for the events dataset.
+    pub rows: bool,
 }
 
 /// [`parse_chunk_into`] with no limit on times, for tests of the other rules.
@@ -199,6 +205,7 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
         max_line_bytes,
         times: TimeWindow::unbounded(),
         run: new_run_id(),
+        rows: false,
     };
     parse_chunk_into(chunk, &rules, Vec::new())
 }
@@ -223,6 +230,7 @@ pub fn parse_chunk_into(
         ids: Vec::with_capacity(events.capacity()),
         events,
         times: rules.times,
+        keep_rows: rules.rows,
         reported,
         ..ChunkOutput::default()
     };
@@ -378,14 +386,19 @@ impl ChunkOutput {
                 .or_insert_with(|| (*event.repository).into());
         }
         let counts_for_users = kind.tracked().is_some() || kind == EventKind::RepositoryPush;
-        let user = user_identity(event.user_type(), event.name()).map(|identity| {
-            let hash = identity_hash(&identity);
+        let identity = user_identity(event.user_type(), event.name());
+        let user = identity.as_ref().map(|identity| {
+            let hash = identity_hash(identity);
             if counts_for_users && self.reported.insert(hash) {
-                self.users.push((hash, identity_coupon(&identity)));
+                self.users.push((hash, identity_coupon(identity)));
             }
             hash
         });
         let id_key = xxhash_rust::xxh3::xxh3_128(event.id.as_bytes());
+        if self.keep_rows {
+            let user = identity.as_deref();
+            encode_row(&mut self.rows, &event, kind, id_key, user, line_no, index);
+        }
         self.ids.push(id_key);
         self.events.push(EventRecord {
             id_key,

@@ -337,7 +337,7 @@ impl RunFile {
 }
 
 /// A spill file error that names the file (a full disk says where).
-fn spill_error(path: &Path, e: io::Error) -> io::Error {
+pub(crate) fn spill_error(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(
         e.kind(),
         format!(

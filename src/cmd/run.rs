@@ -1,9 +1,11 @@
 //! `regtally run`: validate, read the logs, write the outputs (and the state, with `--state`).
 
 use crate::aggregate::MetricRow;
+use crate::dataset::DatasetRows;
 use crate::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
 use crate::ledger::RepositoryLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
+use crate::output::events::{stage_dataset, DatasetReport};
 use crate::output::service_ping::ServicePing;
 use crate::output::summary::{print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
@@ -71,6 +73,9 @@ pub struct RunArgs {
     /// Folder for the temporary files of a run that passes --memory-limit; default: OUT/.regtally-tmp.
     #[arg(long, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
+    /// Also write every de-duplicated valid event, classified, as a Parquet dataset DIR/month=YYYY-MM/part-*.parquet (replaced each run; with --state each run adds its own files).
+    #[arg(long, value_name = "DIR")]
+    pub events: Option<PathBuf>,
     /// Write outputs even when an input failed or too many lines were bad (the exit status stays 1; the state is never written then).
     #[arg(long)]
     pub keep_going: bool,
@@ -97,6 +102,8 @@ struct RunPlan {
     end_of_today: i64,
     /// Held as long as the plan: until the outputs are in place or the run has failed.
     _state_lock: Option<StateLock>,
+    /// The events dataset's folder, with `--events`.
+    events: Option<PathBuf>,
     /// The run's folder of temporary files, created (and what killed runs left removed) before
     /// any log is read.
     spill: SpillDir,
@@ -138,6 +145,11 @@ impl RunPlan {
         if let Err(e) = output::check_output_dir(&args.out) {
             return usage(format!("{e:#}"));
         }
+        if let Some(dir) = &args.events {
+            if let Err(e) = output::check_output_dir(dir) {
+                return usage(format!("--events: {e:#}"));
+            }
+        }
         let mut state_lock = None;
         let state = match &args.state {
             None => None,
@@ -175,8 +187,20 @@ impl RunPlan {
             .temp_dir
             .clone()
             .unwrap_or_else(|| args.out.join(".regtally-tmp"));
-        let mut staged_in = vec![args.out.as_path()];
-        staged_in.extend(args.state.as_deref());
+        let mut staged_in = vec![args.out.clone()];
+        staged_in.extend(args.state.clone());
+        // A killed run may have left staged parts in the dataset's month folders.
+        if let Some(dir) = &args.events {
+            staged_in.extend(
+                std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("month="))
+                    .map(|e| e.path()),
+            );
+        }
+        let staged_in: Vec<&Path> = staged_in.iter().map(PathBuf::as_path).collect();
         let spill = match SpillDir::create(&temp_dir, &staged_in) {
             Ok(s) => s,
             Err(e) => {
@@ -198,6 +222,7 @@ impl RunPlan {
                     max_line_bytes: args.max_line_bytes as usize,
                     times: TimeWindow::until_day_after(today),
                     run: new_run_id(),
+                    rows: args.events.is_some(),
                 },
                 chunk_bytes: args.chunk_bytes as usize,
                 progress: !args.quiet && std::io::stderr().is_terminal(),
@@ -224,6 +249,7 @@ impl RunPlan {
             seed,
             dedup_window: args.dedup_window,
             end_of_today,
+            events: args.events,
             spill,
             _state_lock: state_lock,
         })
@@ -301,16 +327,24 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     let ping = ServicePing::compute(&rows, plan.flags.as_of, plan.config.precision);
 
     let write = problems.is_empty() || plan.flags.keep_going;
+    let mut dataset = None;
     if write {
         staged.close(rejects)?;
         // The state moves on only with a clean run: a half-read input must be read again.
         let state = next_state.as_ref().filter(|_| problems.is_empty());
-        write_outputs(&plan, staged, &tally, &mut rows, &ping, state, started)?;
+        dataset = write_outputs(&plan, staged, &tally, &mut rows, &ping, state, started)?;
     }
     let mut stdout = std::io::stdout().lock();
     print_human(&tally, &plan.selection.skipped, &ping, &mut stdout)?;
     if write {
         writeln!(stdout, "outputs: {}", plan.out.display())?;
+    }
+    if let Some(d) = dataset {
+        writeln!(
+            stdout,
+            "events dataset: {} rows in {} files under {}",
+            d.rows, d.files, d.dir
+        )?;
     }
     stdout.flush()?;
     if problems.is_empty() {
@@ -340,7 +374,7 @@ fn write_outputs(
     ping: &ServicePing,
     state: Option<&(PathBuf, RunState)>,
     started: Instant,
-) -> Result<()> {
+) -> Result<Option<DatasetReport>> {
     let writing = Instant::now();
     let meta = AggregatesMetadata {
         precision: plan.config.precision,
@@ -367,6 +401,19 @@ fn write_outputs(
             })?;
         }
     }
+    let dataset = match (&plan.events, &tally.dataset) {
+        (Some(dir), Some(rows)) if state.is_some() || plan.flags.state.is_none() => Some(
+            stage_events(dir, rows, tally, plan.flags.state.is_some(), &mut staged)?,
+        ),
+        (Some(dir), _) => {
+            eprintln!(
+                "regtally: the events dataset in {} was left as it was: the state did not move on, and the next run reads these inputs again",
+                dir.display()
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let write_seconds = writing.elapsed().as_secs_f64();
     staged.stage(&out(output::SUMMARY), |w| {
@@ -374,10 +421,41 @@ fn write_outputs(
             tally,
             &plan.selection.skipped,
             &plan.flags,
+            dataset.as_ref(),
             elapsed,
             write_seconds,
             w,
         )
     })?;
-    staged.commit()
+    staged.commit()?;
+    Ok(dataset)
+}
+
+/// Stages the events dataset. Without a state the run's files replace the dataset; with one,
+/// they are added beside earlier runs' files, named after this run's inputs (their content
+/// hashes), so that no run's files rewrite another's.
+fn stage_events(
+    dir: &Path,
+    rows: &DatasetRows,
+    tally: &Tally,
+    with_state: bool,
+    staged: &mut StagedOutputs,
+) -> Result<DatasetReport> {
+    let prefix = if with_state {
+        let mut key = xxhash_rust::xxh3::Xxh3::new();
+        for input in &tally.inputs {
+            key.update(
+                input
+                    .content_hash
+                    .as_deref()
+                    .unwrap_or(&input.path)
+                    .as_bytes(),
+            );
+            key.update(b"\n");
+        }
+        format!("part-{:016x}-", key.digest())
+    } else {
+        "part-".to_owned()
+    };
+    stage_dataset(rows, dir, &prefix, !with_state, staged)
 }

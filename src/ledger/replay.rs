@@ -15,7 +15,6 @@ use crate::records::{EventRecord, PathMap};
 use crate::sketch::PassThroughHasher;
 use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
 use crate::timestamp::Timestamp;
-use chrono::NaiveDate;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -168,13 +167,16 @@ impl Repositories {
     }
 }
 
-/// A repository push the ledger resolved, counted in a user metric (a user's, in range).
+/// A repository push the ledger resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResolvedPush {
     /// `CreateRepository` or `PushRepository`.
     pub event: TrackedEvent,
-    pub date: NaiveDate,
+    pub time: Timestamp,
+    /// The user's identity hash (0 when the actor is not a user).
     pub user: u64,
+    /// Whether it counts in a user metric: a user's, inside `--since`/`--until`.
+    pub counted: bool,
 }
 
 /// The ledger moved on by a run's replay.
@@ -307,10 +309,10 @@ impl<'d> LedgerBuffer<'d> {
     }
 
     /// Replays every part in (time, id) order on all cores. Each part's resolved pushes go to
-    /// `on_push` with that part's sink (made by `S::default()`).
+    /// `on_push`, with their event id and that part's sink (made by `S::default()`).
     pub fn replay<S: Default + Send>(
         self,
-        on_push: impl Fn(&mut S, ResolvedPush) + Sync,
+        on_push: impl Fn(&mut S, ResolvedPush, &[u8]) + Sync,
     ) -> io::Result<Replayed<S>> {
         let keys = &self.repositories.keys;
         let budget = self.budget;
@@ -325,7 +327,7 @@ impl<'d> LedgerBuffer<'d> {
                 let mut step = |r: &RecordView| {
                     let late = ledger.is_late(keys[r.repository as usize], r.time());
                     if let Some(push) = apply(&mut ledger, keys, r) {
-                        on_push(&mut sink, push);
+                        on_push(&mut sink, push, r.id);
                     }
                     late
                 };
@@ -334,7 +336,7 @@ impl<'d> LedgerBuffer<'d> {
                 match part.runs.take() {
                     None => {
                         for r in &part.records {
-                            late += u64::from(step(&RecordView::of(r)));
+                            late += u64::from(step(&RecordView::of(r, &part.ids)));
                         }
                     }
                     Some(mut runs) => {
@@ -359,6 +361,7 @@ impl<'d> LedgerBuffer<'d> {
                                 step: Step::of(r.step)
                                     .ok_or_else(|| codec::corrupt("ledger step"))?,
                                 flags: r.flags,
+                                id: &r.id,
                             };
                             late += u64::from(step(&view));
                         }
@@ -384,17 +387,18 @@ impl<'d> LedgerBuffer<'d> {
 }
 
 /// What the replay reads of a record, whether it stayed in memory or was spilled.
-struct RecordView {
+struct RecordView<'a> {
     secs: i64,
     nanos: u32,
     repository: u32,
     user: u64,
     step: Step,
     flags: u8,
+    id: &'a [u8],
 }
 
-impl RecordView {
-    fn of(r: &LedgerRecord) -> RecordView {
+impl<'a> RecordView<'a> {
+    fn of(r: &LedgerRecord, ids: &'a [u8]) -> RecordView<'a> {
         RecordView {
             secs: r.secs,
             nanos: r.nanos,
@@ -402,6 +406,7 @@ impl RecordView {
             user: r.user,
             step: r.step,
             flags: r.flags,
+            id: id_in(ids, r),
         }
     }
 
@@ -413,7 +418,7 @@ impl RecordView {
     }
 }
 
-/// Applies one event to its part of the ledger; a counted repository push comes back resolved.
+/// Applies one event to its part of the ledger; a repository push comes back resolved.
 /// Lateness is judged before the event is applied, by the caller.
 fn apply(ledger: &mut RepositoryLedger, keys: &[u128], r: &RecordView) -> Option<ResolvedPush> {
     let key = keys[r.repository as usize];
@@ -429,14 +434,15 @@ fn apply(ledger: &mut RepositoryLedger, keys: &[u128], r: &RecordView) -> Option
         }
         Step::RepositoryPush => {
             let existed = ledger.push(key, time);
-            (r.flags & (USER | IN_RANGE) == USER | IN_RANGE).then(|| ResolvedPush {
+            Some(ResolvedPush {
                 event: if existed {
                     TrackedEvent::PushRepository
                 } else {
                     TrackedEvent::CreateRepository
                 },
-                date: time.date(),
+                time,
                 user: r.user,
+                counted: r.flags & (USER | IN_RANGE) == USER | IN_RANGE,
             })
         }
     }

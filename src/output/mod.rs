@@ -2,6 +2,7 @@
 
 pub mod aggregates;
 pub mod chart;
+pub mod events;
 pub mod service_ping;
 pub mod summary;
 
@@ -29,6 +30,8 @@ pub struct StagedOutputs {
     /// Temporary and final path of each file, in the order they will be renamed.
     staged: Vec<(PathBuf, PathBuf)>,
     suffix: String,
+    /// Files the commit removes once every staged file is in place.
+    removals: Vec<PathBuf>,
 }
 
 /// A staged output filled while the run goes on ([`StagedOutputs::open`]).
@@ -63,6 +66,7 @@ impl StagedOutputs {
         StagedOutputs {
             staged: Vec::new(),
             suffix: suffix.into(),
+            removals: Vec::new(),
         }
     }
 
@@ -120,7 +124,14 @@ impl StagedOutputs {
         Ok(())
     }
 
-    /// Renames every staged file into place, in the order staged, then syncs their folders.
+    /// Has the commit remove `path` (an output this run replaces by nothing) after the renames,
+    /// and its folder too if that is left empty.
+    pub fn remove_on_commit(&mut self, path: PathBuf) {
+        self.removals.push(path);
+    }
+
+    /// Renames every staged file into place, in the order staged, removes what
+    /// [`StagedOutputs::remove_on_commit`] named, then syncs the folders.
     /// If a rename fails, the files not yet renamed are removed (by `Drop`).
     pub fn commit(mut self) -> Result<()> {
         let mut dirs: Vec<PathBuf> = Vec::new();
@@ -133,6 +144,15 @@ impl StagedOutputs {
             keep_on_signal(&temp);
             if let Some(parent) = fin.parent() {
                 if !dirs.iter().any(|d| d == parent) {
+                    dirs.push(parent.to_path_buf());
+                }
+            }
+        }
+        for old in std::mem::take(&mut self.removals) {
+            fs::remove_file(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+            if let Some(parent) = old.parent() {
+                // Only an empty folder goes.
+                if fs::remove_dir(parent).is_err() && !dirs.iter().any(|d| d == parent) {
                     dirs.push(parent.to_path_buf());
                 }
             }

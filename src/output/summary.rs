@@ -1,6 +1,7 @@
 //! `summary.json` and the short human summary printed at the end of a run.
 
 use crate::aggregate::{metric_names, short_name};
+use crate::output::events::DatasetReport;
 use crate::output::service_ping::ServicePing;
 use crate::pipeline::{InputReport, Tally};
 use crate::state::SkippedInput;
@@ -58,6 +59,9 @@ struct Summary<'a> {
     failures: Vec<Failure<'a>>,
     /// The steps whose data passed `--memory-limit` and went to temporary files.
     spilled: &'a [&'static str],
+    /// What `--events` wrote (absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events_dataset: Option<&'a DatasetReport>,
     elapsed_seconds: f64,
     /// Wall seconds of each step of the run, in order (the last is writing the outputs).
     phase_seconds: Vec<(&'static str, f64)>,
@@ -68,6 +72,7 @@ pub fn write_summary<W: Write>(
     tally: &Tally,
     skipped: &[SkippedInput],
     flags: &RunFlags,
+    events_dataset: Option<&DatasetReport>,
     elapsed_seconds: f64,
     write_seconds: f64,
     w: &mut W,
@@ -99,6 +104,7 @@ pub fn write_summary<W: Write>(
             .map(|(file, error)| Failure { file, error })
             .collect(),
         spilled: &tally.spilled,
+        events_dataset,
         elapsed_seconds,
         phase_seconds: tally
             .phase_seconds

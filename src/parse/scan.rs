@@ -18,7 +18,7 @@
 //! only skips may hold lone surrogates, as serde_json allows there. Skipping keeps its own
 //! stack, so deep nesting cannot overflow the thread's.
 
-use super::{ActorField, Element, RawEvent, StrField, TargetField};
+use super::{ActorField, Element, JsonText, RawEvent, StrField, TargetField};
 use std::borrow::Cow;
 use std::cell::Cell;
 
@@ -157,6 +157,7 @@ enum Key {
     Repository,
     Tag,
     Digest,
+    MediaType,
     Name,
     UserType,
     Other,
@@ -175,6 +176,7 @@ impl Key {
             b"repository" => Key::Repository,
             b"tag" => Key::Tag,
             b"digest" => Key::Digest,
+            b"mediaType" => Key::MediaType,
             b"name" => Key::Name,
             b"user_type" => Key::UserType,
             _ => Key::Other,
@@ -312,17 +314,19 @@ impl<'a> Scanner<'a, '_> {
         }
         let mut repository = StrField::Missing;
         let (mut has_tag, mut has_digest) = (false, false);
+        let (mut tag, mut digest, mut media_type) = Default::default();
         self.object(|s, key| {
             match key {
                 Key::Repository => repository = s.str_field()?,
                 Key::Tag => {
-                    s.skip_value()?;
+                    tag = s.json_text()?;
                     has_tag = true;
                 }
                 Key::Digest => {
-                    s.skip_value()?;
+                    digest = s.json_text()?;
                     has_digest = true;
                 }
+                Key::MediaType => media_type = s.json_text()?,
                 _ => s.skip_value()?,
             }
             Ok(())
@@ -331,6 +335,9 @@ impl<'a> Scanner<'a, '_> {
             repository,
             has_tag,
             has_digest,
+            tag,
+            digest,
+            media_type,
         })
     }
 
@@ -393,6 +400,18 @@ impl<'a> Scanner<'a, '_> {
             self.skip_value()?;
             Ok(StrField::NotString)
         }
+    }
+
+    /// A value kept as it stands: a string's text, escapes undecoded, checked only as a
+    /// skipped string is; anything else skipped.
+    fn json_text(&mut self) -> Result<JsonText<'a>> {
+        if self.peek() != Some(b'"') {
+            self.skip_value()?;
+            return Ok(JsonText(None));
+        }
+        let start = self.pos + 1;
+        self.skip_string()?;
+        Ok(JsonText(Some(&self.text[start..self.pos - 1])))
     }
 
     /// A value at a position regtally reads but that is not what it wants: a string there is

@@ -165,10 +165,14 @@ impl<'de> Deserialize<'de> for TargetField<'de> {
                         }
                     }
                 }
+                // The dataset's fields are not read here (see the agreement test).
                 Ok(TargetField::Object {
                     repository,
                     has_tag,
                     has_digest,
+                    tag: Default::default(),
+                    digest: Default::default(),
+                    media_type: Default::default(),
                 })
             }
             wrong_type_visits!(TargetField::NotObject);

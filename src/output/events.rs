@@ -1,0 +1,288 @@
+//! The events dataset (`run --events DIR`): every de-duplicated valid event, classified, as a
+//! Hive-partitioned Parquet dataset `DIR/month=YYYY-MM/part-*.parquet`.
+//!
+//! Rows come from [`DatasetRows`], a month at a time and in input order; each month's files
+//! are staged beside their final names and renamed with the run's other outputs.
+
+use super::StagedOutputs;
+use crate::dataset::{DatasetRow, DatasetRows, Month};
+use anyhow::{Context, Result};
+use arrow_array::builder::{
+    BooleanBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::format::KeyValue;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Rows a Parquet file holds at most: a month of a busy registry is cut into several files.
+pub const ROWS_PER_FILE: u64 = 1 << 23;
+/// Rows of one record batch, and of one row group: what a part's writer holds in memory.
+const ROWS_PER_BATCH: usize = 1 << 16;
+
+/// The dataset's schema; a change here is a change of the warehouse contract.
+pub fn schema() -> Schema {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    Schema::new(vec![
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        text("id", false),
+        text("action", false),
+        text("class", true),
+        text("repository", false),
+        text("namespace", false),
+        text("tag", true),
+        text("digest", true),
+        text("media_type", true),
+        text("user", true),
+        text("actor_name", true),
+        text("actor_type", true),
+        Field::new("counted", DataType::Boolean, false),
+        text("file", false),
+        Field::new("line", DataType::Int64, false),
+        Field::new("index", DataType::Int64, true),
+    ])
+}
+
+/// The name of a month's folder.
+pub fn month_folder(month: Month) -> String {
+    format!("month={:04}-{:02}", month.0, month.1)
+}
+
+/// What was written.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DatasetReport {
+    pub dir: String,
+    pub files: u64,
+    pub rows: u64,
+}
+
+/// Columns being filled.
+struct Columns {
+    time: TimestampMicrosecondBuilder,
+    text: Vec<StringBuilder>,
+    counted: BooleanBuilder,
+    line: Int64Builder,
+    index: Int64Builder,
+    len: usize,
+}
+
+impl Columns {
+    fn new() -> Columns {
+        Columns {
+            time: TimestampMicrosecondBuilder::with_capacity(ROWS_PER_BATCH).with_timezone("UTC"),
+            text: (0..12).map(|_| StringBuilder::new()).collect(),
+            counted: BooleanBuilder::with_capacity(ROWS_PER_BATCH),
+            line: Int64Builder::with_capacity(ROWS_PER_BATCH),
+            index: Int64Builder::with_capacity(ROWS_PER_BATCH),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, r: &DatasetRow<'_>) {
+        let e = &r.row;
+        let micros = e
+            .time
+            .secs
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(e.time.nanos / 1000));
+        self.time.append_value(micros);
+        let namespace = e.repository.split('/').next().unwrap_or(e.repository);
+        let texts: [Option<&str>; 12] = [
+            Some(e.id),
+            Some(e.action),
+            r.class,
+            Some(e.repository),
+            Some(namespace),
+            e.tag,
+            e.digest,
+            e.media_type,
+            e.user,
+            e.actor_name,
+            e.actor_type,
+            Some(r.file),
+        ];
+        for (b, t) in self.text.iter_mut().zip(texts) {
+            b.append_option(t);
+        }
+        self.counted.append_value(r.counted);
+        self.line
+            .append_value(i64::try_from(r.line).unwrap_or(i64::MAX));
+        self.index.append_option(e.index.map(i64::from));
+        self.len += 1;
+    }
+
+    fn batch(&mut self) -> Result<RecordBatch> {
+        let mut text: Vec<ArrayRef> = self
+            .text
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let file = text.pop().expect("twelve text columns");
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.time.finish())];
+        columns.extend(text);
+        columns.push(Arc::new(self.counted.finish()));
+        columns.push(file);
+        columns.push(Arc::new(self.line.finish()));
+        columns.push(Arc::new(self.index.finish()));
+        self.len = 0;
+        Ok(RecordBatch::try_new(Arc::new(schema()), columns)?)
+    }
+}
+
+fn properties() -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_size(ROWS_PER_BATCH)
+        // Every key has a value (Spark's reader fails on a key without one).
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "regtally.version".to_owned(),
+            Some(env!("CARGO_PKG_VERSION").to_owned()),
+        )]))
+        .build())
+}
+
+/// One month's parts being written.
+struct MonthWriter<'s> {
+    staged: &'s mut StagedOutputs,
+    folder: PathBuf,
+    prefix: &'s str,
+    part: u32,
+    writer: Option<ArrowWriter<super::StagedFile>>,
+    rows_in_part: u64,
+    columns: Columns,
+    written: Vec<PathBuf>,
+    rows: u64,
+}
+
+impl MonthWriter<'_> {
+    fn push(&mut self, row: &DatasetRow<'_>) -> Result<()> {
+        if self.writer.is_none() {
+            let path = self
+                .folder
+                .join(format!("{}{:05}.parquet", self.prefix, self.part));
+            self.part += 1;
+            let file = self.staged.open(&path)?;
+            self.writer = Some(ArrowWriter::try_new(
+                file,
+                Arc::new(schema()),
+                Some(properties()?),
+            )?);
+            self.written.push(path);
+        }
+        self.columns.push(row);
+        self.rows_in_part += 1;
+        self.rows += 1;
+        if self.columns.len == ROWS_PER_BATCH || self.rows_in_part == ROWS_PER_FILE {
+            self.flush()?;
+        }
+        if self.rows_in_part == ROWS_PER_FILE {
+            self.close_part()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.columns.len > 0 {
+            let batch = self.columns.batch()?;
+            if let Some(w) = &mut self.writer {
+                w.write(&batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_part(&mut self) -> Result<()> {
+        self.flush()?;
+        if let Some(w) = self.writer.take() {
+            let file = w.into_inner()?;
+            self.staged.close(file)?;
+        }
+        self.rows_in_part = 0;
+        Ok(())
+    }
+}
+
+/// The part files of the dataset in `dir`, as a run left them.
+pub fn existing_parts(dir: &Path) -> Vec<PathBuf> {
+    let mut parts = Vec::new();
+    for month in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !month.file_name().to_string_lossy().starts_with("month=") {
+            continue;
+        }
+        for file in std::fs::read_dir(month.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.starts_with("part-") && name.ends_with(".parquet") {
+                parts.push(file.path());
+            }
+        }
+    }
+    parts.sort();
+    parts
+}
+
+/// Stages the dataset's files in `dir`, named `<prefix><n>.parquet` in each month's folder.
+/// With `replace`, the parts already in `dir` that this run does not rewrite are removed when
+/// the outputs are committed.
+pub fn stage_dataset(
+    rows: &DatasetRows,
+    dir: &Path,
+    prefix: &str,
+    replace: bool,
+    staged: &mut StagedOutputs,
+) -> Result<DatasetReport> {
+    let mut report = DatasetReport {
+        dir: dir.display().to_string(),
+        ..DatasetReport::default()
+    };
+    let mut written = Vec::new();
+    for (month, spooled) in &rows.months {
+        let folder = dir.join(month_folder(*month));
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+        let mut w = MonthWriter {
+            staged: &mut *staged,
+            folder,
+            prefix,
+            part: 0,
+            writer: None,
+            rows_in_part: 0,
+            columns: Columns::new(),
+            written: Vec::new(),
+            rows: 0,
+        };
+        let mut failed = None;
+        rows.each_row(spooled, |row| {
+            w.push(row).map_err(|e| {
+                failed = Some(e);
+                io::Error::other("events dataset")
+            })
+        })
+        .map_err(|e| failed.take().unwrap_or_else(|| e.into()))
+        .context("cannot write the events dataset")?;
+        w.close_part()?;
+        report.rows += w.rows;
+        report.files += w.written.len() as u64;
+        written.extend(w.written);
+    }
+    if replace {
+        for old in existing_parts(dir) {
+            if !written.contains(&old) {
+                staged.remove_on_commit(old);
+            }
+        }
+    }
+    Ok(report)
+}
