@@ -205,6 +205,8 @@ struct Model {
     duplicates: u64,
     out_of_range: u64,
     repositories: BTreeSet<String>,
+    /// Each first delivery's row of the events dataset: id -> (class, counted, user).
+    rows: BTreeMap<String, (Option<String>, bool, Option<String>)>,
 }
 
 fn model(g: &Generated, since: Option<NaiveDate>, until: Option<NaiveDate>) -> Model {
@@ -253,11 +255,25 @@ fn model(g: &Generated, since: Option<NaiveDate>, until: Option<NaiveDate>) -> M
 
     let mut cells: BTreeMap<(String, String), (BTreeSet<String>, i64)> = BTreeMap::new();
     let mut out_of_range = 0;
+    let mut rows = BTreeMap::new();
     for (e, class) in unique.iter().zip(&classes) {
         let date = DateTime::<Utc>::from_timestamp(e.utc.0, e.utc.1)
             .unwrap()
             .date_naive();
-        if since.is_some_and(|s| date < s) || until.is_some_and(|u| date >= u) {
+        let in_range = !(since.is_some_and(|s| date < s) || until.is_some_and(|u| date >= u));
+        let shown = class.map(|c| {
+            if c == "manifest" {
+                "manifest_delete"
+            } else {
+                c
+            }
+        });
+        let counted = in_range && e.user.is_some() && class.is_some_and(|c| c != "manifest");
+        rows.insert(
+            e.id.clone(),
+            (shown.map(str::to_owned), counted, e.user.clone()),
+        );
+        if !in_range {
             out_of_range += 1;
             continue;
         }
@@ -289,7 +305,36 @@ fn model(g: &Generated, since: Option<NaiveDate>, until: Option<NaiveDate>) -> M
         duplicates,
         out_of_range,
         repositories: existing,
+        rows,
     }
+}
+
+/// The cells of `aggregates.parquet` computed from the events dataset's counted rows:
+/// (metric, period label) -> (distinct users, events).
+fn cells_of_dataset(rows: &[EventRow]) -> BTreeMap<(String, String), (BTreeSet<String>, i64)> {
+    let mut cells: BTreeMap<(String, String), (BTreeSet<String>, i64)> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.counted) {
+        let date = DateTime::<Utc>::from_timestamp_micros(r.time_micros)
+            .unwrap()
+            .date_naive();
+        let week = date.iso_week();
+        let class = r.class.as_deref().unwrap();
+        for metric in [
+            format!("i_container_registry_{class}_user"),
+            "user_container_registry_total".to_owned(),
+        ] {
+            for label in [
+                format!("{}-W{:02}", week.year(), week.week()),
+                format!("{}-{:02}", date.year(), date.month()),
+                date.format("%Y-%m-%d").to_string(),
+            ] {
+                let c = cells.entry((metric.clone(), label)).or_default();
+                c.0.insert(r.user.clone().unwrap());
+                c.1 += 1;
+            }
+        }
+    }
+    cells
 }
 
 /// Checks one random log; returns what the spilling run spilled, and how many valid events
@@ -341,6 +386,8 @@ fn check(seed: u64) -> (Vec<String>, usize) {
     for (out, threads) in &runs {
         let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
         args.extend(threads.iter());
+        let events_dir = ws.s(&format!("{out}-events"));
+        args.extend(["--events", &events_dir]);
         let r = ws.run(&["logs"], out, &args);
         // Exit 1 only when the bad ratio is over 1 (invalid events are counted per event).
         let bad = (g.malformed + g.invalid) as f64;
@@ -416,15 +463,42 @@ fn check(seed: u64) -> (Vec<String>, usize) {
             .map(str::to_owned)
             .collect();
         assert_eq!(repos, m.repositories, "seed {seed} {out}: repositories");
-        outputs.push(
-            [
-                "aggregates.parquet",
-                "service_ping.json",
-                "rejects.jsonl",
-                "repositories.txt",
-            ]
-            .map(|f| std::fs::read(ws.path(&format!("{out}/{f}"))).unwrap()),
+        // The events dataset: one row per first delivery, classified as the model says, and
+        // its counted rows are exactly the events and users behind aggregates.parquet.
+        let events = read_events(&ws.path(&format!("{out}-events")));
+        let got: BTreeMap<String, (Option<String>, bool, Option<String>)> = events
+            .iter()
+            .map(|r| (r.id.clone(), (r.class.clone(), r.counted, r.user.clone())))
+            .collect();
+        assert_eq!(events.len(), got.len(), "seed {seed} {out}: one row per id");
+        assert_eq!(got, m.rows, "seed {seed} {out}: events dataset");
+        let from_rows = cells_of_dataset(&events);
+        for ((metric, period), (users, n)) in &from_rows {
+            let r = by_key[&(metric.clone(), period.clone())];
+            assert_eq!(
+                (r.unique_users, r.events),
+                (users.len() as i64, *n),
+                "seed {seed} {out}: dataset against aggregates, {metric} {period}"
+            );
+        }
+        assert_eq!(
+            rows.iter().filter(|r| r.events > 0).count(),
+            from_rows.len(),
+            "seed {seed} {out}: cells with events"
         );
+        let mut files: Vec<Vec<u8>> = [
+            "aggregates.parquet",
+            "service_ping.json",
+            "rejects.jsonl",
+            "repositories.txt",
+        ]
+        .map(|f| std::fs::read(ws.path(&format!("{out}/{f}"))).unwrap())
+        .into();
+        for (name, bytes) in dataset_bytes(&ws.path(&format!("{out}-events"))) {
+            files.push(name.into_bytes());
+            files.push(bytes);
+        }
+        outputs.push(files);
     }
     assert!(
         outputs[0] == outputs[1],

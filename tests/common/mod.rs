@@ -332,3 +332,133 @@ impl Rng {
         &items[self.below(items.len() as u64) as usize]
     }
 }
+
+/// One row of the events dataset (`run --events`), typed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    /// The `month=` folder the row's file is in.
+    pub month: String,
+    pub time_micros: i64,
+    pub id: String,
+    pub action: String,
+    pub class: Option<String>,
+    pub repository: String,
+    pub namespace: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub media_type: Option<String>,
+    pub user: Option<String>,
+    pub actor_name: Option<String>,
+    pub actor_type: Option<String>,
+    pub counted: bool,
+    pub file: String,
+    pub line: i64,
+    pub index: Option<i64>,
+}
+
+/// The part files of an events dataset, sorted, relative to `dir`.
+pub fn dataset_files(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for month in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(month.path()).unwrap().flatten() {
+            files.push(format!(
+                "{}/{}",
+                month.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            ));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Every file of an events dataset with its bytes, for byte-for-byte comparisons.
+pub fn dataset_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    dataset_files(dir)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(&f)).unwrap();
+            (f, bytes)
+        })
+        .collect()
+}
+
+/// Reads every row of an events dataset with the parquet crate, file by file in name order.
+pub fn read_events(dir: &Path) -> Vec<EventRow> {
+    use arrow_array::{BooleanArray, TimestampMicrosecondArray};
+    let mut rows = Vec::new();
+    for f in dataset_files(dir) {
+        let month = f
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_start_matches("month=")
+            .to_owned();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(dir.join(&f)).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let b = batch.unwrap();
+            let col = |name: &str| b.column_by_name(name).unwrap().clone();
+            let text = |name: &str| {
+                let c = col(name);
+                let a = c.as_any().downcast_ref::<StringArray>().unwrap().clone();
+                (0..b.num_rows())
+                    .map(|i| (!a.is_null(i)).then(|| a.value(i).to_owned()))
+                    .collect::<Vec<_>>()
+            };
+            let int = |name: &str| {
+                let c = col(name);
+                let a = c.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                (0..b.num_rows())
+                    .map(|i| (!a.is_null(i)).then(|| a.value(i)))
+                    .collect::<Vec<_>>()
+            };
+            let time = col("time");
+            let time = time
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let counted = col("counted");
+            let counted = counted.as_any().downcast_ref::<BooleanArray>().unwrap();
+            let (id, action, class, repository, namespace) = (
+                text("id"),
+                text("action"),
+                text("class"),
+                text("repository"),
+                text("namespace"),
+            );
+            let (tag, digest, media_type) = (text("tag"), text("digest"), text("media_type"));
+            let (user, actor_name, actor_type, file) = (
+                text("user"),
+                text("actor_name"),
+                text("actor_type"),
+                text("file"),
+            );
+            let (line, index) = (int("line"), int("index"));
+            for i in 0..b.num_rows() {
+                rows.push(EventRow {
+                    month: month.clone(),
+                    time_micros: time.value(i),
+                    id: id[i].clone().unwrap(),
+                    action: action[i].clone().unwrap(),
+                    class: class[i].clone(),
+                    repository: repository[i].clone().unwrap(),
+                    namespace: namespace[i].clone().unwrap(),
+                    tag: tag[i].clone(),
+                    digest: digest[i].clone(),
+                    media_type: media_type[i].clone(),
+                    user: user[i].clone(),
+                    actor_name: actor_name[i].clone(),
+                    actor_type: actor_type[i].clone(),
+                    counted: counted.value(i),
+                    file: file[i].clone().unwrap(),
+                    line: line[i].unwrap(),
+                    index: index[i],
+                });
+            }
+        }
+    }
+    rows
+}
