@@ -392,15 +392,9 @@ fn write_outputs(
     staged.stage(&out(output::REPOSITORIES), |w| {
         output::write_repositories(&tally.ledger, w)
     })?;
-    if let Some((dir, state)) = state {
-        staged.stage(&dir.join(STATE_FILE), |w| state.write(plan.dedup_window, w))?;
-        if state.legacy {
-            // regtally 0.3 must refuse the folder now, not start a state of its own beside it.
-            staged.stage(&dir.join(LEGACY_STATE_FILE), |w| {
-                Ok(w.write_all(&legacy_moved_header())?)
-            })?;
-        }
-    }
+    // Before the state: a crash among the renames then leaves this run's files without the
+    // state that records their inputs, never the state without the files; the next run reads
+    // those inputs again (and, if no new input came, writes the same files under the same names).
     let dataset = match (&plan.events, &tally.dataset) {
         (Some(dir), Some(rows)) if state.is_some() || plan.flags.state.is_none() => Some(
             stage_events(dir, rows, tally, plan.flags.state.is_some(), &mut staged)?,
@@ -414,6 +408,15 @@ fn write_outputs(
         }
         (None, _) => None,
     };
+    if let Some((dir, state)) = state {
+        staged.stage(&dir.join(STATE_FILE), |w| state.write(plan.dedup_window, w))?;
+        if state.legacy {
+            // regtally 0.3 must refuse the folder now, not start a state of its own beside it.
+            staged.stage(&dir.join(LEGACY_STATE_FILE), |w| {
+                Ok(w.write_all(&legacy_moved_header())?)
+            })?;
+        }
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let write_seconds = writing.elapsed().as_secs_f64();
     staged.stage(&out(output::SUMMARY), |w| {
