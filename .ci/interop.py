@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Interop check: regtally's aggregates.parquet read by pyarrow, polars, DuckDB and Spark 4, and its
-`hll_sketch` column merged with DataSketches HLL sketches that Spark and Python build themselves.
+`hll_sketch` column merged with DataSketches HLL sketches that Spark and Python build themselves; the
+events dataset (`--events`) opened as one table by the same four, and the README's DuckDB questions
+run on it against answers computed here from samples/.
 
     target/interop-venv/bin/python .ci/interop.py --bin target/debug/regtally [--readme README.md]
 
@@ -24,11 +26,17 @@ COLUMNS = [("event_name", pa.string()), ("period_kind", pa.string()), ("period",
            ("period_start", pa.date32()), ("period_end", pa.date32()), ("unique_users", pa.int64()),
            ("events", pa.int64()), ("sketch", pa.binary()), ("hll_sketch", pa.binary())]
 # name -> (flags, precision, since, until); the two --state runs share one state folder.
-RUNS = {"out": ([], 14, None, None),
+RUNS = {"out": (["--events", "{tmp}/events"], 14, None, None),
         "since_until": (["--since", "2023-01-02", "--until", "2023-01-16"], 14, "2023-01-02", "2023-01-16"),
         "precision10": (["--precision", "10"], 10, None, None),
-        "state1": (["--state", "{tmp}/state"], 14, None, None),
-        "state2": (["--state", "{tmp}/state"], 14, None, None)}
+        "state1": (["--state", "{tmp}/state", "--events", "{tmp}/state-events"], 14, None, None),
+        "state2": (["--state", "{tmp}/state", "--events", "{tmp}/state-events"], 14, None, None)}
+EVENT_COLUMNS = [("time", pa.timestamp("us", tz="UTC")), ("id", pa.string()), ("action", pa.string()),
+                 ("class", pa.string()), ("repository", pa.string()), ("namespace", pa.string()),
+                 ("tag", pa.string()), ("digest", pa.string()), ("media_type", pa.string()),
+                 ("user", pa.string()), ("actor_name", pa.string()), ("actor_type", pa.string()),
+                 ("counted", pa.bool_()), ("file", pa.string()), ("line", pa.int64()), ("index", pa.int64())]
+PUSHES = {"push_tag", "create_repository", "push_repository"}
 
 
 class Fail(Exception):
@@ -136,9 +144,21 @@ def input_files(root):
     return sorted(found, key=os.fsencode)
 
 
-def expected_cells(rejects_path, since=None, until=None):
-    """{(period_kind, period): (set of identities, counted events)} for user_container_registry_total,
-    from samples/ read line by line, minus what the run's rejects.jsonl lists."""
+def utc_time(ts):
+    """(UTC datetime to the microsecond, nanoseconds): the replay's order key, and the dataset's time."""
+    m = TS.fullmatch(ts)
+    check(m, f"timestamp {ts!r}: regtally accepted it, this check cannot parse it")
+    y, mo, d, h, mi, s, frac, sign, oh, om = m.groups()
+    nanos = int((frac or ".0")[1:10].ljust(9, "0"))
+    t = dt.datetime(int(y), int(mo), int(d), int(h), int(mi), min(int(s), 59), tzinfo=dt.timezone.utc)
+    if sign:
+        t -= (1 if sign == "+" else -1) * dt.timedelta(hours=int(oh), minutes=int(om))
+    return t, nanos
+
+
+def first_deliveries(rejects_path):
+    """Every first delivery of samples/ read line by line, minus what the run's rejects.jsonl lists:
+    (path, line, index or None, event), in input order."""
     whole, single = set(), set()
     with open(rejects_path) as f:
         for r in map(json.loads, f):
@@ -147,7 +167,7 @@ def expected_cells(rejects_path, since=None, until=None):
                 whole.add(key)
             else:
                 single.add(key + (r["index"],))
-    names, counts, seen_ids = defaultdict(set), defaultdict(int), set()
+    seen_ids, out = set(), []
     for path in input_files(os.path.join(REPO, "samples")):
         with open(path, "rb") as f:
             data = f.read()
@@ -170,20 +190,62 @@ def expected_cells(rejects_path, since=None, until=None):
                 if (path, no, i if envelope else None) in single or ev["id"] in seen_ids:
                     continue
                 seen_ids.add(ev["id"])
-                actor, target, action = ev.get("actor"), ev["target"], ev["action"]
-                if not (isinstance(actor, dict) and actor.get("user_type") in USER_TYPES
-                        and isinstance(actor.get("name"), str) and actor["name"]):
-                    continue
-                if not (action == "push" or action == "delete" and ("tag" in target or "digest" not in target)):
-                    continue
-                day = utc_date(ev["timestamp"])
-                if (since and day < dt.date.fromisoformat(since)) or (until and day >= dt.date.fromisoformat(until)):
-                    continue
-                year, week, _ = day.isocalendar()
-                for cell in (("day", day.isoformat()), ("week", f"{year}-W{week:02d}"),
-                             ("month", day.strftime("%Y-%m"))):
-                    names[cell].add(actor["name"].lower())
-                    counts[cell] += 1
+                out.append((path, no, i if envelope else None, ev))
+    return out
+
+
+def identity(ev):
+    actor = ev.get("actor")
+    if (isinstance(actor, dict) and actor.get("user_type") in USER_TYPES
+            and isinstance(actor.get("name"), str) and actor["name"]):
+        return actor["name"].lower()
+    return None
+
+
+def expected_events(rejects_path, since=None, until=None):
+    """The events dataset as SPEC §2 to §6 make it of samples/: {id: row}, each row a dict of the
+    columns the questions use, repository pushes resolved by replaying the ledger in (time, id) order."""
+    rows = {}
+    for path, no, index, ev in first_deliveries(rejects_path):
+        target, action = ev["target"], ev["action"]
+        kind = {("push", True): "push_tag", ("delete", True): "delete_tag"}.get((action, "tag" in target))
+        if kind is None and action == "delete":
+            kind = "manifest_delete" if "digest" in target else "delete_repository"
+        if kind is None and action == "push":
+            kind = "repository_push"
+        t, nanos = utc_time(ev["timestamp"])
+        day = t.date()
+        in_range = not ((since and day < dt.date.fromisoformat(since)) or (until and day >= dt.date.fromisoformat(until)))
+        actor = ev.get("actor") if isinstance(ev.get("actor"), dict) else {}
+        rows[ev["id"]] = {"id": ev["id"], "time": t.replace(microsecond=nanos // 1000), "order": (t, nanos, ev["id"].encode()),
+                          "class": kind, "repository": target["repository"],
+                          "namespace": target["repository"].split("/")[0], "user": identity(ev),
+                          "actor_type": actor.get("user_type") if isinstance(actor.get("user_type"), str) else None,
+                          "in_range": in_range, "line": no, "index": index}
+    existing = set()
+    for r in sorted(rows.values(), key=lambda r: r["order"]):
+        if r["class"] == "repository_push":
+            r["class"] = "push_repository" if r["repository"] in existing else "create_repository"
+        if r["class"] in PUSHES:
+            existing.add(r["repository"])
+        elif r["class"] == "delete_repository":
+            existing.discard(r["repository"])
+    for r in rows.values():
+        r["counted"] = bool(r["in_range"] and r["user"] and r["class"] not in (None, "manifest_delete"))
+    return rows
+
+
+def expected_cells(rejects_path, since=None, until=None):
+    """{(period_kind, period): (set of identities, counted events)} for user_container_registry_total."""
+    names, counts = defaultdict(set), defaultdict(int)
+    for r in expected_events(rejects_path, since, until).values():
+        if not r["counted"]:
+            continue
+        day = r["time"].date()
+        year, week, _ = day.isocalendar()
+        for cell in (("day", day.isoformat()), ("week", f"{year}-W{week:02d}"), ("month", day.strftime("%Y-%m"))):
+            names[cell].add(r["user"])
+            counts[cell] += 1
     return {cell: (names[cell], counts[cell]) for cell in names}
 
 
@@ -386,6 +448,119 @@ def check_readme(spark, snippets, tmp, table):
     ok(f"README Python example: {want} users in 2023-Q1")
 
 
+# ---------------------------------------------------------------- the events dataset
+DUCKDB_QUESTIONS = ("duckdb-namespace-users", "duckdb-top-created", "duckdb-pushed-then-not", "duckdb-actor-types")
+
+
+def utc_iso(t):
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def event_key(r):
+    """What every engine must agree on for one row of the dataset."""
+    return (r["id"], r["class"], bool(r["counted"]), r["user"], r["month"], r["line"], r["index"], r["time"])
+
+
+def check_dataset(name, directory, expected):
+    parts = sorted(os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs)
+    check(parts and all(re.fullmatch(r"month=\d{4}-\d\d/part-[0-9a-f-]+\.parquet", p) for p in parts),
+          f"{name}: the events dataset's files are {parts}")
+    for p in parts:
+        path = os.path.join(directory, p)
+        got = [(f.name, f.type) for f in pq.read_schema(path)]
+        check(got == EVENT_COLUMNS, f"{name}/{p}: schema is {got}")
+        check(all(v is not None for _, v in kv_metadata(path)), f"{name}/{p}: key-value metadata without a value")
+    table = pq.read_table(directory)  # discovers month=... as a column
+    arrow_rows = sorted(event_key(dict(r, time=utc_iso(r["time"]), month=str(r["month"]))) for r in table.to_pylist())
+    glob = os.path.join(directory, "**", "*.parquet")
+    pl_rows = sorted(event_key(dict(r, time=utc_iso(r["time"]))) for r in
+                     pl.read_parquet(glob, hive_partitioning=True).to_dicts())
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    cur = con.execute("SELECT * FROM read_parquet(?, hive_partitioning = true)", [glob])
+    cols = [c[0] for c in cur.description]
+    duck_rows = sorted(event_key(dict(zip(cols, r), time=None) | {"time": utc_iso(dict(zip(cols, r))["time"])})
+                       for r in cur.fetchall())
+    want = sorted(event_key(dict(r, time=r["time"].strftime("%Y-%m-%dT%H:%M:%S.%f"),
+                                 month=r["time"].strftime("%Y-%m"))) for r in expected.values())
+    check(arrow_rows == want, f"{name}: pyarrow reads other events than samples/ hold: "
+          f"{sorted(set(arrow_rows) ^ set(want))[:5]}")
+    check(pl_rows == want, f"{name}: polars reads other events than pyarrow")
+    check(duck_rows == want, f"{name}: DuckDB reads other events than pyarrow")
+    ok(f"{name}: events dataset ({len(parts)} files, 16 columns and month) read by pyarrow, polars and DuckDB: "
+       f"the {len(want)} first deliveries of samples/, each classified (repository pushes by the ledger) and "
+       f"counted as computed here")
+    return want
+
+
+def spark_dataset_check(spark, name, directory, want):
+    try:
+        df = spark.read.parquet(directory)
+        rows = df.selectExpr("id", "class", "counted", "user", "CAST(month AS STRING) AS month", "line", "index",
+                             "date_format(time, \"yyyy-MM-dd'T'HH:mm:ss.SSSSSS\") AS time").collect()
+    except Exception as e:  # noqa: BLE001
+        raise Fail(f"{name}: Spark cannot read the events dataset: {spark_error(e)}")
+    got = sorted(event_key(r.asDict()) for r in rows)
+    check(got == want, f"{name}: Spark reads other events than pyarrow: {sorted(set(got) ^ set(want))[:5]}")
+    ok(f"{name}: Spark reads the events dataset as one table, the same {len(got)} rows")
+
+
+def duckdb_snippets(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    found = {}
+    for tag in DUCKDB_QUESTIONS:
+        hits = re.findall(rf"^<!-- interop: {tag} -->[ \t]*\n```sql[ \t]*\n(.*?)^```", text, re.M | re.S)
+        check(len(hits) == 1, f"{path}: wanted one `<!-- interop: {tag} -->` line right before a ```sql block, "
+              f"found {len(hits)}")
+        check("'events/**/*.parquet'" in hits[0], f"{path}: the {tag} query must read 'events/**/*.parquet'")
+        found[tag] = hits[0]
+    return found
+
+
+def duckdb_answers(expected):
+    """What the README's four questions must answer, computed from samples/ without the dataset."""
+    rows = list(expected.values())
+    cells = defaultdict(lambda: (set(), [0]))
+    for r in rows:
+        if r["counted"]:
+            users, n = cells[(r["namespace"], r["time"].strftime("%Y-%m"))]
+            users.add(r["user"])
+            n[0] += 1
+    namespace_users = sorted(((ns, m, len(u), n[0]) for (ns, m), (u, n) in cells.items()),
+                             key=lambda x: (x[1], -x[2], x[0]))
+    q = lambda y, m: dt.datetime(y, m, 1, tzinfo=dt.timezone.utc)  # noqa: E731
+    created = defaultdict(int)
+    for r in rows:
+        if r["class"] == "create_repository" and q(2023, 4) <= r["time"] < q(2023, 7):
+            created[r["repository"]] += 1
+    top_created = sorted(created.items(), key=lambda x: (-x[1], x[0]))[:10]
+    pushers = lambda lo, hi: {r["user"] for r in rows if r["class"] in PUSHES and r["user"] and lo <= r["time"] < hi}  # noqa: E731
+    gone = [(u,) for u in sorted(pushers(q(2023, 1), q(2023, 4)) - pushers(q(2023, 4), q(2023, 7)))]
+    types = defaultdict(lambda: [0, 0])
+    for r in rows:
+        types[r["actor_type"]][0] += 1
+        types[r["actor_type"]][1] += r["counted"]
+    actor_types = sorted(((t, e, c) for t, (e, c) in types.items()), key=lambda x: (-x[1], x[0] is None, x[0] or ""))
+    return dict(zip(DUCKDB_QUESTIONS, (namespace_users, top_created, gone, actor_types)))
+
+
+def check_readme_duckdb(snippets, directory, expected):
+    answers = duckdb_answers(expected)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    glob = os.path.join(directory, "**", "*.parquet").replace("'", "''")
+    for tag, sql in snippets.items():
+        want = [tuple(r) for r in answers[tag]]
+        check(want, f"README {tag}: the samples give no answer, so the query is not tested")
+        try:
+            got = con.execute(sql.strip().rstrip(";").replace("'events/**/*.parquet'", f"'{glob}'")).fetchall()
+        except duckdb.Error as e:
+            raise Fail(f"README {tag}: the query fails in DuckDB: {e}")
+        check(got == want, f"README {tag}: DuckDB answers {got}, samples/ give {want}")
+        ok(f"README {tag}: DuckDB's answer ({len(got)} rows) is the one computed from samples/")
+
+
 # ---------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -397,6 +572,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="regtally-interop-")
     try:
         snippets = readme_snippets(args.readme)
+        questions = duckdb_snippets(args.readme)
         for name, (flags, *_rest) in RUNS.items():
             cmd = [binary, "run", "samples", "-o", os.path.join(tmp, name), "--as-of", "2023-02-01", "-q"]
             cmd += [f.format(tmp=tmp) for f in flags]
@@ -417,6 +593,11 @@ def main():
         for name in ("state1", "state2"):
             check(tables[name].equals(tables["out"]), f"{name}: aggregates differ from the run without --state")
         ok("state1, state2: the same aggregates as the run without --state")
+        events = expected_events(os.path.join(tmp, "out", "rejects.jsonl"))
+        dataset = check_dataset("out", os.path.join(tmp, "events"), events)
+        nightly = check_dataset("state1+state2", os.path.join(tmp, "state-events"), events)
+        check(nightly == dataset, "state1+state2: the nightly events dataset differs from the run without --state")
+        check_readme_duckdb(questions, os.path.join(tmp, "events"), events)
 
         spark = start_spark(tmp)
         ok(f"Spark {spark.version} started in local mode")
@@ -435,6 +616,7 @@ def main():
         spark_hash_check(spark, "out", os.path.join(tmp, "out", "aggregates.parquet"), expected, 14)
         spark_hash_check(spark, "precision10", os.path.join(tmp, "precision10", "aggregates.parquet"), expected, 10)
         check_readme(spark, snippets, tmp, tables["out"])
+        spark_dataset_check(spark, "out", os.path.join(tmp, "events"), dataset)
         spark.stop()
     except Fail as e:
         print(f"interop: FAIL: {e}\n(temporary outputs and spark.log kept in {tmp})", file=sys.stderr)
