@@ -132,6 +132,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline", required=True, help="git revision to compare with, e.g. a release tag or main")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only-events", action="store_true",
+                    help="measure only what --events costs (no baseline run; --baseline still builds)")
     ap.add_argument("--outputs-changed", action="store_true",
                     help="the baseline writes other outputs (a release that changed them): compare speed only")
     opts = ap.parse_args()
@@ -157,6 +159,38 @@ def main():
         if not opts.outputs_changed:
             assert same_outputs(out / "baseline", out / "new"), f"{name}: outputs differ from the baseline's"
         return best
+
+    def with_events(name, inputs, rounds, *extra):
+        """This tree without and with --events, alternating: what writing the dataset costs."""
+        commands = {
+            "this tree": run_args(new, inputs, out / "new", "-j", cores, *extra),
+            "this tree, --events": run_args(new, inputs, out / "new-events", "-j", cores, *extra,
+                                            "--events", out / "events"),
+        }
+        for args in commands.values():
+            timed(args)  # warm the page cache
+        best = best_of(commands, rounds)
+        for key, (secs, rss) in best.items():
+            rows.append({"scenario": name, "binary": key, "seconds": round(secs, 2), "peak MiB": round(rss, 1)})
+        assert same_outputs(out / "new", out / "new-events"), f"{name}: --events changed the other outputs"
+        dataset = sum(f.stat().st_size for f in (out / "events").rglob("*.parquet")) / 2**20
+        return best, dataset
+
+    if opts.only_events:
+        four, four_mib = with_events("4M events, 16 files", DATA / "four", opts.rounds)
+        twelve, twelve_mib = with_events("12M events, 16 files, --memory-limit 256M", DATA / "twelve", 1,
+                                         "--memory-limit", "256M")
+        keys = ["scenario", "binary", "seconds", "peak MiB"]
+        print(f"\n{cores} cores; best of {opts.rounds} rounds (12M: one)\n")
+        print(" | ".join(keys))
+        print(" | ".join("---" for _ in keys))
+        for r in rows:
+            print(" | ".join(str(r.get(k, "")) for k in keys))
+        print(f"\n4M: --events takes {four['this tree, --events'][0] / four['this tree'][0]:.2f}x the time; "
+              f"dataset {four_mib:.0f} MiB")
+        print(f"12M with 256M: peak {twelve['this tree, --events'][1]:.0f} MiB with --events "
+              f"({twelve['this tree'][1]:.0f} without); dataset {twelve_mib:.0f} MiB")
+        return
 
     one = pair("1M events, one file", DATA / "one", opts.rounds)
     four = pair("4M events, 16 files", DATA / "four", opts.rounds)

@@ -223,15 +223,21 @@ impl RowSpool {
         let mut rest = chunk.rows;
         let mut i = 0usize;
         while !rest.is_empty() {
-            let (row, after) = EncodedRow::decode(rest)?;
-            let bytes = &rest[..rest.len() - after.len()];
-            rest = after;
+            // Only the length and the time are read here: the row is checked when read back.
+            let head = |at: usize, n: usize| {
+                rest.get(at..at + n)
+                    .ok_or_else(|| codec::corrupt("events row"))
+            };
+            let len = u32::from_le_bytes(head(0, 4)?.try_into().unwrap_or_default()) as usize;
+            let secs = i64::from_le_bytes(head(4, 8)?.try_into().unwrap_or_default());
+            let bytes = head(0, 4 + len)?;
+            rest = &rest[4 + len..];
             let seq = i;
             i += 1;
             if !keep(seq) {
                 continue;
             }
-            let month = month_of(row.time);
+            let month = month_of(Timestamp { secs, nanos: 0 });
             if !self.months.contains_key(&month) {
                 let path = self
                     .dir
@@ -395,9 +401,8 @@ impl DatasetRows {
             let len = codec::get_u32(&mut input)?;
             row_bytes.clear();
             row_bytes.extend_from_slice(&len.to_le_bytes());
-            (&mut input)
-                .take(u64::from(len))
-                .read_to_end(&mut row_bytes)?;
+            row_bytes.resize(4 + len as usize, 0);
+            input.read_exact(&mut row_bytes[4..])?;
             let (row, _) = EncodedRow::decode(&row_bytes)?;
             let position = base + u64::from(seq) + 1;
             if let Some(d) = &self.resolution.deferred {

@@ -16,6 +16,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::format::KeyValue;
+use parquet::schema::types::ColumnPath;
+use rayon::prelude::*;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -139,7 +141,12 @@ impl Columns {
 }
 
 fn properties() -> Result<WriterProperties> {
-    Ok(WriterProperties::builder()
+    let mut props = WriterProperties::builder();
+    // Columns of (nearly) one value per row: a dictionary would only be built to be dropped.
+    for column in ["time", "id", "digest", "line"] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    Ok(props
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_size(ROWS_PER_BATCH)
         // Every key has a value (Spark's reader fails on a key without one).
@@ -233,9 +240,9 @@ pub fn existing_parts(dir: &Path) -> Vec<PathBuf> {
     parts
 }
 
-/// Stages the dataset's files in `dir`, named `<prefix><n>.parquet` in each month's folder.
-/// With `replace`, the parts already in `dir` that this run does not rewrite are removed when
-/// the outputs are committed.
+/// Stages the dataset's files in `dir`, named `<prefix><n>.parquet` in each month's folder,
+/// a month per core at a time. With `replace`, the parts already in `dir` that this run does
+/// not rewrite are removed when the outputs are committed.
 pub fn stage_dataset(
     rows: &DatasetRows,
     dir: &Path,
@@ -243,39 +250,51 @@ pub fn stage_dataset(
     replace: bool,
     staged: &mut StagedOutputs,
 ) -> Result<DatasetReport> {
+    let suffix = staged.suffix().to_owned();
+    let months: Vec<(StagedOutputs, Vec<PathBuf>, u64)> = rows
+        .months
+        .par_iter()
+        .map(|(month, spooled)| {
+            let mut own = StagedOutputs::new(suffix.clone());
+            let folder = dir.join(month_folder(*month));
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("cannot create {}", folder.display()))?;
+            let mut w = MonthWriter {
+                staged: &mut own,
+                folder,
+                prefix,
+                part: 0,
+                writer: None,
+                rows_in_part: 0,
+                columns: Columns::new(),
+                written: Vec::new(),
+                rows: 0,
+            };
+            let mut failed = None;
+            rows.each_row(spooled, |row| {
+                w.push(row).map_err(|e| {
+                    failed = Some(e);
+                    io::Error::other("events dataset")
+                })
+            })
+            .map_err(|e| failed.take().unwrap_or_else(|| e.into()))
+            .context("cannot write the events dataset")?;
+            w.close_part()?;
+            let (written, n) = (std::mem::take(&mut w.written), w.rows);
+            Ok((own, written, n))
+        })
+        .collect::<Result<_>>()?;
     let mut report = DatasetReport {
         dir: dir.display().to_string(),
         ..DatasetReport::default()
     };
     let mut written = Vec::new();
-    for (month, spooled) in &rows.months {
-        let folder = dir.join(month_folder(*month));
-        std::fs::create_dir_all(&folder)
-            .with_context(|| format!("cannot create {}", folder.display()))?;
-        let mut w = MonthWriter {
-            staged: &mut *staged,
-            folder,
-            prefix,
-            part: 0,
-            writer: None,
-            rows_in_part: 0,
-            columns: Columns::new(),
-            written: Vec::new(),
-            rows: 0,
-        };
-        let mut failed = None;
-        rows.each_row(spooled, |row| {
-            w.push(row).map_err(|e| {
-                failed = Some(e);
-                io::Error::other("events dataset")
-            })
-        })
-        .map_err(|e| failed.take().unwrap_or_else(|| e.into()))
-        .context("cannot write the events dataset")?;
-        w.close_part()?;
-        report.rows += w.rows;
-        report.files += w.written.len() as u64;
-        written.extend(w.written);
+    // In month order, whichever core wrote them: the renames go in a fixed order.
+    for (own, files, n) in months {
+        staged.absorb(own);
+        report.rows += n;
+        report.files += files.len() as u64;
+        written.extend(files);
     }
     if replace {
         for old in existing_parts(dir) {

@@ -124,6 +124,17 @@ impl StagedOutputs {
         Ok(())
     }
 
+    /// Takes over the files `other` staged (with the same suffix), to be renamed after these.
+    pub fn absorb(&mut self, mut other: StagedOutputs) {
+        self.staged.append(&mut other.staged);
+        self.removals.append(&mut other.removals);
+    }
+
+    /// The suffix of the staged files' names.
+    pub fn suffix(&self) -> &str {
+        &self.suffix
+    }
+
     /// Has the commit remove `path` (an output this run replaces by nothing) after the renames,
     /// and its folder too if that is left empty.
     pub fn remove_on_commit(&mut self, path: PathBuf) {
