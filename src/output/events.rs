@@ -24,8 +24,10 @@ use std::sync::Arc;
 
 /// Rows a Parquet file holds at most: a month of a busy registry is cut into several files.
 pub const ROWS_PER_FILE: u64 = 1 << 23;
-/// Rows of one record batch, and of one row group: what a part's writer holds in memory.
-const ROWS_PER_BATCH: usize = 1 << 16;
+/// Rows of one record batch: what a month's column builders hold before they are encoded.
+const ROWS_PER_BATCH: usize = 1 << 13;
+/// Rows of one row group, which the Parquet writer holds encoded until it is complete.
+const ROWS_PER_GROUP: usize = 1 << 16;
 
 /// The dataset's schema; a change here is a change of the warehouse contract.
 pub fn schema() -> Schema {
@@ -148,7 +150,7 @@ fn properties() -> Result<WriterProperties> {
     }
     Ok(props
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_size(ROWS_PER_BATCH)
+        .set_max_row_group_size(ROWS_PER_GROUP)
         // Every key has a value (Spark's reader fails on a key without one).
         .set_key_value_metadata(Some(vec![KeyValue::new(
             "regtally.version".to_owned(),
