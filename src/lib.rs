@@ -24,10 +24,12 @@ pub mod period;
 pub mod pipeline;
 pub mod read;
 pub mod records;
+pub mod redis_hll;
 pub mod sketch;
 pub mod spill;
 pub mod state;
 pub mod timestamp;
+pub mod user_ids;
 
 /// Helpers shared by the unit tests.
 #[cfg(test)]
