@@ -9,8 +9,10 @@ use crate::classify::{EventKind, TrackedEvent, TOTAL_METRIC};
 use crate::ledger::replay::ResolvedPush;
 use crate::period::{Period, PeriodKind};
 use crate::records::{Action, EventRecord};
+use crate::redis_hll::WeekIds;
 use crate::sketch::{PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
 use crate::timestamp::Timestamp;
+use crate::user_ids::{IdsByUser, ReportedUser};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
 use rayon::prelude::*;
@@ -84,6 +86,8 @@ pub struct Aggregate {
     cells: HashMap<(TrackedEvent, Period), Cell, BuildHasherDefault<CellKeyHasher>>,
     /// Where each user lands in the `hll_sketch` column, by identity hash.
     coupons: UserCoupons,
+    /// With the Redis export: counted users' names and JWT ids, by identity hash.
+    gitlab_users: HashMap<u64, ReportedUser, BuildHasherDefault<PassThroughHasher>>,
 }
 
 impl Aggregate {
@@ -120,6 +124,58 @@ impl Aggregate {
         self.coupons.extend(users);
     }
 
+    /// Learns counted users' names and JWT ids (for the Redis export).
+    pub fn learn_gitlab_users(&mut self, users: impl IntoIterator<Item = (u64, ReportedUser)>) {
+        for (hash, user) in users {
+            match self.gitlab_users.entry(hash) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(user),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(user);
+                }
+            }
+        }
+    }
+
+    /// The GitLab ids of each tracked event's users per ISO week, each user's id taken from
+    /// `csv` (`--user-ids`) or else from its events' JWT; users with neither are left out
+    /// and counted.
+    pub fn gitlab_weeks(&self, csv: &IdsByUser) -> RedisExport {
+        let mut weeks: BTreeMap<(TrackedEvent, NaiveDate), IdentitySet> = BTreeMap::new();
+        for ((event, day), cell) in &self.cells {
+            if day.kind == PeriodKind::Day {
+                let week = Period::week_of(day.start).start;
+                weeks
+                    .entry((*event, week))
+                    .or_default()
+                    .extend(cell.users.iter().copied());
+            }
+        }
+        let mut unresolved = std::collections::BTreeSet::new();
+        let mut export = RedisExport::default();
+        for (key, users) in weeks {
+            let mut ids: Vec<u64> = Vec::with_capacity(users.len());
+            for hash in users {
+                let reported = self.gitlab_users.get(&hash);
+                match csv.get(&hash).copied().or(reported.and_then(|r| r.jwt_id)) {
+                    Some(id) => ids.push(id),
+                    None => {
+                        let name =
+                            reported.map_or_else(|| format!("{hash:016x}"), |r| r.name.to_string());
+                        unresolved.insert(name);
+                    }
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            if !ids.is_empty() {
+                export.weeks.0.insert(key, ids);
+            }
+        }
+        export.unresolved_users = unresolved.len() as u64;
+        export.unresolved_names = unresolved.into_iter().take(UNRESOLVED_NAMES).collect();
+        export
+    }
+
     /// Adds everything `other` counted.
     pub fn merge(mut self, other: Aggregate) -> Aggregate {
         let (mut big, small) = if self.cells.len() >= other.cells.len() {
@@ -136,6 +192,7 @@ impl Aggregate {
         } else {
             big.coupons.extend(small.coupons);
         }
+        big.learn_gitlab_users(small.gitlab_users);
         big
     }
 
@@ -196,6 +253,19 @@ impl Aggregate {
         }
         table
     }
+}
+
+/// How many unresolved users the summary names.
+const UNRESOLVED_NAMES: usize = 5;
+
+/// What a run has for GitLab's Redis counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RedisExport {
+    pub weeks: WeekIds,
+    /// Counted users (in the weeks of this run) with no GitLab id: not exported.
+    pub unresolved_users: u64,
+    /// The first few of them, in byte order.
+    pub unresolved_names: Vec<String>,
 }
 
 /// The `hll_sketch` coupons of a cell's users.

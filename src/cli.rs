@@ -1,7 +1,7 @@
 //! The command line: one `enum Command` and the one place the clock is read. Each subcommand
 //! lives in `cmd/`; the flag parsers they share are in [`crate::flags`].
 
-use crate::cmd::{report, run};
+use crate::cmd::{redis_merge, report, run};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -14,12 +14,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read logs and write aggregates, Service Ping, summary, rejects and repositories.
     Run(run::RunArgs),
     /// Print the Service Ping or a table of weekly and monthly users from stored sketches, without reading logs.
     Report(report::ReportArgs),
+    /// Merge the Redis export of `run --redis` into GitLab's live HyperLogLog keys, losing no member already there.
+    RedisMerge(redis_merge::RedisMergeArgs),
 }
 
 /// Runs a parsed command line; the exit status is SPEC §10's.
@@ -29,5 +33,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args, now.date_naive()),
         Command::Report(args) => report::report(args, now.date_naive()),
+        Command::RedisMerge(args) => redis_merge::redis_merge(args, now),
     }
 }

@@ -21,7 +21,7 @@
 //! Memory is therefore a few chunks per core, plus what de-duplication and the ledger keep,
 //! which the [`MemoryBudget`](crate::spill::MemoryBudget) bounds.
 
-use crate::aggregate::{Fold, MetricTable};
+use crate::aggregate::{Fold, MetricTable, RedisExport};
 use crate::classify::TrackedEvent;
 use crate::dataset::{ChunkRows, DatasetRows, DeferredFirsts, IdKeys, Resolution, RowSpool};
 use crate::dedup::Deduplicator;
@@ -34,6 +34,7 @@ use crate::records::{
 };
 use crate::spill::{MemoryBudget, SpillDir};
 use crate::timestamp::Timestamp;
+use crate::user_ids::{IdsByUser, ReportedUser};
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
@@ -62,6 +63,8 @@ pub struct RunConfig {
     pub keep_event_ids: Option<IdWindow>,
     /// What de-duplication and the ledger may hold before they spill.
     pub budget: MemoryBudget,
+    /// With the Redis export: the GitLab ids of `--user-ids` (empty without it).
+    pub user_ids: Option<std::sync::Arc<IdsByUser>>,
 }
 
 /// The event-time window of ids a state keeps (see `RunState::trim_ids`).
@@ -140,6 +143,8 @@ pub struct Tally {
     pub spilled: Vec<&'static str>,
     /// The events dataset's rows, when asked for ([`ParseRules::rows`]).
     pub dataset: Option<DatasetRows>,
+    /// GitLab ids per tracked event and week, with the Redis export.
+    pub redis: Option<RedisExport>,
     /// Wall seconds of each step, in order.
     pub phase_seconds: Vec<(&'static str, f64)>,
 }
@@ -311,6 +316,10 @@ pub fn run(
         }),
     };
 
+    let redis = cfg
+        .user_ids
+        .as_ref()
+        .map(|csv| fold.aggregate.gitlab_weeks(csv));
     let metrics = fold.aggregate.into_table(cfg.precision);
     phases.lap("sketches");
     let events = fold.counts;
@@ -334,6 +343,7 @@ pub fn run(
         event_ids: after.ids.into_vec(),
         spilled,
         dataset,
+        redis,
         phase_seconds: phases.laps,
     })
 }
@@ -403,7 +413,7 @@ fn progress_bar(cfg: &RunConfig, total: u64) -> Option<indicatif::ProgressBar> {
 /// What a reader hands the consumer, in input order: the input's chunks, then its end (with
 /// the error that stopped it, if one did: the consumer, which counts lines, says where).
 enum Piece {
-    Chunk(ChunkOutput),
+    Chunk(Box<ChunkOutput>),
     End(InputReport, Option<std::io::Error>),
 }
 
@@ -621,7 +631,7 @@ impl<'r> Shared<'r> {
                         if let Chunk::Lines(buf) = chunk {
                             self.pool.give(buf);
                         }
-                        self.post(scope, (i, seq), Piece::Chunk(out));
+                        self.post(scope, (i, seq), Piece::Chunk(Box::new(out)));
                     });
                 }
                 Ok(None) | Err(_) => {
@@ -753,6 +763,10 @@ impl Shared<'_> {
             .fold
             .aggregate
             .learn_users(std::mem::take(&mut job.users));
+        after
+            .fold
+            .aggregate
+            .learn_gitlab_users(std::mem::take(&mut job.gitlab_users));
         lock(&self.folds).push(after);
         let result = {
             let mut ledger = lock(&self.ledger);
@@ -788,6 +802,7 @@ struct FoldJob {
     firsts: Vec<bool>,
     paths: PathMap,
     users: Vec<(u64, Coupon)>,
+    gitlab_users: Vec<(u64, ReportedUser)>,
     /// De-duplication deferred some of the records (it has spilled).
     deferred: bool,
 }
@@ -877,6 +892,7 @@ impl Consumer<'_> {
                     firsts,
                     paths: chunk.ledger_paths,
                     users: chunk.users,
+                    gitlab_users: chunk.gitlab_users,
                     deferred: self.dedup.spilled(),
                 }))
             }

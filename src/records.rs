@@ -11,6 +11,7 @@ use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
 use crate::sketch::{identity_coupon, identity_hash, PassThroughHasher};
 use crate::timestamp::{TimeWindow, Timestamp};
+use crate::user_ids::{jwt_user_id, ReportedUser};
 use datasketches::hll::Coupon;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -76,6 +77,9 @@ impl EventRecord {
 /// Repository paths by their key.
 pub type PathMap = HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>;
 
+/// Users reported for the Redis export, and whether with a JWT id.
+type GitlabSeen = HashMap<u64, bool, BuildHasherDefault<PassThroughHasher>>;
+
 /// Identity hashes.
 type IdentitySeen = std::collections::HashSet<u64, BuildHasherDefault<PassThroughHasher>>;
 
@@ -83,6 +87,8 @@ thread_local! {
     /// The users this thread has reported in the chunks of the run it names: each user's
     /// coupon is computed and handed on once per thread and run, not once per event.
     static REPORTED: std::cell::RefCell<(u64, IdentitySeen)> = Default::default();
+    /// The same for the Redis export's users ([`ChunkOutput::gitlab_users`]).
+    static GITLAB_REPORTED: std::cell::RefCell<(u64, GitlabSeen)> = Default::default();
 }
 
 static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -159,6 +165,12 @@ pub struct ChunkOutput {
     /// With `run --events`: each valid event's row ([`crate::dataset::encode_row`]), in order.
     pub rows: Vec<u8>,
     keep_rows: bool,
+    /// With `run --redis`: counted users, each reported by the first chunk its thread parsed it
+    /// in, and again by the first with a JWT id if that one had none.
+    pub gitlab_users: Vec<(u64, ReportedUser)>,
+    /// The users this thread has reported for the Redis export (true: with a JWT id), lent by
+    /// [`GITLAB_REPORTED`]; `None` without the export.
+    gitlab_reported: Option<GitlabSeen>,
 }
 
 impl ChunkOutput {
@@ -197,6 +209,8 @@ pub struct ParseRules {
     pub run: u64,
     /// Encode each valid event's row for the events dataset.
     pub rows: bool,
+    /// Report counted users with the GitLab id their JWT gives, for the Redis export.
+    pub gitlab_users: bool,
 }
 
 /// [`parse_chunk_into`] with no limit on times, for tests of the other rules.
@@ -206,6 +220,7 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
         times: TimeWindow::unbounded(),
         run: new_run_id(),
         rows: false,
+        gitlab_users: false,
     };
     parse_chunk_into(chunk, &rules, Vec::new())
 }
@@ -226,16 +241,29 @@ pub fn parse_chunk_into(
         }
         std::mem::take(&mut r.1)
     });
+    let gitlab_reported = rules.gitlab_users.then(|| {
+        GITLAB_REPORTED.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.0 != rules.run {
+                *r = (rules.run, HashMap::default());
+            }
+            std::mem::take(&mut r.1)
+        })
+    });
     let mut out = ChunkOutput {
         ids: Vec::with_capacity(events.capacity()),
         events,
         times: rules.times,
         keep_rows: rules.rows,
         reported,
+        gitlab_reported,
         ..ChunkOutput::default()
     };
     parse_into(chunk, max_line_bytes, &mut out);
     REPORTED.with(|r| r.borrow_mut().1 = std::mem::take(&mut out.reported));
+    if let Some(g) = out.gitlab_reported.take() {
+        GITLAB_REPORTED.with(|r| r.borrow_mut().1 = g);
+    }
     out
 }
 
@@ -394,6 +422,20 @@ impl ChunkOutput {
             }
             hash
         });
+        if let (Some(reported), Some(hash), Some(name), true) =
+            (&mut self.gitlab_reported, user, &identity, counts_for_users)
+        {
+            let before = reported.get(&hash).copied();
+            if before != Some(true) {
+                let jwt_id = event.actor_user.decode().and_then(|t| jwt_user_id(&t));
+                if before.is_none() || jwt_id.is_some() {
+                    reported.insert(hash, jwt_id.is_some());
+                    let name = name.as_ref().into();
+                    self.gitlab_users
+                        .push((hash, ReportedUser { name, jwt_id }));
+                }
+            }
+        }
         let id_key = xxhash_rust::xxh3::xxh3_128(event.id.as_bytes());
         if self.keep_rows {
             let user = identity.as_deref();
@@ -482,6 +524,50 @@ mod tests {
         let mut none = Vec::new();
         reserve_for_chunk(&mut none, 0, 100);
         assert_eq!(none.capacity(), 0);
+    }
+
+    /// With the Redis export, each counted user is reported once per thread, and once more
+    /// by the first event whose JWT gives its id; uncounted actors never.
+    #[test]
+    fn gitlab_users_are_reported_once_and_again_with_an_id() {
+        let jwt5 = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VyX2luZm8iOiB7InVzZXJfaWQiOiA1fX0.c2ln";
+        let jwt6 = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VyX2luZm8iOiB7InVzZXJfaWQiOiA2fX0.c2ln";
+        let ev = |id: &str, name: &str, user_type: &str, jwt: Option<&str>| {
+            let user = jwt.map_or(String::new(), |t| format!(r#","user":"{t}""#));
+            format!(
+                r#"{{"id":"{id}","timestamp":"2023-01-25T14:45:54Z","action":"push","target":{{"repository":"g/r","tag":"v1"}},"actor":{{"name":"{name}","user_type":"{user_type}"{user}}}}}"#
+            )
+        };
+        let text = [
+            ev("1", "Ann", "build", None),
+            ev("2", "ann", "build", Some(jwt5)),
+            ev("3", "ann", "build", Some(jwt6)),
+            ev("4", "bob", "build", None),
+            ev("5", "bot", "deploy_token", Some(jwt5)),
+        ]
+        .join("\n");
+        let rules = ParseRules {
+            max_line_bytes: 1 << 20,
+            times: TimeWindow::unbounded(),
+            run: new_run_id(),
+            rows: false,
+            gitlab_users: true,
+        };
+        let out = parse_chunk_into(&Chunk::Lines(text.into_bytes()), &rules, Vec::new());
+        let got: Vec<(u64, Option<u64>, &str)> = out
+            .gitlab_users
+            .iter()
+            .map(|(h, u)| (*h, u.jwt_id, &*u.name))
+            .collect();
+        let (ann, bob) = (identity_hash("ann"), identity_hash("bob"));
+        assert_eq!(
+            got,
+            [
+                (ann, None, "ann"),
+                (ann, Some(5), "ann"),
+                (bob, None, "bob")
+            ]
+        );
     }
 
     /// An envelope of many bad elements writes its text once and at most

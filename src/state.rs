@@ -13,13 +13,15 @@
 //! outputs are in place: two runs on one state would each count only their own inputs.
 
 use crate::aggregate::{known_metric, MetricTable, TableCell};
+use crate::classify::TrackedEvent;
 use crate::ledger::{LedgerEntry, RepositoryLedger};
 use crate::period::Period;
 use crate::pipeline::{InputReport, Tally};
 use crate::read::InputPath;
+use crate::redis_hll::WeekIds;
 use crate::sketch::{UserSketch, WarehouseSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
 use crate::timestamp::{parse_rfc3339, Timestamp};
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -144,6 +146,18 @@ pub struct RunState {
     pub inputs: Vec<ConsumedInput>,
     /// Loaded from regtally 0.3's file: the next write replaces it.
     pub legacy: bool,
+    /// GitLab ids per tracked event and week, kept by nights run with `--redis`.
+    pub gitlab_weeks: WeekIds,
+}
+
+/// One event's week of GitLab ids, as the state keeps it after [`StateFile`] (a file written
+/// before the Redis export ends without them).
+#[derive(Serialize, Deserialize)]
+struct StoredWeekIds {
+    metric: String,
+    /// The week's Monday, in days since 1970-01-01.
+    start: i32,
+    ids: Vec<u64>,
 }
 
 fn days_since_epoch(date: NaiveDate) -> i32 {
@@ -163,6 +177,7 @@ impl RunState {
             recent_ids: Vec::new(),
             inputs: Vec::new(),
             legacy: false,
+            gitlab_weeks: WeekIds::default(),
         }
     }
 
@@ -210,11 +225,30 @@ impl RunState {
                 tool: header.1,
             });
         }
-        let file: StateFile = match postcard::take_from_bytes(body) {
-            Ok((file, [])) => file,
+        let (file, rest): (StateFile, _) =
+            postcard::take_from_bytes(body).map_err(|e| not_state(e.to_string()))?;
+        let stored_weeks: Vec<StoredWeekIds> = match postcard::take_from_bytes(rest) {
+            _ if rest.is_empty() => Vec::new(),
+            Ok((weeks, [])) => weeks,
             Ok(_) => return Err(not_state("trailing bytes".into())),
-            Err(e) => return Err(not_state(e.to_string())),
+            Err(e) => return Err(not_state(format!("GitLab ids: {e}"))),
         };
+        let mut gitlab_weeks = WeekIds::default();
+        for w in stored_weeks {
+            let event = TrackedEvent::ALL
+                .into_iter()
+                .find(|t| t.metric_name() == w.metric)
+                .ok_or_else(|| not_state(format!("GitLab ids of unknown metric {:?}", w.metric)))?;
+            let start = date_of_days(w.start)
+                .filter(|d| d.weekday() == chrono::Weekday::Mon)
+                .ok_or_else(|| {
+                    not_state(format!("GitLab ids of week {} are not of a week", w.start))
+                })?;
+            if !w.ids.is_sorted_by(|a, b| a < b) {
+                return Err(not_state("GitLab ids are not sorted and distinct".into()));
+            }
+            gitlab_weeks.0.insert((event, start), w.ids);
+        }
         let check = Checked::new(
             path,
             file.precision,
@@ -268,6 +302,7 @@ impl RunState {
                 .collect(),
             inputs: file.inputs,
             legacy: false,
+            gitlab_weeks,
         })
     }
 
@@ -323,9 +358,22 @@ impl RunState {
                 .collect(),
             inputs: self.inputs.clone(),
         };
+        let weeks: Vec<StoredWeekIds> = self
+            .gitlab_weeks
+            .0
+            .iter()
+            .map(|(&(event, start), ids)| StoredWeekIds {
+                metric: event.metric_name().to_owned(),
+                start: days_since_epoch(start),
+                ids: ids.clone(),
+            })
+            .collect();
         let mut enc = zstd::stream::write::Encoder::new(w, 3)?;
         enc.write_all(MAGIC)?;
         enc.write_all(&postcard::to_allocvec(&file)?)?;
+        if !weeks.is_empty() {
+            enc.write_all(&postcard::to_allocvec(&weeks)?)?;
+        }
         enc.finish()?;
         Ok(())
     }
@@ -549,6 +597,7 @@ mod legacy {
             recent_ids,
             inputs: file.inputs,
             legacy: true,
+            gitlab_weeks: WeekIds::default(),
         })
     }
 }
@@ -690,6 +739,9 @@ impl RunState {
             .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
         self.trim_ids(window_days, not_after);
         self.record_consumed(read, &tally.inputs, &selection.modified);
+        if let Some(redis) = &tally.redis {
+            self.gitlab_weeks.merge(redis.weeks.clone());
+        }
         Ok(())
     }
 
@@ -815,6 +867,13 @@ mod tests {
                 modified: Some("1.000000002".into()),
             }],
             legacy: false,
+            gitlab_weeks: WeekIds(
+                [(
+                    (TrackedEvent::PushTag, crate::test_support::d(2021, 1, 4)),
+                    vec![1, 7, 42],
+                )]
+                .into(),
+            ),
         }
     }
 

@@ -6,8 +6,9 @@ use crate::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
 use crate::ledger::RepositoryLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
 use crate::output::events::{stage_dataset, DatasetReport};
+use crate::output::redis::{check_key_format, stage_redis, RedisReport};
 use crate::output::service_ping::ServicePing;
-use crate::output::summary::{print_human, write_summary, RunFlags};
+use crate::output::summary::{self, print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
 use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
 use crate::read::{discover_inputs, InputPath};
@@ -17,6 +18,7 @@ use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
 };
 use crate::timestamp::TimeWindow;
+use crate::user_ids::{load as load_user_ids, IdsByUser};
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::Args;
@@ -76,6 +78,15 @@ pub struct RunArgs {
     /// Also write every de-duplicated valid event, classified, as a Parquet dataset DIR/month=YYYY-MM/part-*.parquet (replaced each run; with --state each run adds its own files).
     #[arg(long, value_name = "DIR")]
     pub events: Option<PathBuf>,
+    /// Also write, per tracked event and ISO week, the Redis HyperLogLog of its users' GitLab ids, named after GitLab's key, for `regtally redis-merge` (see "Repairing GitLab's counters").
+    #[arg(long, value_name = "DIR")]
+    pub redis: Option<PathBuf>,
+    /// With --redis: CSV of username,id (GitLab's users table); users not in it are taken from their events' JWT (actor.user).
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    pub user_ids: Option<PathBuf>,
+    /// With --redis: the key of an event's week, <event> and <week> replaced (older GitLab releases: {<event>}-<week>).
+    #[arg(long, value_name = "FORMAT", default_value = crate::output::redis::DEFAULT_KEY_FORMAT, requires = "redis")]
+    pub redis_key_format: String,
     /// Write outputs even when an input failed or too many lines were bad (the exit status stays 1; the state is never written then).
     #[arg(long)]
     pub keep_going: bool,
@@ -104,6 +115,8 @@ struct RunPlan {
     _state_lock: Option<StateLock>,
     /// The events dataset's folder, with `--events`.
     events: Option<PathBuf>,
+    /// The Redis export's folder and key format, with `--redis`.
+    redis: Option<(PathBuf, String)>,
     /// The run's folder of temporary files, created (and what killed runs left removed) before
     /// any log is read.
     spill: SpillDir,
@@ -150,6 +163,25 @@ impl RunPlan {
                 return usage(format!("--events: {e:#}"));
             }
         }
+        let user_ids = match (&args.redis, &args.user_ids) {
+            (None, _) => None,
+            (Some(dir), csv) => {
+                if let Err(e) = output::check_output_dir(dir) {
+                    return usage(format!("--redis: {e:#}"));
+                }
+                if let Err(e) = check_key_format(&args.redis_key_format) {
+                    return usage(e);
+                }
+                let ids = match csv {
+                    Some(path) => match load_user_ids(path) {
+                        Ok(ids) => ids,
+                        Err(e) => return usage(e),
+                    },
+                    None => IdsByUser::default(),
+                };
+                Some(std::sync::Arc::new(ids))
+            }
+        };
         let mut state_lock = None;
         let state = match &args.state {
             None => None,
@@ -200,6 +232,7 @@ impl RunPlan {
                     .map(|e| e.path()),
             );
         }
+        staged_in.extend(args.redis.clone());
         let staged_in: Vec<&Path> = staged_in.iter().map(PathBuf::as_path).collect();
         let spill = match SpillDir::create(&temp_dir, &staged_in) {
             Ok(s) => s,
@@ -223,6 +256,7 @@ impl RunPlan {
                     times: TimeWindow::until_day_after(today),
                     run: new_run_id(),
                     rows: args.events.is_some(),
+                    gitlab_users: args.redis.is_some(),
                 },
                 chunk_bytes: args.chunk_bytes as usize,
                 progress: !args.quiet && std::io::stderr().is_terminal(),
@@ -231,6 +265,7 @@ impl RunPlan {
                     not_after: end_of_today,
                 }),
                 budget: MemoryBudget::new(args.memory_limit),
+                user_ids,
             },
             out: args.out,
             flags: RunFlags {
@@ -250,6 +285,7 @@ impl RunPlan {
             dedup_window: args.dedup_window,
             end_of_today,
             events: args.events,
+            redis: args.redis.map(|dir| (dir, args.redis_key_format)),
             spill,
             _state_lock: state_lock,
         })
@@ -327,23 +363,30 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     let ping = ServicePing::compute(&rows, plan.flags.as_of, plan.config.precision);
 
     let write = problems.is_empty() || plan.flags.keep_going;
-    let mut dataset = None;
+    let mut written = Written::default();
     if write {
         staged.close(rejects)?;
         // The state moves on only with a clean run: a half-read input must be read again.
         let state = next_state.as_ref().filter(|_| problems.is_empty());
-        dataset = write_outputs(&plan, staged, &tally, &mut rows, &ping, state, started)?;
+        written = write_outputs(&plan, staged, &tally, &mut rows, &ping, state, started)?;
     }
     let mut stdout = std::io::stdout().lock();
     print_human(&tally, &plan.selection.skipped, &ping, &mut stdout)?;
     if write {
         writeln!(stdout, "outputs: {}", plan.out.display())?;
     }
-    if let Some(d) = dataset {
+    if let Some(d) = written.dataset {
         writeln!(
             stdout,
             "events dataset: {} rows in {} files under {}",
             d.rows, d.files, d.dir
+        )?;
+    }
+    if let Some(r) = written.redis {
+        writeln!(
+            stdout,
+            "redis: {} keys under {} (regtally redis-merge {} --url redis://HOST:PORT)",
+            r.keys, r.dir, r.dir
         )?;
     }
     stdout.flush()?;
@@ -374,7 +417,7 @@ fn write_outputs(
     ping: &ServicePing,
     state: Option<&(PathBuf, RunState)>,
     started: Instant,
-) -> Result<Option<DatasetReport>> {
+) -> Result<Written> {
     let writing = Instant::now();
     let meta = AggregatesMetadata {
         precision: plan.config.precision,
@@ -408,6 +451,23 @@ fn write_outputs(
         }
         (None, _) => None,
     };
+    // With a state, the whole history's weeks; without, this run's.
+    let redis = match (&plan.redis, &tally.redis, state) {
+        (Some((dir, format)), _, Some((_, state))) => {
+            Some(stage_redis(&state.gitlab_weeks, dir, format, &mut staged)?)
+        }
+        (Some((dir, format)), Some(run), None) if plan.flags.state.is_none() => {
+            Some(stage_redis(&run.weeks, dir, format, &mut staged)?)
+        }
+        (Some((dir, _)), _, _) => {
+            eprintln!(
+                "regtally: the Redis export in {} was left as it was: the state did not move on",
+                dir.display()
+            );
+            None
+        }
+        _ => None,
+    };
     if let Some((dir, state)) = state {
         staged.stage(&dir.join(STATE_FILE), |w| state.write(plan.dedup_window, w))?;
         if state.legacy {
@@ -424,14 +484,24 @@ fn write_outputs(
             tally,
             &plan.selection.skipped,
             &plan.flags,
-            dataset.as_ref(),
+            summary::Written {
+                events_dataset: dataset.as_ref(),
+                redis_export: redis.as_ref(),
+            },
             elapsed,
             write_seconds,
             w,
         )
     })?;
     staged.commit()?;
-    Ok(dataset)
+    Ok(Written { dataset, redis })
+}
+
+/// What `--events` and `--redis` wrote.
+#[derive(Default)]
+struct Written {
+    dataset: Option<DatasetReport>,
+    redis: Option<RedisReport>,
 }
 
 /// Stages the events dataset. Without a state the run's files replace the dataset; with one,

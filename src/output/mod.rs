@@ -3,6 +3,7 @@
 pub mod aggregates;
 pub mod chart;
 pub mod events;
+pub mod redis;
 pub mod service_ping;
 pub mod summary;
 

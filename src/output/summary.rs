@@ -2,6 +2,7 @@
 
 use crate::aggregate::{metric_names, short_name};
 use crate::output::events::DatasetReport;
+use crate::output::redis::RedisReport;
 use crate::output::service_ping::ServicePing;
 use crate::pipeline::{InputReport, Tally};
 use crate::state::SkippedInput;
@@ -62,9 +63,23 @@ struct Summary<'a> {
     /// What `--events` wrote (absent without it).
     #[serde(skip_serializing_if = "Option::is_none")]
     events_dataset: Option<&'a DatasetReport>,
+    /// With `--redis`: what was written, and counted users without a GitLab id (not exported).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_export: Option<&'a RedisReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_unresolved_users: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_unresolved_first: Option<&'a [String]>,
     elapsed_seconds: f64,
     /// Wall seconds of each step of the run, in order (the last is writing the outputs).
     phase_seconds: Vec<(&'static str, f64)>,
+}
+
+/// What the optional outputs (`--events`, `--redis`) wrote.
+#[derive(Clone, Copy, Default)]
+pub struct Written<'a> {
+    pub events_dataset: Option<&'a DatasetReport>,
+    pub redis_export: Option<&'a RedisReport>,
 }
 
 /// Writes `summary.json`.
@@ -72,7 +87,7 @@ pub fn write_summary<W: Write>(
     tally: &Tally,
     skipped: &[SkippedInput],
     flags: &RunFlags,
-    events_dataset: Option<&DatasetReport>,
+    written: Written<'_>,
     elapsed_seconds: f64,
     write_seconds: f64,
     w: &mut W,
@@ -104,7 +119,10 @@ pub fn write_summary<W: Write>(
             .map(|(file, error)| Failure { file, error })
             .collect(),
         spilled: &tally.spilled,
-        events_dataset,
+        events_dataset: written.events_dataset,
+        redis_export: written.redis_export,
+        redis_unresolved_users: tally.redis.as_ref().map(|r| r.unresolved_users),
+        redis_unresolved_first: tally.redis.as_ref().map(|r| r.unresolved_names.as_slice()),
         elapsed_seconds,
         phase_seconds: tally
             .phase_seconds
@@ -176,6 +194,14 @@ pub fn print_human<W: Write>(
             "  {label:<20} {:>12} {:>38}",
             ping.counter(metric, true),
             ping.counter(metric, false)
+        )?;
+    }
+    if let Some(r) = tally.redis.as_ref().filter(|r| r.unresolved_users > 0) {
+        writeln!(
+            w,
+            "redis: {} counted users have no GitLab id and are not exported (first: {})",
+            r.unresolved_users,
+            r.unresolved_names.join(", ")
         )?;
     }
     for (file, error) in tally.failures() {

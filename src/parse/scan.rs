@@ -160,6 +160,7 @@ enum Key {
     MediaType,
     Name,
     UserType,
+    User,
     Other,
 }
 
@@ -179,6 +180,7 @@ impl Key {
             b"mediaType" => Key::MediaType,
             b"name" => Key::Name,
             b"user_type" => Key::UserType,
+            b"user" => Key::User,
             _ => Key::Other,
         }
     }
@@ -347,15 +349,21 @@ impl<'a> Scanner<'a, '_> {
             return Ok(ActorField::NotObject);
         }
         let (mut name, mut user_type) = (StrField::Missing, StrField::Missing);
+        let mut user = JsonText(None);
         self.object(|s, key| {
             match key {
                 Key::Name => name = s.str_field()?,
                 Key::UserType => user_type = s.str_field()?,
+                Key::User => user = s.json_text()?,
                 _ => s.skip_value()?,
             }
             Ok(())
         })?;
-        Ok(ActorField::Object { name, user_type })
+        Ok(ActorField::Object {
+            name,
+            user_type,
+            user,
+        })
     }
 
     /// The top-level `events` value: an array's elements go to `sink` one by one.

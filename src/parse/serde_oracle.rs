@@ -201,7 +201,12 @@ impl<'de> Deserialize<'de> for ActorField<'de> {
                         }
                     }
                 }
-                Ok(ActorField::Object { name, user_type })
+                // `user` is not read here (see the agreement test).
+                Ok(ActorField::Object {
+                    name,
+                    user_type,
+                    user: Default::default(),
+                })
             }
             wrong_type_visits!(ActorField::NotObject);
             wrong_type_strings!(ActorField::NotObject);
