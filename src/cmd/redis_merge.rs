@@ -166,6 +166,14 @@ fn merge_one(
     k: &ManifestKey,
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
+    // The manifest names files in its own folder only.
+    if k.file.contains('/') || k.file.starts_with('.') {
+        return Ok(Outcome::Refused(format!(
+            "the manifest names {:?}, not a file of {}",
+            k.file,
+            args.dir.display()
+        )));
+    }
     let path = args.dir.join(&k.file);
     let value = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if RedisHll::from_dense(&value).is_none() {
