@@ -454,7 +454,7 @@ fn the_readme_walk_through_runs() {
     let start = readme
         .find("<!-- redis-walkthrough -->\n```sh\n")
         .expect("the README's walk-through block");
-    let block = &readme[start..].splitn(3, "```").nth(1).unwrap()["sh\n".len()..];
+    let block = &readme[start..].split("```").nth(1).unwrap()["sh\n".len()..];
     let ws = Workspace::new();
     copy_dir(&root.join("samples"), &ws.path("samples"));
     ws.write(
