@@ -114,6 +114,10 @@ pub enum SketchError {
 pub struct UserSketch {
     precision: u8,
     hll: HyperLogLogPlus<u64, PassThroughBuildHasher>,
+    /// The crate's estimate, kept from its last `count()` until the next insert or merge:
+    /// `count()` of a sparse sketch rewrites its whole sparse list even when nothing was
+    /// added since, which every cell paid twice (its estimate, then its bytes).
+    counted: Option<f64>,
 }
 
 impl UserSketch {
@@ -121,11 +125,16 @@ impl UserSketch {
     pub fn new(precision: u8) -> UserSketch {
         let hll = HyperLogLogPlus::new(precision, PassThroughBuildHasher)
             .expect("precision is validated by the CLI to lie in 4..=18");
-        UserSketch { precision, hll }
+        UserSketch {
+            precision,
+            hll,
+            counted: None,
+        }
     }
 
     /// Adds one identity hash.
     pub fn insert(&mut self, identity_hash: u64) {
+        self.counted = None;
         self.hll.insert(&identity_hash);
     }
 
@@ -134,6 +143,7 @@ impl UserSketch {
         if self.precision != other.precision {
             return Err(SketchError::Precision(self.precision, other.precision));
         }
+        self.counted = None;
         self.hll
             .merge(&other.hll)
             .map_err(|_| SketchError::Precision(self.precision, other.precision))
@@ -141,7 +151,15 @@ impl UserSketch {
 
     /// The estimate of distinct identities, rounded to the nearest integer.
     pub fn estimate(&mut self) -> i64 {
-        self.hll.count().round() as i64
+        self.count().round() as i64
+    }
+
+    /// The crate's `count()`, once per change.
+    fn count(&mut self) -> f64 {
+        match self.counted {
+            Some(n) => n,
+            None => *self.counted.insert(self.hll.count()),
+        }
     }
 
     /// The versioned bytes of the `sketch` column.
@@ -149,7 +167,7 @@ impl UserSketch {
     /// `count()` comes first: it folds the crate's temporary hash set into its sorted sparse
     /// list, without which the bytes would follow the set's random iteration order.
     pub fn to_bytes(&mut self) -> Vec<u8> {
-        self.hll.count();
+        self.count();
         let out = vec![SKETCH_FORMAT_VERSION, self.precision];
         postcard::to_extend(&self.hll, out).expect("serializing to memory cannot fail")
     }
@@ -202,7 +220,11 @@ impl UserSketch {
         {
             return Err(SketchError::BadPrecision(precision));
         }
-        Ok(UserSketch { precision, hll })
+        Ok(UserSketch {
+            precision,
+            hll,
+            counted: None,
+        })
     }
 
     /// The precision this sketch was built with.
