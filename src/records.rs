@@ -77,8 +77,8 @@ impl EventRecord {
 /// Repository paths by their key.
 pub type PathMap = HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>;
 
-/// Users reported for the Redis export, and whether with a JWT id.
-type GitlabSeen = HashMap<u64, bool, BuildHasherDefault<PassThroughHasher>>;
+/// Users reported for the Redis export, and the smallest JWT id reported for each.
+type GitlabSeen = HashMap<u64, Option<u64>, BuildHasherDefault<PassThroughHasher>>;
 
 /// Identity hashes.
 type IdentitySeen = std::collections::HashSet<u64, BuildHasherDefault<PassThroughHasher>>;
@@ -166,10 +166,11 @@ pub struct ChunkOutput {
     pub rows: Vec<u8>,
     keep_rows: bool,
     /// With `run --redis`: counted users, each reported by the first chunk its thread parsed it
-    /// in, and again by the first with a JWT id if that one had none.
+    /// in, and again whenever an event's JWT gives it a smaller id than reported (so that the
+    /// smallest of all, whatever the threads, is what the fold keeps).
     pub gitlab_users: Vec<(u64, ReportedUser)>,
-    /// The users this thread has reported for the Redis export (true: with a JWT id), lent by
-    /// [`GITLAB_REPORTED`]; `None` without the export.
+    /// The users this thread has reported for the Redis export, with the smallest JWT id,
+    /// lent by [`GITLAB_REPORTED`]; `None` without the export.
     gitlab_reported: Option<GitlabSeen>,
 }
 
@@ -426,14 +427,18 @@ impl ChunkOutput {
             (&mut self.gitlab_reported, user, &identity, counts_for_users)
         {
             let before = reported.get(&hash).copied();
-            if before != Some(true) {
-                let jwt_id = event.actor_user.decode().and_then(|t| jwt_user_id(&t));
-                if before.is_none() || jwt_id.is_some() {
-                    reported.insert(hash, jwt_id.is_some());
-                    let name = name.as_ref().into();
-                    self.gitlab_users
-                        .push((hash, ReportedUser { name, jwt_id }));
-                }
+            let jwt_id = event.actor_user.decode().and_then(|t| jwt_user_id(&t));
+            let smaller = match (before, jwt_id) {
+                (None, _) => true,
+                (Some(None), Some(_)) => true,
+                (Some(Some(old)), Some(new)) => new < old,
+                (Some(_), None) => false,
+            };
+            if smaller {
+                reported.insert(hash, jwt_id.or(before.flatten()));
+                let name = name.as_ref().into();
+                self.gitlab_users
+                    .push((hash, ReportedUser { name, jwt_id }));
             }
         }
         let id_key = xxhash_rust::xxh3::xxh3_128(event.id.as_bytes());
@@ -526,8 +531,8 @@ mod tests {
         assert_eq!(none.capacity(), 0);
     }
 
-    /// With the Redis export, each counted user is reported once per thread, and once more
-    /// by the first event whose JWT gives its id; uncounted actors never.
+    /// With the Redis export, each counted user is reported once per thread, and again by each
+    /// event whose JWT gives it a smaller id than reported; uncounted actors never.
     #[test]
     fn gitlab_users_are_reported_once_and_again_with_an_id() {
         let jwt5 = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VyX2luZm8iOiB7InVzZXJfaWQiOiA1fX0.c2ln";
@@ -542,7 +547,8 @@ mod tests {
             ev("1", "Ann", "build", None),
             ev("2", "ann", "build", Some(jwt5)),
             ev("3", "ann", "build", Some(jwt6)),
-            ev("4", "bob", "build", None),
+            ev("4", "bob", "build", Some(jwt6)),
+            ev("6", "bob", "build", Some(jwt5)),
             ev("5", "bot", "deploy_token", Some(jwt5)),
         ]
         .join("\n");
@@ -565,7 +571,8 @@ mod tests {
             [
                 (ann, None, "ann"),
                 (ann, Some(5), "ann"),
-                (bob, None, "bob")
+                (bob, Some(6), "bob"),
+                (bob, Some(5), "bob")
             ]
         );
     }
