@@ -891,6 +891,19 @@ mod tests {
         assert_eq!(back.ledger.entries(), state.ledger.entries());
         assert_eq!(back.recent_ids, state.recent_ids);
         assert_eq!(back.inputs, state.inputs);
+        assert_eq!(back.gitlab_weeks, state.gitlab_weeks);
+        assert!(!back.gitlab_weeks.0.is_empty());
+        // A state without GitLab ids ends where they would start, and loads with none.
+        let mut without = sample();
+        without.gitlab_weeks = WeekIds::default();
+        without
+            .write(
+                14,
+                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
+            )
+            .unwrap();
+        let back_without = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
+        assert!(back_without.gitlab_weeks.0.is_empty());
         let (mut a, mut b) = (state.metrics.into_rows(), back.metrics.into_rows());
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter_mut().zip(b.iter_mut()) {
