@@ -406,20 +406,27 @@ def spark_hash_check(spark, name, path, expected, precision):
 
 
 # ---------------------------------------------------------------- README examples
-def readme_snippets(path):
+def snippets_of(path, wanted):
+    """{tag: code} of the README blocks marked `<!-- interop: tag -->`, one each, for `wanted`:
+    [(tag, language, a string the code must hold)]."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise Fail(f"README: {e}")
     found = {}
-    for tag, lang in (("spark-sql", "sql"), ("python", "python")):
+    for tag, lang, must in wanted:
         hits = re.findall(rf"^<!-- interop: {tag} -->[ \t]*\n```{lang}[ \t]*\n(.*?)^```", text, re.M | re.S)
         check(len(hits) == 1, f"{path}: wanted one `<!-- interop: {tag} -->` line right before a ```{lang} "
               f"block, found {len(hits)}")
-        check("out/aggregates.parquet" in hits[0], f"{path}: the {tag} example must read out/aggregates.parquet")
+        check(must in hits[0], f"{path}: the {tag} example must read {must}")
         found[tag] = hits[0]
     return found
+
+
+def readme_snippets(path):
+    return snippets_of(path, [("spark-sql", "sql", "out/aggregates.parquet"),
+                              ("python", "python", "out/aggregates.parquet")])
 
 
 def check_readme(spark, snippets, tmp, table):
@@ -506,16 +513,7 @@ def spark_dataset_check(spark, name, directory, want):
 
 
 def duckdb_snippets(path):
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    found = {}
-    for tag in DUCKDB_QUESTIONS:
-        hits = re.findall(rf"^<!-- interop: {tag} -->[ \t]*\n```sql[ \t]*\n(.*?)^```", text, re.M | re.S)
-        check(len(hits) == 1, f"{path}: wanted one `<!-- interop: {tag} -->` line right before a ```sql block, "
-              f"found {len(hits)}")
-        check("'events/**/*.parquet'" in hits[0], f"{path}: the {tag} query must read 'events/**/*.parquet'")
-        found[tag] = hits[0]
-    return found
+    return snippets_of(path, [(tag, "sql", "'events/**/*.parquet'") for tag in DUCKDB_QUESTIONS])
 
 
 def duckdb_answers(expected):
