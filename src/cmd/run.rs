@@ -363,7 +363,7 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     let ping = ServicePing::compute(&rows, plan.flags.as_of, plan.config.precision);
 
     let write = problems.is_empty() || plan.flags.keep_going;
-    let mut written = Written::default();
+    let mut written = ExtraOutputs::default();
     if write {
         staged.close(rejects)?;
         // The state moves on only with a clean run: a half-read input must be read again.
@@ -417,7 +417,7 @@ fn write_outputs(
     ping: &ServicePing,
     state: Option<&(PathBuf, RunState)>,
     started: Instant,
-) -> Result<Written> {
+) -> Result<ExtraOutputs> {
     let writing = Instant::now();
     let meta = AggregatesMetadata {
         precision: plan.config.precision,
@@ -494,12 +494,12 @@ fn write_outputs(
         )
     })?;
     staged.commit()?;
-    Ok(Written { dataset, redis })
+    Ok(ExtraOutputs { dataset, redis })
 }
 
 /// What `--events` and `--redis` wrote.
 #[derive(Default)]
-struct Written {
+struct ExtraOutputs {
     dataset: Option<DatasetReport>,
     redis: Option<RedisReport>,
 }
