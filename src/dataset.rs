@@ -11,6 +11,7 @@
 //! both answers. Memory stays a write buffer per month, the ids of the creates (one per
 //! repository made, as the ledger itself holds), and one bit per deferred event.
 
+use crate::aggregate::short_name;
 use crate::classify::{EventKind, TrackedEvent};
 use crate::parse::ValidEvent;
 use crate::sketch::PassThroughHasher;
@@ -202,6 +203,8 @@ pub struct RowSpool {
     dir: PathBuf,
     months: BTreeMap<Month, MonthFile>,
     chunks: u64,
+    /// A row's frame header, reused from row to row.
+    frame: Vec<u8>,
 }
 
 impl RowSpool {
@@ -210,6 +213,7 @@ impl RowSpool {
             dir: dir.path().to_path_buf(),
             months: BTreeMap::new(),
             chunks: 0,
+            frame: Vec::with_capacity(32),
         }
     }
 
@@ -255,19 +259,20 @@ impl RowSpool {
             let Some(f) = self.months.get_mut(&month) else {
                 continue;
             };
-            let mut frame = Vec::with_capacity(64);
+            let frame = &mut self.frame;
+            frame.clear();
             if f.chunk != self.chunks {
                 f.chunk = self.chunks;
                 frame.push(HEADER);
-                codec::put_u32(&mut frame, chunk.input);
-                codec::put_u64(&mut frame, chunk.lines_before);
-                codec::put_u64(&mut frame, chunk.position_base);
+                codec::put_u32(frame, chunk.input);
+                codec::put_u64(frame, chunk.lines_before);
+                codec::put_u64(frame, chunk.position_base);
             }
             frame.push(ROW);
-            codec::put_u32(&mut frame, seq as u32);
+            codec::put_u32(frame, seq as u32);
             let path = &f.path;
             f.out
-                .write_all(&frame)
+                .write_all(frame)
                 .and_then(|()| f.out.write_all(bytes))
                 .map_err(|e| crate::spill::spill_error(path, e))?;
         }
@@ -352,17 +357,6 @@ pub struct DatasetRow<'a> {
     pub line: u64,
 }
 
-/// The class names of the dataset.
-pub fn class_name(event: TrackedEvent) -> &'static str {
-    match event {
-        TrackedEvent::CreateRepository => "create_repository",
-        TrackedEvent::DeleteRepository => "delete_repository",
-        TrackedEvent::DeleteTag => "delete_tag",
-        TrackedEvent::PushRepository => "push_repository",
-        TrackedEvent::PushTag => "push_tag",
-    }
-}
-
 /// A run's rows, ready to be written.
 #[derive(Debug)]
 pub struct DatasetRows {
@@ -422,7 +416,8 @@ impl DatasetRows {
             };
             let class = match row.kind {
                 3 => Some("manifest_delete"),
-                _ => tracked.map(class_name),
+                // The tracked event's short name, as `report` prints it: `push_tag`, ...
+                _ => tracked.map(|t| short_name(t.metric_name())),
             };
             let date = row.time.date();
             let in_range =
