@@ -103,20 +103,27 @@ impl Aggregate {
 
     /// Adds the week and month cells, each the union of its days.
     fn roll_up(&mut self) {
-        let mut weeks = HashMap::<(TrackedEvent, Period), Cell>::new();
-        let mut months = HashMap::<(TrackedEvent, Period), Cell>::new();
+        let weeks = self.rolled_up(Period::week_of);
+        let months = self.rolled_up(Period::month_of);
+        self.cells.extend(weeks);
+        self.cells.extend(months);
+    }
+
+    /// The day cells gathered into the periods `period_of` puts each day in, each the union of
+    /// its days.
+    fn rolled_up(
+        &self,
+        period_of: fn(NaiveDate) -> Period,
+    ) -> HashMap<(TrackedEvent, Period), Cell> {
+        let mut to = HashMap::<(TrackedEvent, Period), Cell>::new();
         for ((event, day), cell) in &self.cells {
-            for (to, period) in [
-                (&mut weeks, Period::week_of(day.start)),
-                (&mut months, Period::month_of(day.start)),
-            ] {
-                let c = to.entry((*event, period)).or_default();
+            if day.kind == PeriodKind::Day {
+                let c = to.entry((*event, period_of(day.start))).or_default();
                 c.events += cell.events;
                 c.users.extend(cell.users.iter().copied());
             }
         }
-        self.cells.extend(weeks);
-        self.cells.extend(months);
+        to
     }
 
     /// Learns where users land in the `hll_sketch` column.
@@ -140,21 +147,11 @@ impl Aggregate {
     /// `csv` (`--user-ids`) or else from its events' JWT; users with neither are left out
     /// and counted.
     pub fn gitlab_weeks(&self, csv: &IdsByUser) -> RedisExport {
-        let mut weeks: BTreeMap<(TrackedEvent, NaiveDate), IdentitySet> = BTreeMap::new();
-        for ((event, day), cell) in &self.cells {
-            if day.kind == PeriodKind::Day {
-                let week = Period::week_of(day.start).start;
-                weeks
-                    .entry((*event, week))
-                    .or_default()
-                    .extend(cell.users.iter().copied());
-            }
-        }
         let mut unresolved = std::collections::BTreeSet::new();
         let mut export = RedisExport::default();
-        for (key, users) in weeks {
-            let mut ids: Vec<u64> = Vec::with_capacity(users.len());
-            for hash in users {
+        for ((event, week), cell) in self.rolled_up(Period::week_of) {
+            let mut ids: Vec<u64> = Vec::with_capacity(cell.users.len());
+            for hash in cell.users {
                 let reported = self.gitlab_users.get(&hash);
                 match csv.get(&hash).copied().or(reported.and_then(|r| r.jwt_id)) {
                     Some(id) => ids.push(id),
@@ -168,7 +165,7 @@ impl Aggregate {
             ids.sort_unstable();
             ids.dedup();
             if !ids.is_empty() {
-                export.weeks.0.insert(key, ids);
+                export.weeks.0.insert((event, week.start), ids);
             }
         }
         export.unresolved_users = unresolved.len() as u64;
