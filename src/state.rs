@@ -877,17 +877,18 @@ mod tests {
         }
     }
 
+    /// `state` written to a folder and loaded back.
+    fn written_and_loaded(state: &RunState) -> RunState {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join(STATE_FILE)).unwrap();
+        state.write(14, file).unwrap();
+        RunState::load(dir.path(), Some(14)).unwrap().unwrap()
+    }
+
     #[test]
     fn state_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
         let state = sample();
-        state
-            .write(
-                14,
-                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
-            )
-            .unwrap();
-        let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
+        let back = written_and_loaded(&state);
         assert_eq!(back.ledger.entries(), state.ledger.entries());
         assert_eq!(back.recent_ids, state.recent_ids);
         assert_eq!(back.inputs, state.inputs);
@@ -896,14 +897,7 @@ mod tests {
         // A state without GitLab ids ends where they would start, and loads with none.
         let mut without = sample();
         without.gitlab_weeks = WeekIds::default();
-        without
-            .write(
-                14,
-                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
-            )
-            .unwrap();
-        let back_without = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
-        assert!(back_without.gitlab_weeks.0.is_empty());
+        assert!(written_and_loaded(&without).gitlab_weeks.0.is_empty());
         let (mut a, mut b) = (state.metrics.into_rows(), back.metrics.into_rows());
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter_mut().zip(b.iter_mut()) {
