@@ -10,7 +10,7 @@ use crate::ledger::replay::ResolvedPush;
 use crate::period::{Period, PeriodKind};
 use crate::records::{Action, EventRecord};
 use crate::redis_hll::WeekIds;
-use crate::sketch::{PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
+use crate::sketch::{sparse_code, PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
 use crate::timestamp::Timestamp;
 use crate::user_ids::{IdsByUser, ReportedUser};
 use chrono::NaiveDate;
@@ -101,14 +101,6 @@ impl Aggregate {
         cell.users.insert(user);
     }
 
-    /// Adds the week and month cells, each the union of its days.
-    fn roll_up(&mut self) {
-        let weeks = self.rolled_up(Period::week_of);
-        let months = self.rolled_up(Period::month_of);
-        self.cells.extend(weeks);
-        self.cells.extend(months);
-    }
-
     /// The day cells gathered into the periods `period_of` puts each day in, each the union of
     /// its days.
     fn rolled_up(
@@ -195,52 +187,42 @@ impl Aggregate {
 
     /// The sketches of every non-empty cell and of the union row, built on every core.
     ///
-    /// A period's union row is its cells' sketches merged, not a sketch of the union of their
-    /// users built again: a merge adds the other sketch's entries in one pass, where inserting
-    /// users one by one re-sorts the sparse list every hundred or so. The two give the same
-    /// bytes (`union_row_by_merge_equals_union_row_by_insert`).
-    ///
-    /// The union row's `hll_sketch` is built from the union of the cells' users in the same
-    /// way, not by a DataSketches union, so that its bytes are those of one sketch of them.
-    pub fn into_table(mut self, precision: u8) -> MetricTable {
-        self.roll_up();
-        let mut by_period: HashMap<Period, Vec<(TrackedEvent, &Cell)>> = HashMap::new();
-        for ((event, period), cell) in &self.cells {
-            by_period.entry(*period).or_default().push((*event, cell));
-        }
+    /// Each day cell's users become the sorted codes of both sketches ([`CellUsers`]); a
+    /// week's or month's are the sorted union of its days', and a period's union row the
+    /// sorted union of its cells'. Each sketch is then built in one pass from its codes
+    /// (`UserSketch::of_codes`), which gives the bytes inserting the users one by one gives
+    /// (`rolled_up_and_union_rows_equal_sketches_of_their_users`).
+    pub fn into_table(self, precision: u8) -> MetricTable {
         let coupons = &self.coupons;
+        let days: Vec<(TrackedEvent, Period, CellUsers)> = self
+            .cells
+            .into_par_iter()
+            .map(|((event, day), cell)| (event, day, CellUsers::of(cell, precision, coupons)))
+            .collect();
+        let mut parts: HashMap<(TrackedEvent, Period), Vec<&CellUsers>> = HashMap::new();
+        for (event, day, users) in &days {
+            for period in [Period::week_of(day.start), Period::month_of(day.start)] {
+                parts.entry((*event, period)).or_default().push(users);
+            }
+        }
+        let rolled_up: Vec<(TrackedEvent, Period, CellUsers)> = parts
+            .into_par_iter()
+            .map(|((event, period), days)| (event, period, CellUsers::union(&days)))
+            .collect();
+        let mut by_period: HashMap<Period, Vec<(TrackedEvent, &CellUsers)>> = HashMap::new();
+        for (event, period, users) in days.iter().chain(&rolled_up) {
+            by_period.entry(*period).or_default().push((*event, users));
+        }
         let rows: Vec<(&'static str, Period, TableCell)> = by_period
-            .par_iter()
-            .flat_map_iter(|(&period, cells)| {
-                let singles: Vec<(&'static str, Period, TableCell, Vec<Coupon>)> = cells
-                    .par_iter()
-                    .map(|(event, cell)| {
-                        let users = coupons_of(&cell.users, coupons);
-                        let table_cell = TableCell {
-                            sketch: sketch_of(&cell.users, precision),
-                            hll_sketch: Some(WarehouseSketch::of_users(precision, &users)),
-                            events: cell.events,
-                        };
-                        (event.metric_name(), period, table_cell, users)
-                    })
-                    .collect();
-                let mut total = UserSketch::new(precision);
-                let mut events = 0;
-                let mut users = Vec::new();
-                for (_, _, c, cell_users) in &singles {
-                    // Equal precision by construction: the merge cannot fail.
-                    let _ = total.merge(&c.sketch);
-                    events += c.events;
-                    users.extend_from_slice(cell_users);
-                }
-                let total = TableCell {
-                    sketch: total,
-                    hll_sketch: Some(WarehouseSketch::of_users(precision, &users)),
-                    events,
-                };
-                singles
+            .into_par_iter()
+            .flat_map_iter(|(period, cells)| {
+                let all: Vec<&CellUsers> = cells.iter().map(|(_, users)| *users).collect();
+                let total = CellUsers::union(&all).table_cell(precision);
+                cells
                     .into_iter()
-                    .map(|(metric, period, cell, _)| (metric, period, cell))
+                    .map(move |(event, users)| {
+                        (event.metric_name(), period, users.table_cell(precision))
+                    })
                     .chain([(TOTAL_METRIC, period, total)])
             })
             .collect();
@@ -249,6 +231,94 @@ impl Aggregate {
             table.cells.insert((metric, period), cell);
         }
         table
+    }
+}
+
+/// One cell's events, and its users as the sorted, distinct codes of both sketches: what
+/// its sketches are built from, and what a longer period's cell is the union of.
+struct CellUsers {
+    events: u64,
+    /// [`sparse_code`]s of the users' identity hashes.
+    codes: Vec<u32>,
+    /// The users' `hll_sketch` coupons.
+    coupons: Vec<Coupon>,
+}
+
+impl CellUsers {
+    fn of(cell: Cell, precision: u8, coupons: &UserCoupons) -> CellUsers {
+        let mut codes: Vec<u32> = cell
+            .users
+            .iter()
+            .map(|&h| sparse_code(precision, h))
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        // Every counted user's coupon was learned from its chunk (`Aggregate::learn_users`).
+        let mut coupons: Vec<Coupon> = cell
+            .users
+            .iter()
+            .filter_map(|h| coupons.get(h).copied())
+            .collect();
+        coupons.sort_unstable();
+        coupons.dedup();
+        CellUsers {
+            events: cell.events,
+            codes,
+            coupons,
+        }
+    }
+
+    /// The cell of all these cells' events and users.
+    fn union(parts: &[&CellUsers]) -> CellUsers {
+        let codes: Vec<&[u32]> = parts.iter().map(|p| &p.codes[..]).collect();
+        let coupons: Vec<&[Coupon]> = parts.iter().map(|p| &p.coupons[..]).collect();
+        CellUsers {
+            events: parts.iter().map(|p| p.events).sum(),
+            codes: union_of_sorted(&codes),
+            coupons: union_of_sorted(&coupons),
+        }
+    }
+
+    fn table_cell(&self, precision: u8) -> TableCell {
+        TableCell {
+            sketch: UserSketch::of_codes(precision, &self.codes),
+            hll_sketch: Some(WarehouseSketch::of_users(precision, &self.coupons)),
+            events: self.events,
+        }
+    }
+}
+
+/// The sorted union, without repeats, of sorted lists without repeats, merged pairwise.
+fn union_of_sorted<T: Ord + Copy>(lists: &[&[T]]) -> Vec<T> {
+    match lists {
+        [] => Vec::new(),
+        [one] => one.to_vec(),
+        _ => {
+            let (left, right) = lists.split_at(lists.len() / 2);
+            let (a, b) = (union_of_sorted(left), union_of_sorted(right));
+            let mut out = Vec::with_capacity(a.len() + b.len());
+            let (mut i, mut j) = (0, 0);
+            while i < a.len() && j < b.len() {
+                match a[i].cmp(&b[j]) {
+                    std::cmp::Ordering::Less => {
+                        out.push(a[i]);
+                        i += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        out.push(b[j]);
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        out.push(a[i]);
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            }
+            out.extend_from_slice(&a[i..]);
+            out.extend_from_slice(&b[j..]);
+            out
+        }
     }
 }
 
@@ -263,25 +333,6 @@ pub struct RedisExport {
     pub unresolved_users: u64,
     /// The first few of them, in byte order.
     pub unresolved_names: Vec<String>,
-}
-
-/// The `hll_sketch` coupons of a cell's users.
-fn coupons_of(users: &IdentitySet, coupons: &UserCoupons) -> Vec<Coupon> {
-    // Every counted user's coupon was learned from its chunk (`Aggregate::learn_users`).
-    users
-        .iter()
-        .filter_map(|h| coupons.get(h).copied())
-        .collect()
-}
-
-fn sketch_of(users: &IdentitySet, precision: u8) -> UserSketch {
-    // Insertion order does not change the sketch once `count()` has run (see
-    // `sketch::tests::bytes_are_independent_of_insert_order_sparse_or_dense`).
-    let mut sketch = UserSketch::new(precision);
-    for &h in users {
-        sketch.insert(h);
-    }
-    sketch
 }
 
 /// Events per action. The four actions the registry sends are counted in an array: hashing
@@ -720,25 +771,27 @@ mod tests {
         let mut b = Aggregate::default();
         adds[..2].iter().for_each(|&(e, dt, u)| a.add(e, dt, u));
         adds[2..].iter().for_each(|&(e, dt, u)| b.add(e, dt, u));
-        let mut merged = a.merge(b);
+        let merged = a.merge(b);
         assert_eq!(merged.cells, whole.cells);
         let day = Period::day_of(d(2021, 1, 3));
         assert_eq!(merged.cells[&(TrackedEvent::PushTag, day)].events, 2);
         // Weeks and months are rolled up from the days: 2021-01-03 and -04 fall in two weeks
         // and one month.
-        merged.roll_up();
+        let weeks = merged.rolled_up(Period::week_of);
+        let months = merged.rolled_up(Period::month_of);
         let week = |y, m, dd| (TrackedEvent::PushTag, Period::week_of(d(y, m, dd)));
-        assert_eq!(merged.cells[&week(2021, 1, 3)].events, 2);
-        assert_eq!(merged.cells[&week(2021, 1, 4)].events, 1);
+        assert_eq!(weeks[&week(2021, 1, 3)].events, 2);
+        assert_eq!(weeks[&week(2021, 1, 4)].events, 1);
         let month = (TrackedEvent::PushTag, Period::month_of(d(2021, 1, 1)));
-        assert_eq!(merged.cells[&month].events, 3);
-        assert_eq!(merged.cells[&month].users.len(), 2);
+        assert_eq!(months[&month].events, 3);
+        assert_eq!(months[&month].users.len(), 2);
     }
 
-    /// The union row built by merging the cells' sketches is byte for byte the sketch of the
-    /// union of their users, whether the cells and the union end sparse or dense.
+    /// Every cell's sketches, whether a day's, a week's or a month's rolled up from its
+    /// days, or a period's union row, are byte for byte those of inserting the cell's users
+    /// one by one, sparse or dense.
     #[test]
-    fn union_row_by_merge_equals_union_row_by_insert() {
+    fn rolled_up_and_union_rows_equal_sketches_of_their_users() {
         let events = [
             TrackedEvent::PushTag,
             TrackedEvent::DeleteTag,
@@ -746,30 +799,59 @@ mod tests {
             TrackedEvent::PushRepository,
             TrackedEvent::DeleteRepository,
         ];
-        // Users per cell: all small; one past the sparse limit; all past it; overlapping.
+        let days = [d(2021, 1, 4), d(2021, 1, 6), d(2021, 1, 10), d(2021, 1, 11)];
+        // Users per cell and day: all small; one past the sparse limit; all past it.
         for sizes in [[3, 40, 0, 120, 7], [50, 9000, 300, 1, 2000], [7000; 5]] {
             let mut agg = Aggregate::default();
-            let mut union = IdentitySet::default();
+            let mut users: HashMap<(&str, Period), IdentitySet> = HashMap::new();
             for (k, (event, n)) in events.iter().zip(sizes).enumerate() {
-                for i in 0..n {
-                    // A cell of more than 3000 users shares some with the next one.
-                    let user = u((k as u32) * 3000 + i);
-                    agg.add(*event, d(2021, 1, 4), user);
-                    union.insert(user);
+                for (j, day) in days.iter().enumerate() {
+                    // Each day shares some users with the others, and cells share some.
+                    for i in 0..n {
+                        let user = u((k as u32) * 3000 + (j as u32) * (n / 2 + 1) + i);
+                        agg.add(*event, *day, user);
+                        for period in [Period::day_of(*day), Period::week_of(*day)]
+                            .into_iter()
+                            .chain([Period::month_of(*day)])
+                        {
+                            for metric in [event.metric_name(), TOTAL_METRIC] {
+                                users.entry((metric, period)).or_default().insert(user);
+                            }
+                        }
+                    }
                 }
             }
-            let week = Period::week_of(d(2021, 1, 4));
-            let table = agg.into_table(14);
-            let mut rows = table.into_rows();
-            let total = rows
-                .iter_mut()
-                .find(|r| r.metric == TOTAL_METRIC && r.period == week)
-                .unwrap();
-            assert!(
-                total.sketch.to_bytes() == sketch_of(&union, 14).to_bytes(),
-                "{sizes:?}"
-            );
+            let coupon = |h: u64| Coupon::from_value(h);
+            let all: Vec<u64> = users.values().flatten().copied().collect();
+            agg.learn_users(all.iter().map(|&h| (h, coupon(h))));
+            let mut rows = agg.into_table(14).into_rows();
+            let mut checked = 0;
+            for row in rows.iter_mut().filter(|r| r.events > 0) {
+                let cell_users = &users[&(row.metric, row.period)];
+                let mut inserted = UserSketch::new(14);
+                cell_users.iter().for_each(|&h| inserted.insert(h));
+                let coupons: Vec<Coupon> = cell_users.iter().map(|&h| coupon(h)).collect();
+                let what = format!("{sizes:?} {} {}", row.metric, row.period);
+                assert!(row.sketch.to_bytes() == inserted.to_bytes(), "{what}");
+                let hll = row.hll_sketch.as_ref().unwrap().to_bytes();
+                assert!(
+                    hll == WarehouseSketch::of_users(14, &coupons).to_bytes(),
+                    "{what}"
+                );
+                checked += 1;
+            }
+            // Four days, two weeks, one month: each a cell per non-empty event and a total.
+            let non_empty = sizes.iter().filter(|&&n| n > 0).count();
+            assert_eq!(checked, 7 * (non_empty + 1), "{sizes:?}");
         }
+    }
+
+    #[test]
+    fn union_of_sorted_lists() {
+        let lists: [&[u32]; 5] = [&[1, 4, 9], &[], &[2, 4, 10, 11], &[0], &[4, 11, 12]];
+        assert_eq!(union_of_sorted(&lists), [0, 1, 2, 4, 9, 10, 11, 12]);
+        assert_eq!(union_of_sorted::<u32>(&[]), Vec::<u32>::new());
+        assert_eq!(union_of_sorted(&lists[..1]), [1, 4, 9]);
     }
 
     #[test]
