@@ -61,6 +61,10 @@ pub struct RunConfig {
     pub progress: bool,
     /// Return the id and time of de-duplicated events inside this window, for a state.
     pub keep_event_ids: Option<IdWindow>,
+    /// Hash each input's bytes, for a state's manifest of consumed inputs
+    /// ([`InputReport::content_hash`]). Without a state nothing reads the hash, and hashing
+    /// was about 7% of a run's instructions.
+    pub hash_inputs: bool,
     /// What de-duplication and the ledger may hold before they spill.
     pub budget: MemoryBudget,
     /// With the Redis export: the GitLab ids of `--user-ids` (empty without it).
@@ -100,7 +104,8 @@ pub struct InputReport {
     /// Bytes after decompression.
     pub decoded_bytes: u64,
     pub lines: u64,
-    /// xxh3-128 of the file's bytes (32 hex digits), when it was read completely.
+    /// xxh3-128 of the file's bytes (32 hex digits), when it was read completely and
+    /// [`RunConfig::hash_inputs`] asked for it.
     pub content_hash: Option<String>,
     /// Why the input could not be read completely.
     pub error: Option<String>,
@@ -571,7 +576,7 @@ impl<'r> Shared<'r> {
             content_hash: None,
             error: None,
         };
-        match open_input(input, self.progress.clone()) {
+        match open_input(input, self.progress.clone(), self.cfg.hash_inputs) {
             Ok(opened) => {
                 report.compression = Some(opened.compression);
                 let mut chunker = Chunker::with_pool(
@@ -580,7 +585,7 @@ impl<'r> Shared<'r> {
                     self.cfg.rules.max_line_bytes,
                     self.pool.clone(),
                 );
-                if opened.raw_bytes.is_none() {
+                if opened.raw_bytes.is_none() && self.cfg.hash_inputs {
                     chunker.hasher = Some(Xxh3::new());
                 }
                 Some(Box::new(InputReader {
@@ -650,15 +655,16 @@ impl<'r> Shared<'r> {
                     report.decoded_bytes = chunker.decoded_bytes;
                     let (bytes, hash) = match (&raw_bytes, &chunker.hasher) {
                         (Some(raw), _) => (raw.count(), raw.hash()),
-                        (None, Some(h)) => {
-                            (report.decoded_bytes, format!("{:032x}", h.digest128()))
-                        }
-                        (None, None) => (report.decoded_bytes, String::new()),
+                        (None, Some(h)) => (
+                            report.decoded_bytes,
+                            Some(format!("{:032x}", h.digest128())),
+                        ),
+                        (None, None) => (report.decoded_bytes, None),
                     };
                     report.bytes = bytes;
                     let error = next.err();
                     if error.is_none() {
-                        report.content_hash = Some(hash);
+                        report.content_hash = hash;
                     }
                     self.end(scope, i, next_chunk, report, error);
                     return;

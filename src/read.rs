@@ -154,29 +154,33 @@ impl Compression {
     }
 }
 
-/// How many raw (compressed) bytes were taken from an input and their hash, for progress,
-/// error offsets and a state's manifest of consumed inputs.
+/// How many raw (compressed) bytes were taken from an input, for progress and error offsets,
+/// and, for a state's manifest of consumed inputs, their hash.
 #[derive(Default)]
 pub struct RawBytes {
     count: AtomicU64,
-    hash: Mutex<Xxh3>,
+    hash: Option<Mutex<Xxh3>>,
 }
 
 impl RawBytes {
+    /// Counts bytes, and hashes them if `hashed`.
+    fn new(hashed: bool) -> RawBytes {
+        RawBytes {
+            count: AtomicU64::new(0),
+            hash: hashed.then(|| Mutex::new(Xxh3::new())),
+        }
+    }
+
     /// Bytes read so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// xxh3-128 of the bytes read so far, as 32 hex digits.
-    pub fn hash(&self) -> String {
-        format!(
-            "{:032x}",
-            self.hash
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .digest128()
-        )
+    /// xxh3-128 of the bytes read so far, as 32 hex digits, if they are hashed.
+    pub fn hash(&self) -> Option<String> {
+        let hash = self.hash.as_ref()?;
+        let digest = hash.lock().unwrap_or_else(|p| p.into_inner()).digest128();
+        Some(format!("{digest:032x}"))
     }
 }
 
@@ -191,11 +195,11 @@ impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.raw.count.fetch_add(n as u64, Ordering::Relaxed);
-        self.raw
-            .hash
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .update(&buf[..n]);
+        if let Some(hash) = &self.raw.hash {
+            hash.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(&buf[..n]);
+        }
         if let Some(p) = &self.progress {
             p.inc(n as u64);
         }
@@ -211,7 +215,8 @@ pub struct OpenInput {
     pub raw_bytes: Option<Arc<RawBytes>>,
 }
 
-/// Opens an input and wraps it in the decoder its magic bytes call for.
+/// Opens an input and wraps it in the decoder its magic bytes call for; with `hashed`, the
+/// raw bytes of a compressed input are hashed as they are read.
 ///
 /// A plain input is handed on unwrapped, so that reads go straight from the file into the
 /// chunk buffer (a wrapper without `read_buf` makes std zero every buffer first); the caller
@@ -219,6 +224,7 @@ pub struct OpenInput {
 pub fn open_input(
     input: &InputPath,
     progress: Option<indicatif::ProgressBar>,
+    hashed: bool,
 ) -> io::Result<OpenInput> {
     let mut raw: Box<dyn Read + Send> = match input {
         InputPath::File { canonical, .. } => Box::new(File::open(canonical)?),
@@ -235,7 +241,7 @@ pub fn open_input(
             raw_bytes: None,
         });
     }
-    let raw_bytes = Arc::new(RawBytes::default());
+    let raw_bytes = Arc::new(RawBytes::new(hashed));
     let counting = CountingReader {
         inner: raw,
         raw: raw_bytes.clone(),
@@ -630,11 +636,29 @@ mod tests {
             file.write_all(&enc.finish().unwrap()).unwrap();
         }
         drop(file);
-        let mut open = open_input(&InputPath::file(path, None), None).unwrap();
+        let mut open = open_input(&InputPath::file(path, None), None, true).unwrap();
         assert_eq!(open.compression, Compression::Gzip);
         let mut text = String::new();
         open.stream.read_to_string(&mut text).unwrap();
         assert_eq!(text, "one\ntwo\n");
+    }
+
+    /// A compressed input's raw bytes are hashed only when asked (for a state): nothing else
+    /// reads the hash.
+    #[test]
+    fn raw_bytes_are_hashed_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.zst");
+        let bytes = zstd::encode_all(&b"one\n"[..], 1).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        for hashed in [true, false] {
+            let mut open = open_input(&InputPath::file(path.clone(), None), None, hashed).unwrap();
+            std::io::copy(&mut open.stream, &mut std::io::sink()).unwrap();
+            let raw = open.raw_bytes.unwrap();
+            assert_eq!(raw.count(), bytes.len() as u64);
+            let want = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes));
+            assert_eq!(raw.hash(), hashed.then_some(want));
+        }
     }
 
     #[test]
@@ -644,7 +668,7 @@ mod tests {
         let mut bytes = zstd::encode_all(&b"one\n"[..], 1).unwrap();
         bytes.extend(zstd::encode_all(&b"two\n"[..], 1).unwrap());
         std::fs::write(&path, bytes).unwrap();
-        let mut open = open_input(&InputPath::file(path, None), None).unwrap();
+        let mut open = open_input(&InputPath::file(path, None), None, true).unwrap();
         assert_eq!(open.compression, Compression::Zstd);
         let mut text = String::new();
         open.stream.read_to_string(&mut text).unwrap();

@@ -264,6 +264,7 @@ impl RunPlan {
                     days: args.dedup_window,
                     not_after: end_of_today,
                 }),
+                hash_inputs: state.is_some(),
                 budget: MemoryBudget::new(args.memory_limit),
                 user_ids,
             },
