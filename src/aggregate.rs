@@ -11,7 +11,7 @@ use crate::period::{Period, PeriodKind};
 use crate::records::{Action, EventRecord};
 use crate::redis_hll::WeekIds;
 use crate::sketch::{sparse_code, PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
-use crate::timestamp::Timestamp;
+use crate::timestamp::{DateCache, Timestamp};
 use crate::user_ids::{IdsByUser, ReportedUser};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
@@ -445,6 +445,8 @@ impl EventCounts {
 pub struct Fold {
     pub aggregate: Aggregate,
     pub counts: EventCounts,
+    /// Events' UTC dates.
+    pub dates: DateCache,
 }
 
 impl Fold {
@@ -468,7 +470,8 @@ impl Fold {
 
     /// Counts a repository push the ledger resolved.
     pub fn resolved_push(&mut self, p: ResolvedPush) {
-        self.aggregate.add(p.event, p.time.date(), p.user);
+        let date = self.dates.date(p.time);
+        self.aggregate.add(p.event, date, p.user);
         self.counts.counted[p.event.index()] += 1;
     }
 
@@ -479,6 +482,7 @@ impl Fold {
         Fold {
             aggregate: self.aggregate.merge(other.aggregate),
             counts,
+            dates: self.dates,
         }
     }
 }

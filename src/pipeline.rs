@@ -924,7 +924,7 @@ impl<'r> AfterDedup<'r> {
 
     /// Folds a first delivery; returns whether it is inside `--since`/`--until`.
     fn first(&mut self, record: &EventRecord) -> bool {
-        let date = record.time.date();
+        let date = self.fold.dates.date(record.time);
         let in_range = self.cfg.in_range(date);
         self.fold.first_delivery(record, in_range, date);
         self.ids.push(record.id_key, record.time);
