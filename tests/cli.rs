@@ -528,6 +528,13 @@ fn parquet_schema_order_and_metadata() {
         .collect();
     assert_eq!(kv["regtally.precision"].as_deref(), Some("12"));
     assert_eq!(kv["regtally.since"].as_deref(), Some("2020-06-01"));
+    // A row group per event name, each holding that name's rows only.
+    let groups = builder.metadata().row_groups();
+    assert_eq!(groups.len(), 6);
+    assert!(groups.iter().all(|g| {
+        let stats = g.column(0).statistics().unwrap();
+        stats.min_bytes_opt() == stats.max_bytes_opt()
+    }));
     // No key without a value: Spark's Parquet reader fails on one.
     assert!(!kv.contains_key("regtally.until"));
     assert!(kv.values().all(Option::is_some), "{kv:?}");

@@ -10,7 +10,7 @@ use anyhow::Result;
 use arrow_array::{ArrayRef, BinaryArray, Date32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use chrono::NaiveDate;
-use parquet::arrow::arrow_writer::{compute_leaves, get_column_writers};
+use parquet::arrow::arrow_writer::{compute_leaves, get_column_writers, ArrowColumnWriter};
 use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -54,14 +54,17 @@ fn days(date: NaiveDate) -> i32 {
     (date - NaiveDate::default()).num_days() as i32
 }
 
-/// Writes the rows (already sorted) as one Parquet file.
+/// Writes the rows (already sorted) as one Parquet file, a row group per metric.
+///
+/// The row groups let every core encode and compress: the two sketch columns are most of the
+/// bytes and of the writing time, and one row group's `hll_sketch` chunk alone kept a core
+/// busy for most of the write. They also let a reader of one metric skip the others.
 pub fn write_aggregates<W: Write + Send>(
     rows: &mut [MetricRow],
     meta: &AggregatesMetadata,
     w: W,
 ) -> Result<()> {
     let schema = Arc::new(schema());
-    // Serializing a few hundred dense sketches is most of the writing time: use every core.
     let sketches: Vec<(Vec<u8>, Option<Vec<u8>>)> = rows
         .par_iter_mut()
         .map(|r| {
@@ -69,32 +72,6 @@ pub fn write_aggregates<W: Write + Send>(
             (r.sketch.to_bytes(), hll)
         })
         .collect();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.metric))),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.period.kind.as_str()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.period.to_string()),
-        )),
-        Arc::new(Date32Array::from_iter_values(
-            rows.iter().map(|r| days(r.period.start)),
-        )),
-        Arc::new(Date32Array::from_iter_values(
-            rows.iter()
-                .map(|r| days(r.period.end().unwrap_or(r.period.start))),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|r| r.unique_users),
-        )),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.events))),
-        Arc::new(BinaryArray::from_iter_values(sketches.iter().map(|s| &s.0))),
-        Arc::new(BinaryArray::from_iter(
-            sketches.iter().map(|s| s.1.as_ref()),
-        )),
-    ];
-    // Checks that the columns fit the schema.
-    RecordBatch::try_new(schema.clone(), columns.clone())?;
     // Every key has a value: Spark's Parquet reader (parquet-mr) fails on a key without one.
     // `--since` and `--until` are written only when given.
     let kv = |k: &str, v: String| KeyValue::new(k.to_owned(), Some(v));
@@ -119,32 +96,85 @@ pub fn write_aggregates<W: Write + Send>(
             .collect(),
         ))
         .build();
-    // What ArrowWriter does, but with the columns encoded and compressed on every core: the
-    // two sketch columns are most of the bytes and of the writing time.
+    // What ArrowWriter does, but with every row group's columns encoded and compressed on
+    // every core.
     let parquet_schema = ArrowSchemaConverter::new().convert(&schema)?;
     add_encoded_arrow_schema_to_metadata(&schema, &mut props);
     let props = Arc::new(props);
-    let chunks = get_column_writers(&parquet_schema, &props, &schema)?
+    let mut groups = Vec::new();
+    let mut at = 0;
+    for group in rows.chunk_by(|a, b| a.metric == b.metric) {
+        groups.push((group, &sketches[at..at + group.len()]));
+        at += group.len();
+    }
+    let tasks: Vec<(usize, ArrowColumnWriter, ArrayRef, &Arc<Field>)> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, (rows, sketches))| -> Result<Vec<_>> {
+            let columns = columns_of(rows, sketches);
+            // Checks that the columns fit the schema.
+            RecordBatch::try_new(schema.clone(), columns.clone())?;
+            let writers = get_column_writers(&parquet_schema, &props, &schema)?;
+            Ok(writers
+                .into_iter()
+                .zip(columns)
+                .zip(schema.fields())
+                .map(|((writer, column), field)| (g, writer, column, field))
+                .collect())
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let chunks = tasks
         .into_par_iter()
-        .zip(columns.par_iter().zip(schema.fields().par_iter()))
-        .map(|(mut writer, (column, field))| {
-            for leaf in compute_leaves(field, column)? {
+        .map(|(g, mut writer, column, field)| {
+            for leaf in compute_leaves(field, &column)? {
                 writer.write(&leaf)?;
             }
-            writer.close()
+            Ok((g, writer.close()?))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let mut file = SerializedFileWriter::new(w, parquet_schema.root_schema_ptr(), props)?;
     // No rows, no row group, as ArrowWriter writes it.
-    if !rows.is_empty() {
+    let mut chunks = chunks.into_iter().peekable();
+    while let Some(&(g, _)) = chunks.peek() {
         let mut row_group = file.next_row_group()?;
-        for chunk in chunks {
+        while let Some((_, chunk)) = chunks.next_if(|(next, _)| *next == g) {
             chunk.append_to_row_group(&mut row_group)?;
         }
         row_group.close()?;
     }
     file.close()?;
     Ok(())
+}
+
+/// The columns of these rows, whose sketches' bytes are `sketches`.
+fn columns_of(rows: &[MetricRow], sketches: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.metric))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.period.kind.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.period.to_string()),
+        )),
+        Arc::new(Date32Array::from_iter_values(
+            rows.iter().map(|r| days(r.period.start)),
+        )),
+        Arc::new(Date32Array::from_iter_values(
+            rows.iter()
+                .map(|r| days(r.period.end().unwrap_or(r.period.start))),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.unique_users),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.events))),
+        Arc::new(BinaryArray::from_iter_values(sketches.iter().map(|s| &s.0))),
+        Arc::new(BinaryArray::from_iter(
+            sketches.iter().map(|s| s.1.as_ref()),
+        )),
+    ]
 }
 
 /// Why an aggregates file could not be read back.
