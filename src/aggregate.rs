@@ -16,7 +16,7 @@ use crate::user_ids::{IdsByUser, ReportedUser};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 
 /// Where each user lands in the `hll_sketch` column, by identity hash: parse threads report
@@ -24,25 +24,59 @@ use std::hash::BuildHasherDefault;
 /// record.
 pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
 
-/// A set of identity hashes; the hashes are already uniform, so they index the table directly.
-pub type IdentitySet = HashSet<u64, BuildHasherDefault<PassThroughHasher>>;
-
 /// Users and events of one tracked event in one period.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// The users' identity hashes are appended as events come, and sorted and cut to one of each
+/// whenever the list has doubled since it last was: an append writes at the list's end, which
+/// stays in cache for every day of a year of cells, where a hash set's insert read a random
+/// place of one of a year of tables (the fold's largest stall on 4M events). The list holds
+/// at most about twice the cell's distinct users.
+#[derive(Clone, Debug, Default)]
 pub struct Cell {
     pub events: u64,
-    pub users: IdentitySet,
+    users: Vec<u64>,
+    /// How many of `users` were one of each when last cut.
+    distinct: usize,
 }
 
+/// The fewest users a list holds before it is first cut.
+const FIRST_CUT: usize = 64;
+
 impl Cell {
+    fn add(&mut self, user: u64) {
+        self.events += 1;
+        self.users.push(user);
+        if self.users.len() >= (2 * self.distinct).max(FIRST_CUT) {
+            self.cut();
+        }
+    }
+
+    /// Sorts the users and keeps one of each.
+    fn cut(&mut self) {
+        self.users.sort_unstable();
+        self.users.dedup();
+        self.distinct = self.users.len();
+    }
+
     fn merge(&mut self, other: Cell) {
         self.events += other.events;
-        if self.users.len() < other.users.len() {
-            let mine = std::mem::replace(&mut self.users, other.users);
-            self.users.extend(mine);
-        } else {
-            self.users.extend(other.users);
+        self.users.extend(other.users);
+        if self.users.len() >= (2 * self.distinct).max(FIRST_CUT) {
+            self.cut();
         }
+    }
+
+    /// The cell's users, one of each, sorted.
+    fn distinct_users(mut self) -> Vec<u64> {
+        self.cut();
+        self.users
+    }
+}
+
+impl PartialEq for Cell {
+    fn eq(&self, other: &Cell) -> bool {
+        self.events == other.events
+            && self.clone().distinct_users() == other.clone().distinct_users()
     }
 }
 
@@ -96,9 +130,10 @@ impl Aggregate {
     /// Only the day's cell: weeks and months are rolled up from the days at the end
     /// ([`Aggregate::into_table`]), once per user and day instead of once per event.
     pub fn add(&mut self, event: TrackedEvent, date: NaiveDate, user: u64) {
-        let cell = self.cells.entry((event, Period::day_of(date))).or_default();
-        cell.events += 1;
-        cell.users.insert(user);
+        self.cells
+            .entry((event, Period::day_of(date)))
+            .or_default()
+            .add(user);
     }
 
     /// The day cells gathered into the periods `period_of` puts each day in, each the union of
@@ -111,8 +146,7 @@ impl Aggregate {
         for ((event, day), cell) in &self.cells {
             if day.kind == PeriodKind::Day {
                 let c = to.entry((*event, period_of(day.start))).or_default();
-                c.events += cell.events;
-                c.users.extend(cell.users.iter().copied());
+                c.merge(cell.clone());
             }
         }
         to
@@ -142,8 +176,9 @@ impl Aggregate {
         let mut unresolved = std::collections::BTreeSet::new();
         let mut export = RedisExport::default();
         for ((event, week), cell) in self.rolled_up(Period::week_of) {
-            let mut ids: Vec<u64> = Vec::with_capacity(cell.users.len());
-            for hash in cell.users {
+            let users = cell.distinct_users();
+            let mut ids: Vec<u64> = Vec::with_capacity(users.len());
+            for hash in users {
                 let reported = self.gitlab_users.get(&hash);
                 match csv.get(&hash).copied().or(reported.and_then(|r| r.jwt_id)) {
                     Some(id) => ids.push(id),
@@ -779,7 +814,7 @@ mod tests {
         assert_eq!(weeks[&week(2021, 1, 4)].events, 1);
         let month = (TrackedEvent::PushTag, Period::month_of(d(2021, 1, 1)));
         assert_eq!(months[&month].events, 3);
-        assert_eq!(months[&month].users.len(), 2);
+        assert_eq!(months[&month].clone().distinct_users().len(), 2);
     }
 
     /// Every cell's sketches, whether a day's, a week's or a month's rolled up from its
@@ -798,7 +833,7 @@ mod tests {
         // Users per cell and day: all small; one past the sparse limit; all past it.
         for sizes in [[3, 40, 0, 120, 7], [50, 9000, 300, 1, 2000], [7000; 5]] {
             let mut agg = Aggregate::default();
-            let mut users: HashMap<(&str, Period), IdentitySet> = HashMap::new();
+            let mut users: HashMap<(&str, Period), std::collections::HashSet<u64>> = HashMap::new();
             for (k, (event, n)) in events.iter().zip(sizes).enumerate() {
                 for (j, day) in days.iter().enumerate() {
                     // Each day shares some users with the others, and cells share some.
@@ -839,6 +874,24 @@ mod tests {
             let non_empty = sizes.iter().filter(|&&n| n > 0).count();
             assert_eq!(checked, 7 * (non_empty + 1), "{sizes:?}");
         }
+    }
+
+    /// A cell's list of users is cut to one of each as it doubles, so it holds at most about
+    /// twice its distinct users, and merging cells keeps every user.
+    #[test]
+    fn cells_hold_each_user_once_within_twice_their_users() {
+        let mut cell = Cell::default();
+        for i in 0..100_000u32 {
+            cell.add(u(i % 1000));
+            assert!(cell.users.len() <= 2 * 1000 + 1, "{i}");
+        }
+        let mut other = Cell::default();
+        (990..1010).for_each(|i| other.add(u(i)));
+        cell.merge(other);
+        assert_eq!(cell.events, 100_020);
+        let mut want: Vec<u64> = (0..1010).map(u).collect();
+        want.sort_unstable();
+        assert_eq!(cell.distinct_users(), want);
     }
 
     #[test]
