@@ -344,6 +344,36 @@ fn report_prints_the_service_ping_of_any_date_without_reading_logs() {
     assert_eq!(r.code, 2);
 }
 
+/// Each input's bytes are hashed for a state's manifest only: without `--state` the
+/// summary's `content_hash` is null, with it the xxh3-128 of the file's bytes (plain or
+/// compressed).
+#[test]
+fn inputs_are_hashed_only_for_a_state() {
+    let ws = Workspace::new();
+    let line = Ev::new("a", "2021-01-01T00:00:00Z", "push", "g/r", "u")
+        .tag("t")
+        .line();
+    ws.write_lines("incoming/a.jsonl", std::slice::from_ref(&line));
+    let zipped = gzip(format!("{line}\n").as_bytes());
+    ws.write("incoming/b.jsonl.gz", &zipped);
+    let hashes = |extra: &[&str]| -> Vec<serde_json::Value> {
+        assert_eq!(ws.run(&["incoming"], "out", extra).code, 0);
+        let s = ws.json("out/summary.json");
+        let inputs = s["inputs"].as_array().unwrap();
+        inputs.iter().map(|i| i["content_hash"].clone()).collect()
+    };
+    assert_eq!(
+        hashes(&[]),
+        [serde_json::Value::Null, serde_json::Value::Null]
+    );
+    let want = |bytes: &[u8]| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes));
+    let plain = fs::read(ws.path("incoming/a.jsonl")).unwrap();
+    assert_eq!(
+        hashes(&["--state", &ws.s("state")]),
+        [want(&plain), want(&zipped)]
+    );
+}
+
 #[test]
 fn skipping_trusts_path_size_and_time_then_the_content_hash() {
     let ws = Workspace::new();
