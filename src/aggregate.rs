@@ -11,7 +11,7 @@ use crate::period::{Period, PeriodKind};
 use crate::records::{Action, EventRecord};
 use crate::redis_hll::WeekIds;
 use crate::sketch::{sparse_code, PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
-use crate::timestamp::{DateCache, Timestamp};
+use crate::timestamp::{DateCache, TimeWindow, Timestamp};
 use crate::user_ids::{IdsByUser, ReportedUser};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
@@ -608,6 +608,18 @@ impl MetricTable {
             .map(|((m, p), c)| (*m, *p, c))
     }
 
+    /// The first stored period that no registry can have written an event in: one ending
+    /// before `times` start or starting after they end. A file that holds one is refused where
+    /// it is read ([`crate::cmd`]): every table is written dense from its first to its last
+    /// period, and a damaged or hostile file with a period in the year 9999 would ask for
+    /// millions of rows.
+    pub fn first_outside(&self, times: &TimeWindow) -> Option<Period> {
+        self.cells
+            .keys()
+            .map(|(_, period)| *period)
+            .find(|p| p.end().is_none_or(|end| end <= times.first_day) || p.start >= times.end_day)
+    }
+
     /// First and last period of a kind holding a counted event.
     fn span(&self, kind: PeriodKind) -> Option<(Period, Period)> {
         let mut periods = self.cells().map(|(_, p, _)| p).filter(|p| p.kind == kind);
@@ -892,6 +904,30 @@ mod tests {
         let mut want: Vec<u64> = (0..1010).map(u).collect();
         want.sort_unstable();
         assert_eq!(cell.distinct_users(), want);
+    }
+
+    /// Periods that end before 2015 or start after the day after "today" are outside what a
+    /// registry can have written; the weeks and months around the edges are inside.
+    #[test]
+    fn first_outside_finds_a_period_no_registry_wrote() {
+        let times = TimeWindow::until_day_after(d(2026, 11, 30));
+        let table = |day: NaiveDate| {
+            let mut agg = Aggregate::default();
+            agg.add(TrackedEvent::PushTag, d(2021, 1, 4), u(1));
+            agg.add(TrackedEvent::PushTag, day, u(1));
+            agg.into_table(10)
+        };
+        for inside in [d(2015, 1, 1), d(2026, 12, 1)] {
+            assert_eq!(table(inside).first_outside(&times), None, "{inside}");
+        }
+        for outside in [d(2014, 12, 28), d(2026, 12, 2), d(9999, 1, 4)] {
+            let found = table(outside).first_outside(&times).unwrap();
+            // One of the far day's periods, not one of 2021-01-04's.
+            assert!(
+                found.start < d(2015, 1, 1) || found.start > d(2026, 1, 1),
+                "{found}"
+            );
+        }
     }
 
     #[test]

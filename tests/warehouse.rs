@@ -105,6 +105,50 @@ fn a_zero_time_event_among_normal_ones_changes_no_row() {
     assert_eq!(s["out_of_range_events"], 300 - 7 * 15);
 }
 
+/// A stored period no registry can have written (a damaged or hostile file) refuses the file:
+/// `report` exits 2 naming it, instead of writing a table dense from 2021 to the year 9999.
+#[test]
+fn a_stored_period_no_registry_wrote_is_refused() {
+    use regtally::aggregate::MetricRow;
+    use regtally::classify::TOTAL_METRIC;
+    use regtally::period::Period;
+    use regtally::sketch::{identity_coupon, identity_hash, UserSketch, WarehouseSketch};
+    let ws = Workspace::new();
+    let row = |year: i32| {
+        let mut sketch = UserSketch::new(14);
+        sketch.insert(identity_hash("u"));
+        MetricRow {
+            metric: TOTAL_METRIC,
+            period: Period::week_of(chrono::NaiveDate::from_ymd_opt(year, 1, 4).unwrap()),
+            unique_users: 1,
+            events: 1,
+            sketch,
+            hll_sketch: Some(WarehouseSketch::of_users(14, &[identity_coupon("u")])),
+        }
+    };
+    let meta = regtally::output::aggregates::AggregatesMetadata {
+        precision: 14,
+        since: None,
+        until: None,
+    };
+    for (name, years) in [("fine", vec![2021]), ("far", vec![2021, 9999])] {
+        let mut rows: Vec<MetricRow> = years.into_iter().map(row).collect();
+        let file = fs::File::create(ws.path(&format!("{name}.parquet"))).unwrap();
+        regtally::output::aggregates::write_aggregates(&mut rows, &meta, file).unwrap();
+    }
+    assert_eq!(
+        regtally(&["report", "--from", &ws.s("fine.parquet")]).code,
+        0
+    );
+    let r = regtally(&["report", "--from", &ws.s("far.parquet")]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("far.parquet") && r.stderr.contains("9999-W"),
+        "{}",
+        r.stderr
+    );
+}
+
 // ---- The state: format, migration, lock ----
 
 /// Runs `regtally run <inputs> --state state -o out` plus `extra`.

@@ -9,11 +9,12 @@ use crate::output::chart::{sparkline, weekly_chart, weekly_users};
 use crate::output::service_ping::ServicePing;
 use crate::period::PeriodKind;
 use crate::state::RunState;
+use crate::timestamp::TimeWindow;
 use anyhow::Result;
 use chrono::NaiveDate;
 use clap::{Args, ValueEnum};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// How `report` prints.
@@ -61,18 +62,24 @@ pub struct ReportArgs {
 /// `regtally report`.
 pub fn report(args: ReportArgs, today: NaiveDate) -> Result<ExitCode> {
     check_range(args.since, args.until)?;
-    let table: MetricTable = match (&args.state, &args.from) {
+    let (table, source): (MetricTable, &Path) = match (&args.state, &args.from) {
         (Some(dir), _) => match RunState::load(dir, None) {
-            Ok(Some(state)) => state.metrics,
+            Ok(Some(state)) => (state.metrics, dir),
             Ok(None) => return usage(format!("{} holds no regtally state", dir.display())),
             Err(e) => return usage(e.to_string()),
         },
         (None, Some(file)) => match read_aggregates(file) {
-            Ok(t) => t,
+            Ok(t) => (t, file),
             Err(e) => return usage(e.to_string()),
         },
         (None, None) => return usage("give --state DIR or --from AGGREGATES.parquet"),
     };
+    if let Some(p) = table.first_outside(&TimeWindow::until_day_after(today)) {
+        return usage(format!(
+            "{} holds period {p}, outside the times a registry can have written (2015 to the day after today): it is damaged",
+            source.display()
+        ));
+    }
     let mut out = std::io::stdout().lock();
     if let (true, Some(since), Some(until)) = (args.distinct, args.since, args.until) {
         let metrics = match table.over_days(since, until) {

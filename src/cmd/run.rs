@@ -205,6 +205,15 @@ impl RunPlan {
                     Ok(None) => RunState::empty(args.precision, std::mem::take(&mut seed)),
                     Err(e) => return usage(e.to_string()),
                 };
+                if let Some(p) = state
+                    .metrics
+                    .first_outside(&TimeWindow::until_day_after(today))
+                {
+                    return usage(format!(
+                        "the state in {} holds period {p}, outside the times a registry can have written (2015 to the day after today): it is damaged; rebuild it from the logs (README, \"Nightly runs\")",
+                        dir.display()
+                    ));
+                }
                 Some((dir.clone(), state))
             }
         };
