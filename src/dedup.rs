@@ -252,7 +252,7 @@ impl Deferred {
     fn bytes(&self) -> usize {
         let heap = self.record.as_ref().map_or(0, |r| {
             std::mem::size_of::<EventRecord>()
-                + r.ledger_id.as_ref().map_or(0, |s| s.len())
+                + r.ledger_id.as_ref().map_or(0, |s| s.as_bytes().len())
                 + match &r.action {
                     Action::Other(name) => name.len(),
                     _ => 0,

@@ -63,7 +63,52 @@ pub struct EventRecord {
     pub repository: u128,
     /// The event id, kept only for events the ledger orders (pushes and repository deletes):
     /// it breaks ties between equal timestamps (SPEC §6).
-    pub ledger_id: Option<Box<str>>,
+    pub ledger_id: Option<LedgerId>,
+}
+
+/// An event id the ledger keeps: inline when it fits (a UUID's 36 bytes do), boxed when it does
+/// not. A boxed id was an allocation and a free for every push, with the repository's path
+/// about half of all a run's allocations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerId {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Boxed(Box<str>),
+}
+
+/// The longest id kept inline.
+const INLINE_ID: usize = 38;
+
+impl LedgerId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            LedgerId::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            LedgerId::Boxed(id) => id.as_bytes(),
+        }
+    }
+
+    /// The id as text (it was built from text, so this never falls back).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl From<&str> for LedgerId {
+    fn from(id: &str) -> LedgerId {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= INLINE_ID => {
+                let mut bytes = [0; INLINE_ID];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                LedgerId::Inline { len, bytes }
+            }
+            _ => LedgerId::Boxed(id.into()),
+        }
+    }
+}
+
+impl From<String> for LedgerId {
+    fn from(id: String) -> LedgerId {
+        LedgerId::from(id.as_str())
+    }
 }
 
 impl EventRecord {
@@ -476,6 +521,23 @@ pub fn cut_text(line: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// Ids up to 38 bytes are kept inline, longer ones boxed; both read back as written.
+    #[test]
+    fn ledger_ids_inline_or_boxed() {
+        let uuid = "00000000-000b-41b0-80b7-f34e8a9258fa";
+        for (id, inline) in [
+            ("", true),
+            (uuid, true),
+            (&"x".repeat(38)[..], true),
+            (&"é".repeat(20)[..], false),
+        ] {
+            let kept = LedgerId::from(id);
+            assert_eq!(matches!(kept, LedgerId::Inline { .. }), inline, "{id}");
+            assert_eq!(kept.as_str(), id);
+            assert_eq!(kept, LedgerId::from(id.to_owned()));
+        }
+    }
+
     const EV: &str = r#"{"id":"e1","timestamp":"2023-01-25T14:45:54Z","action":"push","target":{"repository":"g/r","tag":"v1"},"actor":{"name":"Root","user_type":"build"}}"#;
 
     fn lines(text: &str) -> ChunkOutput {
@@ -507,7 +569,10 @@ mod tests {
             out.events[0].user,
             crate::classify::user_hash(Some("build"), Some("root"))
         );
-        assert_eq!(out.events[0].ledger_id.as_deref(), Some("e1"));
+        assert_eq!(
+            out.events[0].ledger_id.as_ref().map(LedgerId::as_str),
+            Some("e1")
+        );
         assert_eq!(out.ledger_paths.len(), 1);
     }
 

@@ -11,7 +11,7 @@
 
 use super::RepositoryLedger;
 use crate::classify::{EventKind, TrackedEvent};
-use crate::records::{EventRecord, PathMap};
+use crate::records::{EventRecord, LedgerId, PathMap};
 use crate::sketch::PassThroughHasher;
 use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
 use crate::timestamp::Timestamp;
@@ -246,7 +246,7 @@ impl<'d> LedgerBuffer<'d> {
             kind if kind.is_push() => Step::Push,
             _ => return Ok(()),
         };
-        let Some(id) = &record.ledger_id else {
+        let Some(id) = record.ledger_id.as_ref().map(LedgerId::as_bytes) else {
             return Ok(());
         };
         let repository = self.repositories.intern(record.repository);
@@ -258,7 +258,7 @@ impl<'d> LedgerBuffer<'d> {
         let part = &mut self.parts[part_of(record.repository)];
         let before = part.bytes();
         let id_at = part.ids.len() as u32;
-        part.ids.extend_from_slice(id.as_bytes());
+        part.ids.extend_from_slice(id);
         part.records.push(LedgerRecord {
             secs: record.time.secs,
             nanos: record.time.nanos,
