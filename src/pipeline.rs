@@ -779,7 +779,7 @@ impl Shared<'_> {
             // Records de-duplication deferred come back after the chunk is gone: their paths
             // are learned now.
             if job.deferred {
-                ledger.learn_paths(std::mem::take(&mut job.paths));
+                ledger.learn_paths(&job.paths);
             }
             for_ledger
                 .into_iter()

@@ -119,8 +119,53 @@ impl EventRecord {
     }
 }
 
-/// Repository paths by their key.
-pub type PathMap = HashMap<u128, Box<str>, BuildHasherDefault<PassThroughHasher>>;
+/// A chunk's repository paths by their key, held in one string: a box per path was an
+/// allocation and a free for nearly every push of a chunk (the ledger already knows most of
+/// them, and asks for a path only the first time the run names its repository).
+#[derive(Debug, Default)]
+pub struct PathMap {
+    text: String,
+    /// Where each path lies in `text`.
+    at: HashMap<u128, (u32, u32), BuildHasherDefault<PassThroughHasher>>,
+}
+
+impl PathMap {
+    /// Keeps `path` as the path of `key`, unless one is kept already.
+    pub fn insert(&mut self, key: u128, path: &str) {
+        let (start, len) = (self.text.len(), path.len());
+        // A chunk's text is far below 4 GiB; past it, the path is simply not kept.
+        let (Ok(start), Ok(len)) = (u32::try_from(start), u32::try_from(len)) else {
+            return;
+        };
+        if let std::collections::hash_map::Entry::Vacant(e) = self.at.entry(key) {
+            e.insert((start, len));
+            self.text.push_str(path);
+        }
+    }
+
+    /// The path of `key`, if the chunk names it.
+    pub fn get(&self, key: &u128) -> Option<&str> {
+        let &(start, len) = self.at.get(key)?;
+        self.text.get(start as usize..(start + len) as usize)
+    }
+
+    /// How many paths are kept.
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Whether no path is kept.
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// Every key and its path.
+    pub fn iter(&self) -> impl Iterator<Item = (u128, &str)> + '_ {
+        self.at
+            .keys()
+            .filter_map(|k| self.get(k).map(|path| (*k, path)))
+    }
+}
 
 /// Users reported for the Redis export, and the smallest JWT id reported for each.
 type GitlabSeen = HashMap<u64, Option<u64>, BuildHasherDefault<PassThroughHasher>>;
@@ -455,9 +500,7 @@ impl ChunkOutput {
         let repository = repository_key(&event.repository);
         let touches_ledger = kind.is_push() || kind == EventKind::DeleteRepository;
         if touches_ledger {
-            self.ledger_paths
-                .entry(repository)
-                .or_insert_with(|| (*event.repository).into());
+            self.ledger_paths.insert(repository, &event.repository);
         }
         let counts_for_users = kind.tracked().is_some() || kind == EventKind::RepositoryPush;
         let identity = user_identity(event.user_type(), event.name());
@@ -520,6 +563,23 @@ pub fn cut_text(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chunk's paths: the first path given for a key is kept, and every kept one reads back.
+    #[test]
+    fn path_map_keeps_the_first_path_of_each_key() {
+        let mut paths = PathMap::default();
+        paths.insert(1, "g/a");
+        paths.insert(2, "h/bé");
+        paths.insert(1, "other");
+        assert_eq!(
+            (paths.get(&1), paths.get(&2), paths.get(&3)),
+            (Some("g/a"), Some("h/bé"), None)
+        );
+        let mut all: Vec<(u128, &str)> = paths.iter().collect();
+        all.sort();
+        assert_eq!(all, [(1, "g/a"), (2, "h/bé")]);
+        assert_eq!(paths.len(), 2);
+    }
 
     /// Ids up to 38 bytes are kept inline, longer ones boxed; both read back as written.
     #[test]

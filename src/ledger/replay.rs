@@ -212,9 +212,9 @@ impl<'d> LedgerBuffer<'d> {
     }
 
     /// Records the paths behind repository keys, for `repositories.txt` and the state.
-    pub fn learn_paths(&mut self, paths: PathMap) {
-        for (key, path) in paths {
-            self.ledger.learn_path(key, path);
+    pub fn learn_paths(&mut self, paths: &PathMap) {
+        for (key, path) in paths.iter() {
+            self.ledger.learn_path(key, path.into());
         }
     }
 
@@ -231,7 +231,7 @@ impl<'d> LedgerBuffer<'d> {
         self.push_record(record, in_range)?;
         if self.repositories.keys.len() > known {
             if let Some(path) = paths.get(&record.repository) {
-                self.ledger.learn_path(record.repository, path.clone());
+                self.ledger.learn_path(record.repository, path.into());
             }
         }
         Ok(())
