@@ -134,7 +134,11 @@ impl PathMap {
     pub fn insert(&mut self, key: u128, path: &str) {
         let (start, len) = (self.text.len(), path.len());
         // A chunk's text is far below 4 GiB; past it, the path is simply not kept.
-        let (Ok(start), Ok(len)) = (u32::try_from(start), u32::try_from(len)) else {
+        let (Ok(start), Ok(len), Ok(_)) = (
+            u32::try_from(start),
+            u32::try_from(len),
+            u32::try_from(start + len),
+        ) else {
             return;
         };
         if let std::collections::hash_map::Entry::Vacant(e) = self.at.entry(key) {
@@ -146,7 +150,8 @@ impl PathMap {
     /// The path of `key`, if the chunk names it.
     pub fn get(&self, key: &u128) -> Option<&str> {
         let &(start, len) = self.at.get(key)?;
-        self.text.get(start as usize..(start + len) as usize)
+        let (start, len) = (start as usize, len as usize);
+        self.text.get(start..start + len)
     }
 
     /// How many paths are kept.
