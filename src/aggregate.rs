@@ -46,6 +46,17 @@ impl Cell {
     fn add(&mut self, user: u64) {
         self.events += 1;
         self.users.push(user);
+        self.cut_if_doubled();
+    }
+
+    fn merge(&mut self, other: Cell) {
+        self.events += other.events;
+        self.users.extend(other.users);
+        self.cut_if_doubled();
+    }
+
+    /// Cuts the list once it has doubled since it was last cut.
+    fn cut_if_doubled(&mut self) {
         if self.users.len() >= (2 * self.distinct).max(FIRST_CUT) {
             self.cut();
         }
@@ -56,14 +67,6 @@ impl Cell {
         self.users.sort_unstable();
         self.users.dedup();
         self.distinct = self.users.len();
-    }
-
-    fn merge(&mut self, other: Cell) {
-        self.events += other.events;
-        self.users.extend(other.users);
-        if self.users.len() >= (2 * self.distinct).max(FIRST_CUT) {
-            self.cut();
-        }
     }
 
     /// The cell's users, one of each, sorted.
