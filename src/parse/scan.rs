@@ -165,22 +165,30 @@ enum Key {
 }
 
 impl Key {
+    /// By length first: the keys regtally reads mostly differ in length, so one comparison
+    /// is left, where the patterns in one list were tried one after another.
     #[inline(always)]
     fn of(name: &[u8]) -> Key {
-        match name {
-            b"id" => Key::Id,
-            b"timestamp" => Key::Timestamp,
-            b"action" => Key::Action,
-            b"target" => Key::Target,
-            b"actor" => Key::Actor,
-            b"events" => Key::Events,
-            b"repository" => Key::Repository,
-            b"tag" => Key::Tag,
-            b"digest" => Key::Digest,
-            b"mediaType" => Key::MediaType,
-            b"name" => Key::Name,
-            b"user_type" => Key::UserType,
-            b"user" => Key::User,
+        match name.len() {
+            2 if name == b"id" => Key::Id,
+            3 if name == b"tag" => Key::Tag,
+            4 if name == b"name" => Key::Name,
+            4 if name == b"user" => Key::User,
+            5 if name == b"actor" => Key::Actor,
+            6 => match name {
+                b"action" => Key::Action,
+                b"target" => Key::Target,
+                b"events" => Key::Events,
+                b"digest" => Key::Digest,
+                _ => Key::Other,
+            },
+            9 => match name {
+                b"timestamp" => Key::Timestamp,
+                b"mediaType" => Key::MediaType,
+                b"user_type" => Key::UserType,
+                _ => Key::Other,
+            },
+            10 if name == b"repository" => Key::Repository,
             _ => Key::Other,
         }
     }
@@ -664,7 +672,21 @@ impl<'a> Scanner<'a, '_> {
     }
 
     /// Checks and passes over one value of any kind, nested to any depth.
+    ///
+    /// A string or a number, most of what is skipped, is passed over before the container
+    /// stack is set up.
+    #[inline]
     fn skip_value(&mut self) -> Result<()> {
+        match self.peek() {
+            Some(b'"') => self.skip_string(),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => self.skip_nested(),
+        }
+    }
+
+    /// [`Scanner::skip_value`] for any value, containers included.
+    #[inline(never)]
+    fn skip_nested(&mut self) -> Result<()> {
         let mut open = Open::default();
         loop {
             // A value starts here.
