@@ -286,6 +286,16 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
     let Ok(text) = simdutf8::basic::from_utf8(line) else {
         return ParsedLine::Malformed("line is not valid UTF-8".into());
     };
+    parse_text(text)
+}
+
+/// [`parse_line`] for a line already known to be UTF-8: the reader checks a whole chunk at
+/// once, and its lines only when the chunk fails.
+#[inline]
+pub fn parse_text(text: &str) -> ParsedLine<'_> {
+    if is_blank(text.as_bytes()) {
+        return ParsedLine::Blank;
+    }
     let mut single = RawEvent::default();
     match scan::scan_line(text, &mut single) {
         Err(e) => ParsedLine::Malformed(format!("invalid JSON: {} at column {}", e.what, e.column)),
