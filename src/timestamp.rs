@@ -191,6 +191,17 @@ pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
     if b[pos] == b'.' {
         pos += 1;
         let start = pos;
+        // Go writes up to nine digits: the first eight are read in one step when they are all
+        // digits, the loop below reading the rest (a digit loop was a third of this function).
+        if let Some(eight) = b
+            .get(pos..pos + 8)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        {
+            if let Some(value) = eight_digits(eight) {
+                nanos = value;
+                pos += 8;
+            }
+        }
         while pos < b.len() && b[pos].is_ascii_digit() {
             if pos - start < 9 {
                 nanos = nanos * 10 + u32::from(b[pos] - b'0');
@@ -245,6 +256,22 @@ pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
         secs: local - offset_secs,
         nanos,
     })
+}
+
+/// The value of eight ASCII digits, or `None` when any byte is not a digit. Eight bytes are
+/// tested and combined in a few word operations (the SWAR steps simdjson uses for numbers).
+fn eight_digits(bytes: [u8; 8]) -> Option<u32> {
+    let word = u64::from_le_bytes(bytes);
+    // A byte is a digit when its high nibble is 3 and adding 6 keeps it so.
+    let high = word & 0xF0F0_F0F0_F0F0_F0F0;
+    let carried = (word.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4;
+    if high | carried != 0x3333_3333_3333_3333 {
+        return None;
+    }
+    // Pairs of digits, then fours, then all eight; the first digit is the lowest byte.
+    let v = (word & 0x0F0F_0F0F_0F0F_0F0F).wrapping_mul(2561) >> 8;
+    let v = (v & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601) >> 16;
+    Some(((v & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001) >> 32) as u32)
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -356,6 +383,46 @@ mod tests {
         assert_eq!(a.nanos, 100_000_000);
         let b = parse_rfc3339("2021-01-03T00:00:00.123456789123Z").unwrap();
         assert_eq!(b.nanos, 123_456_789);
+    }
+
+    /// Every fraction length from 1 to 12 digits, and a non-digit at each of the first ten
+    /// places: the fraction is its first nine digits, and a stray byte is refused.
+    #[test]
+    fn fractions_read_eight_digits_at_once_as_one_by_one() {
+        let digits = "918273645091827364";
+        for len in 1..=12 {
+            let fraction = &digits[..len];
+            let t = parse_rfc3339(&format!("2021-01-03T00:00:00.{fraction}Z")).unwrap();
+            let nine = format!("{:0<9}", &fraction[..len.min(9)]);
+            assert_eq!(t.nanos, nine.parse::<u32>().unwrap(), "{fraction}");
+            for at in 0..len.min(10) {
+                for stray in [b'/', b':', b'a', b' ', 0x80, b'0' - 16, b'9' + 16] {
+                    let mut bytes = fraction.as_bytes().to_vec();
+                    bytes[at] = stray;
+                    let text = format!("2021-01-03T00:00:00.{}Z", String::from_utf8_lossy(&bytes));
+                    assert!(parse_rfc3339(&text).is_err(), "{text:?} was accepted");
+                }
+            }
+        }
+    }
+
+    /// The eight-digit step against a byte loop, for every byte value at every place.
+    #[test]
+    fn eight_digits_takes_exactly_eight_digits() {
+        let naive = |b: [u8; 8]| {
+            b.iter().try_fold(0u32, |v, &c| {
+                c.is_ascii_digit().then(|| v * 10 + u32::from(c - b'0'))
+            })
+        };
+        for at in 0..8 {
+            for c in 0..=255u8 {
+                let mut b = *b"73915028";
+                b[at] = c;
+                assert_eq!(eight_digits(b), naive(b), "{b:?}");
+            }
+        }
+        assert_eq!(eight_digits(*b"99999999"), Some(99_999_999));
+        assert_eq!(eight_digits(*b"00000000"), Some(0));
     }
 
     #[test]
