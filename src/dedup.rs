@@ -14,7 +14,10 @@ use crate::classify::{EventKind, TrackedEvent};
 use crate::records::{Action, EventRecord};
 use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
 use crate::timestamp::Timestamp;
+use slots::Slots;
 use std::io::{self, BufRead};
+
+mod slots;
 
 /// Shards of the id set, by the top bits of the id.
 const SHARD_BITS: u32 = 6;
@@ -23,7 +26,7 @@ const SHARD_BITS: u32 = 6;
 /// quarters full. The all-zero id is kept aside, since a zero slot means empty.
 #[derive(Debug)]
 pub struct IdSet {
-    shards: Vec<Vec<[u64; 2]>>,
+    shards: Vec<Slots>,
     lens: Vec<usize>,
     has_zero: bool,
     len: usize,
@@ -37,19 +40,10 @@ const FIRST_SLOTS: usize = 4;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
-/// `n` empty slots, written rather than allocated zeroed: zeroed memory maps the shared zero
-/// page, and the first write to each page after a lookup had read it then cost a fault and a
-/// flush of every core's address translations (5% of a two-thread run).
-fn empty_slots(n: usize) -> Vec<[u64; 2]> {
-    let mut slots = Vec::with_capacity(n);
-    slots.resize(n, [0; 2]);
-    slots
-}
-
 impl Default for IdSet {
     fn default() -> IdSet {
-        let shards: Vec<Vec<[u64; 2]>> = (0..1 << SHARD_BITS)
-            .map(|_| empty_slots(FIRST_SLOTS))
+        let shards: Vec<Slots> = (0..1 << SHARD_BITS)
+            .map(|_| Slots::new(FIRST_SLOTS))
             .collect();
         IdSet {
             bytes: shards.len() * FIRST_SLOTS * 16,
@@ -158,8 +152,8 @@ impl IdSet {
     /// Moves a shard's ids into a table of `slots` slots (a power of two that holds them).
     fn resize(&mut self, shard: usize, slots: usize) {
         let old = std::mem::take(&mut self.shards[shard]);
-        let mut slots = empty_slots(slots);
-        for key in old.into_iter().filter(|k| *k != [0, 0]) {
+        let mut slots = Slots::new(slots);
+        for &key in old.iter().filter(|k| **k != [0, 0]) {
             let at = Self::find(&slots, key);
             slots[at] = key;
         }
@@ -188,8 +182,8 @@ impl IdSet {
     pub fn into_sorted(self) -> Vec<u128> {
         let mut ids: Vec<u128> = self
             .shards
-            .into_iter()
-            .flatten()
+            .iter()
+            .flat_map(|s| s.iter().copied())
             .filter(|k| *k != [0, 0])
             .map(|k| u128::from(k[0]) | (u128::from(k[1]) << 64))
             .collect();
@@ -672,6 +666,26 @@ mod tests {
         let mut small = IdSet::default();
         small.reserve(1_000_000, 100_000);
         assert!(small.bytes() <= 100_000, "{}", small.bytes());
+    }
+
+    /// Tables of a huge page or more (on their own boundaries, see `slots`) hold and give
+    /// back their ids as small ones do, across a reservation that moves them into such tables.
+    #[test]
+    fn ids_survive_the_move_into_huge_page_tables() {
+        let spread = |i: u128| (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        let mut set = IdSet::default();
+        for i in 0..50_000 {
+            assert_eq!(set.insert(spread(i), usize::MAX), Ok(true));
+        }
+        // 64 shards of 2^17 slots: 2 MiB each.
+        set.reserve(6_000_000, usize::MAX);
+        assert!(set.shards.iter().all(|s| s.len() == 1 << 17));
+        for i in 0..100_000 {
+            assert_eq!(set.insert(spread(i), usize::MAX), Ok(i >= 50_000), "{i}");
+        }
+        let mut want: Vec<u128> = (0..100_000).map(spread).collect();
+        want.sort_unstable();
+        assert_eq!(set.into_sorted(), want);
     }
 
     /// With a budget too small for any id, every record is deferred and spilled, and what
