@@ -195,21 +195,22 @@ impl IdSet {
     }
 }
 
-/// Fetches the cache line of `slot`. A prefetch is only a hint: it reads nothing and cannot
-/// fault, and `slot` is a live reference besides.
+/// Fetches the cache line of `value` ahead of its use. A prefetch is only a hint: it reads
+/// nothing and cannot fault, and `value` is a live reference besides. The ledger's index of
+/// repositories fetches ahead too.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn prefetch(slot: &[u64; 2]) {
+pub(crate) fn prefetch<T>(value: &T) {
     #[target_feature(enable = "sse")]
     fn fetch(p: *const i8) {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
     }
     // SAFETY: SSE is part of the x86-64 baseline, so every x86-64 CPU runs it.
-    unsafe { fetch((slot as *const [u64; 2]).cast()) }
+    unsafe { fetch((value as *const T).cast()) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn prefetch(_: &[u64; 2]) {}
+pub(crate) fn prefetch<T>(_: &T) {}
 
 /// A record whose fate waits for the end of the run, or (without a record) an id seen before
 /// spilling. Ordered by id, then position in input order; a marker's position is 0, before

@@ -781,9 +781,7 @@ impl Shared<'_> {
             if job.deferred {
                 ledger.learn_paths(&job.paths);
             }
-            for_ledger
-                .into_iter()
-                .try_for_each(|(r, in_range)| ledger.push(r, in_range, &job.paths))
+            ledger.push_all(&for_ledger, &job.paths)
         };
         if let Err(e) = result {
             self.fail(anyhow::Error::new(e).context("repository ledger"));
