@@ -147,56 +147,47 @@ impl Part {
     }
 }
 
-/// The repositories the run's ledger events name, numbered in the order first seen.
+/// The repositories the run's ledger events name, numbered in the order first seen: their
+/// keys in that order, and an index from key to number.
+///
+/// The index is open addressing with linear probing on the keys' low bits (the keys are
+/// hashes), at most half full: its own rather than a `HashMap`, so that the slot of a key to
+/// come can be fetched while the keys before it are looked up ([`Repositories::prefetch`]).
+/// With the logs streaming through the caches, the map's lookups missed them nearly every
+/// time (perf, 4M events: 80% of the buffer's samples on the two loads of a lookup).
 #[derive(Default)]
 struct Repositories {
-    index: RepositoryIndex,
     keys: Vec<u128>,
+    /// (key, number + 1); a slot whose second half is 0 is empty.
+    slots: Vec<(u128, u32)>,
 }
 
 impl Repositories {
-    fn intern(&mut self, key: u128) -> u32 {
-        self.index.number(key, self.keys.len() as u32, |key| {
-            self.keys.push(key);
-        })
+    /// The slot where `key` is looked up first (the table is not empty).
+    fn home(&self, key: u128) -> usize {
+        key as usize & (self.slots.len() - 1)
     }
-}
 
-/// Repository keys to their numbers: open addressing with linear probing on the keys' low
-/// bits (the keys are hashes), at most half full.
-///
-/// Its own rather than a `HashMap`, so that the slot of a key to come can be fetched while
-/// the keys before it are looked up ([`RepositoryIndex::prefetch`]): with the logs streaming
-/// through the caches, the map's lookups missed them nearly every time (perf, 4M events: 80%
-/// of the buffer's samples on the two loads of a lookup).
-#[derive(Default)]
-struct RepositoryIndex {
-    /// (key, number + 1); a slot whose second half is 0 is empty.
-    slots: Vec<(u128, u32)>,
-    len: usize,
-}
-
-impl RepositoryIndex {
     /// Asks for the slot where `key` is looked up first.
     fn prefetch(&self, key: u128) {
         if !self.slots.is_empty() {
-            crate::dedup::prefetch(&self.slots[key as usize & (self.slots.len() - 1)]);
+            crate::dedup::prefetch(&self.slots[self.home(key)]);
         }
     }
 
-    /// The number of `key`; a key not there yet gets `next`, and `new` is called with it.
-    fn number(&mut self, key: u128, next: u32, new: impl FnOnce(u128)) -> u32 {
-        if (self.len + 1) * 2 > self.slots.len() {
+    /// The number of `key`, which a key seen for the first time gets now.
+    fn intern(&mut self, key: u128) -> u32 {
+        if (self.keys.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
         let mask = self.slots.len() - 1;
-        let mut i = key as usize & mask;
+        let mut i = self.home(key);
         loop {
             match self.slots[i] {
                 (_, 0) => {
+                    let next = self.keys.len() as u32;
                     self.slots[i] = (key, next + 1);
-                    self.len += 1;
-                    new(key);
+                    self.keys.push(key);
                     return next;
                 }
                 (k, n) if k == key => return n - 1,
@@ -208,11 +199,10 @@ impl RepositoryIndex {
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).max(64);
         let old = std::mem::replace(&mut self.slots, vec![(0, 0); size]);
-        let mask = size - 1;
         for (key, n) in old.into_iter().filter(|&(_, n)| n != 0) {
-            let mut i = key as usize & mask;
+            let mut i = self.home(key);
             while self.slots[i].1 != 0 {
-                i = (i + 1) & mask;
+                i = (i + 1) & (size - 1);
             }
             self.slots[i] = (key, n);
         }
@@ -300,7 +290,7 @@ impl<'d> LedgerBuffer<'d> {
         const AHEAD: usize = 4;
         for (i, &(record, in_range)) in records.iter().enumerate() {
             if let Some((next, _)) = records.get(i + AHEAD) {
-                self.repositories.index.prefetch(next.repository);
+                self.repositories.prefetch(next.repository);
             }
             self.push(record, in_range, paths)?;
         }
@@ -527,11 +517,11 @@ mod tests {
     #[test]
     fn repositories_are_numbered_in_the_order_first_seen() {
         let mut repositories = Repositories::default();
-        repositories.index.prefetch(1);
+        repositories.prefetch(1);
         let key = |i: u128| (i % 7) | (i << 64);
         for round in 0..2 {
             for i in 0..5_000u128 {
-                repositories.index.prefetch(key(i + 1));
+                repositories.prefetch(key(i + 1));
                 assert_eq!(
                     repositories.intern(key(i)),
                     i as u32,
@@ -540,7 +530,6 @@ mod tests {
             }
         }
         assert_eq!(repositories.keys, (0..5_000).map(key).collect::<Vec<_>>());
-        assert_eq!(repositories.index.len, 5_000);
-        assert!(repositories.index.slots.len() >= 10_000);
+        assert!(repositories.slots.len() >= 10_000);
     }
 }
