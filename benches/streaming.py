@@ -18,10 +18,13 @@ generates synthetic logs under target/bench-stream (reused), and runs, page cach
 With --outputs-changed (a baseline from before a release that changed the outputs, such as
 0.4's hll_sketch column) outputs are not compared across the binaries.
 
-Each compared binary runs once per round, in turn, K rounds (default 3); each keeps its best
-time (this machine drifts by tens of percent over minutes, so binaries are only compared
-within one run). Prints a table and the ratios against each baseline, and writes
-target/bench-streaming.json.
+Each compared binary runs once per round, in turn (in reverse order every other round), K
+rounds (default 3); each keeps its best time (this machine drifts by tens of percent over
+minutes, so binaries are only compared within one run). Prints a table and the ratios against
+each baseline, and writes target/bench-streaming.json. Beside the ratios of best wall times
+(the targets' measure) it prints, for each baseline, the ratio of best CPU times (user + system)
+and the median of the rounds' own ratios: a spell of the machine that slows one round slows
+every binary of that round, so the per-round ratios say what the best times alone cannot.
 """
 
 import argparse
@@ -45,7 +48,8 @@ def sh(*args, **kw):
 
 
 def timed(args, ok=(0,)):
-    """Runs a command that must exit with a status in `ok`; returns (seconds, peak RSS in MiB).
+    """Runs a command that must exit with a status in `ok`; returns (seconds, peak RSS in MiB,
+    CPU seconds: user + system, the command's own and its children's).
 
     The peak is GNU time's: a child forked from this script starts with the script's pages
     mapped, and its own peak as the kernel reports it to wait4 never falls below them."""
@@ -59,7 +63,7 @@ def timed(args, ok=(0,)):
         if os.waitstatus_to_exitcode(status) not in ok:
             sys.exit(f"{' '.join(map(str, args))} failed:\n{err}")
         kib = int(peak.read().strip() or 0) if wrapper else usage.ru_maxrss
-    return seconds, kib / 1024
+    return seconds, kib / 1024, usage.ru_utime + usage.ru_stime
 
 
 def build_baseline(rev):
@@ -104,12 +108,26 @@ def run_args(binary, inputs, out, *extra):
 
 
 def best_of(commands, rounds):
-    """Runs each command once per round, alternating; returns {key: (best seconds, max peak MiB)}."""
+    """Runs each command once per round, in turn, every other round in reverse order; returns
+    {key: (best seconds, max peak MiB, best CPU seconds, [seconds of each round])}."""
     results = {key: [] for key in commands}
-    for _ in range(rounds):
-        for key, args in commands.items():
+    for r in range(rounds):
+        order = list(commands.items())
+        for key, args in (order if r % 2 == 0 else order[::-1]):
             results[key].append(timed(args))
-    return {key: (min(r[0] for r in rs), max(r[1] for r in rs)) for key, rs in results.items()}
+    return {key: (min(r[0] for r in rs), max(r[1] for r in rs), min(r[2] for r in rs), [r[0] for r in rs])
+            for key, rs in results.items()}
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def paired(base, new):
+    """The median over rounds of base's seconds over new's in that round."""
+    return median([b / n for b, n in zip(base[3], new[3])])
 
 
 def same_outputs(a, b):
@@ -156,8 +174,9 @@ def main():
         for args in commands.values():
             timed(args)  # warm the page cache
         best = best_of(commands, rounds)
-        for key, (secs, rss) in best.items():
-            rows.append({"scenario": name, "binary": key, "seconds": round(secs, 2), "peak MiB": round(rss, 1)})
+        for key, (secs, rss, cpu, _) in best.items():
+            rows.append({"scenario": name, "binary": key, "seconds": round(secs, 2), "peak MiB": round(rss, 1),
+                         "CPU s": round(cpu, 2)})
         if not opts.outputs_changed:
             for i in range(len(olds)):
                 assert same_outputs(out / f"baseline-{i}", out / "new"), f"{name}: outputs differ from a baseline's"
@@ -173,8 +192,9 @@ def main():
         for args in commands.values():
             timed(args)  # warm the page cache
         best = best_of(commands, rounds)
-        for key, (secs, rss) in best.items():
-            rows.append({"scenario": name, "binary": key, "seconds": round(secs, 2), "peak MiB": round(rss, 1)})
+        for key, (secs, rss, cpu, _) in best.items():
+            rows.append({"scenario": name, "binary": key, "seconds": round(secs, 2), "peak MiB": round(rss, 1),
+                         "CPU s": round(cpu, 2)})
         assert same_outputs(out / "new", out / "new-events"), f"{name}: --events changed the other outputs"
         dataset = sum(f.stat().st_size for f in (out / "events").rglob("*.parquet")) / 2**20
         return best, dataset
@@ -183,7 +203,7 @@ def main():
         four, four_mib = with_events("4M events, 16 files", DATA / "four", opts.rounds)
         twelve, twelve_mib = with_events("12M events, 16 files, --memory-limit 256M", DATA / "twelve", 1,
                                          "--memory-limit", "256M")
-        keys = ["scenario", "binary", "seconds", "peak MiB"]
+        keys = ["scenario", "binary", "seconds", "peak MiB", "CPU s"]
         print(f"\n{cores} cores; best of {opts.rounds} rounds (12M: one)\n")
         print(" | ".join(keys))
         print(" | ".join("---" for _ in keys))
@@ -202,8 +222,9 @@ def main():
     unspilled = run_args(new, DATA / "twelve", out / "16G", "-j", cores, "--memory-limit", "16G")
     timed(unspilled)  # warm the page cache
     twelve = {"--memory-limit 256M": timed(spilled), "--memory-limit 16G": timed(unspilled)}
-    for key, (secs, rss) in twelve.items():
-        rows.append({"scenario": "12M events, 16 files", "binary": f"this tree, {key}", "seconds": round(secs, 2), "peak MiB": round(rss, 1)})
+    for key, (secs, rss, cpu) in twelve.items():
+        rows.append({"scenario": "12M events, 16 files", "binary": f"this tree, {key}", "seconds": round(secs, 2),
+                     "peak MiB": round(rss, 1), "CPU s": round(cpu, 2)})
     twelve_same = same_outputs(out / "256M", out / "16G")
     spilled_steps = json.loads((out / "256M" / "summary.json").read_text())["spilled"]
 
@@ -213,14 +234,15 @@ def main():
         # whole; its invalid events pass any --max-bad-ratio, so the run exits 1 and
         # --keep-going writes the outputs all the same.
         args = run_args(binary, bomb, out / f"bomb-{key}", "-j", cores, "--max-line-bytes", "16777216", "--keep-going")
-        secs, rss = timed(args, ok=(1,))
+        secs, rss, cpu = timed(args, ok=(1,))
         summary = json.loads((out / f"bomb-{key}" / "summary.json").read_text())
         rejects = (out / f"bomb-{key}" / "rejects.jsonl").stat().st_size / 2**20
         bomb_runs[key] = (secs, rss, rejects, summary["invalid_events"])
         rows.append({"scenario": "8.5 MB envelope of 2.8M {} among 200 lines", "binary": key, "seconds": round(secs, 2),
-                     "peak MiB": round(rss, 1), "rejects.jsonl MiB": round(rejects, 2), "invalid_events": summary["invalid_events"]})
+                     "peak MiB": round(rss, 1), "CPU s": round(cpu, 2), "rejects.jsonl MiB": round(rejects, 2),
+                     "invalid_events": summary["invalid_events"]})
 
-    keys = ["scenario", "binary", "seconds", "peak MiB", "rejects.jsonl MiB", "invalid_events"]
+    keys = ["scenario", "binary", "seconds", "peak MiB", "CPU s", "rejects.jsonl MiB", "invalid_events"]
     print(f"\n{cores} cores; best of {opts.rounds} rounds\n")
     print(" | ".join(keys))
     print(" | ".join("---" for _ in keys))
@@ -234,6 +256,9 @@ def main():
         targets[f"4M 16 files: speed-up over {key}"] = round(four[key][0] / four["this tree"][0], 2)
         targets[f"1M one file: time against {key}"] = round(one["this tree"][0] / one[key][0], 3)
         targets[f"4M 16 files: time against {key}"] = round(four["this tree"][0] / four[key][0], 3)
+        for size, runs in [("1M one file", one), ("4M 16 files", four)]:
+            targets[f"{size}: CPU-time ratio, {key} over this tree"] = round(runs[key][2] / runs["this tree"][2], 2)
+            targets[f"{size}: median of the rounds' speed-ups over {key}"] = round(paired(runs[key], runs["this tree"]), 2)
     targets.update({
         "12M --memory-limit 256M: peak MiB (target < 400)": round(twelve["--memory-limit 256M"][1], 1),
         "12M: outputs of 256M and 16G byte-identical": twelve_same,
