@@ -145,11 +145,6 @@ impl IdSet {
 
     fn grow(&mut self, shard: usize) {
         let slots = self.shards[shard].len() * 2;
-        self.resize(shard, slots);
-    }
-
-    /// Moves a shard's ids into a table of `slots` slots (a power of two that holds them).
-    fn resize(&mut self, shard: usize, slots: usize) {
         self.move_into(shard, Slots::new(slots));
     }
 
@@ -171,7 +166,7 @@ impl IdSet {
     /// The new tables are allocated and zeroed on every core of the current rayon pool. Fresh
     /// memory is slow to touch where the kernel must first get it from a hypervisor: on the
     /// benchmark's VM, 128 MiB of fresh huge pages took from 16 ms to 450 ms, and done by the
-    /// consumer alone it left the other core idle that long at the start of every run. While
+    /// consumer alone it left the other core idle that long at the start of a run. While
     /// it waits for the other cores the calling thread may run other tasks of the pool; the
     /// pipeline calls this under the consumer's lock, which its tasks only ever try.
     pub fn reserve(&mut self, ids: usize, limit: usize) {
