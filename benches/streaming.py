@@ -18,6 +18,12 @@ generates synthetic logs under target/bench-stream (reused), and runs, page cach
 With --outputs-changed (a baseline from before a release that changed the outputs, such as
 0.4's hll_sketch column) outputs are not compared across the binaries.
 
+With --instructions it times nothing: it counts the user-space instructions of every binary on
+the 1M and 4M inputs at one thread under valgrind's callgrind (as many at once as there are
+cores; about 12 minutes on two), and prints their ratios. The count does not drift with the
+machine as times do, but it leaves out the kernel's work (copying the files from the page
+cache, zeroing fresh pages) and every stall, so it is a measure of the code, not of a run.
+
 Each compared binary runs once per round, in turn (in reverse order every other round), K
 rounds (default 3); each keeps its best time (this machine drifts by tens of percent over
 minutes, so binaries are only compared within one run). Prints a table and the ratios against
@@ -103,6 +109,26 @@ def generate():
     return bomb
 
 
+def instructions(binaries, scenarios, out):
+    """Counts each binary's instructions on each input at one thread, under callgrind, as many
+    at once as there are cores; returns {(scenario, key): instructions}."""
+    jobs = [(name, key, run_args(binary, inputs, out / f"cg-{i}-{j}", "-j", "1"))
+            for i, (name, inputs) in enumerate(scenarios) for j, (key, binary) in enumerate(binaries.items())]
+    counts, running = {}, []
+    while jobs or running:
+        while jobs and len(running) < (os.cpu_count() or 1):
+            name, key, args = jobs.pop(0)
+            cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *map(str, args)]
+            running.append((name, key, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        name, key, proc = running.pop(0)
+        err = proc.communicate()[1]
+        if proc.returncode != 0:
+            sys.exit(f"callgrind of {key} on {name} failed:\n{err}")
+        collected = [line.split(":")[-1] for line in err.splitlines() if "Collected" in line]
+        counts[(name, key)] = int(collected[-1].replace(",", "").strip())
+    return counts
+
+
 def run_args(binary, inputs, out, *extra):
     return [binary, "run", inputs, "-o", out, "-q", "--as-of", "2024-01-15", "--max-bad-ratio", "1", *extra]
 
@@ -152,6 +178,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only-events", action="store_true",
                     help="measure only what --events costs (no baseline run; --baseline still builds)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions under callgrind at one thread instead of timing (needs valgrind)")
     ap.add_argument("--outputs-changed", action="store_true",
                     help="the baseline writes other outputs (a release that changed them): compare speed only")
     opts = ap.parse_args()
@@ -198,6 +226,21 @@ def main():
         assert same_outputs(out / "new", out / "new-events"), f"{name}: --events changed the other outputs"
         dataset = sum(f.stat().st_size for f in (out / "events").rglob("*.parquet")) / 2**20
         return best, dataset
+
+    if opts.instructions:
+        binaries = {**olds, "this tree": new}
+        scenarios = [("1M events, one file", DATA / "one"), ("4M events, 16 files", DATA / "four")]
+        counts = instructions(binaries, scenarios, out)
+        print("\nscenario | binary | instructions (millions, one thread)")
+        print("--- | --- | ---")
+        for (name, key), n in counts.items():
+            print(f"{name} | {key} | {n / 1e6:,.0f}")
+        print()
+        for name, _ in scenarios:
+            for key in olds:
+                ratio = counts[(name, key)] / counts[(name, "this tree")]
+                print(f"{name}: instructions of {key} over this tree's: {ratio:.3f}")
+        return
 
     if opts.only_events:
         four, four_mib = with_events("4M events, 16 files", DATA / "four", opts.rounds)
