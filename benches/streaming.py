@@ -37,6 +37,7 @@ import argparse
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,8 @@ def instructions(binaries, scenarios, out):
         name, key, proc = running.pop(0)
         err = proc.communicate()[1]
         if proc.returncode != 0:
+            for _, _, other in running:
+                other.kill()
             sys.exit(f"callgrind of {key} on {name} failed:\n{err}")
         collected = [line.split(":")[-1] for line in err.splitlines() if "Collected" in line]
         counts[(name, key)] = int(collected[-1].replace(",", "").strip())
@@ -228,6 +231,8 @@ def main():
         return best, dataset
 
     if opts.instructions:
+        if not shutil.which("valgrind"):
+            sys.exit("--instructions needs valgrind (Debian: apt-get install valgrind)")
         binaries = {**olds, "this tree": new}
         scenarios = [("1M events, one file", DATA / "one"), ("4M events, 16 files", DATA / "four")]
         counts = instructions(binaries, scenarios, out)
