@@ -11,7 +11,7 @@ mod scan;
 mod serde_oracle;
 
 use crate::timestamp::{parse_rfc3339, Timestamp};
-use scan::TopLevel;
+use scan::{BytesError, TopLevel};
 use std::borrow::Cow;
 
 /// A field that must be a string: absent, a string, or some other JSON value.
@@ -276,36 +276,30 @@ pub fn is_blank(line: &[u8]) -> bool {
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is allowed and ignored as whitespace).
+///
+/// The line must be UTF-8, so that the scanner can borrow every string; only a line with a
+/// byte above 0x7f is checked (with simdutf8, 32 bytes a step: std's check was 5% of a run's
+/// instructions), the scanner's first pass having found whether there is one.
 #[inline]
 pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
-    // A blank line is ASCII, so it passes the check below and `parse_text` calls it blank.
-    // One UTF-8 check of the whole line lets the scanner borrow every string. simdutf8 (as
-    // parquet uses) checks 32 bytes a step: std's check was 5% of a run's instructions.
-    let Ok(text) = simdutf8::basic::from_utf8(line) else {
-        return ParsedLine::Malformed("line is not valid UTF-8".into());
-    };
-    parse_text(text)
-}
-
-/// [`parse_line`] for a line already known to be UTF-8: the reader checks a whole chunk at
-/// once, and its lines only when the chunk fails.
-#[inline]
-pub fn parse_text(text: &str) -> ParsedLine<'_> {
-    if is_blank(text.as_bytes()) {
+    if is_blank(line) {
         return ParsedLine::Blank;
     }
     let mut single = RawEvent::default();
-    match scan::scan_line(text, &mut single) {
-        Err(e) => ParsedLine::Malformed(format!("invalid JSON: {} at column {}", e.what, e.column)),
-        Ok(TopLevel::NotObject) => ParsedLine::Malformed("line is not a JSON object".into()),
-        Ok(TopLevel::EventsNotArray) => {
+    match scan::scan_bytes(line, &mut single) {
+        Err(BytesError::NotUtf8) => ParsedLine::Malformed("line is not valid UTF-8".into()),
+        Err(BytesError::Syntax(e)) => {
+            ParsedLine::Malformed(format!("invalid JSON: {} at column {}", e.what, e.column))
+        }
+        Ok((_, TopLevel::NotObject)) => ParsedLine::Malformed("line is not a JSON object".into()),
+        Ok((_, TopLevel::EventsNotArray)) => {
             ParsedLine::Malformed("envelope's events is not an array".into())
         }
-        Ok(TopLevel::Envelope(elements)) => ParsedLine::Envelope(elements),
-        Ok(TopLevel::LongEnvelope { array_at }) => {
+        Ok((_, TopLevel::Envelope(elements))) => ParsedLine::Envelope(elements),
+        Ok((text, TopLevel::LongEnvelope { array_at })) => {
             ParsedLine::LongEnvelope(LongEnvelope { text, array_at })
         }
-        Ok(TopLevel::Single) => ParsedLine::Single(single),
+        Ok((_, TopLevel::Single)) => ParsedLine::Single(single),
     }
 }
 

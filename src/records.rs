@@ -7,7 +7,7 @@
 use crate::classify::{user_identity, EventKind};
 use crate::dataset::encode_row;
 use crate::ledger::repository_key;
-use crate::parse::{parse_line, parse_text, Element, ParsedLine, RawEvent};
+use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
 use crate::sketch::{identity_coupon, identity_hash, PassThroughHasher};
 use crate::timestamp::{TimeWindow, Timestamp};
@@ -383,10 +383,6 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
             if data.is_empty() {
                 return;
             }
-            // One UTF-8 check of the whole chunk: a line of valid UTF-8 cut at newlines is valid
-            // UTF-8. Checked line by line, the calls and their tails cost twice as much. A chunk
-            // that fails is checked line by line, to find the lines at fault.
-            let text = simdutf8::basic::from_utf8(body).ok();
             // memchr finds newlines many bytes at a time; a byte loop here was a quarter of
             // the whole run's time.
             let mut start = 0;
@@ -396,7 +392,6 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                     reserve_for_chunk(&mut out.events, start, body.len());
                 }
                 let line = &body[start..end];
-                let line_text = text.and_then(|t| t.get(start..end));
                 start = end + 1;
                 out.counts.lines += 1;
                 let line_no = out.counts.lines;
@@ -413,11 +408,7 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                     out.end_line(line_no);
                     continue;
                 }
-                let parsed = match line_text {
-                    Some(t) => parse_text(t.strip_suffix('\r').unwrap_or(t)),
-                    None => parse_line(line),
-                };
-                match parsed {
+                match parse_line(line) {
                     ParsedLine::Blank => out.counts.blank_lines += 1,
                     ParsedLine::Malformed(reason) => out.malformed(line_no, line, reason),
                     ParsedLine::Single(event) => out.event(line_no, line, None, event),
