@@ -131,13 +131,7 @@ pub(super) fn scan_bytes<'a>(
         } else {
             simdutf8::basic::from_utf8(line).map_err(|_| BytesError::NotUtf8)?
         };
-        let mut s = Scanner {
-            text,
-            b: line,
-            pos: 0,
-            failure: Cell::new(None),
-            specials,
-        };
+        let mut s = Scanner::new(text, 0, specials);
         match s.line(single) {
             Ok(top) => Ok((text, top)),
             Err(Failed) => Err(BytesError::Syntax(s.failure.get().unwrap_or(SyntaxError {
@@ -160,14 +154,7 @@ pub(super) fn each_element<'a>(text: &'a str, array_at: usize, mut each: impl Fn
 /// Runs `f` with a scanner of `text` placed at byte `pos`.
 fn with_scanner<'a, T>(text: &'a str, pos: usize, f: impl FnOnce(&mut Scanner<'a, '_>) -> T) -> T {
     with_masks(text.as_bytes(), |specials, _| {
-        let mut s = Scanner {
-            text,
-            b: text.as_bytes(),
-            pos,
-            failure: Cell::new(None),
-            specials,
-        };
-        f(&mut s)
+        f(&mut Scanner::new(text, pos, specials))
     })
 }
 
@@ -239,7 +226,18 @@ impl Key {
     }
 }
 
-impl<'a> Scanner<'a, '_> {
+impl<'a, 'm> Scanner<'a, 'm> {
+    /// A scanner of `text`, whose special bytes `specials` marks, placed at byte `pos`.
+    fn new(text: &'a str, pos: usize, specials: &'m [u64]) -> Scanner<'a, 'm> {
+        Scanner {
+            text,
+            b: text.as_bytes(),
+            pos,
+            failure: Cell::new(None),
+            specials,
+        }
+    }
+
     /// The whole line: one value and nothing after it.
     fn line(&mut self, single: &mut RawEvent<'a>) -> Result<TopLevel<'a>> {
         self.ws();
