@@ -160,31 +160,12 @@ pub enum TimestampError {
 /// second (`:60`) is accepted as RFC 3339 allows and ordered at the end of its minute.
 pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
     let b = text.as_bytes();
-    // The fixed part, checked in one go: it runs once per event.
     let Some(head) = b.get(..19).filter(|_| b.len() >= 20) else {
         return Err(TimestampError::Shape);
     };
-    let mut not_digit = false;
-    let mut digit = |i: usize| {
-        let d = head[i].wrapping_sub(b'0');
-        not_digit |= d > 9;
-        u32::from(d)
-    };
-    let year = digit(0) * 1000 + digit(1) * 100 + digit(2) * 10 + digit(3);
-    let month = digit(5) * 10 + digit(6);
-    let day = digit(8) * 10 + digit(9);
-    let hour = digit(11) * 10 + digit(12);
-    let minute = digit(14) * 10 + digit(15);
-    let second = digit(17) * 10 + digit(18);
-    if not_digit
-        || head[4] != b'-'
-        || head[7] != b'-'
-        || !matches!(head[10], b'T' | b't')
-        || head[13] != b':'
-        || head[16] != b':'
-    {
+    let Some([year, month, day, hour, minute, second]) = date_and_time(head) else {
         return Err(TimestampError::Shape);
-    }
+    };
 
     let mut pos = 19;
     let mut nanos: u32 = 0;
@@ -256,6 +237,81 @@ pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
         secs: local - offset_secs,
         nanos,
     })
+}
+
+/// `[year, month, day, hour, minute, second]` of the fixed head `YYYY-MM-DDTHH:MM:SS` (`T` or
+/// `t`), or `None` when a byte is not the digit or the separator its place needs.
+///
+/// It runs once per event. Three overlapping words cover the 19 bytes and each is checked
+/// and read in a few word operations; checking and combining the digits one byte at a time
+/// took about 140 instructions, half of this module's work on an event.
+fn date_and_time(head: &[u8]) -> Option<[u32; 6]> {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&head[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    // `T` is read as `t`: or-ing in 0x20 maps exactly `T` and `t` to `t`.
+    const DATE: Pattern = Pattern::of(b"0000-00-");
+    const MIDDLE: Pattern = Pattern::of(b"00t00:00");
+    const TIME: Pattern = Pattern::of(b"00:00:00");
+    let date = DATE.digits(word(0))?;
+    let middle = MIDDLE.digits(word(8) | 0x20 << 16)?;
+    let time = TIME.digits(word(11))?;
+    // Byte j of `pairs(v)` is 10 times byte j of `v` plus byte j + 1: every byte of `v` is 9
+    // or less, so no sum carries into the next byte.
+    let pairs = |v: u64| v.wrapping_mul(10 << 8 | 1) >> 8;
+    let byte = |w: u64, j: u32| (w >> (8 * j)) as u32 & 0xFF;
+    let (date, middle, time) = (pairs(date), pairs(middle), pairs(time));
+    Some([
+        byte(date, 0) * 100 + byte(date, 2),
+        byte(date, 5),
+        byte(middle, 0),
+        byte(middle, 3),
+        byte(middle, 6),
+        byte(time, 6),
+    ])
+}
+
+/// Where a word of eight bytes must hold digits, and what the other bytes must be.
+struct Pattern {
+    /// 0xFF in each byte where a digit belongs.
+    digits: u64,
+    /// The separators in their bytes, zero where the digits are.
+    separators: u64,
+}
+
+impl Pattern {
+    /// From a pattern that writes `0` where any digit belongs.
+    const fn of(pattern: &[u8; 8]) -> Pattern {
+        let mut digits = 0;
+        let mut i = 0;
+        while i < 8 {
+            if pattern[i] == b'0' {
+                digits |= 0xFF << (8 * i);
+            }
+            i += 1;
+        }
+        Pattern {
+            digits,
+            separators: u64::from_le_bytes(*pattern) & !digits,
+        }
+    }
+
+    /// The value of each digit in its byte (the separators' bytes zero), or `None` when a
+    /// digit or a separator is wrong.
+    #[inline(always)]
+    fn digits(&self, word: u64) -> Option<u64> {
+        if word & !self.digits != self.separators {
+            return None;
+        }
+        // The separators' places read as `0`, so that the test below is the one of
+        // `eight_digits`.
+        let filled = word & self.digits | 0x3030_3030_3030_3030 & !self.digits;
+        let high = filled & 0xF0F0_F0F0_F0F0_F0F0;
+        let carried = (filled.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4;
+        (high | carried == 0x3333_3333_3333_3333).then_some(filled & 0x0F0F_0F0F_0F0F_0F0F)
+    }
 }
 
 /// The value of eight ASCII digits, or `None` when any byte is not a digit. Eight bytes are
@@ -401,6 +457,46 @@ mod tests {
                     bytes[at] = stray;
                     let text = format!("2021-01-03T00:00:00.{}Z", String::from_utf8_lossy(&bytes));
                     assert!(parse_rfc3339(&text).is_err(), "{text:?} was accepted");
+                }
+            }
+        }
+    }
+
+    /// The word-wise head against a byte loop, for every byte value at every place of the
+    /// head, on heads with small, large and mixed digits.
+    #[test]
+    fn date_and_time_reads_the_head_as_a_byte_loop_does() {
+        let naive = |h: &[u8]| -> Option<[u32; 6]> {
+            for (i, &c) in h.iter().enumerate() {
+                let fits = match i {
+                    4 | 7 => c == b'-',
+                    10 => c == b'T' || c == b't',
+                    13 | 16 => c == b':',
+                    _ => c.is_ascii_digit(),
+                };
+                if !fits {
+                    return None;
+                }
+            }
+            let n = |at: usize, len: usize| {
+                h[at..at + len]
+                    .iter()
+                    .fold(0, |v, &c| v * 10 + u32::from(c - b'0'))
+            };
+            Some([n(0, 4), n(5, 2), n(8, 2), n(11, 2), n(14, 2), n(17, 2)])
+        };
+        for head in [
+            *b"2023-07-25T20:43:37",
+            *b"0000-00-00t00:00:00",
+            *b"9999-99-99T99:99:99",
+            *b"1908-27-36T45:54:63",
+        ] {
+            assert_eq!(date_and_time(&head), naive(&head));
+            for at in 0..19 {
+                for c in 0..=255u8 {
+                    let mut h = head;
+                    h[at] = c;
+                    assert_eq!(date_and_time(&h), naive(&h), "{:?}", String::from_utf8_lossy(&h));
                 }
             }
         }
