@@ -730,6 +730,14 @@ impl<'a, 'm> Scanner<'a, 'm> {
     /// [`Scanner::skip_value`] for any value, containers included.
     #[inline(never)]
     fn skip_nested(&mut self) -> Result<()> {
+        match self.skip_flat_object() {
+            Some(done) => done,
+            None => self.skip_walk(),
+        }
+    }
+
+    /// [`Scanner::skip_nested`]'s general walk, for any value and any whitespace.
+    fn skip_walk(&mut self) -> Result<()> {
         let mut open = Open::default();
         loop {
             // A value starts here.
@@ -787,6 +795,72 @@ impl<'a, 'm> Scanner<'a, 'm> {
                 }
             }
         }
+    }
+
+    /// The usual skipped container, taken fast: an object written without whitespace whose
+    /// values are strings or numbers, like the registry's `request` and `source`. The general
+    /// walk spends a whitespace check, a look at its stack of open containers and a dispatch
+    /// on each token: 15% of a run's instructions went to skipping those two objects.
+    ///
+    /// `None`, with the position where it was, at anything else (whitespace, a nested value, a
+    /// literal, `{}`, a misplaced byte): [`Scanner::skip_walk`] then walks the value from its
+    /// start and finds what is wrong, if anything. A bad string or number is an error here at
+    /// once: the general walk would reach it by the same bytes and call the same function.
+    #[inline(always)]
+    fn skip_flat_object(&mut self) -> Option<Result<()>> {
+        // The walk keeps its place in a local, not in `self.pos`: a store to `self` at each
+        // token made the compiler reload the line and its masks from `self` at the next.
+        let b = self.b;
+        let start = self.pos;
+        if b.get(start) != Some(&b'{') {
+            return None;
+        }
+        let mut i = start + 1;
+        while b.get(i) == Some(&b'"') {
+            i = match self.skip_string_at(i) {
+                Ok(end) => end,
+                Err(e) => return Some(Err(e)),
+            };
+            if b.get(i) != Some(&b':') {
+                break;
+            }
+            i += 1;
+            let value = match b.get(i) {
+                Some(b'"') => self.skip_string_at(i),
+                Some(b'-' | b'0'..=b'9') => {
+                    self.pos = i;
+                    self.number().map(|()| self.pos)
+                }
+                _ => break,
+            };
+            i = match value {
+                Ok(end) => end,
+                Err(e) => return Some(Err(e)),
+            };
+            match b.get(i) {
+                Some(b',') => i += 1,
+                Some(b'}') => {
+                    self.pos = i + 1;
+                    return Some(Ok(()));
+                }
+                _ => break,
+            }
+        }
+        self.pos = start;
+        None
+    }
+
+    /// [`Scanner::skip_string`] of the string whose `"` is at `i`, returning the index after
+    /// it. A string without escapes is found from the masks alone, the position left as it
+    /// was; any other is handed to `skip_string`.
+    #[inline(always)]
+    fn skip_string_at(&mut self, i: usize) -> Result<usize> {
+        let stop = self.special_from(i + 1);
+        if self.b.get(stop) == Some(&b'"') {
+            return Ok(stop + 1);
+        }
+        self.pos = i;
+        self.skip_string().map(|()| self.pos)
     }
 
     /// An object key and its colon, when skipping.
@@ -950,6 +1024,60 @@ fn sixteen(block: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast skip of a flat object ends where the general walk ends, or fails where and
+    /// as it fails, on the registry's `request` object and thousands of mutations of it.
+    #[test]
+    fn a_flat_object_is_skipped_as_the_general_walk_skips_it() {
+        let seed = r#"{"id":"74cc","addr":"10.5.1.9:33","n":-12.5e3,"m":0,"ua":"a \\(b\\) \u0026 \ud800"},"x""#;
+        let noise = br#"{}[],:" \u0Ad8e-.9tnfl"#;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut lines = vec![seed.to_owned(), "{}".to_owned(), r#"{"a":"b" }"#.to_owned()];
+        for _ in 0..20_000 {
+            let mut line = seed.as_bytes().to_vec();
+            for _ in 0..1 + next() % 2 {
+                let at = (next() % line.len() as u64) as usize;
+                let byte = noise[(next() % noise.len() as u64) as usize];
+                match next() % 3 {
+                    0 => line[at] = byte,
+                    1 => line.insert(at, byte),
+                    _ => {
+                        line.remove(at);
+                    }
+                }
+            }
+            if let Ok(text) = String::from_utf8(line) {
+                lines.push(text);
+            }
+        }
+        let (mut fast, mut failed) = (0, 0);
+        for line in &lines {
+            let outcome = |general: bool| {
+                with_scanner(line, 0, |s| {
+                    let result = if general {
+                        s.skip_walk()
+                    } else {
+                        s.skip_nested()
+                    };
+                    let failure = s.failure.get().map(|e| (e.what, e.column));
+                    (result.is_ok(), failure.is_none().then_some(s.pos), failure)
+                })
+            };
+            let ours = outcome(false);
+            assert_eq!(ours, outcome(true), "{line:?}");
+            fast += usize::from(with_scanner(line, 0, |s| s.skip_flat_object().is_some()));
+            failed += usize::from(!ours.0);
+        }
+        // Both ways out of the fast path are taken, and failures are met on it too.
+        assert!(fast > 5_000 && fast < lines.len() - 5_000, "{fast} of {}", lines.len());
+        assert!(failed > 2_000, "{failed}");
+    }
 
     #[test]
     fn a_bad_string_is_reported_where_it_goes_wrong() {
