@@ -452,6 +452,7 @@ impl<'a, 'm> Scanner<'a, 'm> {
     }
 
     /// A value read as a string field: a string (decoded, escapes checked) or anything else.
+    #[inline(always)]
     fn str_field(&mut self) -> Result<StrField<'a>> {
         if self.peek() == Some(b'"') {
             Ok(StrField::Str(self.string()?))
@@ -463,6 +464,7 @@ impl<'a, 'm> Scanner<'a, 'm> {
 
     /// A value kept as it stands: a string's text, escapes undecoded, checked only as a
     /// skipped string is; anything else skipped.
+    #[inline(always)]
     fn json_text(&mut self) -> Result<JsonText<'a>> {
         if self.peek() != Some(b'"') {
             self.skip_value()?;
@@ -514,6 +516,10 @@ impl<'a, 'm> Scanner<'a, 'm> {
 
     /// A string whose `"` is next, decoded: `\u` escapes must pair their surrogates. The text
     /// is borrowed unless it holds escapes.
+    ///
+    /// Inlined, so that a field's usual string (no escape) costs no call; the decoding of
+    /// escapes is out of line.
+    #[inline(always)]
     fn string(&mut self) -> Result<Cow<'a, str>> {
         self.pos += 1; // '"'
         let start = self.pos;
@@ -522,7 +528,13 @@ impl<'a, 'm> Scanner<'a, 'm> {
             self.pos = stop + 1;
             return Ok(Cow::Borrowed(&self.text[start..stop]));
         }
-        // A backslash: from here on the text is decoded piece by piece.
+        self.escaped_string(start, stop)
+    }
+
+    /// [`Scanner::string`] from the first backslash at `stop` of a string whose text starts
+    /// at `start`: from there on the text is decoded piece by piece.
+    #[inline(never)]
+    fn escaped_string(&mut self, start: usize, stop: usize) -> Result<Cow<'a, str>> {
         self.pos = stop;
         let mut out = String::with_capacity(stop - start + 16);
         out.push_str(&self.text[start..stop]);
@@ -718,7 +730,7 @@ impl<'a, 'm> Scanner<'a, 'm> {
     ///
     /// A string or a number, most of what is skipped, is passed over before the container
     /// stack is set up.
-    #[inline]
+    #[inline(always)]
     fn skip_value(&mut self) -> Result<()> {
         match self.peek() {
             Some(b'"') => self.skip_string(),
