@@ -201,8 +201,16 @@ pub enum InvalidEvent {
 
 impl<'a> RawEvent<'a> {
     /// Applies SPEC §2.
-    pub fn validate(self) -> Result<ValidEvent<'a>, InvalidEvent> {
-        let id = match self.id {
+    pub fn validate(mut self) -> Result<ValidEvent<'a>, InvalidEvent> {
+        self.take_valid()
+    }
+
+    /// [`RawEvent::validate`] in place: the fields an event keeps are taken out of `self`,
+    /// which is left holding what remains. The hot path validates the event the scanner wrote
+    /// into its caller's `RawEvent`: moving the 150-byte struct into each call and out again
+    /// was two copies of it per event.
+    pub fn take_valid(&mut self) -> Result<ValidEvent<'a>, InvalidEvent> {
+        let id = match std::mem::take(&mut self.id) {
             StrField::Str(s) if !s.is_empty() => s,
             _ => return Err(InvalidEvent::Id),
         };
@@ -210,23 +218,24 @@ impl<'a> RawEvent<'a> {
             StrField::Str(s) => parse_rfc3339(s)?,
             _ => return Err(InvalidEvent::TimestampType),
         };
-        let action = match self.action {
+        let action = match std::mem::take(&mut self.action) {
             StrField::Str(s) => s,
             _ => return Err(InvalidEvent::Action),
         };
-        let (repository, has_tag, has_digest, tag, digest, media_type) = match self.target {
-            TargetField::Object {
-                repository: StrField::Str(r),
-                has_tag,
-                has_digest,
-                tag,
-                digest,
-                media_type,
-            } if !r.is_empty() => (r, has_tag, has_digest, tag, digest, media_type),
-            TargetField::Object { .. } => return Err(InvalidEvent::Repository),
-            _ => return Err(InvalidEvent::Target),
-        };
-        let (actor_name, actor_user_type, actor_user) = match self.actor {
+        let (repository, has_tag, has_digest, tag, digest, media_type) =
+            match std::mem::take(&mut self.target) {
+                TargetField::Object {
+                    repository: StrField::Str(r),
+                    has_tag,
+                    has_digest,
+                    tag,
+                    digest,
+                    media_type,
+                } if !r.is_empty() => (r, has_tag, has_digest, tag, digest, media_type),
+                TargetField::Object { .. } => return Err(InvalidEvent::Repository),
+                _ => return Err(InvalidEvent::Target),
+            };
+        let (actor_name, actor_user_type, actor_user) = match std::mem::take(&mut self.actor) {
             ActorField::Object {
                 name,
                 user_type,
@@ -280,13 +289,20 @@ pub fn is_blank(line: &[u8]) -> bool {
 /// The line must be UTF-8, so that the scanner can borrow every string; only a line with a
 /// byte above 0x7f is checked (with simdutf8, 32 bytes a step: std's check was 5% of a run's
 /// instructions), the scanner's first pass having found whether there is one.
-#[inline]
 pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
-    if is_blank(line) {
-        return ParsedLine::Blank;
-    }
     let mut single = RawEvent::default();
-    match scan::scan_bytes(line, &mut single) {
+    parse_line_into(line, &mut single).unwrap_or(ParsedLine::Single(single))
+}
+
+/// [`parse_line`] that leaves a single event in `single`, which must be empty (default):
+/// `None` then says it is there. The hot path validates it in place
+/// ([`RawEvent::take_valid`]) rather than moving it through [`ParsedLine::Single`].
+#[inline]
+pub fn parse_line_into<'a>(line: &'a [u8], single: &mut RawEvent<'a>) -> Option<ParsedLine<'a>> {
+    if is_blank(line) {
+        return Some(ParsedLine::Blank);
+    }
+    Some(match scan::scan_bytes(line, single) {
         Err(BytesError::NotUtf8) => ParsedLine::Malformed("line is not valid UTF-8".into()),
         Err(BytesError::Syntax(e)) => {
             ParsedLine::Malformed(format!("invalid JSON: {} at column {}", e.what, e.column))
@@ -299,8 +315,8 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
         Ok((text, TopLevel::LongEnvelope { array_at })) => {
             ParsedLine::LongEnvelope(LongEnvelope { text, array_at })
         }
-        Ok((_, TopLevel::Single)) => ParsedLine::Single(single),
-    }
+        Ok((_, TopLevel::Single)) => return None,
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use crate::classify::{user_identity, EventKind};
 use crate::dataset::encode_row;
 use crate::ledger::repository_key;
-use crate::parse::{parse_line, Element, ParsedLine, RawEvent};
+use crate::parse::{parse_line_into, Element, ParsedLine, RawEvent};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
 use crate::sketch::{identity_coupon, identity_hash, PassThroughHasher};
 use crate::timestamp::{TimeWindow, Timestamp};
@@ -408,10 +408,16 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                     out.end_line(line_no);
                     continue;
                 }
-                match parse_line(line) {
+                let mut single = RawEvent::default();
+                let Some(parsed) = parse_line_into(line, &mut single) else {
+                    out.event(line_no, line, None, &mut single);
+                    out.end_line(line_no);
+                    continue;
+                };
+                match parsed {
                     ParsedLine::Blank => out.counts.blank_lines += 1,
                     ParsedLine::Malformed(reason) => out.malformed(line_no, line, reason),
-                    ParsedLine::Single(event) => out.event(line_no, line, None, event),
+                    ParsedLine::Single(mut event) => out.event(line_no, line, None, &mut event),
                     ParsedLine::Envelope(elements) => {
                         let mut i = 0;
                         for element in elements {
@@ -483,15 +489,15 @@ impl ChunkOutput {
         let at = Some(*index);
         *index = index.saturating_add(1);
         match element {
-            Element::Event(event) => self.event(line_no, line, at, event),
+            Element::Event(mut event) => self.event(line_no, line, at, &mut event),
             Element::NotObject => {
                 self.invalid(line_no, line, at, "event is not a JSON object".into())
             }
         }
     }
 
-    fn event(&mut self, line_no: u64, line: &[u8], index: Option<u32>, event: RawEvent<'_>) {
-        let event = match event.validate() {
+    fn event(&mut self, line_no: u64, line: &[u8], index: Option<u32>, event: &mut RawEvent<'_>) {
+        let event = match event.take_valid() {
             Ok(e) => e,
             Err(why) => return self.invalid(line_no, line, index, why.to_string()),
         };

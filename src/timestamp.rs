@@ -496,7 +496,12 @@ mod tests {
                 for c in 0..=255u8 {
                     let mut h = head;
                     h[at] = c;
-                    assert_eq!(date_and_time(&h), naive(&h), "{:?}", String::from_utf8_lossy(&h));
+                    assert_eq!(
+                        date_and_time(&h),
+                        naive(&h),
+                        "{:?}",
+                        String::from_utf8_lossy(&h)
+                    );
                 }
             }
         }

@@ -1087,7 +1087,11 @@ mod tests {
             failed += usize::from(!ours.0);
         }
         // Both ways out of the fast path are taken, and failures are met on it too.
-        assert!(fast > 5_000 && fast < lines.len() - 5_000, "{fast} of {}", lines.len());
+        assert!(
+            fast > 5_000 && fast < lines.len() - 5_000,
+            "{fast} of {}",
+            lines.len()
+        );
         assert!(failed > 2_000, "{failed}");
     }
 
