@@ -45,4 +45,15 @@ mod test_support {
     pub fn u(n: u32) -> u64 {
         crate::sketch::identity_hash(&format!("user{n}"))
     }
+
+    /// A xorshift generator from `seed` (not zero): the same numbers on every run, with no
+    /// crate for them.
+    pub fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
 }
