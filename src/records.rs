@@ -417,6 +417,7 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                 match parsed {
                     ParsedLine::Blank => out.counts.blank_lines += 1,
                     ParsedLine::Malformed(reason) => out.malformed(line_no, line, reason),
+                    // `parse_line_into` leaves a single event in `single` (above).
                     ParsedLine::Single(mut event) => out.event(line_no, line, None, &mut event),
                     ParsedLine::Envelope(elements) => {
                         let mut i = 0;

@@ -863,8 +863,8 @@ impl<'a, 'm> Scanner<'a, 'm> {
     }
 
     /// [`Scanner::skip_string`] of the string whose `"` is at `i`, returning the index after
-    /// it. A string without escapes is found from the masks alone, the position left as it
-    /// was; any other is handed to `skip_string`.
+    /// it. A string without escapes is found from the masks alone and leaves the position
+    /// alone; any other is handed to `skip_string`, which moves it.
     #[inline(always)]
     fn skip_string_at(&mut self, i: usize) -> Result<usize> {
         let stop = self.special_from(i + 1);
