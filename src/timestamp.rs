@@ -244,7 +244,7 @@ pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
 ///
 /// It runs once per event. Three overlapping words cover the 19 bytes and each is checked
 /// and read in a few word operations; checking and combining the digits one byte at a time
-/// took about 140 instructions, half of this module's work on an event.
+/// cost about 26 instructions more per event (callgrind).
 fn date_and_time(head: &[u8]) -> Option<[u32; 6]> {
     let word = |at: usize| {
         let mut w = [0u8; 8];
@@ -305,27 +305,26 @@ impl Pattern {
         if word & !self.digits != self.separators {
             return None;
         }
-        // The separators' places read as `0`, so that the test below is the one of
-        // `eight_digits`.
-        let filled = word & self.digits | 0x3030_3030_3030_3030 & !self.digits;
-        let high = filled & 0xF0F0_F0F0_F0F0_F0F0;
-        let carried = (filled.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4;
-        (high | carried == 0x3333_3333_3333_3333).then_some(filled & 0x0F0F_0F0F_0F0F_0F0F)
+        // The separators' places read as `0`, whose value is 0.
+        digit_values(word & self.digits | 0x3030_3030_3030_3030 & !self.digits)
     }
+}
+
+/// The value of each byte of `word` as an ASCII digit, in its byte, or `None` when a byte is
+/// not one. A byte is a digit when its high nibble is 3 and adding 6 keeps it so.
+#[inline(always)]
+fn digit_values(word: u64) -> Option<u64> {
+    let high = word & 0xF0F0_F0F0_F0F0_F0F0;
+    let carried = (word.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4;
+    (high | carried == 0x3333_3333_3333_3333).then_some(word & 0x0F0F_0F0F_0F0F_0F0F)
 }
 
 /// The value of eight ASCII digits, or `None` when any byte is not a digit. Eight bytes are
 /// tested and combined in a few word operations (the SWAR steps simdjson uses for numbers).
 fn eight_digits(bytes: [u8; 8]) -> Option<u32> {
-    let word = u64::from_le_bytes(bytes);
-    // A byte is a digit when its high nibble is 3 and adding 6 keeps it so.
-    let high = word & 0xF0F0_F0F0_F0F0_F0F0;
-    let carried = (word.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4;
-    if high | carried != 0x3333_3333_3333_3333 {
-        return None;
-    }
+    let digits = digit_values(u64::from_le_bytes(bytes))?;
     // Pairs of digits, then fours, then all eight; the first digit is the lowest byte.
-    let v = (word & 0x0F0F_0F0F_0F0F_0F0F).wrapping_mul(2561) >> 8;
+    let v = digits.wrapping_mul(2561) >> 8;
     let v = (v & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601) >> 16;
     Some(((v & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001) >> 32) as u32)
 }
