@@ -409,23 +409,21 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                     continue;
                 }
                 let mut single = RawEvent::default();
-                let Some(parsed) = parse_line_into(line, &mut single) else {
-                    out.event(line_no, line, None, &mut single);
-                    out.end_line(line_no);
-                    continue;
-                };
-                match parsed {
-                    ParsedLine::Blank => out.counts.blank_lines += 1,
-                    ParsedLine::Malformed(reason) => out.malformed(line_no, line, reason),
-                    // `parse_line_into` leaves a single event in `single` (above).
-                    ParsedLine::Single(mut event) => out.event(line_no, line, None, &mut event),
-                    ParsedLine::Envelope(elements) => {
+                match parse_line_into(line, &mut single) {
+                    None => out.event(line_no, line, None, &mut single),
+                    Some(ParsedLine::Blank) => out.counts.blank_lines += 1,
+                    Some(ParsedLine::Malformed(reason)) => out.malformed(line_no, line, reason),
+                    // `parse_line_into` leaves a single event in `single` instead (`None`).
+                    Some(ParsedLine::Single(mut event)) => {
+                        out.event(line_no, line, None, &mut event)
+                    }
+                    Some(ParsedLine::Envelope(elements)) => {
                         let mut i = 0;
                         for element in elements {
                             out.element(line_no, line, &mut i, element);
                         }
                     }
-                    ParsedLine::LongEnvelope(long) => {
+                    Some(ParsedLine::LongEnvelope(long)) => {
                         let mut i = 0;
                         long.each(|element| out.element(line_no, line, &mut i, element));
                     }
