@@ -719,11 +719,13 @@ impl RunState {
         selection
     }
 
-    /// Moves the state on by a run that read everything cleanly: its metrics merged in, the
-    /// ledger it left, the ids of the window, and the inputs it consumed. `read` and `reports`
-    /// are the run's inputs and how each was read, in the same order.
+    /// Moves the state on by a run that read everything cleanly: its metrics (taken out of
+    /// its tally) merged in, the ledger it left, the ids of the window, and the inputs it
+    /// consumed. `read` and `reports` are the run's inputs and how each was read, in the same
+    /// order.
     pub fn absorb(
         &mut self,
+        metrics: MetricTable,
         tally: &Tally,
         read: &[InputPath],
         selection: &InputSelection,
@@ -732,7 +734,7 @@ impl RunState {
     ) -> anyhow::Result<()> {
         // A state is loaded only with this run's precision, so this does not fail.
         self.metrics
-            .merge(tally.metrics.clone())
+            .merge(metrics)
             .map_err(|e| anyhow::anyhow!("cannot merge this run into the state: {e}"))?;
         self.ledger = tally.ledger.clone();
         self.recent_ids

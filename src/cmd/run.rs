@@ -1,6 +1,6 @@
 //! `regtally run`: validate, read the logs, write the outputs (and the state, with `--state`).
 
-use crate::aggregate::MetricRow;
+use crate::aggregate::{MetricRow, MetricTable};
 use crate::dataset::DatasetRows;
 use crate::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
 use crate::ledger::RepositoryLedger;
@@ -332,7 +332,7 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     };
     let mut staged = StagedOutputs::new(plan.spill.staged_suffix());
     let mut rejects = staged.open(&plan.out.join(output::REJECTS))?;
-    let tally = pipeline::run(&plan.config, prior, &plan.spill, &mut rejects)?;
+    let mut tally = pipeline::run(&plan.config, prior, &plan.spill, &mut rejects)?;
 
     let mut problems: Vec<String> = tally
         .failures()
@@ -355,11 +355,16 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
         }
     }
 
-    // The whole history: what the state held, and this run.
+    // The whole history: what the state held, and this run. The run's table is moved out of
+    // the tally (no output reads it there), not copied: a copy of every sketch was a step of
+    // its own on one core.
+    let run_metrics =
+        std::mem::replace(&mut tally.metrics, MetricTable::new(plan.config.precision));
     let (metrics, next_state) = match plan.state.take() {
-        None => (tally.metrics.clone(), None),
+        None => (run_metrics, None),
         Some((dir, mut state)) => {
             state.absorb(
+                run_metrics,
                 &tally,
                 &plan.config.inputs,
                 &plan.selection,
