@@ -49,9 +49,9 @@ impl Cell {
         self.cut_if_doubled();
     }
 
-    fn merge(&mut self, other: Cell) {
+    fn merge_from(&mut self, other: &Cell) {
         self.events += other.events;
-        self.users.extend(other.users);
+        self.users.extend_from_slice(&other.users);
         self.cut_if_doubled();
     }
 
@@ -149,7 +149,7 @@ impl Aggregate {
         for ((event, day), cell) in &self.cells {
             if day.kind == PeriodKind::Day {
                 let c = to.entry((*event, period_of(day.start))).or_default();
-                c.merge(cell.clone());
+                c.merge_from(cell);
             }
         }
         to
@@ -210,8 +210,16 @@ impl Aggregate {
         } else {
             (other, std::mem::take(&mut self))
         };
+        // The cells both hold are merged on every core (each merge may sort a day's users:
+        // on one core this was a step of its own between reading and the ledger, and again
+        // after the ledger); the others only move.
+        big.cells.par_iter_mut().for_each(|(key, cell)| {
+            if let Some(theirs) = small.cells.get(key) {
+                cell.merge_from(theirs);
+            }
+        });
         for (key, cell) in small.cells {
-            big.cells.entry(key).or_default().merge(cell);
+            big.cells.entry(key).or_insert(cell);
         }
         if big.coupons.len() < small.coupons.len() {
             let mine = std::mem::replace(&mut big.coupons, small.coupons);
@@ -832,6 +840,34 @@ mod tests {
         assert_eq!(months[&month].clone().distinct_users().len(), 2);
     }
 
+    /// Folds that share cells merge into the fold of all their events, whichever is larger,
+    /// the shared cells' users and events added up (merged on every core) and the others
+    /// moved.
+    #[test]
+    fn folds_sharing_cells_merge_into_one_fold() {
+        let day = |n| d(2021, 1, n);
+        let mut whole = Aggregate::default();
+        let (mut a, mut b) = (Aggregate::default(), Aggregate::default());
+        for i in 0..3000u32 {
+            // Days 1-5 in both folds, day 6 only in the first, day 7 only in the second;
+            // users repeat, so the shared cells' lists are cut as they merge.
+            let n = 1 + i % 7;
+            let event = [TrackedEvent::PushTag, TrackedEvent::DeleteTag][(i % 2) as usize];
+            let add = (event, day(n), u(i % 400));
+            whole.add(add.0, add.1, add.2);
+            if n == 6 || (n != 7 && i % 3 == 0) {
+                a.add(add.0, add.1, add.2);
+            } else {
+                b.add(add.0, add.1, add.2);
+            }
+        }
+        let shared = a.cells.keys().filter(|k| b.cells.contains_key(*k)).count();
+        assert_eq!(shared, 10);
+        for merged in [a.clone().merge(b.clone()), b.merge(a)] {
+            assert_eq!(merged.cells, whole.cells);
+        }
+    }
+
     /// Every cell's sketches, whether a day's, a week's or a month's rolled up from its
     /// days, or a period's union row, are byte for byte those of inserting the cell's users
     /// one by one, sparse or dense.
@@ -902,7 +938,7 @@ mod tests {
         }
         let mut other = Cell::default();
         (990..1010).for_each(|i| other.add(u(i)));
-        cell.merge(other);
+        cell.merge_from(&other);
         assert_eq!(cell.events, 100_020);
         let mut want: Vec<u64> = (0..1010).map(u).collect();
         want.sort_unstable();
