@@ -28,7 +28,9 @@ use crate::dedup::Deduplicator;
 use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::RepositoryLedger;
 use crate::output::write_reject;
-use crate::read::{open_input, BufferPool, Chunk, Chunker, Compression, InputPath, RawBytes};
+use crate::read::{
+    open_input, BufferPool, Chunk, Chunker, Compression, InputPath, Prefetch, RawBytes,
+};
 use crate::records::{
     parse_chunk_into, ChunkOutput, EventRecord, LineCounts, ParseRules, PathMap, Reject,
 };
@@ -427,6 +429,7 @@ struct InputReader {
     index: usize,
     chunker: Chunker<Box<dyn Read + Send>>,
     raw_bytes: Option<Arc<RawBytes>>,
+    prefetch: Option<Prefetch>,
     report: InputReport,
     next_chunk: u32,
 }
@@ -592,6 +595,7 @@ impl<'r> Shared<'r> {
                     index: i,
                     chunker,
                     raw_bytes: opened.raw_bytes,
+                    prefetch: opened.prefetch,
                     report,
                     next_chunk: 0,
                 }))
@@ -622,6 +626,11 @@ impl<'r> Shared<'r> {
                 s.pending[i] += 1;
             }
             let before = r.chunker.decoded_bytes;
+            if let Some(prefetch) = &mut r.prefetch {
+                // Where the reader is in the file: its raw bytes, decoded or not.
+                let position = r.raw_bytes.as_ref().map_or(before, |raw| raw.count());
+                prefetch.ahead_of(position);
+            }
             let next = r.chunker.next_chunk();
             if let (Some(p), None) = (&self.progress, &r.raw_bytes) {
                 p.inc(r.chunker.decoded_bytes - before);
