@@ -153,8 +153,8 @@ fn write_in_groups<W: Write + Send>(
                 .collect()
         })
         .collect::<Result<Vec<_>>>()?;
-    // No rows, no row group, as ArrowWriter writes it.
     let mut file = SerializedFileWriter::new(w, parquet_schema.root_schema_ptr(), props)?;
+    // No rows, no row group, as ArrowWriter writes it.
     for chunks in encoded {
         let mut row_group = file.next_row_group()?;
         for chunk in chunks {
