@@ -797,11 +797,16 @@ mod tests {
         let file = File::open(&path).unwrap();
         file.sync_all().unwrap();
         let fd = file.as_raw_fd();
-        // SAFETY: `posix_fadvise` touches no memory of ours.
-        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        // SAFETY: `posix_fadvise` touches no memory of ours; `sysconf` only answers.
+        let page = unsafe {
+            libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+            usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap()
+        };
+        let pages = len.div_ceil(page);
         let resident = || -> usize {
             // SAFETY: a fresh read-only shared mapping of the whole file, read only by
-            // `mincore` (one byte per page into `pages`) and unmapped before returning.
+            // `mincore` (one byte per page into `resident`, `pages` long) and unmapped before
+            // returning.
             unsafe {
                 let at = libc::mmap(
                     std::ptr::null_mut(),
@@ -812,13 +817,12 @@ mod tests {
                     0,
                 );
                 assert_ne!(at, libc::MAP_FAILED);
-                let mut pages = vec![0u8; len.div_ceil(4096)];
-                assert_eq!(libc::mincore(at, len, pages.as_mut_ptr()), 0);
+                let mut resident = vec![0u8; pages];
+                assert_eq!(libc::mincore(at, len, resident.as_mut_ptr()), 0);
                 libc::munmap(at, len);
-                pages.iter().filter(|p| *p & 1 == 1).count()
+                resident.iter().filter(|p| *p & 1 == 1).count()
             }
         };
-        let pages = len / 4096;
         assert!(resident() < pages / 2, "the file was evicted");
         let _prefetch = Prefetch::of(&file).unwrap();
         // The reads it asked for complete on their own.
