@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Interop check: regtally's aggregates.parquet read by pyarrow, polars, DuckDB and Spark 4, and its
 `hll_sketch` column merged with DataSketches HLL sketches that Spark and Python build themselves; the
-events dataset (`--events`) opened as one table by the same four, and the README's DuckDB questions
+events dataset (`--events`) opened as one table by the same four, and GUIDE.md's DuckDB questions
 run on it against answers computed here from samples/.
 
-    target/interop-venv/bin/python .ci/interop.py --bin target/debug/regtally [--readme README.md]
+    target/interop-venv/bin/python .ci/interop.py --bin target/debug/regtally [--guide GUIDE.md]
 
 Needs the packages of .ci/interop-requirements.txt and a Java 17 runtime; no network. Exits 1 with a
 message on the first failed check (temporary outputs are then kept), 2 on a usage error.
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = "user_container_registry_total"
 USER_TYPES = {"personal_access_token", "build", "gitlab_or_ldap"}
-QUARTER = (dt.date(2023, 1, 1), dt.date(2023, 4, 1))  # the README examples' quarter: 2023-Q1
+QUARTER = (dt.date(2023, 1, 1), dt.date(2023, 4, 1))  # the GUIDE.md examples' quarter: 2023-Q1
 COLUMNS = [("event_name", pa.string()), ("period_kind", pa.string()), ("period", pa.string()),
            ("period_start", pa.date32()), ("period_end", pa.date32()), ("unique_users", pa.int64()),
            ("events", pa.int64()), ("sketch", pa.binary()), ("hll_sketch", pa.binary())]
@@ -405,15 +405,15 @@ def spark_hash_check(spark, name, path, expected, precision):
        f"exact count, {len(rows)} weeks")
 
 
-# ---------------------------------------------------------------- README examples
+# ---------------------------------------------------------------- GUIDE.md examples
 def snippets_of(path, wanted):
-    """{tag: code} of the README blocks marked `<!-- interop: tag -->`, one each, for `wanted`:
+    """{tag: code} of the GUIDE.md blocks marked `<!-- interop: tag -->`, one each, for `wanted`:
     [(tag, language, a string the code must hold)]."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise Fail(f"README: {e}")
+        raise Fail(f"GUIDE.md: {e}")
     found = {}
     for tag, lang, must in wanted:
         hits = re.findall(rf"^<!-- interop: {tag} -->[ \t]*\n```{lang}[ \t]*\n(.*?)^```", text, re.M | re.S)
@@ -424,12 +424,12 @@ def snippets_of(path, wanted):
     return found
 
 
-def readme_snippets(path):
+def guide_snippets(path):
     return snippets_of(path, [("spark-sql", "sql", "out/aggregates.parquet"),
                               ("python", "python", "out/aggregates.parquet")])
 
 
-def check_readme(spark, snippets, tmp, table):
+def check_guide(spark, snippets, tmp, table):
     path = os.path.join(tmp, "out", "aggregates.parquet")
     union, weekly = ds.hll_union(14), []
     for r in table.drop_columns(["sketch"]).to_pylist():
@@ -437,22 +437,22 @@ def check_readme(spark, snippets, tmp, table):
             weekly.append(r["unique_users"])
             union.update(ds.hll_sketch.deserialize(r["hll_sketch"]))
     want = round(union.get_estimate())
-    check(len(weekly) > 1 and want > max(weekly), f"README quarter {QUARTER}: too few weekly cells to be a test")
+    check(len(weekly) > 1 and want > max(weekly), f"GUIDE.md quarter {QUARTER}: too few weekly cells to be a test")
     sql = snippets["spark-sql"].strip().rstrip(";").replace("out/aggregates.parquet", path)
     try:
         got = spark.sql(sql).collect()
     except Exception as e:  # noqa: BLE001 (any Spark error is a failed example)
-        raise Fail(f"README Spark SQL example fails: {spark_error(e)}")
+        raise Fail(f"GUIDE.md Spark SQL example fails: {spark_error(e)}")
     check(len(got) == 1 and len(got[0]) == 1 and got[0][0] == want,
-          f"README Spark SQL example gives {got}, wanted one row with {want}")
-    ok(f"README Spark SQL example: {want} users in 2023-Q1 (weekly unique_users add up to {sum(weekly)})")
+          f"GUIDE.md Spark SQL example gives {got}, wanted one row with {want}")
+    ok(f"GUIDE.md Spark SQL example: {want} users in 2023-Q1 (weekly unique_users add up to {sum(weekly)})")
     proc = subprocess.run([sys.executable, "-c", snippets["python"]], cwd=tmp,  # so out/ is the default run
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout.strip().splitlines()
     check(proc.returncode == 0 and out and out[-1].strip() == str(want),
-          f"README Python example: exit {proc.returncode}, printed {out[-1:] or 'nothing'}, wanted {want}\n"
+          f"GUIDE.md Python example: exit {proc.returncode}, printed {out[-1:] or 'nothing'}, wanted {want}\n"
           + proc.stderr[-2000:])
-    ok(f"README Python example: {want} users in 2023-Q1")
+    ok(f"GUIDE.md Python example: {want} users in 2023-Q1")
 
 
 # ---------------------------------------------------------------- the events dataset
@@ -517,7 +517,7 @@ def duckdb_snippets(path):
 
 
 def duckdb_answers(expected):
-    """What the README's four questions must answer, computed from samples/ without the dataset."""
+    """What GUIDE.md's four questions must answer, computed from samples/ without the dataset."""
     rows = list(expected.values())
     cells = defaultdict(lambda: (set(), [0]))
     for r in rows:
@@ -543,34 +543,34 @@ def duckdb_answers(expected):
     return dict(zip(DUCKDB_QUESTIONS, (namespace_users, top_created, gone, actor_types)))
 
 
-def check_readme_duckdb(snippets, directory, expected):
+def check_guide_duckdb(snippets, directory, expected):
     answers = duckdb_answers(expected)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     glob = os.path.join(directory, "**", "*.parquet").replace("'", "''")
     for tag, sql in snippets.items():
         want = [tuple(r) for r in answers[tag]]
-        check(want, f"README {tag}: the samples give no answer, so the query is not tested")
+        check(want, f"GUIDE.md {tag}: the samples give no answer, so the query is not tested")
         try:
             got = con.execute(sql.strip().rstrip(";").replace("'events/**/*.parquet'", f"'{glob}'")).fetchall()
         except duckdb.Error as e:
-            raise Fail(f"README {tag}: the query fails in DuckDB: {e}")
-        check(got == want, f"README {tag}: DuckDB answers {got}, samples/ give {want}")
-        ok(f"README {tag}: DuckDB's answer ({len(got)} rows) is the one computed from samples/")
+            raise Fail(f"GUIDE.md {tag}: the query fails in DuckDB: {e}")
+        check(got == want, f"GUIDE.md {tag}: DuckDB answers {got}, samples/ give {want}")
+        ok(f"GUIDE.md {tag}: DuckDB's answer ({len(got)} rows) is the one computed from samples/")
 
 
 # ---------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", required=True, help="the regtally binary to test")
-    ap.add_argument("--readme", default=os.path.join(REPO, "README.md"), help="default: README.md beside .ci")
+    ap.add_argument("--guide", default=os.path.join(REPO, "GUIDE.md"), help="default: GUIDE.md beside .ci")
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="regtally-interop-")
     try:
-        snippets = readme_snippets(args.readme)
-        questions = duckdb_snippets(args.readme)
+        snippets = guide_snippets(args.guide)
+        questions = duckdb_snippets(args.guide)
         for name, (flags, *_rest) in RUNS.items():
             cmd = [binary, "run", "samples", "-o", os.path.join(tmp, name), "--as-of", "2023-02-01", "-q"]
             cmd += [f.format(tmp=tmp) for f in flags]
@@ -595,7 +595,7 @@ def main():
         dataset = check_dataset("out", os.path.join(tmp, "events"), events)
         nightly = check_dataset("state1+state2", os.path.join(tmp, "state-events"), events)
         check(nightly == dataset, "state1+state2: the nightly events dataset differs from the run without --state")
-        check_readme_duckdb(questions, os.path.join(tmp, "events"), events)
+        check_guide_duckdb(questions, os.path.join(tmp, "events"), events)
 
         spark = start_spark(tmp)
         ok(f"Spark {spark.version} started in local mode")
@@ -613,7 +613,7 @@ def main():
         expected = expected_cells(os.path.join(tmp, "out", "rejects.jsonl"))
         spark_hash_check(spark, "out", os.path.join(tmp, "out", "aggregates.parquet"), expected, 14)
         spark_hash_check(spark, "precision10", os.path.join(tmp, "precision10", "aggregates.parquet"), expected, 10)
-        check_readme(spark, snippets, tmp, tables["out"])
+        check_guide(spark, snippets, tmp, tables["out"])
         spark_dataset_check(spark, "out", os.path.join(tmp, "events"), dataset)
         spark.stop()
     except Fail as e:
