@@ -1,8 +1,6 @@
 //! Integration tests: the built binary on log files in a temp folder, one group per SPEC section.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::fs;
 
 const T: &str = "2021-01-05T10:00:00Z";
@@ -660,66 +658,6 @@ fn summary_accounts_for_every_line_and_input() {
         ]
     );
     assert_eq!(s["failures"], serde_json::json!([]));
-}
-
-#[test]
-fn outputs_are_identical_for_any_thread_count_chunk_size_and_path_order() {
-    let ws = Workspace::new();
-    for f in 0..4 {
-        let lines: Vec<String> = (0..200)
-            .map(|i| {
-                let id = format!("e{}", (f * 200 + i) % 650); // some ids repeat across files
-                let ts = format!("2021-01-{:02}T{:02}:00:00Z", 1 + (i % 28), i % 24);
-                let action = if i % 5 == 0 { "delete" } else { "push" };
-                let mut e = Ev::new(
-                    &id,
-                    &ts,
-                    action,
-                    &format!("g/r{}", i % 9),
-                    &format!("User{}", i % 13),
-                );
-                if i % 3 == 0 {
-                    e = e.tag("t");
-                }
-                if i % 7 == 0 {
-                    e = e.no_digest();
-                }
-                e.line()
-            })
-            .collect();
-        ws.write_lines(&format!("logs/f{f}.jsonl"), &lines);
-    }
-    let outs = [
-        (vec!["logs"], vec!["--threads", "1"]),
-        (vec!["logs"], vec!["--threads", "2", "--chunk-bytes", "700"]),
-        (
-            vec![
-                "logs/f3.jsonl",
-                "logs/f1.jsonl",
-                "logs/f2.jsonl",
-                "logs/f0.jsonl",
-            ],
-            vec!["--threads", "2", "--chunk-bytes", "3000"],
-        ),
-    ];
-    let mut first: Option<Vec<Vec<u8>>> = None;
-    for (i, (inputs, extra)) in outs.iter().enumerate() {
-        let out = format!("o{i}");
-        assert_eq!(ws.run(inputs, &out, extra).code, 0);
-        let files: Vec<Vec<u8>> = [
-            "aggregates.parquet",
-            "service_ping.json",
-            "rejects.jsonl",
-            "repositories.txt",
-        ]
-        .iter()
-        .map(|f| fs::read(ws.path(&format!("{out}/{f}"))).unwrap())
-        .collect();
-        match &first {
-            None => first = Some(files),
-            Some(f) => assert!(f == &files, "run {i} differs"),
-        }
-    }
 }
 
 // ---- SPEC §9 and §10: atomic outputs and exit status ----

@@ -2,10 +2,8 @@
 //! so one file is parsed in many parallel pieces) agrees with a naive exact count computed here,
 //! from the generator's own knowledge of every event rather than from parsing its JSON.
 
-mod common;
-
+use crate::support::*;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use common::*;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

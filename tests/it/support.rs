@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests: run the built binary, build log lines, read outputs.
-#![allow(dead_code)]
 
 use arrow_array::{Array, BinaryArray, Date32Array, Int64Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -461,4 +460,93 @@ pub fn read_events(dir: &Path) -> Vec<EventRow> {
         }
     }
     rows
+}
+
+/// `n` pushes and deletes of a few users and repositories, about a tenth of the ids repeated.
+pub fn busy_lines(n: usize, seed: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let id = format!("e{}", (i * 7 + seed) % (n * 9 / 10)); // about a tenth repeat
+            let ts = format!("2021-01-{:02}T{:02}:{:02}:00Z", 1 + i % 28, i % 24, i % 60);
+            let action = if i % 6 == 0 { "delete" } else { "push" };
+            let mut e = Ev::new(
+                &id,
+                &ts,
+                action,
+                &format!("g/r{}", i % 37),
+                &format!("U{}", i % 23),
+            );
+            if i % 3 == 0 {
+                e = e.tag("t");
+            }
+            if i % 5 == 0 {
+                e = e.no_digest();
+            }
+            e.line()
+        })
+        .collect()
+}
+
+/// The outputs a run must reproduce byte for byte (all but the summary).
+pub fn outputs(ws: &Workspace, out: &str) -> Vec<Vec<u8>> {
+    [
+        "aggregates.parquet",
+        "service_ping.json",
+        "rejects.jsonl",
+        "repositories.txt",
+    ]
+    .iter()
+    .map(|f| std::fs::read(ws.path(&format!("{out}/{f}"))).unwrap())
+    .collect()
+}
+
+/// Runs the binary with `args` in the folder `cwd`.
+pub fn regtally_in(cwd: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_regtally"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A token as newer registries forward it in `actor.user`: only its payload is read.
+pub fn jwt(user_id: u64) -> String {
+    fn b64(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+    let payload =
+        format!(r#"{{"user_info":{{"token_type":"personal_access_token","user_id":{user_id}}}}}"#);
+    format!(
+        "{}.{}.c2ln",
+        b64(br#"{"alg":"RS256"}"#),
+        b64(payload.as_bytes())
+    )
+}
+
+/// A push of a tag by `user` at `time`, with a JWT for `jwt_id`.
+pub fn push(id: &str, time: &str, repository: &str, user: &str, jwt_id: Option<u64>) -> String {
+    let mut v = Ev::new(id, time, "push", repository, user)
+        .tag("v1")
+        .value();
+    if let Some(uid) = jwt_id {
+        v["actor"]["user"] = serde_json::json!(jwt(uid));
+    }
+    v.to_string()
 }

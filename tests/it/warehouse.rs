@@ -1,9 +1,7 @@
 //! Integration tests of what the warehouse and the nightly state rely on: times no registry
 //! wrote, the `hll_sketch` column, Parquet metadata, the state's format and its lock.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::fs;
 
 fn push_tag(id: &str, ts: &str, user: &str) -> Ev {

@@ -1,8 +1,6 @@
 //! Integration tests of `run --state` (nightly batches) and `report`, on the built binary.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::fs;
 
 /// Ten days of events, one file a day, in time order: tag and repository pushes and deletes
@@ -196,7 +194,7 @@ fn late_arrivals_are_counted_in_their_period_and_reported() {
     assert_eq!(ws.json("out/summary.json")["late_events"], 1);
     let rows = ws.rows("out");
     // Counted in its own week; the ledger already held g/r, so it is a push, not a create
-    // (a full run would have called it the create: see the README).
+    // (a full run would have called it the create: see GUIDE.md on late arrivals).
     assert_eq!(cell(&rows, "push_repository", "2020-W53"), (1, 1));
     assert_eq!(cell(&rows, "create_repository", "2021-W01"), (1, 1));
 }
@@ -414,18 +412,6 @@ fn skipping_trusts_path_size_and_time_then_the_content_hash() {
         s["duplicate_events"], 1,
         "its event was seen the first night"
     );
-}
-
-/// xorshift64*, for the random nights below.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 /// On random logs split into nightly files in time order (with redeliveries up to three
@@ -666,9 +652,10 @@ fn report_draws_weekly_users_as_svg_and_sparklines() {
     assert!(spark.chars().any(|c| ('▁'..='█').contains(&c)), "{spark}");
 }
 
-/// The chart in the README is what the README's own commands draw for `samples/`.
+/// The chart GUIDE.md shows ("Charts") is what the README's first command and GUIDE.md's
+/// chart command draw for `samples/`.
 #[test]
-fn the_readme_chart_is_the_samples_chart() {
+fn the_guides_chart_is_the_samples_chart() {
     let ws = Workspace::new();
     let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/samples");
     let r = regtally(&[
@@ -696,6 +683,6 @@ fn the_readme_chart_is_the_samples_chart() {
     .unwrap();
     assert!(
         r.stdout == committed,
-        "docs/samples-weekly-users.svg is stale: draw it again with the README's command"
+        "docs/samples-weekly-users.svg is stale: draw it again with GUIDE.md's command (Charts)"
     );
 }

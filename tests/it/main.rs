@@ -1,0 +1,16 @@
+//! The integration tests, one binary (so the shared helpers in `support` compile once): each
+//! module runs the built `regtally` on files in temporary folders, as a user would.
+//!
+//! Tests that need something beyond a Rust toolchain (a `redis-server`, root) are `#[ignore]`d
+//! with the reason; `cargo test -- --ignored` runs them, and CI does.
+
+mod cli;
+mod determinism;
+mod events;
+mod fuzz;
+mod property;
+mod redis;
+mod state;
+mod streaming;
+mod support;
+mod warehouse;
