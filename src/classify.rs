@@ -1,6 +1,6 @@
 //! Classifying: which tracked event a de-duplicated valid event is, and whether its actor is a user.
 
-use crate::sketch::identity_hash;
+use crate::aggregate::sketch::identity_hash;
 use std::borrow::Cow;
 
 /// The five tracked events of SPEC §5, in the order reports list them.

@@ -14,22 +14,16 @@ pub mod aggregate;
 pub mod classify;
 pub mod cli;
 pub mod cmd;
-pub mod dataset;
 pub mod dedup;
-pub mod flags;
 pub mod ledger;
 pub mod output;
 pub mod parse;
-pub mod period;
 pub mod pipeline;
 pub mod read;
 pub mod records;
-pub mod redis_hll;
-pub mod sketch;
 pub mod spill;
 pub mod state;
 pub mod timestamp;
-pub mod user_ids;
 
 /// Helpers shared by the unit tests.
 #[cfg(test)]
@@ -43,7 +37,7 @@ mod test_support {
 
     /// A user's identity hash: sketches need well-spread hashes, not small integers.
     pub fn u(n: u32) -> u64 {
-        crate::sketch::identity_hash(&format!("user{n}"))
+        crate::aggregate::sketch::identity_hash(&format!("user{n}"))
     }
 
     /// A xorshift generator from `seed` (not zero): the same numbers on every run, with no

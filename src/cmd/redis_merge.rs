@@ -9,9 +9,9 @@
 //! is skipped: GitLab reads it no more. A key holding anything but a HyperLogLog is refused
 //! and left as it is.
 
-use crate::flags::{check_range, parse_date, usage};
+use crate::cli::flags::{check_range, parse_date, usage};
+use crate::output::redis::hll::RedisHll;
 use crate::output::redis::{read_manifest, ManifestKey, KEY_WEEKS};
-use crate::redis_hll::RedisHll;
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;

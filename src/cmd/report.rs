@@ -2,12 +2,12 @@
 //! the distinct users over any range of days, from stored sketches (a state or an
 //! `aggregates.parquet`), without reading any log.
 
+use crate::aggregate::period::PeriodKind;
 use crate::aggregate::{metric_names, short_name, DistinctUsers, MetricRow, MetricTable};
-use crate::flags::{check_range, parse_date, usage};
+use crate::cli::flags::{check_range, parse_date, usage};
 use crate::output::aggregates::read_aggregates;
 use crate::output::chart::{sparkline, weekly_chart, weekly_users};
 use crate::output::service_ping::ServicePing;
-use crate::period::PeriodKind;
 use crate::state::RunState;
 use crate::timestamp::TimeWindow;
 use anyhow::Result;

@@ -1,8 +1,8 @@
 //! `regtally run`: validate, read the logs, write the outputs (and the state, with `--state`).
 
 use crate::aggregate::{MetricRow, MetricTable};
-use crate::dataset::DatasetRows;
-use crate::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
+use crate::cli::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
+use crate::dedup::rows::DatasetRows;
 use crate::ledger::RepositoryLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
 use crate::output::events::{stage_dataset, DatasetReport};
@@ -11,6 +11,7 @@ use crate::output::service_ping::ServicePing;
 use crate::output::summary::{self, print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
 use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
+use crate::read::user_ids::{load as load_user_ids, IdsByUser};
 use crate::read::{discover_inputs, InputPath};
 use crate::records::{new_run_id, ParseRules};
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
@@ -18,7 +19,6 @@ use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
 };
 use crate::timestamp::TimeWindow;
-use crate::user_ids::{load as load_user_ids, IdsByUser};
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::Args;

@@ -5,7 +5,7 @@
 
 pub mod replay;
 
-use crate::sketch::PassThroughHasher;
+use crate::aggregate::sketch::PassThroughHasher;
 use crate::timestamp::Timestamp;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;

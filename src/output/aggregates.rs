@@ -1,11 +1,11 @@
 //! `aggregates.parquet`: one row per metric and period, with its mergeable sketch (SPEC §9).
 
-use crate::aggregate::{known_metric, MetricRow, MetricTable, TableCell};
-use crate::period::Period;
-use crate::sketch::{UserSketch, WarehouseSketch};
-use crate::sketch::{
+use crate::aggregate::period::Period;
+use crate::aggregate::sketch::{UserSketch, WarehouseSketch};
+use crate::aggregate::sketch::{
     HASH_NAME, HLL_SKETCH_FAMILY, HLL_SKETCH_HASH, HLL_SKETCH_TYPE, PRECISION_RANGE, SKETCH_FORMAT,
 };
+use crate::aggregate::{known_metric, MetricRow, MetricTable, TableCell};
 use anyhow::Result;
 use arrow_array::{ArrayRef, BinaryArray, Date32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};

@@ -5,7 +5,7 @@
 //! are staged beside their final names and renamed with the run's other outputs.
 
 use super::StagedOutputs;
-use crate::dataset::{DatasetRow, DatasetRows, Month};
+use crate::dedup::rows::{DatasetRow, DatasetRows, Month};
 use anyhow::{Context, Result};
 use arrow_array::builder::{
     BooleanBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,

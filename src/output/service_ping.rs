@@ -4,10 +4,10 @@
 //! four complete ISO weeks before it (GitLab's 28-day frame), computed by merging the weekly
 //! sketches, never from calendar months.
 
+use crate::aggregate::period::{monday_of, Period, PeriodKind};
+use crate::aggregate::sketch::UserSketch;
 use crate::aggregate::{metric_names, MetricRow};
 use crate::classify::TOTAL_METRIC;
-use crate::period::{monday_of, Period, PeriodKind};
-use crate::sketch::UserSketch;
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

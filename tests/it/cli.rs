@@ -564,7 +564,7 @@ fn parquet_schema_order_and_metadata() {
     for r in &rows {
         assert_eq!(r.sketch[0], 2, "sketch format version");
         assert_eq!(r.sketch[1], 12, "sketch precision");
-        let mut sketch = regtally::sketch::UserSketch::from_bytes(&r.sketch).unwrap();
+        let mut sketch = regtally::aggregate::sketch::UserSketch::from_bytes(&r.sketch).unwrap();
         assert_eq!(sketch.estimate(), r.unique_users);
     }
 }

@@ -8,11 +8,11 @@
 
 use crate::support::Rng;
 use datasketches::hll::Coupon;
+use regtally::aggregate::sketch::{identity_coupon, identity_hash, UserSketch, WarehouseSketch};
 use regtally::aggregate::Aggregate;
 use regtally::classify::TrackedEvent;
 use regtally::ledger::RepositoryLedger;
 use regtally::output::aggregates::{read_aggregates_from, write_aggregates, AggregatesMetadata};
-use regtally::sketch::{identity_coupon, identity_hash, UserSketch, WarehouseSketch};
 use regtally::state::RunState;
 use regtally::timestamp::TimeWindow;
 use std::panic::{catch_unwind, AssertUnwindSafe};

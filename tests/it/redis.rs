@@ -3,7 +3,7 @@
 //! installs it).
 
 use crate::support::*;
-use regtally::redis_hll::RedisHll;
+use regtally::output::redis::hll::RedisHll;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

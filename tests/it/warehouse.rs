@@ -107,10 +107,12 @@ fn a_zero_time_event_among_normal_ones_changes_no_row() {
 /// `report` exits 2 naming it, instead of writing a table dense from 2021 to the year 9999.
 #[test]
 fn a_stored_period_no_registry_wrote_is_refused() {
+    use regtally::aggregate::period::Period;
+    use regtally::aggregate::sketch::{
+        identity_coupon, identity_hash, UserSketch, WarehouseSketch,
+    };
     use regtally::aggregate::MetricRow;
     use regtally::classify::TOTAL_METRIC;
-    use regtally::period::Period;
-    use regtally::sketch::{identity_coupon, identity_hash, UserSketch, WarehouseSketch};
     let ws = Workspace::new();
     let row = |year: i32| {
         let mut sketch = UserSketch::new(14);

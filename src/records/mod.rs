@@ -4,14 +4,14 @@
 //! small [`EventRecord`] per valid event: all the later passes (de-duplication, the repository
 //! ledger, aggregation) need, and nothing else.
 
+use crate::aggregate::sketch::{identity_coupon, identity_hash, PassThroughHasher};
 use crate::classify::{user_identity, EventKind};
-use crate::dataset::encode_row;
+use crate::dedup::rows::encode_row;
 use crate::ledger::repository_key;
 use crate::parse::{parse_line_into, Element, ParsedLine, RawEvent};
+use crate::read::user_ids::{jwt_user_id, ReportedUser};
 use crate::read::{Chunk, REJECT_TEXT_BYTES};
-use crate::sketch::{identity_coupon, identity_hash, PassThroughHasher};
 use crate::timestamp::{TimeWindow, Timestamp};
-use crate::user_ids::{jwt_user_id, ReportedUser};
 use datasketches::hll::Coupon;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -257,7 +257,7 @@ pub struct ChunkOutput {
     line_rejects_dropped: u64,
     /// The times an event may carry.
     times: TimeWindow,
-    /// With `run --events`: each valid event's row ([`crate::dataset::encode_row`]), in order.
+    /// With `run --events`: each valid event's row ([`crate::dedup::rows::encode_row`]), in order.
     pub rows: Vec<u8>,
     keep_rows: bool,
     /// With `run --redis`: counted users, each reported by the first chunk its thread parsed it

@@ -5,14 +5,19 @@
 //! end: inserting every event into a sparse HyperLogLog++ costs far more than a set insert, and
 //! the sets hold nothing the sketches would not.
 
+pub mod period;
+pub mod sketch;
+
+use crate::aggregate::period::{Period, PeriodKind};
+use crate::aggregate::sketch::{
+    sparse_code, PassThroughHasher, SketchError, UserSketch, WarehouseSketch,
+};
 use crate::classify::{EventKind, TrackedEvent, TOTAL_METRIC};
 use crate::ledger::replay::ResolvedPush;
-use crate::period::{Period, PeriodKind};
+use crate::output::redis::hll::WeekIds;
+use crate::read::user_ids::{IdsByUser, ReportedUser};
 use crate::records::{Action, EventRecord};
-use crate::redis_hll::WeekIds;
-use crate::sketch::{sparse_code, PassThroughHasher, SketchError, UserSketch, WarehouseSketch};
 use crate::timestamp::{DateCache, TimeWindow, Timestamp};
-use crate::user_ids::{IdsByUser, ReportedUser};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
 use rayon::prelude::*;

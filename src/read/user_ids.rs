@@ -3,7 +3,7 @@
 //! exported from GitLab's `users` table) or else from the JWT newer registries forward in
 //! `actor.user`, whose payload's `user_info.user_id` is read without checking the signature.
 
-use crate::sketch::{identity_hash, PassThroughHasher};
+use crate::aggregate::sketch::{identity_hash, PassThroughHasher};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::path::Path;

@@ -23,11 +23,12 @@
 
 use crate::aggregate::{Fold, MetricTable, RedisExport};
 use crate::classify::TrackedEvent;
-use crate::dataset::{ChunkRows, DatasetRows, DeferredFirsts, IdKeys, Resolution, RowSpool};
+use crate::dedup::rows::{ChunkRows, DatasetRows, DeferredFirsts, IdKeys, Resolution, RowSpool};
 use crate::dedup::Deduplicator;
 use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::RepositoryLedger;
 use crate::output::write_reject;
+use crate::read::user_ids::{IdsByUser, ReportedUser};
 use crate::read::{
     open_input, BufferPool, Chunk, Chunker, Compression, InputPath, Prefetch, RawBytes,
 };
@@ -36,7 +37,6 @@ use crate::records::{
 };
 use crate::spill::{MemoryBudget, SpillDir};
 use crate::timestamp::Timestamp;
-use crate::user_ids::{IdsByUser, ReportedUser};
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;

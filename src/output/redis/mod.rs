@@ -3,9 +3,11 @@
 //! GitLab's key, and `manifest.json` listing key, week and member count; `regtally
 //! redis-merge` reads them back.
 
+pub mod hll;
+
 use super::StagedOutputs;
 use crate::classify::TrackedEvent;
-use crate::redis_hll::{RedisHll, WeekIds};
+use crate::output::redis::hll::{RedisHll, WeekIds};
 use anyhow::{Context, Result};
 use chrono::{Datelike, Days, NaiveDate};
 use rayon::prelude::*;

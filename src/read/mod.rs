@@ -5,6 +5,8 @@
 //! one large file keeps every core busy. A line longer than `--max-line-bytes` is skipped over as
 //! it streams by: only its first KiB is kept, for the reject record.
 
+pub mod user_ids;
+
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! The command line: one `enum Command` and the one place the clock is read. Each subcommand
-//! lives in `cmd/`; the flag parsers they share are in [`crate::flags`].
+//! lives in `cmd/`; the flag parsers they share are in [`crate::cli::flags`].
+
+pub mod flags;
 
 use crate::cmd::{redis_merge, report, run};
 use anyhow::Result;

@@ -12,14 +12,14 @@
 //! A run holds `regtally-state.lock` ([`StateLock`]) from before it loads the state until its
 //! outputs are in place: two runs on one state would each count only their own inputs.
 
+use crate::aggregate::period::Period;
+use crate::aggregate::sketch::{UserSketch, WarehouseSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
 use crate::aggregate::{known_metric, MetricTable, TableCell};
 use crate::classify::TrackedEvent;
 use crate::ledger::{LedgerEntry, RepositoryLedger};
-use crate::period::Period;
+use crate::output::redis::hll::WeekIds;
 use crate::pipeline::{InputReport, Tally};
 use crate::read::InputPath;
-use crate::redis_hll::WeekIds;
-use crate::sketch::{UserSketch, WarehouseSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
 use crate::timestamp::{parse_rfc3339, Timestamp};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -420,7 +420,7 @@ impl<'p> Checked<'p> {
         sketch_format: u8,
     ) -> Result<Checked<'p>, StateError> {
         let not_state = not_state(path);
-        if !crate::sketch::PRECISION_RANGE.contains(&found) {
+        if !crate::aggregate::sketch::PRECISION_RANGE.contains(&found) {
             return Err(not_state(format!("precision {found} is out of range")));
         }
         let precision = wanted.unwrap_or(found);
@@ -847,7 +847,7 @@ mod tests {
         agg.add(
             TrackedEvent::PushTag,
             NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
-            crate::sketch::identity_hash("root"),
+            crate::aggregate::sketch::identity_hash("root"),
         );
         let mut ledger = RepositoryLedger::seeded(["g/known"]);
         ledger.learn_path(crate::ledger::repository_key("g/r"), "g/r".into());

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use slots::Slots;
 use std::io::{self, BufRead};
 
+pub mod rows;
 mod slots;
 
 /// Shards of the id set, by the top bits of the id.

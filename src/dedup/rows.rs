@@ -12,9 +12,9 @@
 //! repository made, as the ledger itself holds), and one bit per deferred event.
 
 use crate::aggregate::short_name;
+use crate::aggregate::sketch::PassThroughHasher;
 use crate::classify::{EventKind, TrackedEvent};
 use crate::parse::ValidEvent;
-use crate::sketch::PassThroughHasher;
 use crate::spill::{codec, SpillDir};
 use crate::timestamp::Timestamp;
 use chrono::{Datelike, NaiveDate};
