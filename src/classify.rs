@@ -1,6 +1,6 @@
 //! Classifying: which tracked event a de-duplicated valid event is, and whether its actor is a user.
 
-use crate::aggregate::sketch::identity_hash;
+use crate::keys::identity_hash;
 use std::borrow::Cow;
 
 /// The five tracked events of SPEC §5, in the order reports list them.
@@ -42,6 +42,31 @@ impl TrackedEvent {
 
 /// The name of the union of the five tracked events.
 pub const TOTAL_METRIC: &str = "user_container_registry_total";
+
+/// Every metric name a table may hold: the five tracked events and their union.
+pub fn metric_names() -> impl Iterator<Item = &'static str> {
+    TrackedEvent::ALL
+        .iter()
+        .map(|t| t.metric_name())
+        .chain([TOTAL_METRIC])
+}
+
+/// The name people read: `push_tag` for `i_container_registry_push_tag_user`, `total` for the
+/// union.
+pub fn short_name(metric: &str) -> &str {
+    if metric == TOTAL_METRIC {
+        "total"
+    } else {
+        metric
+            .trim_start_matches("i_container_registry_")
+            .trim_end_matches("_user")
+    }
+}
+
+/// The static name of a metric read back from a file, if it is one regtally writes.
+pub fn known_metric(name: &str) -> Option<&'static str> {
+    metric_names().find(|m| *m == name)
+}
 
 /// What an event is before the repository ledger has been consulted (SPEC §5 steps 1 to 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

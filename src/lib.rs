@@ -11,10 +11,12 @@
 //! before any log is read.
 
 pub mod aggregate;
+pub mod cache_line;
 pub mod classify;
 pub mod cli;
 pub mod cmd;
 pub mod dedup;
+pub mod keys;
 pub mod ledger;
 pub mod output;
 pub mod parse;
@@ -23,6 +25,7 @@ pub mod read;
 pub mod records;
 pub mod spill;
 pub mod state;
+pub mod tally;
 pub mod timestamp;
 
 /// Helpers shared by the unit tests.
@@ -37,7 +40,7 @@ mod test_support {
 
     /// A user's identity hash: sketches need well-spread hashes, not small integers.
     pub fn u(n: u32) -> u64 {
-        crate::aggregate::sketch::identity_hash(&format!("user{n}"))
+        crate::keys::identity_hash(&format!("user{n}"))
     }
 
     /// A xorshift generator from `seed` (not zero): the same numbers on every run, with no

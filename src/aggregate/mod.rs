@@ -9,14 +9,13 @@ pub mod period;
 pub mod sketch;
 
 use crate::aggregate::period::{Period, PeriodKind};
-use crate::aggregate::sketch::{
-    sparse_code, PassThroughHasher, SketchError, UserSketch, WarehouseSketch,
-};
-use crate::classify::{EventKind, TrackedEvent, TOTAL_METRIC};
+use crate::aggregate::sketch::{sparse_code, SketchError, UserSketch, WarehouseSketch};
+use crate::classify::{metric_names, short_name, EventKind, TrackedEvent, TOTAL_METRIC};
+use crate::keys::PassThroughHasher;
 use crate::ledger::replay::ResolvedPush;
 use crate::output::redis::hll::WeekIds;
-use crate::read::user_ids::{IdsByUser, ReportedUser};
-use crate::records::{Action, EventRecord};
+use crate::read::user_ids::IdsByUser;
+use crate::records::{Action, EventRecord, ReportedUser};
 use crate::timestamp::{DateCache, TimeWindow, Timestamp};
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
@@ -527,31 +526,6 @@ impl Fold {
             dates: self.dates,
         }
     }
-}
-
-/// Every metric name a table may hold: the five tracked events and their union.
-pub fn metric_names() -> impl Iterator<Item = &'static str> {
-    TrackedEvent::ALL
-        .iter()
-        .map(|t| t.metric_name())
-        .chain([TOTAL_METRIC])
-}
-
-/// The name people read: `push_tag` for `i_container_registry_push_tag_user`, `total` for the
-/// union.
-pub fn short_name(metric: &str) -> &str {
-    if metric == TOTAL_METRIC {
-        "total"
-    } else {
-        metric
-            .trim_start_matches("i_container_registry_")
-            .trim_end_matches("_user")
-    }
-}
-
-/// The static name of a metric read back from a file, if it is one regtally writes.
-pub fn known_metric(name: &str) -> Option<&'static str> {
-    metric_names().find(|m| *m == name)
 }
 
 /// Sketches and exact event counts per metric and period: what a run writes, a state keeps,

@@ -10,11 +10,10 @@
 //! identity as DataSketches' Java `HllSketch.update(String)` hashes it, so that Spark, Druid,
 //! Hive and Python merge it with their own.
 
-use datasketches::hash::value::raw_bytes;
+use crate::keys::PassThroughBuildHasher;
 use datasketches::hll::{Coupon, HllSketch, HllType, HllUnion};
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
-use std::hash::{BuildHasher, Hasher};
 
 /// The name of the identity hash, written into the Parquet metadata.
 pub const HASH_NAME: &str = "xxh3-64-seed0(utf8(lowercase(actor.name)))";
@@ -37,60 +36,10 @@ pub const SKETCH_FORMAT: &str = "2: byte 0x02, byte precision, then postcard 1 o
 /// Lowest and highest precision the `hyperloglogplus` crate accepts.
 pub const PRECISION_RANGE: std::ops::RangeInclusive<u8> = 4..=18;
 
-/// The stable 64-bit hash of a user identity (already lower-cased).
-pub fn identity_hash(identity: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
-}
-
 /// The family, type and hash of the `hll_sketch` column, written into the Parquet metadata.
 pub const HLL_SKETCH_FAMILY: &str = "HLL";
 pub const HLL_SKETCH_TYPE: &str = "HLL_8";
 pub const HLL_SKETCH_HASH: &str = "MurmurHash3_x64_128 seed 9001 of the UTF-8 bytes of lowercase(actor.name), as DataSketches HllSketch.update(String)";
-
-/// Where a user identity (already lower-cased, never empty) lands in a [`WarehouseSketch`].
-///
-/// `raw_bytes::from_str` hashes the string's bytes as Java's `update(String)` does; a plain
-/// `&str` would go through Rust's `Hash for str`, which appends a `0xFF` byte, and such
-/// sketches would count every user twice against everyone else's.
-pub fn identity_coupon(identity: &str) -> Coupon {
-    Coupon::from_value(raw_bytes::from_str(identity))
-}
-
-/// Hands the crate the value it is given: the value is already a good 64-bit hash.
-#[derive(Default)]
-pub struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `u64::hash`; fold anything else so it is still stable.
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        // Used for 128-bit id and repository keys, themselves xxh3 hashes.
-        self.0 = (value as u64) ^ ((value >> 64) as u64);
-    }
-}
-
-/// The builder the sketch stores; it has no state, so it serializes to nothing.
-#[derive(Clone, Copy, Default, Debug, Serialize, Deserialize)]
-pub struct PassThroughBuildHasher;
-
-impl BuildHasher for PassThroughBuildHasher {
-    type Hasher = PassThroughHasher;
-
-    fn build_hasher(&self) -> PassThroughHasher {
-        PassThroughHasher(0)
-    }
-}
 
 /// Why serialized sketch bytes could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -792,6 +741,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::keys::{identity_coupon, identity_hash};
 
     #[test]
     fn identity_hash_is_pinned() {

@@ -3,7 +3,8 @@
 //! `aggregates.parquet`), without reading any log.
 
 use crate::aggregate::period::PeriodKind;
-use crate::aggregate::{metric_names, short_name, DistinctUsers, MetricRow, MetricTable};
+use crate::aggregate::{DistinctUsers, MetricRow, MetricTable};
+use crate::classify::{metric_names, short_name};
 use crate::cli::flags::{check_range, parse_date, usage};
 use crate::output::aggregates::read_aggregates;
 use crate::output::chart::{sparkline, weekly_chart, weekly_users};

@@ -2,7 +2,6 @@
 
 use crate::aggregate::{MetricRow, MetricTable};
 use crate::cli::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
-use crate::dedup::rows::DatasetRows;
 use crate::ledger::RepositoryLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
 use crate::output::events::{stage_dataset, DatasetReport};
@@ -10,14 +9,15 @@ use crate::output::redis::{check_key_format, stage_redis, RedisReport};
 use crate::output::service_ping::ServicePing;
 use crate::output::summary::{self, print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
+use crate::parse::chunk::{new_run_id, ParseRules};
 use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
 use crate::read::user_ids::{load as load_user_ids, IdsByUser};
 use crate::read::{discover_inputs, InputPath};
-use crate::records::{new_run_id, ParseRules};
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
 use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
 };
+use crate::tally::DatasetRows;
 use crate::timestamp::TimeWindow;
 use anyhow::{Context, Result};
 use chrono::NaiveDate;

@@ -110,7 +110,7 @@ impl IdSet {
     pub fn prefetch(&self, id: u128) {
         let (shard, key) = Self::split(id);
         let slots = &self.shards[shard];
-        prefetch(&slots[key[0] as usize & (slots.len() - 1)]);
+        crate::cache_line::prefetch(&slots[key[0] as usize & (slots.len() - 1)]);
     }
 
     /// Adds `id`; true when it was not there. Fails, changing nothing, when the set would have
@@ -202,23 +202,6 @@ impl IdSet {
         ids
     }
 }
-
-/// Fetches the cache line of `value` ahead of its use. A prefetch is only a hint: it reads
-/// nothing and cannot fault, and `value` is a live reference besides. The ledger's index of
-/// repositories fetches ahead too.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn prefetch<T>(value: &T) {
-    #[target_feature(enable = "sse")]
-    fn fetch(p: *const i8) {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
-    }
-    // SAFETY: SSE is part of the x86-64 baseline, so every x86-64 CPU runs it.
-    unsafe { fetch((value as *const T).cast()) }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn prefetch<T>(_: &T) {}
 
 /// A record whose fate waits for the end of the run, or (without a record) an id seen before
 /// spilling. Ordered by id, then position in input order; a marker's position is 0, before

@@ -5,15 +5,9 @@
 
 pub mod replay;
 
-use crate::aggregate::sketch::PassThroughHasher;
+use crate::keys::{repository_key, KeyHasher};
 use crate::timestamp::Timestamp;
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasherDefault;
-
-/// The hash that stands for a repository path inside the run (xxh3-128 of its bytes).
-pub fn repository_key(path: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(path.as_bytes())
-}
 
 /// The set of existing repositories, with the paths to write them back out and the time of
 /// the last event applied to each (which tells a later run that an event arrived late).
@@ -35,9 +29,6 @@ pub struct LedgerEntry {
     /// The time of the last push or repository delete applied to it.
     pub last_applied: Option<Timestamp>,
 }
-
-/// The keys are already hashes: use them as they are.
-type KeyHasher = BuildHasherDefault<PassThroughHasher>;
 
 impl RepositoryLedger {
     /// A ledger seeded with `known` paths (blank lines of the seed file are left out by the caller).

@@ -171,7 +171,7 @@ impl Repositories {
     /// Asks for the slot where `key` is looked up first.
     fn prefetch(&self, key: u128) {
         if !self.slots.is_empty() {
-            crate::dedup::prefetch(&self.slots[self.home(key)]);
+            crate::cache_line::prefetch(&self.slots[self.home(key)]);
         }
     }
 

@@ -5,7 +5,8 @@ use crate::aggregate::sketch::{UserSketch, WarehouseSketch};
 use crate::aggregate::sketch::{
     HASH_NAME, HLL_SKETCH_FAMILY, HLL_SKETCH_HASH, HLL_SKETCH_TYPE, PRECISION_RANGE, SKETCH_FORMAT,
 };
-use crate::aggregate::{known_metric, MetricRow, MetricTable, TableCell};
+use crate::aggregate::{MetricRow, MetricTable, TableCell};
+use crate::classify::known_metric;
 use anyhow::Result;
 use arrow_array::{ArrayRef, BinaryArray, Date32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};

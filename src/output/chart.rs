@@ -1,7 +1,8 @@
 //! Charts of `report`: an SVG line chart of weekly unique users, and terminal sparklines.
 
 use crate::aggregate::period::{Period, PeriodKind};
-use crate::aggregate::{metric_names, short_name, MetricRow};
+use crate::aggregate::MetricRow;
+use crate::classify::{metric_names, short_name};
 use chrono::NaiveDate;
 use plotters::prelude::*;
 

@@ -5,7 +5,9 @@
 //! are staged beside their final names and renamed with the run's other outputs.
 
 use super::StagedOutputs;
-use crate::dedup::rows::{DatasetRow, DatasetRows, Month};
+use crate::dedup::rows::each_spooled_row;
+use crate::records::row::{EncodedRow, Month};
+use crate::tally::DatasetRows;
 use anyhow::{Context, Result};
 use arrow_array::builder::{
     BooleanBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
@@ -54,6 +56,48 @@ pub fn schema() -> Schema {
         Field::new("line", DataType::Int64, false),
         Field::new("index", DataType::Int64, true),
     ])
+}
+
+/// A row as the dataset shows it.
+#[derive(Debug)]
+pub struct DatasetRow<'a> {
+    pub row: EncodedRow<'a>,
+    /// The tracked event, `manifest_delete`, or none.
+    pub class: Option<&'static str>,
+    pub counted: bool,
+    pub file: &'a str,
+    /// Line within the input.
+    pub line: u64,
+}
+
+/// Calls `each` with every row of a month's temporary file that is a first delivery, in input
+/// order, with what the run learned after reading it: whether a deferred event was a first
+/// delivery, and whether a repository push created its repository.
+pub fn each_row(
+    rows: &DatasetRows,
+    path: &Path,
+    mut each: impl FnMut(&DatasetRow<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    let resolution = &rows.resolution;
+    each_spooled_row(path, |spooled| {
+        if let Some(d) = &resolution.deferred {
+            if !d.is_first(spooled.position) {
+                return Ok(());
+            }
+        }
+        let row = spooled.row;
+        let created = row.is_repository_push() && resolution.creates.contains(&row.id_key);
+        let tracked = row.tracked(created);
+        let date = row.time.date();
+        let in_range = rows.since.is_none_or(|s| date >= s) && rows.until.is_none_or(|u| date < u);
+        each(&DatasetRow {
+            class: row.class(tracked),
+            counted: tracked.is_some() && row.user.is_some() && in_range,
+            file: rows.files.get(spooled.input).map_or("", String::as_str),
+            line: spooled.line,
+            row,
+        })
+    })
 }
 
 /// The name of a month's folder.
@@ -273,7 +317,7 @@ pub fn stage_dataset(
                 rows: 0,
             };
             let mut failed = None;
-            rows.each_row(spooled, |row| {
+            each_row(rows, spooled, |row| {
                 w.push(row).map_err(|e| {
                     failed = Some(e);
                     io::Error::other("events dataset")

@@ -6,8 +6,8 @@
 
 use crate::aggregate::period::{monday_of, Period, PeriodKind};
 use crate::aggregate::sketch::UserSketch;
-use crate::aggregate::{metric_names, MetricRow};
-use crate::classify::TOTAL_METRIC;
+use crate::aggregate::MetricRow;
+use crate::classify::{metric_names, TOTAL_METRIC};
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

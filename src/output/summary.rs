@@ -1,6 +1,6 @@
 //! `summary.json` and the short human summary printed at the end of a run.
 
-use crate::aggregate::{metric_names, short_name};
+use crate::classify::{metric_names, short_name};
 use crate::output::events::DatasetReport;
 use crate::output::redis::RedisReport;
 use crate::output::service_ping::ServicePing;

@@ -6,6 +6,8 @@
 //! `events` make the whole line *malformed*. Strings are `Cow`: they borrow from the line
 //! unless JSON escapes (Go writes `\u0026` for `&`) force a copy.
 
+pub mod chunk;
+pub mod jwt;
 mod scan;
 #[cfg(test)]
 mod serde_oracle;

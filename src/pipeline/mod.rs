@@ -23,19 +23,19 @@
 
 use crate::aggregate::{Fold, MetricTable, RedisExport};
 use crate::classify::TrackedEvent;
-use crate::dedup::rows::{ChunkRows, DatasetRows, DeferredFirsts, IdKeys, Resolution, RowSpool};
+use crate::dedup::rows::{ChunkRows, DeferredFirsts, RowSpool};
 use crate::dedup::Deduplicator;
 use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::RepositoryLedger;
 use crate::output::write_reject;
-use crate::read::user_ids::{IdsByUser, ReportedUser};
+use crate::parse::chunk::{parse_chunk_into, ChunkOutput, ParseRules};
+use crate::read::user_ids::IdsByUser;
 use crate::read::{
     open_input, BufferPool, Chunk, Chunker, Compression, InputPath, Prefetch, RawBytes,
 };
-use crate::records::{
-    parse_chunk_into, ChunkOutput, EventRecord, LineCounts, ParseRules, PathMap, Reject,
-};
+use crate::records::{EventRecord, LineCounts, PathMap, Reject, ReportedUser};
 use crate::spill::{MemoryBudget, SpillDir};
+use crate::tally::{DatasetRows, IdKeys, Resolution};
 use crate::timestamp::Timestamp;
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
@@ -295,7 +295,7 @@ pub fn run(
                 sink.fold.resolved_push(push);
             }
             if want_creates && push.event == TrackedEvent::CreateRepository {
-                sink.creates.insert(xxhash_rust::xxh3::xxh3_128(id));
+                sink.creates.insert(crate::keys::event_key(id));
             }
         })
         .context("cannot replay the repository ledger")?;

@@ -14,7 +14,8 @@
 
 use crate::aggregate::period::Period;
 use crate::aggregate::sketch::{UserSketch, WarehouseSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
-use crate::aggregate::{known_metric, MetricTable, TableCell};
+use crate::aggregate::{MetricTable, TableCell};
+use crate::classify::known_metric;
 use crate::classify::TrackedEvent;
 use crate::ledger::{LedgerEntry, RepositoryLedger};
 use crate::output::redis::hll::WeekIds;
@@ -847,12 +848,12 @@ mod tests {
         agg.add(
             TrackedEvent::PushTag,
             NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
-            crate::aggregate::sketch::identity_hash("root"),
+            crate::keys::identity_hash("root"),
         );
         let mut ledger = RepositoryLedger::seeded(["g/known"]);
-        ledger.learn_path(crate::ledger::repository_key("g/r"), "g/r".into());
+        ledger.learn_path(crate::keys::repository_key("g/r"), "g/r".into());
         ledger.push(
-            crate::ledger::repository_key("g/r"),
+            crate::keys::repository_key("g/r"),
             Timestamp {
                 secs: 1_609_750_000,
                 nanos: 5,
@@ -1033,7 +1034,7 @@ mod tests {
     fn extreme_times_and_ids_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = sample();
-        let key = crate::ledger::repository_key("g/old");
+        let key = crate::keys::repository_key("g/old");
         state.ledger.learn_path(key, "g/old".into());
         let year_0 = parse_rfc3339("0000-01-01T00:30:00+01:00").unwrap();
         state.ledger.push(key, year_0);

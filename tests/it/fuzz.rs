@@ -8,9 +8,10 @@
 
 use crate::support::Rng;
 use datasketches::hll::Coupon;
-use regtally::aggregate::sketch::{identity_coupon, identity_hash, UserSketch, WarehouseSketch};
+use regtally::aggregate::sketch::{UserSketch, WarehouseSketch};
 use regtally::aggregate::Aggregate;
 use regtally::classify::TrackedEvent;
+use regtally::keys::{identity_coupon, identity_hash};
 use regtally::ledger::RepositoryLedger;
 use regtally::output::aggregates::{read_aggregates_from, write_aggregates, AggregatesMetadata};
 use regtally::state::RunState;

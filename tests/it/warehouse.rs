@@ -108,11 +108,10 @@ fn a_zero_time_event_among_normal_ones_changes_no_row() {
 #[test]
 fn a_stored_period_no_registry_wrote_is_refused() {
     use regtally::aggregate::period::Period;
-    use regtally::aggregate::sketch::{
-        identity_coupon, identity_hash, UserSketch, WarehouseSketch,
-    };
+    use regtally::aggregate::sketch::{UserSketch, WarehouseSketch};
     use regtally::aggregate::MetricRow;
     use regtally::classify::TOTAL_METRIC;
+    use regtally::keys::{identity_coupon, identity_hash};
     let ws = Workspace::new();
     let row = |year: i32| {
         let mut sketch = UserSketch::new(14);
