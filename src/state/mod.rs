@@ -14,11 +14,11 @@
 
 use crate::aggregate::period::Period;
 use crate::aggregate::sketch::{UserSketch, WarehouseSketch, HASH_NAME, SKETCH_FORMAT_VERSION};
+use crate::aggregate::WeekIds;
 use crate::aggregate::{MetricTable, TableCell};
 use crate::classify::known_metric;
 use crate::classify::TrackedEvent;
 use crate::ledger::{LedgerEntry, RepositoryLedger};
-use crate::output::redis::hll::WeekIds;
 use crate::pipeline::{InputReport, Tally};
 use crate::read::InputPath;
 use crate::timestamp::{parse_rfc3339, Timestamp};

@@ -203,22 +203,3 @@ mod tests {
         assert!(a.registers_set() > 900);
     }
 }
-
-/// GitLab user ids per tracked event and ISO week (by its Monday): what the Redis export
-/// writes, and what a state keeps of it from night to night.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WeekIds(
-    pub std::collections::BTreeMap<(crate::classify::TrackedEvent, chrono::NaiveDate), Vec<u64>>,
-);
-
-impl WeekIds {
-    /// Adds `other`'s ids; each week's stay sorted and distinct.
-    pub fn merge(&mut self, other: WeekIds) {
-        for (key, ids) in other.0 {
-            let mine = self.0.entry(key).or_default();
-            mine.extend(ids);
-            mine.sort_unstable();
-            mine.dedup();
-        }
-    }
-}

@@ -6,8 +6,9 @@
 pub mod hll;
 
 use super::StagedOutputs;
+use crate::aggregate::WeekIds;
 use crate::classify::TrackedEvent;
-use crate::output::redis::hll::{RedisHll, WeekIds};
+use crate::output::redis::hll::RedisHll;
 use anyhow::{Context, Result};
 use chrono::{Datelike, Days, NaiveDate};
 use rayon::prelude::*;

@@ -1,0 +1,464 @@
+//! Who was counted when: the users of each tracked event per UTC day, as the fold gathers them,
+//! and at the end the sketches of every day, week, month and union row built from them.
+//!
+//! The hot path only appends a user's identity hash to its day's list and counts the event.
+//! Sketches are built once per cell at the end, from the sorted codes of its users: inserting
+//! every event into a sparse HyperLogLog++ costs far more than an append, and the lists hold
+//! nothing the sketches would not. Weeks and months are the unions of their days.
+
+use super::period::{Period, PeriodKind};
+use super::sketch::{sparse_code, UserSketch, WarehouseSketch};
+use super::table::{MetricTable, TableCell};
+use crate::classify::{TrackedEvent, TOTAL_METRIC};
+use crate::keys::PassThroughHasher;
+use crate::records::ReportedUser;
+use chrono::NaiveDate;
+use datasketches::hll::Coupon;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+/// Where each user lands in the `hll_sketch` column, by identity hash: parse threads report
+/// each user's coupon about once per run ([`crate::parse::chunk::ParseRules::run`]), not with every
+/// record.
+pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
+
+/// Users and events of one tracked event in one period.
+///
+/// The users' identity hashes are appended as events come, and sorted and cut to one of each
+/// whenever the list has doubled since it last was: an append writes at the list's end, which
+/// stays in cache for every day of a year of cells, where a hash set's insert read a random
+/// place of one of a year of tables (the fold's largest stall on 4M events). The list holds
+/// at most about twice the cell's distinct users.
+#[derive(Clone, Debug, Default)]
+pub struct Cell {
+    pub events: u64,
+    users: Vec<u64>,
+    /// How many of `users` were one of each when last cut.
+    distinct: usize,
+}
+
+/// The fewest users a list holds before it is first cut.
+const FIRST_CUT: usize = 64;
+
+impl Cell {
+    fn add(&mut self, user: u64) {
+        self.events += 1;
+        self.users.push(user);
+        self.cut_if_doubled();
+    }
+
+    fn merge_from(&mut self, other: &Cell) {
+        self.events += other.events;
+        self.users.extend_from_slice(&other.users);
+        self.cut_if_doubled();
+    }
+
+    /// Cuts the list once it has doubled since it was last cut.
+    fn cut_if_doubled(&mut self) {
+        if self.users.len() >= (2 * self.distinct).max(FIRST_CUT) {
+            self.cut();
+        }
+    }
+
+    /// Sorts the users and keeps one of each.
+    fn cut(&mut self) {
+        self.users.sort_unstable();
+        self.users.dedup();
+        self.distinct = self.users.len();
+    }
+
+    /// The cell's users, one of each, sorted.
+    pub(super) fn distinct_users(mut self) -> Vec<u64> {
+        self.cut();
+        self.users
+    }
+}
+
+impl PartialEq for Cell {
+    fn eq(&self, other: &Cell) -> bool {
+        self.events == other.events
+            && self.clone().distinct_users() == other.clone().distinct_users()
+    }
+}
+
+/// A quick hasher for the few small integers of a cell's key: std's SipHash, made to resist
+/// hostile keys, was a visible share of the fold, and these keys come from a handful of
+/// metrics and periods.
+#[derive(Default)]
+struct CellKeyHasher(u64);
+
+impl std::hash::Hasher for CellKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_i32(&mut self, v: i32) {
+        self.write_u64(v as u32 as u64);
+    }
+
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// The mergeable state of the metrics: per-chunk folds and the final reduce are the same code.
+#[derive(Clone, Debug, Default)]
+pub struct Aggregate {
+    cells: HashMap<(TrackedEvent, Period), Cell, BuildHasherDefault<CellKeyHasher>>,
+    /// Where each user lands in the `hll_sketch` column, by identity hash.
+    coupons: UserCoupons,
+    /// With the Redis export: counted users' names and JWT ids, by identity hash.
+    pub(super) gitlab_users: HashMap<u64, ReportedUser, BuildHasherDefault<PassThroughHasher>>,
+}
+
+impl Aggregate {
+    /// Counts one event by a user on a UTC date.
+    ///
+    /// Only the day's cell: weeks and months are rolled up from the days at the end
+    /// ([`Aggregate::into_table`]), once per user and day instead of once per event.
+    pub fn add(&mut self, event: TrackedEvent, date: NaiveDate, user: u64) {
+        self.cells
+            .entry((event, Period::day_of(date)))
+            .or_default()
+            .add(user);
+    }
+
+    /// The day cells gathered into the periods `period_of` puts each day in, each the union of
+    /// its days.
+    pub(super) fn rolled_up(
+        &self,
+        period_of: fn(NaiveDate) -> Period,
+    ) -> HashMap<(TrackedEvent, Period), Cell> {
+        let mut to = HashMap::<(TrackedEvent, Period), Cell>::new();
+        for ((event, day), cell) in &self.cells {
+            if day.kind == PeriodKind::Day {
+                let c = to.entry((*event, period_of(day.start))).or_default();
+                c.merge_from(cell);
+            }
+        }
+        to
+    }
+
+    /// Learns where users land in the `hll_sketch` column.
+    pub fn learn_users(&mut self, users: impl IntoIterator<Item = (u64, Coupon)>) {
+        self.coupons.extend(users);
+    }
+
+    /// Adds everything `other` counted.
+    pub fn merge(mut self, other: Aggregate) -> Aggregate {
+        let (mut big, small) = if self.cells.len() >= other.cells.len() {
+            (std::mem::take(&mut self), other)
+        } else {
+            (other, std::mem::take(&mut self))
+        };
+        // The cells both hold are merged on every core (each merge may sort a day's users:
+        // on one core this was a step of its own between reading and the ledger, and again
+        // after the ledger); the others only move.
+        big.cells.par_iter_mut().for_each(|(key, cell)| {
+            if let Some(theirs) = small.cells.get(key) {
+                cell.merge_from(theirs);
+            }
+        });
+        for (key, cell) in small.cells {
+            big.cells.entry(key).or_insert(cell);
+        }
+        if big.coupons.len() < small.coupons.len() {
+            let mine = std::mem::replace(&mut big.coupons, small.coupons);
+            big.coupons.extend(mine);
+        } else {
+            big.coupons.extend(small.coupons);
+        }
+        big.learn_gitlab_users(small.gitlab_users);
+        big
+    }
+
+    /// The sketches of every non-empty cell and of the union row, built on every core.
+    ///
+    /// Each day cell's users become the sorted codes of both sketches ([`CellUsers`]); a
+    /// week's or month's are the sorted union of its days', and a period's union row the
+    /// sorted union of its cells'. Each sketch is then built in one pass from its codes
+    /// (`UserSketch::of_codes`), which gives the bytes inserting the users one by one gives
+    /// (`rolled_up_and_union_rows_equal_sketches_of_their_users`).
+    pub fn into_table(self, precision: u8) -> MetricTable {
+        let coupons = &self.coupons;
+        let days: Vec<(TrackedEvent, Period, CellUsers)> = self
+            .cells
+            .into_par_iter()
+            .map(|((event, day), cell)| (event, day, CellUsers::of(cell, precision, coupons)))
+            .collect();
+        let mut parts: HashMap<(TrackedEvent, Period), Vec<&CellUsers>> = HashMap::new();
+        for (event, day, users) in &days {
+            for period in [Period::week_of(day.start), Period::month_of(day.start)] {
+                parts.entry((*event, period)).or_default().push(users);
+            }
+        }
+        let rolled_up: Vec<(TrackedEvent, Period, CellUsers)> = parts
+            .into_par_iter()
+            .map(|((event, period), days)| (event, period, CellUsers::union(&days)))
+            .collect();
+        let mut by_period: HashMap<Period, Vec<(TrackedEvent, &CellUsers)>> = HashMap::new();
+        for (event, period, users) in days.iter().chain(&rolled_up) {
+            by_period.entry(*period).or_default().push((*event, users));
+        }
+        let rows: Vec<(&'static str, Period, TableCell)> = by_period
+            .into_par_iter()
+            .flat_map_iter(|(period, cells)| {
+                let all: Vec<&CellUsers> = cells.iter().map(|(_, users)| *users).collect();
+                let total = CellUsers::union(&all).table_cell(precision);
+                cells
+                    .into_iter()
+                    .map(move |(event, users)| {
+                        (event.metric_name(), period, users.table_cell(precision))
+                    })
+                    .chain([(TOTAL_METRIC, period, total)])
+            })
+            .collect();
+        let mut table = MetricTable::new(precision);
+        for (metric, period, cell) in rows {
+            table.cells.insert((metric, period), cell);
+        }
+        table
+    }
+}
+
+/// One cell's events, and its users as the sorted, distinct codes of both sketches: what
+/// its sketches are built from, and what a longer period's cell is the union of.
+struct CellUsers {
+    events: u64,
+    /// [`sparse_code`]s of the users' identity hashes.
+    codes: Vec<u32>,
+    /// The users' `hll_sketch` coupons.
+    coupons: Vec<Coupon>,
+}
+
+impl CellUsers {
+    fn of(cell: Cell, precision: u8, coupons: &UserCoupons) -> CellUsers {
+        let mut codes: Vec<u32> = cell
+            .users
+            .iter()
+            .map(|&h| sparse_code(precision, h))
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        // Every counted user's coupon was learned from its chunk (`Aggregate::learn_users`).
+        let mut coupons: Vec<Coupon> = cell
+            .users
+            .iter()
+            .filter_map(|h| coupons.get(h).copied())
+            .collect();
+        coupons.sort_unstable();
+        coupons.dedup();
+        CellUsers {
+            events: cell.events,
+            codes,
+            coupons,
+        }
+    }
+
+    /// The cell of all these cells' events and users.
+    fn union(parts: &[&CellUsers]) -> CellUsers {
+        let codes: Vec<&[u32]> = parts.iter().map(|p| &p.codes[..]).collect();
+        let coupons: Vec<&[Coupon]> = parts.iter().map(|p| &p.coupons[..]).collect();
+        CellUsers {
+            events: parts.iter().map(|p| p.events).sum(),
+            codes: union_of_sorted(&codes),
+            coupons: union_of_sorted(&coupons),
+        }
+    }
+
+    fn table_cell(&self, precision: u8) -> TableCell {
+        TableCell {
+            sketch: UserSketch::of_codes(precision, &self.codes),
+            hll_sketch: Some(WarehouseSketch::of_users(precision, &self.coupons)),
+            events: self.events,
+        }
+    }
+}
+
+/// The sorted union, without repeats, of sorted lists without repeats, merged pairwise.
+fn union_of_sorted<T: Ord + Copy>(lists: &[&[T]]) -> Vec<T> {
+    match lists {
+        [] => Vec::new(),
+        [one] => one.to_vec(),
+        _ => {
+            let (left, right) = lists.split_at(lists.len() / 2);
+            let (a, b) = (union_of_sorted(left), union_of_sorted(right));
+            let mut out = Vec::with_capacity(a.len() + b.len());
+            let (mut i, mut j) = (0, 0);
+            // Without a branch on which side is smaller: the codes are random, and the
+            // mispredicted branches of a plain merge took most of its time.
+            while i < a.len() && j < b.len() {
+                let (x, y) = (a[i], b[j]);
+                out.push(x.min(y));
+                i += usize::from(x <= y);
+                j += usize::from(y <= x);
+            }
+            out.extend_from_slice(&a[i..]);
+            out.extend_from_slice(&b[j..]);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{d, u};
+    #[test]
+    fn merge_equals_one_fold() {
+        let adds = [
+            (TrackedEvent::PushTag, d(2021, 1, 3), u(1)),
+            (TrackedEvent::PushTag, d(2021, 1, 3), u(1)),
+            (TrackedEvent::PushTag, d(2021, 1, 4), u(2)),
+            (TrackedEvent::DeleteTag, d(2021, 2, 20), u(1)),
+        ];
+        let mut whole = Aggregate::default();
+        adds.iter().for_each(|&(e, dt, u)| whole.add(e, dt, u));
+        let mut a = Aggregate::default();
+        let mut b = Aggregate::default();
+        adds[..2].iter().for_each(|&(e, dt, u)| a.add(e, dt, u));
+        adds[2..].iter().for_each(|&(e, dt, u)| b.add(e, dt, u));
+        let merged = a.merge(b);
+        assert_eq!(merged.cells, whole.cells);
+        let day = Period::day_of(d(2021, 1, 3));
+        assert_eq!(merged.cells[&(TrackedEvent::PushTag, day)].events, 2);
+        // Weeks and months are rolled up from the days: 2021-01-03 and -04 fall in two weeks
+        // and one month.
+        let weeks = merged.rolled_up(Period::week_of);
+        let months = merged.rolled_up(Period::month_of);
+        let week = |y, m, dd| (TrackedEvent::PushTag, Period::week_of(d(y, m, dd)));
+        assert_eq!(weeks[&week(2021, 1, 3)].events, 2);
+        assert_eq!(weeks[&week(2021, 1, 4)].events, 1);
+        let month = (TrackedEvent::PushTag, Period::month_of(d(2021, 1, 1)));
+        assert_eq!(months[&month].events, 3);
+        assert_eq!(months[&month].clone().distinct_users().len(), 2);
+    }
+
+    /// Folds that share cells merge into the fold of all their events, whichever is larger,
+    /// the shared cells' users and events added up (merged on every core) and the others
+    /// moved.
+    #[test]
+    fn folds_sharing_cells_merge_into_one_fold() {
+        let day = |n| d(2021, 1, n);
+        let mut whole = Aggregate::default();
+        let (mut a, mut b) = (Aggregate::default(), Aggregate::default());
+        for i in 0..3000u32 {
+            // Days 1-5 in both folds, day 6 only in the first, day 7 only in the second;
+            // users repeat, so the shared cells' lists are cut as they merge.
+            let n = 1 + i % 7;
+            let event = [TrackedEvent::PushTag, TrackedEvent::DeleteTag][(i % 2) as usize];
+            let add = (event, day(n), u(i % 400));
+            whole.add(add.0, add.1, add.2);
+            if n == 6 || (n != 7 && i % 3 == 0) {
+                a.add(add.0, add.1, add.2);
+            } else {
+                b.add(add.0, add.1, add.2);
+            }
+        }
+        let shared = a.cells.keys().filter(|k| b.cells.contains_key(*k)).count();
+        assert_eq!(shared, 10);
+        for merged in [a.clone().merge(b.clone()), b.merge(a)] {
+            assert_eq!(merged.cells, whole.cells);
+        }
+    }
+
+    /// Every cell's sketches, whether a day's, a week's or a month's rolled up from its
+    /// days, or a period's union row, are byte for byte those of inserting the cell's users
+    /// one by one, sparse or dense.
+    #[test]
+    fn rolled_up_and_union_rows_equal_sketches_of_their_users() {
+        let events = [
+            TrackedEvent::PushTag,
+            TrackedEvent::DeleteTag,
+            TrackedEvent::CreateRepository,
+            TrackedEvent::PushRepository,
+            TrackedEvent::DeleteRepository,
+        ];
+        let days = [d(2021, 1, 4), d(2021, 1, 6), d(2021, 1, 10), d(2021, 1, 11)];
+        // Users per cell and day: all small; one past the sparse limit; all past it.
+        for sizes in [[3, 40, 0, 120, 7], [50, 9000, 300, 1, 2000], [7000; 5]] {
+            let mut agg = Aggregate::default();
+            let mut users: HashMap<(&str, Period), std::collections::HashSet<u64>> = HashMap::new();
+            for (k, (event, n)) in events.iter().zip(sizes).enumerate() {
+                for (j, day) in days.iter().enumerate() {
+                    // Each day shares some users with the others, and cells share some.
+                    for i in 0..n {
+                        let user = u((k as u32) * 3000 + (j as u32) * (n / 2 + 1) + i);
+                        agg.add(*event, *day, user);
+                        for period in [Period::day_of(*day), Period::week_of(*day)]
+                            .into_iter()
+                            .chain([Period::month_of(*day)])
+                        {
+                            for metric in [event.metric_name(), TOTAL_METRIC] {
+                                users.entry((metric, period)).or_default().insert(user);
+                            }
+                        }
+                    }
+                }
+            }
+            let coupon = |h: u64| Coupon::from_value(h);
+            let all: Vec<u64> = users.values().flatten().copied().collect();
+            agg.learn_users(all.iter().map(|&h| (h, coupon(h))));
+            let mut rows = agg.into_table(14).into_rows();
+            let mut checked = 0;
+            for row in rows.iter_mut().filter(|r| r.events > 0) {
+                let cell_users = &users[&(row.metric, row.period)];
+                let mut inserted = UserSketch::new(14);
+                cell_users.iter().for_each(|&h| inserted.insert(h));
+                let coupons: Vec<Coupon> = cell_users.iter().map(|&h| coupon(h)).collect();
+                let what = format!("{sizes:?} {} {}", row.metric, row.period);
+                assert!(row.sketch.to_bytes() == inserted.to_bytes(), "{what}");
+                let hll = row.hll_sketch.as_ref().unwrap().to_bytes();
+                assert!(
+                    hll == WarehouseSketch::of_users(14, &coupons).to_bytes(),
+                    "{what}"
+                );
+                checked += 1;
+            }
+            // Four days, two weeks, one month: each a cell per non-empty event and a total.
+            let non_empty = sizes.iter().filter(|&&n| n > 0).count();
+            assert_eq!(checked, 7 * (non_empty + 1), "{sizes:?}");
+        }
+    }
+
+    /// A cell's list of users is cut to one of each as it doubles, so it holds at most about
+    /// twice its distinct users, and merging cells keeps every user.
+    #[test]
+    fn cells_hold_each_user_once_within_twice_their_users() {
+        let mut cell = Cell::default();
+        for i in 0..100_000u32 {
+            cell.add(u(i % 1000));
+            assert!(cell.users.len() <= 2 * 1000 + 1, "{i}");
+        }
+        let mut other = Cell::default();
+        (990..1010).for_each(|i| other.add(u(i)));
+        cell.merge_from(&other);
+        assert_eq!(cell.events, 100_020);
+        let mut want: Vec<u64> = (0..1010).map(u).collect();
+        want.sort_unstable();
+        assert_eq!(cell.distinct_users(), want);
+    }
+
+    #[test]
+    fn union_of_sorted_lists() {
+        let lists: [&[u32]; 5] = [&[1, 4, 9], &[], &[2, 4, 10, 11], &[0], &[4, 11, 12]];
+        assert_eq!(union_of_sorted(&lists), [0, 1, 2, 4, 9, 10, 11, 12]);
+        assert_eq!(union_of_sorted::<u32>(&[]), Vec::<u32>::new());
+        assert_eq!(union_of_sorted(&lists[..1]), [1, 4, 9]);
+    }
+}
