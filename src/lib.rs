@@ -15,6 +15,7 @@ pub mod cache_line;
 pub mod classify;
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod dedup;
 pub mod keys;
 pub mod ledger;

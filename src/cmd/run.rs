@@ -2,6 +2,8 @@
 
 use crate::aggregate::{MetricRow, MetricTable};
 use crate::cli::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
+use crate::config::{Prior, RunConfig};
+use crate::dedup::window::IdWindow;
 use crate::ledger::RepositoryLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
 use crate::output::events::{stage_dataset, DatasetReport};
@@ -10,7 +12,7 @@ use crate::output::service_ping::ServicePing;
 use crate::output::summary::{self, print_human, write_summary, RunFlags};
 use crate::output::{self, StagedOutputs};
 use crate::parse::chunk::{new_run_id, ParseRules};
-use crate::pipeline::{self, IdWindow, Prior, RunConfig, Tally};
+use crate::pipeline;
 use crate::read::user_ids::{load as load_user_ids, IdsByUser};
 use crate::read::{discover_inputs, InputPath};
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
@@ -18,6 +20,7 @@ use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
 };
 use crate::tally::DatasetRows;
+use crate::tally::Tally;
 use crate::timestamp::TimeWindow;
 use anyhow::{Context, Result};
 use chrono::NaiveDate;

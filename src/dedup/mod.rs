@@ -20,6 +20,7 @@ use std::io::{self, BufRead};
 
 pub mod rows;
 mod slots;
+pub mod window;
 
 /// Shards of the id set, by the top bits of the id.
 const SHARD_BITS: u32 = 6;

@@ -4,11 +4,11 @@ pub mod aggregates;
 pub mod chart;
 pub mod events;
 pub mod redis;
+pub mod rejects;
 pub mod service_ping;
 pub mod summary;
 
 use crate::ledger::RepositoryLedger;
-use crate::records::Reject;
 use crate::spill::{keep_on_signal, remove_on_signal};
 use anyhow::{Context, Result};
 use std::fs::{self, File};
@@ -197,31 +197,6 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("output folder {} is not writable", dir.display()))?;
     fs::remove_file(&probe).with_context(|| format!("cannot clean up {}", probe.display()))?;
     Ok(())
-}
-
-/// One line of `rejects.jsonl`.
-#[derive(serde::Serialize)]
-struct RejectLine<'a> {
-    file: &'a str,
-    line: u64,
-    index: Option<u32>,
-    reason: &'a str,
-    /// Only with a line's first reject.
-    #[serde(skip_serializing_if = "str::is_empty")]
-    text: &'a str,
-}
-
-/// Writes one line of `rejects.jsonl`: a malformed line or invalid event of `file`.
-pub fn write_reject(file: &str, r: &Reject, w: &mut dyn Write) -> io::Result<()> {
-    let line = RejectLine {
-        file,
-        line: r.line,
-        index: r.index,
-        reason: &r.reason,
-        text: &r.text,
-    };
-    serde_json::to_writer(&mut *w, &line)?;
-    w.write_all(b"\n")
 }
 
 /// Writes `repositories.txt`: one path a line, sorted.

@@ -2,181 +2,49 @@
 //! order, then de-duplication, the ledger and aggregation as each chunk's turn comes.
 //!
 //! Each stage is a module of its own: [`read`](crate::read) cuts an input into chunks of lines,
-//! [`records`](crate::records) parses a chunk into event records and rejects, [`dedup`] keeps
-//! first deliveries, [`ledger::replay`](crate::ledger::replay) keeps what the repository ledger
-//! must replay in time order, and [`aggregate`](crate::aggregate) folds the rest at once.
-//! This module only moves chunks between them:
+//! [`parse::chunk`](crate::parse::chunk) parses a chunk into event records and rejects,
+//! [`dedup`](crate::dedup) keeps first deliveries, [`ledger::replay`](crate::ledger::replay)
+//! keeps what the repository ledger must replay in time order, and
+//! [`aggregate`](crate::aggregate) folds the rest at once. This module only moves chunks
+//! between them, on the current rayon pool:
 //!
 //! - Up to one reader per core, each on its own input, in input order. A reader reads a chunk
-//!   and hands it to a parse task on the pool. It may not run ahead of the fold by more
-//!   than [`Schedule::limit`] chunks; past that it *parks* (its state is put aside, its thread
-//!   goes parsing) and is resumed once the consumer has caught up.
-//! - Parsed chunks wait in a reorder buffer keyed by (input, chunk). Whichever task finishes a
-//!   chunk then tries to become the *consumer*: under one lock it takes every chunk that is
-//!   next in input order, writes its rejects and de-duplicates its records (reading only their
-//!   ids). That is all that needs input order: a fold task per chunk then, on any thread,
-//!   folds the first deliveries and appends the ledger's events to its buffer. No thread ever
-//!   waits for another.
-//!
-//! Memory is therefore a few chunks per core, plus what de-duplication and the ledger keep,
-//! which the [`MemoryBudget`](crate::spill::MemoryBudget) bounds.
+//!   and hands it to a parse task. The [`scheduler`] decides when it must wait for the folds
+//!   (it is parked, its thread goes parsing) and puts parsed chunks back in input order.
+//! - Whichever task finishes a chunk then tries to become the *consumer*: under one lock it
+//!   takes every chunk that is next in input order, writes its rejects and de-duplicates its
+//!   records (reading only their ids). That is all that needs input order: a fold task per
+//!   chunk then, on any thread, folds the first deliveries and appends the ledger's events to
+//!   its buffer. No thread ever waits for another.
+//! - After reading: the spilled ids are de-duplicated, the ledger replays, the folds merge and
+//!   the sketches are built; the [`Tally`] holds what every output is written from.
 
-use crate::aggregate::{Fold, MetricTable, RedisExport};
+pub mod scheduler;
+
+use crate::aggregate::Fold;
 use crate::classify::TrackedEvent;
+use crate::config::{Prior, RunConfig};
 use crate::dedup::rows::{ChunkRows, DeferredFirsts, RowSpool};
+use crate::dedup::window::RecentIds;
 use crate::dedup::Deduplicator;
+use crate::keys::event_key;
 use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
-use crate::ledger::RepositoryLedger;
-use crate::output::write_reject;
-use crate::parse::chunk::{parse_chunk_into, ChunkOutput, ParseRules};
-use crate::read::user_ids::IdsByUser;
+use crate::output::rejects::RejectWriter;
+use crate::parse::chunk::{parse_chunk_into, ChunkOutput};
 use crate::read::{
-    open_input, BufferPool, Chunk, Chunker, Compression, InputPath, Prefetch, RawBytes,
+    open_input, progress_bar, total_bytes, BufferPool, Chunk, Chunker, InputReport, Prefetch,
+    RawBytes,
 };
-use crate::records::{EventRecord, LineCounts, PathMap, Reject, ReportedUser};
-use crate::spill::{MemoryBudget, SpillDir};
-use crate::tally::{DatasetRows, IdKeys, Resolution};
-use crate::timestamp::Timestamp;
+use crate::records::{EventRecord, LineCounts, PathMap, ReportedUser};
+use crate::spill::SpillDir;
+use crate::tally::{DatasetRows, IdKeys, Phases, Resolution, Tally};
 use anyhow::{Context, Result};
-use chrono::NaiveDate;
 use datasketches::hll::Coupon;
-use std::collections::BTreeMap;
+use scheduler::{Piece, Schedule, Start};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use xxhash_rust::xxh3::Xxh3;
-
-/// What a run is asked to do, validated (SPEC §1 to §8; outputs are the caller's).
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    pub inputs: Vec<InputPath>,
-    /// First counted UTC day, inclusive.
-    pub since: Option<NaiveDate>,
-    /// First day no longer counted, exclusive.
-    pub until: Option<NaiveDate>,
-    pub precision: u8,
-    /// Line length and event times a valid event must keep to.
-    pub rules: ParseRules,
-    /// Size a chunk of one input is cut at for the parsers.
-    pub chunk_bytes: usize,
-    /// Show a progress bar of bytes read on stderr.
-    pub progress: bool,
-    /// Return the id and time of de-duplicated events inside this window, for a state.
-    pub keep_event_ids: Option<IdWindow>,
-    /// Hash each input's bytes, for a state's manifest of consumed inputs
-    /// ([`InputReport::content_hash`]). Without a state nothing reads the hash, and hashing
-    /// was about 7% of a run's instructions.
-    pub hash_inputs: bool,
-    /// What de-duplication and the ledger may hold before they spill.
-    pub budget: MemoryBudget,
-    /// With the Redis export: the GitLab ids of `--user-ids` (empty without it).
-    pub user_ids: Option<std::sync::Arc<IdsByUser>>,
-}
-
-/// The event-time window of ids a state keeps (see `RunState::trim_ids`).
-#[derive(Clone, Copy, Debug)]
-pub struct IdWindow {
-    pub days: u32,
-    /// The latest time, in seconds, taken as the newest event.
-    pub not_after: i64,
-}
-
-/// What earlier runs left for this one: the repository ledger and the ids already seen.
-#[derive(Clone, Debug, Default)]
-pub struct Prior {
-    pub ledger: RepositoryLedger,
-    /// Event ids (xxh3-128) whose later deliveries are duplicates.
-    pub seen_ids: Vec<u128>,
-}
-
-impl RunConfig {
-    /// Whether an event of this UTC date is inside `--since`/`--until`.
-    pub fn in_range(&self, date: NaiveDate) -> bool {
-        self.since.is_none_or(|s| date >= s) && self.until.is_none_or(|u| date < u)
-    }
-}
-
-/// How one input was read.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct InputReport {
-    pub path: String,
-    pub compression: Option<Compression>,
-    /// Bytes read from the file (compressed size for compressed inputs).
-    pub bytes: u64,
-    /// Bytes after decompression.
-    pub decoded_bytes: u64,
-    pub lines: u64,
-    /// xxh3-128 of the file's bytes (32 hex digits), when it was read completely and
-    /// [`RunConfig::hash_inputs`] asked for it.
-    pub content_hash: Option<String>,
-    /// Why the input could not be read completely.
-    pub error: Option<String>,
-}
-
-/// A reject with the input it came from.
-#[derive(Clone, Debug)]
-pub struct FileReject {
-    pub file: String,
-    pub reject: Reject,
-}
-
-/// Everything a run computed: the material of every output but the rejects, which went to
-/// their file as they were found.
-#[derive(Debug)]
-pub struct Tally {
-    pub inputs: Vec<InputReport>,
-    pub counts: LineCounts,
-    pub duplicate_events: u64,
-    pub out_of_range_events: u64,
-    pub manifest_deletes: u64,
-    /// De-duplicated valid events by action, in or out of range.
-    pub events_by_action: BTreeMap<String, u64>,
-    /// Counted events (by users, in range) by tracked event.
-    pub counted_events: BTreeMap<&'static str, u64>,
-    pub first_event: Option<Timestamp>,
-    pub last_event: Option<Timestamp>,
-    /// The first few rejects, for the message when there were too many.
-    pub first_rejects: Vec<FileReject>,
-    /// This run's sketches and event counts.
-    pub metrics: MetricTable,
-    /// The repository ledger after this run.
-    pub ledger: RepositoryLedger,
-    /// Pushes and repository deletes older than the last event already applied to their
-    /// repository by an earlier run (see the README on late arrivals).
-    pub late_events: u64,
-    /// Id and time of de-duplicated events inside [`RunConfig::keep_event_ids`]'s window.
-    pub event_ids: Vec<(u128, Timestamp)>,
-    /// What went to temporary files because it passed the memory budget.
-    pub spilled: Vec<&'static str>,
-    /// The events dataset's rows, when asked for ([`ParseRules::rows`]).
-    pub dataset: Option<DatasetRows>,
-    /// GitLab ids per tracked event and week, with the Redis export.
-    pub redis: Option<RedisExport>,
-    /// Wall seconds of each step, in order.
-    pub phase_seconds: Vec<(&'static str, f64)>,
-}
-
-impl Tally {
-    /// Inputs that could not be read completely.
-    pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.inputs
-            .iter()
-            .filter_map(|i| i.error.as_deref().map(|e| (i.path.as_str(), e)))
-    }
-
-    /// `malformed_lines + invalid_events` over `lines` (0 for no lines).
-    pub fn bad_ratio(&self) -> f64 {
-        let bad = self.counts.malformed_lines + self.counts.invalid_events;
-        if self.counts.lines == 0 {
-            0.0
-        } else {
-            bad as f64 / self.counts.lines as f64
-        }
-    }
-}
-
-/// How many rejects the tally keeps for the message.
-const FIRST_REJECTS: usize = 5;
 
 /// Runs the whole data path on the current rayon pool. Rejects are written to `rejects` as
 /// they are found; what passes the budget spills into `spill`.
@@ -188,18 +56,17 @@ pub fn run(
 ) -> Result<Tally> {
     let mut phases = Phases::start();
     // The id set is sized from this once the first chunk says how many events a byte holds.
-    let input_bytes = input_bytes(cfg);
-    let progress = progress_bar(cfg, input_bytes);
+    let input_bytes = total_bytes(&cfg.inputs);
+    let progress = progress_bar(cfg.progress, input_bytes);
     let dedup = Deduplicator::new(prior.seen_ids, cfg.budget, spill)
         .context("cannot start de-duplication")?;
     let threads = rayon::current_num_threads().max(1);
     // As many buffers as chunks may be read ahead: each pool then serves every chunk in flight.
-    let records = BufferPool::new(Schedule::limit(threads));
+    let records = BufferPool::new(Limit::limit(threads));
     let consumer = Consumer {
         cfg,
         input_bytes: Some(input_bytes),
-        rejects,
-        first_rejects: Vec::new(),
+        rejects: RejectWriter::new(rejects),
         lines_before: 0,
         reports: Vec::with_capacity(cfg.inputs.len()),
         counts: LineCounts::default(),
@@ -208,7 +75,7 @@ pub fn run(
     };
     let shared = Shared {
         cfg,
-        pool: BufferPool::new(Schedule::limit(threads)),
+        pool: BufferPool::new(Limit::limit(threads)),
         records,
         progress: progress.clone(),
         schedule: Mutex::new(Schedule::new(cfg.inputs.len(), threads)),
@@ -240,7 +107,7 @@ pub fn run(
         reports,
         counts,
         dedup,
-        first_rejects,
+        rejects,
         rows,
         ..
     } = consumer;
@@ -295,7 +162,7 @@ pub fn run(
                 sink.fold.resolved_push(push);
             }
             if want_creates && push.event == TrackedEvent::CreateRepository {
-                sink.creates.insert(crate::keys::event_key(id));
+                sink.creates.insert(event_key(id));
             }
         })
         .context("cannot replay the repository ledger")?;
@@ -343,7 +210,7 @@ pub fn run(
             .collect(),
         first_event: events.first,
         last_event: events.last,
-        first_rejects,
+        first_rejects: rejects.into_first(),
         metrics,
         ledger: replayed.ledger,
         late_events: replayed.late_events,
@@ -368,61 +235,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Wall time of each step of a run, for `summary.json` (where a slow run spent its time).
-struct Phases {
-    last: std::time::Instant,
-    laps: Vec<(&'static str, f64)>,
-}
+/// What the schedule holds: parsed chunks, ends of input (with the error that stopped the
+/// input, if one did: the consumer, which counts lines, says where) and parked readers.
+type RunSchedule =
+    Schedule<Box<ChunkOutput>, (InputReport, Option<std::io::Error>), Box<InputReader>>;
 
-impl Phases {
-    fn start() -> Phases {
-        Phases {
-            last: std::time::Instant::now(),
-            laps: Vec::new(),
-        }
-    }
-
-    fn lap(&mut self, name: &'static str) {
-        let now = std::time::Instant::now();
-        self.laps.push((name, (now - self.last).as_secs_f64()));
-        self.last = now;
-    }
-}
-
-/// The inputs' size on disk (compressed ones hold more than they weigh; standard input, nothing).
-fn input_bytes(cfg: &RunConfig) -> u64 {
-    cfg.inputs
-        .iter()
-        .filter_map(|i| match i {
-            InputPath::File { canonical, .. } => std::fs::metadata(canonical).ok().map(|m| m.len()),
-            InputPath::Stdin => None,
-        })
-        .sum()
-}
-
-fn progress_bar(cfg: &RunConfig, total: u64) -> Option<indicatif::ProgressBar> {
-    if !cfg.progress {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Some(bar)
-}
-
-/// What a reader hands the consumer, in input order: the input's chunks, then its end (with
-/// the error that stopped it, if one did: the consumer, which counts lines, says where).
-enum Piece {
-    Chunk(Box<ChunkOutput>),
-    End(InputReport, Option<std::io::Error>),
-}
+/// The schedule's limit on chunks in flight, which also sizes the pools of buffers.
+type Limit = Schedule<(), (), ()>;
 
 /// One input being read: everything a parked reader needs to go on.
 struct InputReader {
@@ -434,105 +253,6 @@ struct InputReader {
     next_chunk: u32,
 }
 
-/// A reader to start: a new input to open, or a parked one to resume.
-enum Start {
-    Open(usize),
-    Resume(Box<InputReader>),
-}
-
-/// Which chunks are read, parsed and waiting, and which reader may read on.
-struct Schedule {
-    /// Parsed chunks and ends of input, waiting for their turn.
-    ready: BTreeMap<(usize, u32), Piece>,
-    /// The piece the consumer takes next.
-    next: (usize, u32),
-    /// Chunks read and not yet folded, per input (one entry per input) and in all.
-    pending: Vec<u32>,
-    outstanding: usize,
-    /// Inputs opened so far (they are opened in input order), and those not yet ended.
-    opened: usize,
-    open_readers: usize,
-    max_readers: usize,
-    /// Readers waiting for the consumer or the folds to catch up.
-    parked: Vec<InputReader>,
-    /// The consumer failed: read no further.
-    aborted: bool,
-}
-
-impl Schedule {
-    fn new(inputs: usize, threads: usize) -> Schedule {
-        Schedule {
-            ready: BTreeMap::new(),
-            next: (0, 0),
-            pending: vec![0; inputs],
-            outstanding: 0,
-            opened: 0,
-            open_readers: 0,
-            max_readers: threads,
-            parked: Vec::new(),
-            aborted: false,
-        }
-    }
-
-    /// The most chunks read and not yet folded: two per thread and two more, so that every
-    /// core has a chunk to parse while the next are read.
-    fn limit(threads: usize) -> usize {
-        2 * threads + 2
-    }
-
-    /// Whether input `i`'s reader may read another chunk. The input the consumer waits on may
-    /// always have `limit` chunks of its own in flight, so that it can never be starved by
-    /// inputs after it; those read only while the total is under the limit.
-    fn may_read(&self, i: usize) -> bool {
-        let limit = Self::limit(self.max_readers);
-        !self.aborted
-            && (self.pending[i] as usize) < limit
-            && (i == self.next.0 || self.outstanding < limit)
-    }
-
-    /// Readers to start now: parked ones that may read again, and new inputs in order.
-    fn starts(&mut self) -> Vec<Start> {
-        let mut starts = Vec::new();
-        if self.aborted {
-            return starts;
-        }
-        let mut still = Vec::new();
-        for r in std::mem::take(&mut self.parked) {
-            if self.may_read(r.index) {
-                starts.push(Start::Resume(Box::new(r)));
-            } else {
-                still.push(r);
-            }
-        }
-        self.parked = still;
-        // Inputs open in order, a few ahead of the consumer at most.
-        while self.opened < self.pending.len()
-            && (self.open_readers < self.max_readers || self.opened == self.next.0)
-            && self.opened <= self.next.0 + self.max_readers
-        {
-            starts.push(Start::Open(self.opened));
-            self.opened += 1;
-            self.open_readers += 1;
-        }
-        starts
-    }
-
-    /// Takes the next piece in input order, if it is ready (none once the run failed).
-    fn take_next(&mut self) -> Option<Piece> {
-        if self.aborted {
-            self.ready.clear();
-            return None;
-        }
-        let piece = self.ready.remove(&self.next)?;
-        match &piece {
-            // The chunk stays counted until its fold task is done (see `Shared::fold`).
-            Piece::Chunk(_) => self.next.1 += 1,
-            Piece::End(..) => self.next = (self.next.0 + 1, 0),
-        }
-        Some(piece)
-    }
-}
-
 /// What the tasks of a run share.
 struct Shared<'r> {
     cfg: &'r RunConfig,
@@ -540,7 +260,7 @@ struct Shared<'r> {
     pool: BufferPool,
     records: BufferPool<EventRecord>,
     progress: Option<indicatif::ProgressBar>,
-    schedule: Mutex<Schedule>,
+    schedule: Mutex<RunSchedule>,
     consumer: Mutex<Consumer<'r>>,
     /// Set whenever a piece is posted: the consumer looks again before it stops.
     posted: AtomicBool,
@@ -553,7 +273,7 @@ struct Shared<'r> {
 }
 
 impl<'r> Shared<'r> {
-    fn start<'s>(&'s self, scope: &rayon::Scope<'s>, starts: Vec<Start>) {
+    fn start<'s>(&'s self, scope: &rayon::Scope<'s>, starts: Vec<Start<Box<InputReader>>>) {
         for start in starts {
             scope.spawn(move |scope| {
                 let reader = match start {
@@ -602,7 +322,7 @@ impl<'r> Shared<'r> {
             }
             Err(e) => {
                 report.error = Some(format!("cannot open: {e}"));
-                self.end(scope, i, 0, report, None);
+                self.end(scope, i, 0, (report, None));
                 None
             }
         }
@@ -613,18 +333,12 @@ impl<'r> Shared<'r> {
     fn read<'s>(&'s self, scope: &rayon::Scope<'s>, mut r: Box<InputReader>) {
         let i = r.index;
         loop {
-            {
-                let mut s = lock(&self.schedule);
-                if s.aborted {
-                    return;
-                }
-                if !s.may_read(i) {
-                    s.parked.push(*r);
-                    return;
-                }
-                s.outstanding += 1;
-                s.pending[i] += 1;
-            }
+            // Its own statement: the schedule's lock must not be held while reading.
+            let admitted = lock(&self.schedule).admit(i, r);
+            let Some(admitted) = admitted else {
+                return;
+            };
+            r = admitted;
             let before = r.chunker.decoded_bytes;
             if let Some(prefetch) = &mut r.prefetch {
                 // Where the reader is in the file: its raw bytes, decoded or not.
@@ -645,15 +359,12 @@ impl<'r> Shared<'r> {
                         if let Chunk::Lines(buf) = chunk {
                             self.pool.give(buf);
                         }
-                        self.post(scope, (i, seq), Piece::Chunk(Box::new(out)));
+                        self.post(scope, i, seq, Box::new(out));
                     });
                 }
                 Ok(None) | Err(_) => {
-                    {
-                        let mut s = lock(&self.schedule);
-                        s.outstanding -= 1;
-                        s.pending[i] -= 1;
-                    }
+                    // The chunk admitted for this read was never read.
+                    lock(&self.schedule).chunk_done(i);
                     let InputReader {
                         chunker,
                         raw_bytes,
@@ -675,7 +386,7 @@ impl<'r> Shared<'r> {
                     if error.is_none() {
                         report.content_hash = hash;
                     }
-                    self.end(scope, i, next_chunk, report, error);
+                    self.end(scope, i, next_chunk, (report, error));
                     return;
                 }
             }
@@ -688,23 +399,17 @@ impl<'r> Shared<'r> {
         scope: &rayon::Scope<'s>,
         i: usize,
         chunks: u32,
-        report: InputReport,
-        error: Option<std::io::Error>,
+        end: (InputReport, Option<std::io::Error>),
     ) {
-        let starts = {
-            let mut s = lock(&self.schedule);
-            s.open_readers -= 1;
-            s.ready.insert((i, chunks), Piece::End(report, error));
-            s.starts()
-        };
+        let starts = lock(&self.schedule).end(i, chunks, end);
         self.posted.store(true, Ordering::SeqCst);
         self.start(scope, starts);
         self.consume(scope);
     }
 
     /// Puts a parsed chunk in the reorder buffer and consumes what is ready.
-    fn post<'s>(&'s self, scope: &rayon::Scope<'s>, at: (usize, u32), piece: Piece) {
-        lock(&self.schedule).ready.insert(at, piece);
+    fn post<'s>(&'s self, scope: &rayon::Scope<'s>, i: usize, seq: u32, chunk: Box<ChunkOutput>) {
+        lock(&self.schedule).post(i, seq, chunk);
         self.posted.store(true, Ordering::SeqCst);
         self.consume(scope);
     }
@@ -722,10 +427,10 @@ impl<'r> Shared<'r> {
                 loop {
                     // Its own statement: the schedule's lock must not be held while consuming.
                     let next = lock(&self.schedule).take_next();
-                    let Some(piece) = next else {
+                    let Some((input, piece)) = next else {
                         break;
                     };
-                    match consumer.take(piece) {
+                    match consumer.take(input, piece) {
                         Ok(Some(job)) => scope.spawn(move |scope| self.fold(scope, job)),
                         Ok(None) => {}
                         Err(e) => self.fail(e),
@@ -752,13 +457,13 @@ impl Shared<'_> {
     /// Stops the run: the first error is the one reported; readers read no further.
     fn fail(&self, e: anyhow::Error) {
         lock(&self.failed).get_or_insert(e);
-        lock(&self.schedule).aborted = true;
+        lock(&self.schedule).abort();
     }
 
     /// Folds a chunk's first deliveries and hands the ledger its events, on any thread: only
     /// de-duplication needs input order, the fold and the ledger's buffer do not.
     fn fold<'s>(&'s self, scope: &rayon::Scope<'s>, mut job: FoldJob) {
-        if lock(&self.schedule).aborted {
+        if lock(&self.schedule).aborted() {
             return;
         }
         let mut after = lock(&self.folds)
@@ -799,8 +504,7 @@ impl Shared<'_> {
         // The chunk is done with: its reader may read another.
         let starts = {
             let mut s = lock(&self.schedule);
-            s.outstanding -= 1;
-            s.pending[job.input] -= 1;
+            s.chunk_done(job.input);
             s.starts()
         };
         self.start(scope, starts);
@@ -826,8 +530,7 @@ struct Consumer<'r> {
     cfg: &'r RunConfig,
     /// The inputs' size in bytes, until the id set is sized from it.
     input_bytes: Option<u64>,
-    rejects: &'r mut (dyn Write + Send),
-    first_rejects: Vec<FileReject>,
+    rejects: RejectWriter<'r>,
     /// Lines of the current input before the chunk being taken.
     lines_before: u64,
     reports: Vec<InputReport>,
@@ -839,10 +542,13 @@ struct Consumer<'r> {
 
 impl Consumer<'_> {
     /// Takes the next piece in input order; a chunk's first deliveries come back to be folded.
-    fn take(&mut self, piece: Piece) -> Result<Option<FoldJob>> {
-        let input = self.reports.len();
+    fn take(
+        &mut self,
+        input: usize,
+        piece: Piece<Box<ChunkOutput>, (InputReport, Option<std::io::Error>)>,
+    ) -> Result<Option<FoldJob>> {
         match piece {
-            Piece::End(mut report, error) => {
+            Piece::End((mut report, error)) => {
                 report.lines = self.lines_before;
                 if let Some(e) = error {
                     report.error = Some(format!(
@@ -856,20 +562,15 @@ impl Consumer<'_> {
                 self.lines_before = 0;
                 Ok(None)
             }
-            Piece::Chunk(chunk) => {
+            Piece::Chunk(mut chunk) => {
                 self.counts.merge(&chunk.counts);
-                let file = self.cfg.inputs[input].name();
-                for mut reject in chunk.rejects {
-                    reject.line += self.lines_before;
-                    write_reject(file, &reject, &mut *self.rejects)
-                        .context("cannot write rejects.jsonl")?;
-                    if self.first_rejects.len() < FIRST_REJECTS {
-                        self.first_rejects.push(FileReject {
-                            file: file.to_owned(),
-                            reject,
-                        });
-                    }
-                }
+                chunk.offset_lines(self.lines_before);
+                self.rejects
+                    .write_all(
+                        self.cfg.inputs[input].name(),
+                        std::mem::take(&mut chunk.rejects),
+                    )
+                    .context("cannot write rejects.jsonl")?;
                 let lines_before = self.lines_before;
                 self.lines_before += chunk.counts.lines;
                 // Sized once, from the first chunk with events enough to tell their density.
@@ -944,50 +645,5 @@ impl<'r> AfterDedup<'r> {
             fold: self.fold.merge(other.fold),
             ids: self.ids.merge(other.ids),
         }
-    }
-}
-
-/// Ids and times of first deliveries inside the state's window, pruned as the run goes by
-/// the newest time seen so far (the final trim, by the newest of all, keeps no more).
-struct RecentIds {
-    window: Option<IdWindow>,
-    ids: Vec<(u128, Timestamp)>,
-    newest: i64,
-    /// Length at which to prune next.
-    prune_at: usize,
-}
-
-impl RecentIds {
-    fn new(window: Option<IdWindow>) -> RecentIds {
-        RecentIds {
-            window,
-            ids: Vec::new(),
-            newest: i64::MIN,
-            prune_at: 1 << 16,
-        }
-    }
-
-    fn push(&mut self, id: u128, time: Timestamp) {
-        let Some(w) = self.window else {
-            return;
-        };
-        self.newest = self.newest.max(time.secs.min(w.not_after));
-        self.ids.push((id, time));
-        if self.ids.len() >= self.prune_at {
-            let cutoff = self.newest.saturating_sub(i64::from(w.days) * 86_400);
-            self.ids.retain(|(_, t)| t.secs >= cutoff);
-            self.prune_at = (self.ids.len() * 2).max(1 << 16);
-        }
-    }
-
-    fn merge(mut self, other: RecentIds) -> RecentIds {
-        self.newest = self.newest.max(other.newest);
-        self.ids.extend(other.ids);
-        self.prune_at = self.prune_at.max(other.prune_at);
-        self
-    }
-
-    fn into_vec(self) -> Vec<(u128, Timestamp)> {
-        self.ids
     }
 }

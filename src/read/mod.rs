@@ -62,6 +62,52 @@ impl InputPath {
     }
 }
 
+/// How one input was read.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InputReport {
+    pub path: String,
+    pub compression: Option<Compression>,
+    /// Bytes read from the file (compressed size for compressed inputs).
+    pub bytes: u64,
+    /// Bytes after decompression.
+    pub decoded_bytes: u64,
+    pub lines: u64,
+    /// xxh3-128 of the file's bytes (32 hex digits), when it was read completely and
+    /// the run asked for it (with a state, whose manifest records it).
+    pub content_hash: Option<String>,
+    /// Why the input could not be read completely.
+    pub error: Option<String>,
+}
+
+/// The inputs' size on disk (compressed ones hold more than they weigh; standard input, nothing).
+pub fn total_bytes(inputs: &[InputPath]) -> u64 {
+    inputs
+        .iter()
+        .filter_map(|i| match i {
+            InputPath::File { canonical, .. } => std::fs::metadata(canonical).ok().map(|m| m.len()),
+            InputPath::Stdin => None,
+        })
+        .sum()
+}
+
+/// A progress bar of `total` bytes read, on stderr, when `shown`.
+pub fn progress_bar(shown: bool, total: u64) -> Option<indicatif::ProgressBar> {
+    if !shown {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
 /// Resolves command-line arguments into the inputs to read, in input order.
 ///
 /// Folders are walked recursively; hidden entries (name starting with `.`) inside them are
