@@ -20,12 +20,18 @@ use crate::classify::known_metric;
 use crate::classify::TrackedEvent;
 use crate::ledger::{LedgerEntry, RepositoryLedger};
 use crate::read::InputPath;
-use crate::read::InputReport;
 use crate::tally::Tally;
 use crate::timestamp::{parse_rfc3339, Timestamp};
+
+pub mod inputs;
+mod legacy;
+pub mod lock;
+
 use chrono::{Datelike, NaiveDate};
+pub use inputs::{hash_file, ConsumedInput, InputSelection, SkippedInput};
+pub use legacy::legacy_moved_header;
+pub use lock::StateLock;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -74,30 +80,6 @@ pub enum StateError {
         "{path}: state was built with identity hash {found:?}, this release uses {HASH_NAME:?}"
     )]
     Hash { path: PathBuf, found: String },
-}
-
-/// An input a state has consumed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsumedInput {
-    /// The file's canonical path (earlier releases recorded the path as it was named).
-    pub path: String,
-    pub size: u64,
-    /// xxh3-128 of the file's bytes, as 32 hex digits.
-    pub hash: String,
-    /// The file's modification time when it was read (`seconds.nanoseconds` since the epoch):
-    /// a file with the same path, size and time is skipped without hashing it again.
-    #[serde(default)]
-    pub modified: Option<String>,
-}
-
-/// A file's modification time as [`ConsumedInput::modified`] stores it.
-pub fn modified_stamp(meta: &std::fs::Metadata) -> Option<String> {
-    let t = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    Some(format!("{}.{:09}", t.as_secs(), t.subsec_nanos()))
 }
 
 /// One metric in one period, as the state keeps it.
@@ -478,249 +460,8 @@ impl<'p> Checked<'p> {
 }
 
 /// regtally 0.3's state: zstd-compressed JSON, times as RFC 3339 text, ids as hex.
-mod legacy {
-    use super::*;
-
-    #[derive(Deserialize)]
-    struct StoredCell {
-        metric: String,
-        kind: String,
-        start: NaiveDate,
-        events: u64,
-        sketch: String,
-    }
-
-    #[derive(Deserialize)]
-    struct StoredRepository {
-        path: String,
-        exists: bool,
-        last_applied: Option<String>,
-    }
-
-    #[derive(Deserialize)]
-    struct StateFile {
-        precision: u8,
-        hash: String,
-        sketch_format: u8,
-        metrics: Vec<StoredCell>,
-        repositories: Vec<StoredRepository>,
-        recent_ids: Vec<(String, i64)>,
-        inputs: Vec<ConsumedInput>,
-    }
-
-    /// The header every version of the JSON file starts with.
-    #[derive(Deserialize, Serialize)]
-    pub(super) struct Header {
-        pub format: String,
-        pub version: u32,
-        pub written_by: String,
-    }
-
-    /// The header left in place of a migrated version 1 file: regtally 0.3 reads it and
-    /// refuses the folder, naming this release, instead of starting a new state beside it.
-    pub(super) fn moved_header() -> Vec<u8> {
-        let header = Header {
-            format: STATE_FORMAT.to_owned(),
-            version: STATE_VERSION,
-            written_by: env!("CARGO_PKG_VERSION").to_owned(),
-        };
-        let json = serde_json::to_vec(&header).expect("serializing to memory cannot fail");
-        zstd::encode_all(&json[..], 3).expect("compressing in memory cannot fail")
-    }
-
-    /// Reads a version 1 state. Its cells have no `hll_sketch` (their users were hashed only
-    /// for the `sketch` column): those cells' `hll_sketch` stays null.
-    pub(super) fn load(
-        path: &Path,
-        compressed: &[u8],
-        precision: Option<u8>,
-    ) -> Result<RunState, StateError> {
-        let not_state = not_state(path);
-        let text = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
-        let header: Header = serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
-        if header.format != STATE_FORMAT {
-            return Err(not_state(format!("format is {:?}", header.format)));
-        }
-        if header.version == STATE_VERSION {
-            return Err(not_state(format!(
-                "it says the state moved to {STATE_FILE}, which is missing"
-            )));
-        }
-        if header.version != 1 {
-            return Err(StateError::Version {
-                path: path.to_owned(),
-                found: header.version,
-                tool: header.written_by,
-            });
-        }
-        let file: StateFile =
-            serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
-        let check = Checked::new(
-            path,
-            file.precision,
-            precision,
-            &file.hash,
-            file.sketch_format,
-        )?;
-        let mut metrics = MetricTable::new(check.precision);
-        for c in file.metrics {
-            let bytes = from_hex(&c.sketch).ok_or_else(|| not_state("sketch is not hex".into()))?;
-            check.add_cell(
-                &mut metrics,
-                &c.metric,
-                &c.kind,
-                c.start,
-                &bytes,
-                None,
-                c.events,
-            )?;
-        }
-        let mut entries = Vec::with_capacity(file.repositories.len());
-        for r in file.repositories {
-            let last_applied = match r.last_applied {
-                None => None,
-                Some(t) => Some(parse_rfc3339(&t).map_err(|e| not_state(format!("{t:?}: {e}")))?),
-            };
-            entries.push(LedgerEntry {
-                path: r.path,
-                exists: r.exists,
-                last_applied,
-            });
-        }
-        let mut recent_ids = Vec::with_capacity(file.recent_ids.len());
-        for (hex, secs) in file.recent_ids {
-            let id =
-                u128::from_str_radix(&hex, 16).map_err(|_| not_state(format!("bad id {hex:?}")))?;
-            recent_ids.push((id, secs));
-        }
-        Ok(RunState {
-            metrics,
-            ledger: RepositoryLedger::from_entries(entries),
-            recent_ids,
-            inputs: file.inputs,
-            legacy: true,
-            gitlab_weeks: WeekIds::default(),
-        })
-    }
-}
-
-/// What stands in the old state file once a run has moved its state to [`STATE_FILE`]:
-/// zstd-compressed JSON, as 0.3 reads it.
-pub fn legacy_moved_header() -> Vec<u8> {
-    legacy::moved_header()
-}
-
-/// The lock a run holds on its state folder, from before it loads the state until its outputs
-/// are in place. An advisory lock (`flock`) on `regtally-state.lock`, which holds the pid of
-/// the run that took it: the kernel releases it when that run ends, however it ends, so a lock
-/// left by a killed run is simply taken by the next.
-#[derive(Debug)]
-pub struct StateLock {
-    _file: std::fs::File,
-}
-
-impl StateLock {
-    /// Takes the lock of `dir`, or fails naming the lock and the process holding it.
-    pub fn acquire(dir: &Path) -> anyhow::Result<StateLock> {
-        use std::fs::TryLockError;
-        let path = dir.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| {
-                anyhow::anyhow!("{}: cannot open the state's lock: {e}", path.display())
-            })?;
-        match file.try_lock() {
-            Ok(()) => {
-                file.set_len(0)?;
-                writeln!(file, "{}", std::process::id())?;
-                Ok(StateLock { _file: file })
-            }
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim() {
-                    "" => "a process that has not written its pid yet".to_owned(),
-                    pid => format!("process {pid}"),
-                };
-                anyhow::bail!(
-                    "{}: the state is in use by another run ({holder}); no log was read. Run again when it has ended",
-                    path.display()
-                )
-            }
-            Err(TryLockError::Error(e)) => {
-                anyhow::bail!("{}: cannot lock the state: {e}", path.display())
-            }
-        }
-    }
-}
-
-/// An input the state said not to read again, and why.
-#[derive(Clone, Debug, Serialize)]
-pub struct SkippedInput {
-    pub path: String,
-    pub reason: String,
-}
-
-/// What a nightly run reads: the inputs the state has not consumed.
-#[derive(Debug, Default)]
-pub struct InputSelection {
-    pub read: Vec<InputPath>,
-    pub skipped: Vec<SkippedInput>,
-    /// Modification times of the files looked at (read or skipped), by canonical path, taken
-    /// before reading them.
-    pub modified: HashMap<PathBuf, String>,
-}
-
-/// A consumed input's path, as the manifest records it: the canonical path. Entries written by
-/// earlier releases hold the path as it was named; those are resolved from the current folder.
-fn manifest_key(path: &str) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
-}
 
 impl RunState {
-    /// Splits `inputs` into those to read and those already consumed: same canonical path and
-    /// size, and either the recorded modification time (no hashing: a nightly run must not
-    /// re-read the archive) or, failing that, the recorded content hash. Standard input, and a
-    /// file that cannot be looked at now (it fails when read), are always read.
-    pub fn select_inputs(&self, inputs: Vec<InputPath>) -> InputSelection {
-        let consumed: HashMap<PathBuf, &ConsumedInput> = self
-            .inputs
-            .iter()
-            .map(|c| (manifest_key(&c.path), c))
-            .collect();
-        let mut selection = InputSelection::default();
-        for input in inputs {
-            let InputPath::File { canonical, name } = &input else {
-                selection.read.push(input);
-                continue;
-            };
-            let Ok(meta) = std::fs::metadata(canonical) else {
-                selection.read.push(input);
-                continue;
-            };
-            let stamp = modified_stamp(&meta);
-            let reason = consumed
-                .get(canonical)
-                .filter(|c| c.size == meta.len())
-                .and_then(|c| already_consumed(canonical, c, stamp.as_deref()));
-            if let Some(stamp) = stamp {
-                selection.modified.insert(canonical.clone(), stamp);
-            }
-            match reason {
-                Some(reason) => selection.skipped.push(SkippedInput {
-                    path: name.clone(),
-                    reason,
-                }),
-                None => selection.read.push(input),
-            }
-        }
-        selection
-    }
-
     /// Moves the state on by a run that read everything cleanly: its metrics (taken out of
     /// its tally) merged in, the ledger it left, the ids of the window, and the inputs it
     /// consumed. `read` and `reports` are the run's inputs and how each was read, in the same
@@ -748,94 +489,6 @@ impl RunState {
         }
         Ok(())
     }
-
-    /// Adds the inputs this run read completely to the manifest (a changed file replaces its
-    /// old entry), and notes the current modification time of inputs skipped by their hash,
-    /// so that a touched file is hashed once, not every night.
-    fn record_consumed(
-        &mut self,
-        read: &[InputPath],
-        reports: &[InputReport],
-        modified: &HashMap<PathBuf, String>,
-    ) {
-        let mut entries: HashMap<PathBuf, ConsumedInput> = std::mem::take(&mut self.inputs)
-            .into_iter()
-            .map(|c| (manifest_key(&c.path), c))
-            .collect();
-        for (input, report) in read.iter().zip(reports) {
-            let (InputPath::File { canonical, .. }, Some(hash)) = (input, &report.content_hash)
-            else {
-                continue;
-            };
-            entries.insert(
-                canonical.clone(),
-                ConsumedInput {
-                    path: String::new(),
-                    size: report.bytes,
-                    hash: hash.clone(),
-                    modified: None,
-                },
-            );
-        }
-        // Every input looked at this run, read or skipped, records the time it was seen with.
-        self.inputs = entries
-            .into_iter()
-            .map(|(key, mut entry)| {
-                if let Some(stamp) = modified.get(&key) {
-                    entry.modified = Some(stamp.clone());
-                }
-                entry.path = key.to_string_lossy().into_owned();
-                entry
-            })
-            .collect();
-        self.inputs.sort_by(|a, b| a.path.cmp(&b.path));
-    }
-}
-
-/// Why a consumed input of the same path and size need not be read again, if it need not.
-fn already_consumed(path: &Path, entry: &ConsumedInput, modified: Option<&str>) -> Option<String> {
-    if modified.is_some() && entry.modified.as_deref() == modified {
-        return Some("already consumed: same path, size and modification time".into());
-    }
-    let (_, hash) = hash_file(path).ok()?;
-    (hash == entry.hash).then(|| "already consumed: same path, size and content hash".to_owned())
-}
-
-#[cfg(test)]
-fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// The size and xxh3-128 (32 hex digits) of a file's bytes.
-pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, format!("{:032x}", hasher.digest128())))
 }
 
 #[cfg(test)]
@@ -843,6 +496,7 @@ mod tests {
     use super::*;
     use crate::aggregate::Aggregate;
     use crate::classify::TrackedEvent;
+    use legacy::to_hex;
 
     fn sample() -> RunState {
         let mut agg = Aggregate::default();
@@ -1052,22 +706,6 @@ mod tests {
     }
 
     #[test]
-    fn a_second_lock_names_the_holder_and_a_released_one_is_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let held = StateLock::acquire(dir.path()).unwrap();
-        let err = StateLock::acquire(dir.path()).unwrap_err().to_string();
-        assert!(err.contains(LOCK_FILE), "{err}");
-        assert!(
-            err.contains(&format!("process {}", std::process::id())),
-            "{err}"
-        );
-        drop(held);
-        // The file stays, as a killed run leaves it; its lock is free.
-        assert!(dir.path().join(LOCK_FILE).exists());
-        StateLock::acquire(dir.path()).unwrap();
-    }
-
-    #[test]
     fn the_id_window_keeps_recent_ids_only() {
         let mut s = RunState::empty(14, RepositoryLedger::default());
         s.recent_ids = vec![(1, 0), (2, 86_400 * 10), (3, 86_400 * 20), (3, 86_400 * 20)];
@@ -1077,15 +715,5 @@ mod tests {
         s.recent_ids.push((4, 86_400 * 9_000));
         s.trim_ids(5, 86_400 * 21);
         assert_eq!(s.recent_ids, [(3, 86_400 * 20), (4, 86_400 * 9_000)]);
-    }
-
-    #[test]
-    fn hex_round_trips() {
-        assert_eq!(
-            from_hex(&to_hex(&[0, 1, 0xab, 0xff])),
-            Some(vec![0, 1, 0xab, 0xff])
-        );
-        assert_eq!(from_hex("abc"), None);
-        assert_eq!(from_hex("zz"), None);
     }
 }

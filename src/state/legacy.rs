@@ -1,0 +1,167 @@
+//! regtally 0.3's state, `regtally-state.json.zst` (version 1: JSON, times as RFC 3339 text,
+//! ids and sketches as hex), still loaded: the next run writes the state anew and leaves in
+//! the old file only a header that 0.3 refuses.
+
+use super::*;
+
+#[derive(Deserialize)]
+struct StoredCell {
+    metric: String,
+    kind: String,
+    start: NaiveDate,
+    events: u64,
+    sketch: String,
+}
+
+#[derive(Deserialize)]
+struct StoredRepository {
+    path: String,
+    exists: bool,
+    last_applied: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StateFile {
+    precision: u8,
+    hash: String,
+    sketch_format: u8,
+    metrics: Vec<StoredCell>,
+    repositories: Vec<StoredRepository>,
+    recent_ids: Vec<(String, i64)>,
+    inputs: Vec<ConsumedInput>,
+}
+
+/// The header every version of the JSON file starts with.
+#[derive(Deserialize, Serialize)]
+pub(super) struct Header {
+    pub format: String,
+    pub version: u32,
+    pub written_by: String,
+}
+
+/// The header left in place of a migrated version 1 file: regtally 0.3 reads it and
+/// refuses the folder, naming this release, instead of starting a new state beside it.
+pub(super) fn moved_header() -> Vec<u8> {
+    let header = Header {
+        format: STATE_FORMAT.to_owned(),
+        version: STATE_VERSION,
+        written_by: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let json = serde_json::to_vec(&header).expect("serializing to memory cannot fail");
+    zstd::encode_all(&json[..], 3).expect("compressing in memory cannot fail")
+}
+
+/// Reads a version 1 state. Its cells have no `hll_sketch` (their users were hashed only
+/// for the `sketch` column): those cells' `hll_sketch` stays null.
+pub(super) fn load(
+    path: &Path,
+    compressed: &[u8],
+    precision: Option<u8>,
+) -> Result<RunState, StateError> {
+    let not_state = not_state(path);
+    let text = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
+    let header: Header = serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
+    if header.format != STATE_FORMAT {
+        return Err(not_state(format!("format is {:?}", header.format)));
+    }
+    if header.version == STATE_VERSION {
+        return Err(not_state(format!(
+            "it says the state moved to {STATE_FILE}, which is missing"
+        )));
+    }
+    if header.version != 1 {
+        return Err(StateError::Version {
+            path: path.to_owned(),
+            found: header.version,
+            tool: header.written_by,
+        });
+    }
+    let file: StateFile = serde_json::from_slice(&text).map_err(|e| not_state(e.to_string()))?;
+    let check = Checked::new(
+        path,
+        file.precision,
+        precision,
+        &file.hash,
+        file.sketch_format,
+    )?;
+    let mut metrics = MetricTable::new(check.precision);
+    for c in file.metrics {
+        let bytes = from_hex(&c.sketch).ok_or_else(|| not_state("sketch is not hex".into()))?;
+        check.add_cell(
+            &mut metrics,
+            &c.metric,
+            &c.kind,
+            c.start,
+            &bytes,
+            None,
+            c.events,
+        )?;
+    }
+    let mut entries = Vec::with_capacity(file.repositories.len());
+    for r in file.repositories {
+        let last_applied = match r.last_applied {
+            None => None,
+            Some(t) => Some(parse_rfc3339(&t).map_err(|e| not_state(format!("{t:?}: {e}")))?),
+        };
+        entries.push(LedgerEntry {
+            path: r.path,
+            exists: r.exists,
+            last_applied,
+        });
+    }
+    let mut recent_ids = Vec::with_capacity(file.recent_ids.len());
+    for (hex, secs) in file.recent_ids {
+        let id =
+            u128::from_str_radix(&hex, 16).map_err(|_| not_state(format!("bad id {hex:?}")))?;
+        recent_ids.push((id, secs));
+    }
+    Ok(RunState {
+        metrics,
+        ledger: RepositoryLedger::from_entries(entries),
+        recent_ids,
+        inputs: file.inputs,
+        legacy: true,
+        gitlab_weeks: WeekIds::default(),
+    })
+}
+
+/// What stands in the old state file once a run has moved its state to [`STATE_FILE`]:
+/// zstd-compressed JSON, as 0.3 reads it.
+pub fn legacy_moved_header() -> Vec<u8> {
+    moved_header()
+}
+
+#[cfg(test)]
+pub(super) fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(
+            from_hex(&to_hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+}
