@@ -32,8 +32,8 @@ use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::output::rejects::RejectWriter;
 use crate::parse::chunk::{parse_chunk_into, ChunkOutput};
 use crate::read::{
-    open_input, progress_bar, total_bytes, BufferPool, Chunk, Chunker, InputReport, Prefetch,
-    RawBytes,
+    open_input, progress_bar, total_bytes, BufferPool, Chunk, Chunker, InputReport, RawBytes,
+    ReadAhead,
 };
 use crate::records::{EventRecord, LineCounts, PathMap, ReportedUser};
 use crate::spill::SpillDir;
@@ -248,7 +248,7 @@ struct InputReader {
     index: usize,
     chunker: Chunker<Box<dyn Read + Send>>,
     raw_bytes: Option<Arc<RawBytes>>,
-    prefetch: Option<Prefetch>,
+    read_ahead: Option<ReadAhead>,
     report: InputReport,
     next_chunk: u32,
 }
@@ -315,7 +315,7 @@ impl<'r> Shared<'r> {
                     index: i,
                     chunker,
                     raw_bytes: opened.raw_bytes,
-                    prefetch: opened.prefetch,
+                    read_ahead: opened.read_ahead,
                     report,
                     next_chunk: 0,
                 }))
@@ -340,10 +340,10 @@ impl<'r> Shared<'r> {
             };
             r = admitted;
             let before = r.chunker.decoded_bytes;
-            if let Some(prefetch) = &mut r.prefetch {
+            if let Some(read_ahead) = &mut r.read_ahead {
                 // Where the reader is in the file: its raw bytes, decoded or not.
                 let position = r.raw_bytes.as_ref().map_or(before, |raw| raw.count());
-                prefetch.ahead_of(position);
+                read_ahead.ahead_of(position);
             }
             let next = r.chunker.next_chunk();
             if let (Some(p), None) = (&self.progress, &r.raw_bytes) {

@@ -5,7 +5,12 @@
 //! one large file keeps every core busy. A line longer than `--max-line-bytes` is skipped over as
 //! it streams by: only its first KiB is kept, for the reject record.
 
+pub mod chunker;
+pub mod read_ahead;
 pub mod user_ids;
+
+pub use chunker::{BufferPool, Chunk, Chunker};
+pub use read_ahead::ReadAhead;
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -262,83 +267,7 @@ pub struct OpenInput {
     pub compression: Compression,
     pub raw_bytes: Option<Arc<RawBytes>>,
     /// For a file (on Linux), the kernel's read-ahead of its next bytes.
-    pub prefetch: Option<Prefetch>,
-}
-
-/// How far ahead of the reader a file's bytes are asked for.
-pub const PREFETCH_BYTES: u64 = 32 << 20;
-
-/// Asks the kernel to read a file's next [`PREFETCH_BYTES`] into the page cache while the
-/// bytes before them are parsed (`posix_fadvise` `WILLNEED`, and `SEQUENTIAL` for the
-/// kernel's own read-ahead), so that a file not wholly in memory is read from disk while the
-/// cores work, not while they wait.
-///
-/// On the benchmark's VM the kernel keeps evicting cold pages of the page cache (README,
-/// "Why a page cache is not always warm here"): in two 4M runs `perf sched` found the
-/// threads blocked in `read` on evicted pages for 98 and 668 ms in all. A backfill over
-/// archives not read for months finds most of its pages on disk. The advice is a hint: it
-/// reads no memory of ours and cannot fail a run.
-pub struct Prefetch {
-    /// The input's file, opened once more (its own descriptor: the stream owns the other).
-    #[cfg(target_os = "linux")]
-    file: File,
-    /// Bytes from the start of the file asked for so far.
-    advised: u64,
-}
-
-impl Prefetch {
-    /// Starts read-ahead of `file` from its start; `None` where it cannot be asked for.
-    fn of(file: &File) -> Option<Prefetch> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let file = file.try_clone().ok()?;
-            // SAFETY: `posix_fadvise` only advises the kernel about the file behind a
-            // descriptor we own; it touches no memory of this process.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
-            let mut prefetch = Prefetch { file, advised: 0 };
-            prefetch.ahead_of(0);
-            Some(prefetch)
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = file;
-            None
-        }
-    }
-
-    /// The reader is at byte `position`: once less than half the window is asked for ahead
-    /// of it, asks for the rest of the window.
-    pub fn ahead_of(&mut self, position: u64) {
-        if self.advised >= position.saturating_add(PREFETCH_BYTES / 2) {
-            return;
-        }
-        let end = position.saturating_add(PREFETCH_BYTES);
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let start = self.advised.max(position);
-            let (Ok(offset), Ok(len)) = (i64::try_from(start), i64::try_from(end - start)) else {
-                return;
-            };
-            // SAFETY: as in `Prefetch::of`.
-            unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    offset,
-                    len,
-                    libc::POSIX_FADV_WILLNEED,
-                )
-            };
-        }
-        self.advised = end;
-    }
-
-    /// Bytes from the start of the file asked for so far.
-    #[cfg(test)]
-    fn advised(&self) -> u64 {
-        self.advised
-    }
+    pub read_ahead: Option<ReadAhead>,
 }
 
 /// Opens an input and wraps it in the decoder its magic bytes call for; with `hashed`, the
@@ -352,11 +281,11 @@ pub fn open_input(
     progress: Option<indicatif::ProgressBar>,
     hashed: bool,
 ) -> io::Result<OpenInput> {
-    let (mut raw, prefetch): (Box<dyn Read + Send>, _) = match input {
+    let (mut raw, read_ahead): (Box<dyn Read + Send>, _) = match input {
         InputPath::File { canonical, .. } => {
             let file = File::open(canonical)?;
-            let prefetch = Prefetch::of(&file);
-            (Box::new(file), prefetch)
+            let read_ahead = ReadAhead::of(&file);
+            (Box::new(file), read_ahead)
         }
         InputPath::Stdin => (Box::new(io::stdin()), None),
     };
@@ -369,7 +298,7 @@ pub fn open_input(
             stream: Box::new(raw),
             compression,
             raw_bytes: None,
-            prefetch,
+            read_ahead,
         });
     }
     let raw_bytes = Arc::new(RawBytes::new(hashed));
@@ -388,363 +317,14 @@ pub fn open_input(
         stream,
         compression,
         raw_bytes: Some(raw_bytes),
-        prefetch,
+        read_ahead,
     })
-}
-
-/// A piece of an input handed to a parser.
-#[derive(Debug, PartialEq)]
-pub enum Chunk {
-    /// Whole lines: every line ends in `\n` except perhaps the input's very last one.
-    Lines(Vec<u8>),
-    /// One line longer than the limit, of which only the start was kept.
-    Overlong { prefix: Vec<u8>, len: u64 },
-}
-
-/// Buffers handed back after use, to be filled again: chunk buffers from the parsers to the
-/// reader, record vectors from the consumer to the parsers.
-///
-/// Fresh multi-megabyte buffers cost page faults and zeroing on every chunk (a tenth of a
-/// one-thread run), and freeing them unmaps their pages, which interrupts every core to flush
-/// its address translations; recycled ones are already mapped.
-pub struct BufferPool<T = u8> {
-    idle: Arc<std::sync::Mutex<Vec<Vec<T>>>>,
-    /// How many idle buffers are kept; more would only hold memory.
-    keep: usize,
-}
-
-impl<T> Clone for BufferPool<T> {
-    fn clone(&self) -> Self {
-        BufferPool {
-            idle: self.idle.clone(),
-            keep: self.keep,
-        }
-    }
-}
-
-impl<T> Default for BufferPool<T> {
-    fn default() -> BufferPool<T> {
-        BufferPool::new(4)
-    }
-}
-
-impl<T> BufferPool<T> {
-    /// A pool that keeps up to `keep` idle buffers: as many as chunks may be in flight.
-    pub fn new(keep: usize) -> BufferPool<T> {
-        BufferPool {
-            idle: Arc::default(),
-            keep,
-        }
-    }
-
-    /// Returns a buffer for reuse.
-    pub fn give(&self, mut buf: Vec<T>) {
-        buf.clear();
-        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < self.keep {
-            pool.push(buf);
-        }
-    }
-
-    /// An empty buffer, recycled when one is idle.
-    pub fn take(&self, capacity: usize) -> Vec<T> {
-        let recycled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut buf = recycled.unwrap_or_default();
-        buf.reserve(capacity);
-        buf
-    }
-}
-
-/// Cuts a byte stream into [`Chunk`]s at newlines.
-pub struct Chunker<R> {
-    pool: BufferPool,
-    reader: R,
-    buf: Vec<u8>,
-    chunk_bytes: usize,
-    max_line_bytes: usize,
-    eof: bool,
-    /// A read error, reported once the complete lines before it are handed out.
-    failed: Option<io::Error>,
-    /// Nothing decoded yet: a byte-order mark may still come.
-    at_start: bool,
-    /// Decoded bytes taken from `reader` so far.
-    pub decoded_bytes: u64,
-    /// When set, every decoded byte is hashed (for plain inputs, whose decoded bytes are the
-    /// file's bytes).
-    pub hasher: Option<Xxh3>,
-}
-
-impl<R: Read> Chunker<R> {
-    /// `chunk_bytes` is the size a chunk is cut at (at least one line, so it may be larger);
-    /// `max_line_bytes` the longest line kept whole.
-    pub fn new(reader: R, chunk_bytes: usize, max_line_bytes: usize) -> Chunker<R> {
-        Chunker::with_pool(reader, chunk_bytes, max_line_bytes, BufferPool::default())
-    }
-
-    /// As [`Chunker::new`], taking chunk buffers from `pool`.
-    pub fn with_pool(
-        reader: R,
-        chunk_bytes: usize,
-        max_line_bytes: usize,
-        pool: BufferPool,
-    ) -> Chunker<R> {
-        Chunker {
-            buf: pool.take(0),
-            pool,
-            reader,
-            chunk_bytes: chunk_bytes.max(1),
-            max_line_bytes,
-            eof: false,
-            failed: None,
-            at_start: true,
-            decoded_bytes: 0,
-            hasher: None,
-        }
-    }
-
-    /// The next chunk, or `None` at the end of the stream.
-    ///
-    /// After a read error (a corrupt or truncated archive) the complete lines read before it
-    /// still come out, so that `--keep-going` loses only what really could not be read; the
-    /// error follows, and the incomplete line it cut is dropped.
-    pub fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
-        loop {
-            let tail_start = memchr::memrchr(b'\n', &self.buf).map_or(0, |p| p + 1);
-            if let Some(e) = self.failed.take() {
-                if tail_start > 0 {
-                    self.failed = Some(e);
-                    return Ok(Some(self.split_at(tail_start)));
-                }
-                self.buf.clear();
-                return Err(e);
-            }
-            let tail_len = self.buf.len() - tail_start;
-            if tail_len > self.max_line_bytes {
-                if tail_start > 0 {
-                    return Ok(Some(self.split_at(tail_start)));
-                }
-                return self.skip_overlong().map(Some);
-            }
-            if self.eof {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Ok(Some(Chunk::Lines(std::mem::take(&mut self.buf))));
-            }
-            if self.buf.len() >= self.chunk_bytes && tail_start > 0 {
-                return Ok(Some(self.split_at(tail_start)));
-            }
-            if let Err(e) = self.fill() {
-                self.failed = Some(e);
-            }
-        }
-    }
-
-    /// Returns `buf[..at]` as a chunk and keeps the rest for the next one.
-    fn split_at(&mut self, at: usize) -> Chunk {
-        let mut rest = self
-            .pool
-            .take(self.chunk_bytes.max(self.buf.len() - at) + 64 * 1024);
-        rest.extend_from_slice(&self.buf[at..]);
-        self.buf.truncate(at);
-        Chunk::Lines(std::mem::replace(&mut self.buf, rest))
-    }
-
-    /// Appends up to one chunk's worth of bytes. `read_to_end` on a `take` reads straight into
-    /// the buffer's spare capacity, without zeroing it first as a plain `read` into a resized
-    /// buffer would (that zeroing was a tenth of the instructions of a run).
-    fn fill(&mut self) -> io::Result<()> {
-        let want = self
-            .chunk_bytes
-            .saturating_sub(self.buf.len())
-            .max(64 * 1024);
-        self.buf.reserve(want);
-        let before = self.buf.len();
-        let result = (&mut self.reader)
-            .take(want as u64)
-            .read_to_end(&mut self.buf);
-        let n = self.buf.len() - before;
-        self.decoded_bytes += n as u64;
-        if let Some(h) = &mut self.hasher {
-            h.update(&self.buf[before..]);
-        }
-        if n < want && result.is_ok() {
-            self.eof = true;
-        }
-        // Some tools start a file with a UTF-8 byte-order mark; it is not part of the first line.
-        if self.at_start && (self.buf.len() >= 3 || self.eof || result.is_err()) {
-            self.at_start = false;
-            if self.buf.starts_with(UTF8_BOM) {
-                self.buf.drain(..UTF8_BOM.len());
-            }
-        }
-        result?;
-        Ok(())
-    }
-
-    /// `buf` holds only the start of a line that is already too long: keep its first KiB and
-    /// read on to its newline without storing the rest.
-    fn skip_overlong(&mut self) -> io::Result<Chunk> {
-        let prefix = self.buf[..self.buf.len().min(REJECT_TEXT_BYTES)].to_vec();
-        let mut len = self.buf.len() as u64;
-        self.buf.clear();
-        let mut scratch = vec![0u8; 64 * 1024];
-        loop {
-            let n = match self.reader.read(&mut scratch) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.decoded_bytes += n as u64;
-            if let Some(h) = &mut self.hasher {
-                h.update(&scratch[..n]);
-            }
-            if n == 0 {
-                self.eof = true;
-                return Ok(Chunk::Overlong { prefix, len });
-            }
-            if let Some(p) = memchr::memchr(b'\n', &scratch[..n]) {
-                len += p as u64;
-                self.buf.extend_from_slice(&scratch[p + 1..n]);
-                return Ok(Chunk::Overlong { prefix, len });
-            }
-            len += n as u64;
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
-
-    fn chunks(data: &[u8], chunk: usize, max_line: usize) -> Vec<Chunk> {
-        let mut c = Chunker::new(data, chunk, max_line);
-        let mut out = Vec::new();
-        while let Some(ch) = c.next_chunk().unwrap() {
-            out.push(ch);
-        }
-        assert_eq!(c.decoded_bytes, data.len() as u64);
-        out
-    }
-
-    fn joined(chs: &[Chunk]) -> Vec<u8> {
-        chs.iter()
-            .flat_map(|c| match c {
-                Chunk::Lines(v) => v.clone(),
-                Chunk::Overlong { .. } => b"<long>\n".to_vec(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn chunks_end_at_newlines_and_lose_nothing() {
-        let data: Vec<u8> = (0..1000)
-            .flat_map(|i| format!("line {i}\n").into_bytes())
-            .collect();
-        for size in [1, 7, 100, 4096, 1 << 20] {
-            let chs = chunks(&data, size, 1 << 20);
-            assert_eq!(joined(&chs), data, "chunk size {size}");
-            for c in &chs {
-                let Chunk::Lines(v) = c else { panic!() };
-                assert_eq!(v.last(), Some(&b'\n'));
-            }
-        }
-    }
-
-    #[test]
-    fn a_byte_order_mark_at_the_start_is_dropped_and_only_there() {
-        let mut c = Chunker::new(&b"\xEF\xBB\xBFone\n\xEF\xBB\xBFtwo\n"[..], 1 << 20, 100);
-        assert_eq!(
-            c.next_chunk().unwrap(),
-            Some(Chunk::Lines(b"one\n\xEF\xBB\xBFtwo\n".to_vec()))
-        );
-        // Arriving a byte at a time, as from a pipe.
-        let bytes = b"\xEF\xBB\xBFx\n";
-        let reader = std::io::Read::chain(&bytes[..1], &bytes[1..2]).chain(&bytes[2..]);
-        let mut c = Chunker::new(reader, 1, 100);
-        assert_eq!(c.next_chunk().unwrap(), Some(Chunk::Lines(b"x\n".to_vec())));
-        assert_eq!(
-            chunks(b"\xEF\xBB", 10, 100),
-            [Chunk::Lines(b"\xEF\xBB".to_vec())]
-        );
-    }
-
-    #[test]
-    fn last_line_without_newline_is_kept() {
-        let chs = chunks(b"a\nb", 1, 100);
-        assert_eq!(joined(&chs), b"a\nb");
-        assert!(chunks(b"", 10, 100).is_empty());
-    }
-
-    #[test]
-    fn overlong_lines_are_skipped_with_a_prefix() {
-        // Longer than one read, so the line is seen growing past the limit and skipped.
-        let long = vec![b'x'; 200_000];
-        let mut data = b"short\n".to_vec();
-        data.extend_from_slice(&long);
-        data.extend_from_slice(b"\nafter\n");
-        let chs = chunks(&data, 64, 100);
-        assert!(joined(&chs) == b"short\n<long>\nafter\n");
-        let Some(Chunk::Overlong { prefix, len }) =
-            chs.iter().find(|c| matches!(c, Chunk::Overlong { .. }))
-        else {
-            panic!("no overlong chunk")
-        };
-        assert_eq!(*len, 200_000);
-        assert_eq!(prefix.len(), REJECT_TEXT_BYTES);
-        // An overlong last line without a newline.
-        let chs = chunks(&long, 64, 100);
-        assert!(
-            chs == [Chunk::Overlong {
-                prefix: vec![b'x'; REJECT_TEXT_BYTES],
-                len: 200_000
-            }]
-        );
-    }
-
-    #[test]
-    fn long_lines_read_in_one_block_reach_the_parser_whole() {
-        // Shorter than one read: the chunk carries it and the parser rejects it by length.
-        let mut data = vec![b'x'; 5000];
-        data.push(b'\n');
-        assert!(chunks(&data, 64, 100) == [Chunk::Lines(data.clone())]);
-    }
-
-    #[test]
-    fn a_line_of_exactly_the_limit_is_kept() {
-        let mut data = vec![b'y'; 100];
-        data.push(b'\n');
-        assert_eq!(chunks(&data, 10, 100), [Chunk::Lines(data.clone())]);
-    }
-
-    /// Yields its bytes, then fails.
-    struct FailingReader(&'static [u8]);
-
-    impl Read for FailingReader {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.0.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated"));
-            }
-            let n = self.0.len().min(buf.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
-    }
-
-    #[test]
-    fn complete_lines_before_a_read_error_come_out_first() {
-        let mut c = Chunker::new(FailingReader(b"one\ntwo\nthr"), 1 << 20, 100);
-        assert_eq!(
-            c.next_chunk().unwrap(),
-            Some(Chunk::Lines(b"one\ntwo\n".to_vec()))
-        );
-        assert_eq!(
-            c.next_chunk().unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
-    }
 
     #[test]
     fn magic_bytes_pick_the_decoder() {
@@ -805,80 +385,6 @@ mod tests {
         let mut text = String::new();
         open.stream.read_to_string(&mut text).unwrap();
         assert_eq!(text, "one\ntwo\n");
-    }
-
-    /// The reader asks for the next window once less than half of it is ahead, and only then,
-    /// from where it had asked up to.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn prefetch_keeps_half_a_window_to_a_window_ahead() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.log");
-        std::fs::write(&path, b"{}\n").unwrap();
-        let mut p = Prefetch::of(&File::open(&path).unwrap()).unwrap();
-        assert_eq!(p.advised(), PREFETCH_BYTES);
-        let half = PREFETCH_BYTES / 2;
-        p.ahead_of(half);
-        assert_eq!(
-            p.advised(),
-            PREFETCH_BYTES,
-            "half a window ahead: nothing asked"
-        );
-        p.ahead_of(half + 1);
-        assert_eq!(p.advised(), half + 1 + PREFETCH_BYTES);
-        // A reader that jumped past what was asked for asks from where it is.
-        p.ahead_of(10 * PREFETCH_BYTES);
-        assert_eq!(p.advised(), 11 * PREFETCH_BYTES);
-    }
-
-    /// On Linux, a file's pages evicted from the page cache are read back in by the advice
-    /// alone, before anything reads them (checked with `mincore`).
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn prefetch_reads_an_evicted_file_into_the_page_cache() {
-        use std::os::fd::AsRawFd;
-        // Beside the crate, on disk: a page of tmpfs cannot be evicted.
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let path = dir.path().join("a.log");
-        let len = 8 << 20;
-        std::fs::write(&path, vec![b'x'; len]).unwrap();
-        let file = File::open(&path).unwrap();
-        file.sync_all().unwrap();
-        let fd = file.as_raw_fd();
-        // SAFETY: `posix_fadvise` touches no memory of ours; `sysconf` only answers.
-        let page = unsafe {
-            libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
-            usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap()
-        };
-        let pages = len.div_ceil(page);
-        let resident = || -> usize {
-            // SAFETY: a fresh read-only shared mapping of the whole file, read only by
-            // `mincore` (one byte per page into `resident`, `pages` long) and unmapped before
-            // returning.
-            unsafe {
-                let at = libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    fd,
-                    0,
-                );
-                assert_ne!(at, libc::MAP_FAILED);
-                let mut resident = vec![0u8; pages];
-                assert_eq!(libc::mincore(at, len, resident.as_mut_ptr()), 0);
-                libc::munmap(at, len);
-                resident.iter().filter(|p| *p & 1 == 1).count()
-            }
-        };
-        assert!(resident() < pages / 2, "the file was evicted");
-        let _prefetch = Prefetch::of(&file).unwrap();
-        // The reads it asked for complete on their own.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while resident() < pages && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(resident(), pages);
     }
 
     #[test]
