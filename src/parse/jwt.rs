@@ -2,33 +2,21 @@
 //! export: its payload's `user_info.user_id`, read without checking the signature (the id only
 //! names whose counter a replayed event goes to; GUIDE.md, "Repair GitLab's counters").
 
-/// Decodes unpadded base64url (RFC 4648 §5), as JWTs use it.
-fn base64url(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
+use base64::alphabet::URL_SAFE;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
+
+/// base64url (RFC 4648 §5), as JWTs write it: unpadded, though a padded token is read too, and
+/// without the canonical check of the last character's spare bits (nothing here is signed).
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// The GitLab user id in a registry JWT (`actor.user`): its payload's `user_info.user_id`, a
-/// number or a string of digits. The signature is not checked (see the README).
+/// number or a string of digits. The signature is not checked.
 pub fn jwt_user_id(token: &str) -> Option<u64> {
     let mut parts = token.split('.');
     let (_header, payload) = (parts.next()?, parts.next()?);
@@ -36,7 +24,7 @@ pub fn jwt_user_id(token: &str) -> Option<u64> {
     if payload.len() > 64 << 10 {
         return None;
     }
-    let json: serde_json::Value = serde_json::from_slice(&base64url(payload)?).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&BASE64URL.decode(payload).ok()?).ok()?;
     match &json.get("user_info")?.get("user_id")? {
         serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => s.parse().ok(),
@@ -48,27 +36,12 @@ pub fn jwt_user_id(token: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn encode(bytes: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
-    }
-
     /// A token shaped as GitLab's registry forwards it (header, payload, signature).
     pub fn token(payload: &str) -> String {
         format!(
             "{}.{}.c2lnbmF0dXJl",
-            encode(br#"{"alg":"RS256","typ":"JWT"}"#),
-            encode(payload.as_bytes())
+            BASE64URL.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+            BASE64URL.encode(payload)
         )
     }
 
@@ -89,6 +62,14 @@ mod tests {
         ] {
             assert_eq!(jwt_user_id(&bad), None, "{bad}");
         }
-        assert_eq!(base64url("aGk").as_deref(), Some(&b"hi"[..]));
+        // Padded, and with spare bits set in the last character (`aGl` for `aGk`), it is read.
+        let hi = r#"{"user_info":{"user_id":31}}"#;
+        let padded = format!(
+            "x.{}.y",
+            base64::engine::general_purpose::URL_SAFE.encode(hi)
+        );
+        assert!(padded.contains('='));
+        assert_eq!(jwt_user_id(&padded), Some(31));
+        assert_eq!(BASE64URL.decode("aGl").unwrap(), b"hi");
     }
 }

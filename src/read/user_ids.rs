@@ -16,48 +16,42 @@ pub fn username_hash(name: &str) -> u64 {
     identity_hash(&name.to_lowercase())
 }
 
-/// The fields of one CSV line: plain, or quoted with `""` for a quote.
-fn fields(line: &str) -> Option<Vec<String>> {
-    let mut out = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        let field = out.last_mut()?;
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (false, '"') if field.is_empty() => quoted = true,
-            (false, ',') => out.push(String::new()),
-            (_, c) => field.push(c),
-        }
-    }
-    (!quoted).then_some(out)
-}
-
 /// Reads `--user-ids`: a CSV of `username,id` (more columns are ignored), with or without a
 /// header line. A line that is not a username and a number, or a username given two different
 /// ids, is an error naming the line.
 pub fn load(path: &Path) -> Result<IdsByUser, String> {
-    let text = std::fs::read_to_string(path)
+    let text = std::fs::read(path)
         .map_err(|e| format!("cannot read --user-ids {}: {e}", path.display()))?;
+    // RFC 4180 allows quotes only around a field and doubled inside one, so an odd count
+    // leaves the last field open to the end of the file, which the reader takes as it is.
+    let open_quote = text.iter().filter(|&&b| b == b'"').count() % 2 == 1;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&text[..]);
     let mut ids = IdsByUser::default();
-    let mut names: HashMap<u64, (String, usize)> = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        let at = || format!("--user-ids {}:{}", path.display(), n + 1);
-        if line.trim().is_empty() {
+    let mut names: HashMap<u64, (String, u64)> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    let mut first = true;
+    while reader
+        .read_record(&mut record)
+        .map_err(|e| format!("--user-ids {}: {e}", path.display()))?
+    {
+        let n = record.position().map_or(0, csv::Position::line);
+        let at = || format!("--user-ids {}:{n}", path.display());
+        if open_quote && reader.position().byte() == text.len() as u64 {
+            return Err(format!("{}: unbalanced quotes", at()));
+        }
+        if record.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        let f = fields(line).ok_or_else(|| format!("{}: unbalanced quotes", at()))?;
-        let (name, id) = match (f.first(), f.get(1)) {
+        let header = std::mem::replace(&mut first, false);
+        let (name, id) = match (record.get(0), record.get(1)) {
             (Some(name), Some(id)) => (name.trim(), id.trim()),
             _ => return Err(format!("{}: wanted username,id", at())),
         };
         let Ok(id) = id.parse::<u64>() else {
-            if n == 0 && id.eq_ignore_ascii_case("id") {
+            if header && id.eq_ignore_ascii_case("id") {
                 continue;
             }
             return Err(format!("{}: id {id:?} is not a number", at()));
@@ -76,7 +70,7 @@ pub fn load(path: &Path) -> Result<IdsByUser, String> {
             }
         }
         ids.insert(hash, id);
-        names.entry(hash).or_insert((name.to_owned(), n + 1));
+        names.entry(hash).or_insert((name.to_owned(), n));
     }
     Ok(ids)
 }
@@ -91,19 +85,23 @@ mod tests {
         let path = dir.path().join("ids.csv");
         std::fs::write(
             &path,
-            "username,id\r\nRoot,1\n\"o\"\"brien\",7,extra\n\nroot,1\n",
+            "username,id\r\nRoot,1\n\"o\"\"brien\",7,extra\n\n\"new\nline\",9\nroot,1\n",
         )
         .unwrap();
         let ids = load(&path).unwrap();
         assert_eq!(ids.get(&username_hash("root")), Some(&1));
         assert_eq!(ids.get(&username_hash("O\"Brien")), Some(&7));
-        assert_eq!(ids.len(), 2);
+        // A quoted newline is part of its field.
+        assert_eq!(ids.get(&username_hash("new\nline")), Some(&9));
+        assert_eq!(ids.len(), 3);
         for (text, why) in [
             ("root,1\nROOT,2\n", "line 1 gave root the id 1"),
             ("root,x\n", ":1: id \"x\" is not a number"),
             ("a,1\nusername,id\n", ":2: id \"id\" is not a number"),
             ("root\n", "wanted username,id"),
-            ("\"root,1\n", "unbalanced quotes"),
+            ("\"root,1\n", ":1: unbalanced quotes"),
+            // Lines are counted in the file, a quoted newline included.
+            ("\"a\nb\",1\nroot,x\n", ":3: id \"x\" is not a number"),
         ] {
             std::fs::write(&path, text).unwrap();
             let e = load(&path).unwrap_err();
