@@ -86,7 +86,7 @@ pub(super) fn load(
     )?;
     let mut metrics = MetricTable::new(check.precision);
     for c in file.metrics {
-        let bytes = from_hex(&c.sketch).ok_or_else(|| not_state("sketch is not hex".into()))?;
+        let bytes = hex::decode(&c.sketch).map_err(|_| not_state("sketch is not hex".into()))?;
         check.add_cell(
             &mut metrics,
             &c.metric,
@@ -110,10 +110,11 @@ pub(super) fn load(
         });
     }
     let mut recent_ids = Vec::with_capacity(file.recent_ids.len());
-    for (hex, secs) in file.recent_ids {
-        let id =
-            u128::from_str_radix(&hex, 16).map_err(|_| not_state(format!("bad id {hex:?}")))?;
-        recent_ids.push((id, secs));
+    for (text, secs) in file.recent_ids {
+        recent_ids.push((
+            id_of_hex(&text).ok_or_else(|| not_state(format!("bad id {text:?}")))?,
+            secs,
+        ));
     }
     Ok(RunState {
         metrics,
@@ -131,37 +132,25 @@ pub fn legacy_moved_header() -> Vec<u8> {
     moved_header()
 }
 
-#[cfg(test)]
-pub(super) fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+/// An id as 0.3 wrote it: the xxh3-128, 32 hex digits.
+fn id_of_hex(text: &str) -> Option<u128> {
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(text, &mut bytes).ok()?;
+    Some(u128::from_be_bytes(bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Only whole hex digits: `u8::from_str_radix`, used before, took `+f` for 15.
     #[test]
-    fn hex_round_trips() {
-        assert_eq!(
-            from_hex(&to_hex(&[0, 1, 0xab, 0xff])),
-            Some(vec![0, 1, 0xab, 0xff])
-        );
-        assert_eq!(from_hex("abc"), None);
-        assert_eq!(from_hex("zz"), None);
+    fn ids_are_32_hex_digits() {
+        assert_eq!(id_of_hex(&format!("{:032x}", 7)), Some(7));
+        assert_eq!(id_of_hex(&format!("{:032x}", u128::MAX)), Some(u128::MAX));
+        assert_eq!(id_of_hex(&format!("+{:031x}", 7)), None);
+        assert_eq!(id_of_hex("7"), None);
+        assert_eq!(id_of_hex(&"zz".repeat(16)), None);
+        assert!(hex::decode("+f").is_err());
     }
 }

@@ -496,7 +496,6 @@ mod tests {
     use super::*;
     use crate::aggregate::Aggregate;
     use crate::classify::TrackedEvent;
-    use legacy::to_hex;
 
     fn sample() -> RunState {
         let mut agg = Aggregate::default();
@@ -614,7 +613,7 @@ mod tests {
                 };
                 serde_json::json!({
                     "metric": metric, "kind": period.kind.as_str(), "start": period.start,
-                    "events": cell.events, "sketch": to_hex(&bytes),
+                    "events": cell.events, "sketch": hex::encode(&bytes),
                 })
             })
             .collect();
