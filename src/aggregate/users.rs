@@ -15,6 +15,7 @@ use crate::records::ReportedUser;
 use chrono::NaiveDate;
 use datasketches::hll::Coupon;
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -82,44 +83,12 @@ impl PartialEq for Cell {
     }
 }
 
-/// A quick hasher for the few small integers of a cell's key: std's SipHash, made to resist
-/// hostile keys, was a visible share of the fold, and these keys come from a handful of
-/// metrics and periods.
-#[derive(Default)]
-struct CellKeyHasher(u64);
-
-impl std::hash::Hasher for CellKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_i32(&mut self, v: i32) {
-        self.write_u64(v as u32 as u64);
-    }
-
-    fn write_isize(&mut self, v: isize) {
-        self.write_u64(v as u64);
-    }
-}
-
 /// The mergeable state of the metrics: per-chunk folds and the final reduce are the same code.
 #[derive(Clone, Debug, Default)]
 pub struct Aggregate {
-    cells: HashMap<(TrackedEvent, Period), Cell, BuildHasherDefault<CellKeyHasher>>,
+    /// FxHash: std's SipHash, made to resist hostile keys, was a visible share of the fold,
+    /// and these keys come from a handful of metrics and periods.
+    cells: FxHashMap<(TrackedEvent, Period), Cell>,
     /// Where each user lands in the `hll_sketch` column, by identity hash.
     coupons: UserCoupons,
     /// With the Redis export: counted users' names and JWT ids, by identity hash.
