@@ -116,13 +116,13 @@ pub fn progress_bar(shown: bool, total: u64) -> Option<indicatif::ProgressBar> {
 /// Resolves command-line arguments into the inputs to read, in input order.
 ///
 /// Folders are walked recursively; hidden entries (name starting with `.`) inside them are
-/// skipped, a hidden path named on the command line is read. Symbolic links are followed, each
-/// folder only once. A file reached more than once, by any path, is read once.
+/// skipped, a hidden path named on the command line is read. Symbolic links are followed (a
+/// link back to a folder above it is not). A file reached more than once, by any path, is read
+/// once: inputs are known by their canonical path.
 pub fn discover_inputs(args: &[PathBuf]) -> io::Result<Vec<InputPath>> {
     let cwd = std::env::current_dir().and_then(|d| d.canonicalize()).ok();
     let mut files = Vec::new();
     let mut stdin = false;
-    let mut seen_dirs = std::collections::HashSet::new();
     for arg in args {
         if arg.as_os_str() == "-" {
             stdin = true;
@@ -131,7 +131,7 @@ pub fn discover_inputs(args: &[PathBuf]) -> io::Result<Vec<InputPath>> {
         let meta = std::fs::metadata(arg)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", arg.display())))?;
         if meta.is_dir() {
-            walk(arg, &mut files, &mut seen_dirs)?;
+            walk(arg, &mut files)?;
         } else {
             files.push(arg.clone());
         }
@@ -157,29 +157,26 @@ pub fn discover_inputs(args: &[PathBuf]) -> io::Result<Vec<InputPath>> {
     Ok(out)
 }
 
-fn walk(
-    dir: &Path,
-    out: &mut Vec<PathBuf>,
-    seen: &mut std::collections::HashSet<PathBuf>,
-) -> io::Result<()> {
-    let canonical = dir.canonicalize()?;
-    if !seen.insert(canonical) {
-        return Ok(());
-    }
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+/// Adds every file under `dir` to `out`: hidden entries are skipped, links followed, and a
+/// link back to a folder being walked is not followed again.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    let entries = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
     for entry in entries {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let meta = std::fs::metadata(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        if meta.is_dir() {
-            walk(&path, out, seen)?;
-        } else if meta.is_file() {
-            out.push(path);
+        match entry {
+            Ok(e) if e.file_type().is_file() => out.push(e.into_path()),
+            Ok(_) => {}
+            Err(e) if e.loop_ancestor().is_some() => {}
+            Err(e) => {
+                let kind = e.io_error().map_or(io::ErrorKind::Other, io::Error::kind);
+                let path = e.path().unwrap_or(dir).display().to_string();
+                let why = e
+                    .into_io_error()
+                    .map_or_else(|| "cannot walk".to_owned(), |e| e.to_string());
+                return Err(io::Error::new(kind, format!("{path}: {why}")));
+            }
         }
     }
     Ok(())
@@ -397,12 +394,18 @@ mod tests {
         }
         std::fs::create_dir_all(d.join(".git")).unwrap();
         std::fs::write(d.join(".git/x"), "").unwrap();
+        // A link back up (a loop) and a second way into `b`: neither adds an input.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("..", d.join("b/sub/up")).unwrap();
+            std::os::unix::fs::symlink("b", d.join("c")).unwrap();
+        }
         let found = discover_inputs(&[d.join("b"), d.to_path_buf(), d.join("a.gz")]).unwrap();
         let names: Vec<String> = found
             .iter()
             .map(|i| i.name().replace(&d.display().to_string(), ""))
             .collect();
-        // Each file once, whichever argument reached it first, in byte-wise order.
+        // Each file once, whichever argument or link reached it, in byte-wise order.
         assert_eq!(names, ["/a.gz", "/b/a.log", "/b/sub/z.log"]);
     }
 }
