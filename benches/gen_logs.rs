@@ -10,61 +10,49 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use fastrand::Rng;
 
 const USERS: u64 = 20_000;
 const REPOS: u64 = 30_000;
 
 fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
-    let roll = rng.below(100);
+    let roll = rng.u64(..100);
     let action = match roll {
         0..=69 => "pull",
         70..=91 => "push",
         92..=96 => "delete",
         _ => "mount",
     };
-    let user = rng.below(USERS);
-    let repo = rng.below(REPOS);
-    let secs = 1_672_531_200 + rng.below(365 * 86_400); // 2023
-    let nanos = rng.below(1_000_000_000);
+    let user = rng.u64(..USERS);
+    let repo = rng.u64(..REPOS);
+    let secs = 1_672_531_200 + rng.u64(..365 * 86_400); // 2023
+    let nanos = rng.u64(..1_000_000_000);
     let ts = chrono::DateTime::from_timestamp(secs as i64, nanos as u32)
         .unwrap()
         .format("%Y-%m-%dT%H:%M:%S%.9fZ");
     let digest = format!(
         "sha256:{:016x}{:016x}{:016x}{:016x}",
-        rng.next(),
-        rng.next(),
-        rng.next(),
-        rng.next()
+        rng.u64(..),
+        rng.u64(..),
+        rng.u64(..),
+        rng.u64(..)
     );
-    let tag = match (action, rng.below(10)) {
+    let tag = match (action, rng.u64(..10)) {
         ("push" | "pull", 0..=5) | ("delete", 0..=3) => format!(
             ",\"tag\":\"v{}.{}.{}\"",
-            rng.below(5),
-            rng.below(20),
-            rng.below(100)
+            rng.u64(..5),
+            rng.u64(..20),
+            rng.u64(..100)
         ),
         _ => String::new(),
     };
     // A delete with neither tag nor digest is a repository delete: about one delete in ten.
-    let digest_field = if action == "delete" && tag.is_empty() && rng.below(6) == 0 {
+    let digest_field = if action == "delete" && tag.is_empty() && rng.u64(..6) == 0 {
         String::new()
     } else {
         format!(",\"digest\":\"{digest}\"")
     };
-    let (name, user_type) = match rng.below(20) {
+    let (name, user_type) = match rng.u64(..20) {
         0 => (
             format!("gitlab+deploy-token-{}", user % 500),
             "deploy_token",
@@ -85,15 +73,15 @@ fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
             r#""actor":{{"name":"{}","user_type":"{}"}},"#,
             r#""source":{{"addr":"registry-{}:5000","instanceID":"{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}"}}}}"#
         ),
-        n >> 32, (n >> 16) & 0xffff, n & 0xfff, (n >> 12) & 0xfff, rng.below(1 << 48),
+        n >> 32, (n >> 16) & 0xffff, n & 0xfff, (n >> 12) & 0xfff, rng.u64(..1 << 48),
         ts, action,
-        500 + rng.below(5000), digest_field, 500 + rng.below(5000),
+        500 + rng.u64(..5000), digest_field, 500 + rng.u64(..5000),
         group, repo, group, repo, digest, tag,
-        rng.next() as u32, rng.below(1 << 16), rng.below(1 << 16), rng.below(1 << 16), rng.below(1 << 48),
-        rng.below(256), rng.below(256), rng.below(256), 30_000 + rng.below(30_000),
+        rng.u64(..) as u32, rng.u64(..1 << 16), rng.u64(..1 << 16), rng.u64(..1 << 16), rng.u64(..1 << 48),
+        rng.u64(..256), rng.u64(..256), rng.u64(..256), 30_000 + rng.u64(..30_000),
         if action == "pull" { "GET" } else if action == "delete" { "DELETE" } else { "PUT" },
         name, user_type,
-        rng.below(8), rng.next() as u32, rng.below(1 << 16), rng.below(1 << 12), rng.below(1 << 12), rng.below(1 << 48),
+        rng.u64(..8), rng.u64(..) as u32, rng.u64(..1 << 16), rng.u64(..1 << 12), rng.u64(..1 << 12), rng.u64(..1 << 48),
     )
     .unwrap();
 }
@@ -116,7 +104,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1u64);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::with_seed(seed);
     let per_file = events.div_ceil(files.max(1));
     let mut n = 0u64;
     let mut recent: Vec<Vec<u8>> = Vec::new();
@@ -138,7 +126,7 @@ fn main() {
         let mut line = Vec::with_capacity(8192);
         while written < per_file && n < events {
             line.clear();
-            let k = if envelopes { 1 + rng.below(5) } else { 1 };
+            let k = if envelopes { 1 + rng.u64(..5) } else { 1 };
             if envelopes {
                 line.extend_from_slice(b"{\"events\":[");
             }
@@ -147,15 +135,15 @@ fn main() {
                     line.push(b',');
                 }
                 let mut ev = Vec::with_capacity(1200);
-                if !recent.is_empty() && rng.below(100) == 0 {
-                    ev = recent[rng.below(recent.len() as u64) as usize].clone();
+                if !recent.is_empty() && rng.u64(..100) == 0 {
+                    ev = recent[rng.u64(..recent.len() as u64) as usize].clone();
                 // a redelivery
                 } else {
                     event(&mut rng, n, &mut ev);
                     if recent.len() < 1000 {
                         recent.push(ev.clone());
                     } else {
-                        let slot = rng.below(1000) as usize;
+                        let slot = rng.u64(..1000) as usize;
                         recent[slot] = ev.clone();
                     }
                 }

@@ -44,14 +44,9 @@ mod test_support {
         crate::keys::identity_hash(&format!("user{n}"))
     }
 
-    /// A xorshift generator from `seed` (not zero): the same numbers on every run, with no
-    /// crate for them.
-    pub fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
+    /// Random numbers from `seed`: the same on every run.
+    pub fn seeded(seed: u64) -> impl FnMut() -> u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        move || rng.u64(..)
     }
 }

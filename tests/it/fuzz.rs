@@ -73,7 +73,7 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 
 /// Runs `read` on `rounds()` mutations of the seeds; fails on a panic or an empty refusal.
 fn fuzz(what: &str, seeds: &[Vec<u8>], mut read: impl FnMut(&[u8]) -> Result<(), String>) {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ what.len() as u64);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ what.len() as u64);
     let (mut refused, mut accepted) = (0u64, 0u64);
     // The seeds themselves are read.
     for s in seeds {
@@ -187,7 +187,7 @@ fn state_loader_never_panics() {
     state.write(14, &mut file).unwrap();
     let inner = zstd::decode_all(&file[..]).unwrap();
     let path = Path::new("regtally-state.bin.zst");
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     // Most damage goes inside the compression, where the loader's own checks are.
     fuzz("state", &[inner], |b| {
         let compressed = if below(&mut rng, 8) == 0 {

@@ -61,7 +61,7 @@ fn format_time(rng: &mut Rng, secs: i64, nanos: u32) -> String {
 }
 
 fn generate(seed: u64) -> Generated {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     let mut g = Generated {
         files: Vec::new(),
         valid: Vec::new(),
@@ -344,7 +344,7 @@ fn check(seed: u64) -> (Vec<String>, usize) {
         ws.write(name, text);
     }
     let mut extra: Vec<String> = vec!["--max-bad-ratio".into(), "1".into(), "--keep-going".into()];
-    let mut rng = Rng(seed + 7);
+    let mut rng = Rng::new(seed + 7);
     let since = rng
         .chance(30)
         .then(|| NaiveDate::from_ymd_opt(2021, 1, 1 + rng.below(20) as u32).unwrap());

@@ -97,7 +97,7 @@ fn pfadd(con: &mut redis::Connection, key: &str, ids: &[u64]) {
 fn regtallys_value_counts_exactly_as_pfadd_of_the_same_ids() {
     let server = RedisServer::start();
     let mut con = server.con();
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for n in [1usize, 100, 10_000, 200_000] {
         let ids: Vec<u64> = (0..n).map(|_| rng.below(50_000_000)).collect();
         let (added, ours) = (format!("pfadd-{n}"), format!("regtally-{n}"));

@@ -422,7 +422,7 @@ fn random_nights_equal_one_run_over_everything() {
     let users = ["ann", "Ben", "BEN", "cat", "dan", "Émile", "émile"];
     let repos = ["g/a", "g/b", "g/c/d", "h/e"];
     for seed in 1..=12u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let ws = Workspace::new();
         let nights = 3 + rng.below(6) as u32;
         let mut sent: Vec<(u32, String)> = Vec::new();

@@ -310,19 +310,20 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-/// xorshift64*: small, seedable, and enough to vary logs and mutations: the same numbers for
-/// the same seed on every machine.
-pub struct Rng(pub u64);
+/// Random numbers from a seed, to vary logs and mutations: the same numbers for the same seed
+/// on every run.
+pub struct Rng(fastrand::Rng);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    pub fn new(seed: u64) -> Rng {
+        Rng(fastrand::Rng::with_seed(seed))
     }
+    pub fn next(&mut self) -> u64 {
+        self.0.u64(..)
+    }
+    /// A number below `n` (not zero).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.u64(..n)
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -517,26 +518,14 @@ pub fn regtally_in(cwd: &Path, args: &[&str]) -> Run {
 
 /// A token as newer registries forward it in `actor.user`: only its payload is read.
 pub fn jwt(user_id: u64) -> String {
-    fn b64(bytes: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
-    }
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     let payload =
         format!(r#"{{"user_info":{{"token_type":"personal_access_token","user_id":{user_id}}}}}"#);
     format!(
         "{}.{}.c2ln",
-        b64(br#"{"alg":"RS256"}"#),
-        b64(payload.as_bytes())
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+        URL_SAFE_NO_PAD.encode(payload)
     )
 }
 
