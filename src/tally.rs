@@ -35,7 +35,7 @@ pub struct Tally {
     /// The repository ledger after this run.
     pub ledger: RepositoryLedger,
     /// Pushes and repository deletes older than the last event already applied to their
-    /// repository by an earlier run (see the README on late arrivals).
+    /// repository by an earlier run (GUIDE.md, "Run it nightly", on late arrivals).
     pub late_events: u64,
     /// Id and time of de-duplicated events inside the state's window
     /// ([`crate::config::RunConfig::keep_event_ids`]).

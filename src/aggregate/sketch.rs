@@ -538,8 +538,7 @@ impl WarehouseSketch {
 /// [`WarehouseSketch::to_bytes`]).
 ///
 /// The register sums are taken from a count of each register value, not register by register:
-/// a division per register was 70M of the 1,128M instructions that writing the 4M benchmark's
-/// table took (callgrind, one thread). The sums are the same to the bit, in any order: every
+/// a division per register is a sixteenth of the instructions of writing a year's table. The sums are the same to the bit, in any order: every
 /// term is a power of two from 2^-63 up, and at most 2^21 of them (`lg_k` 21) keep every
 /// partial sum of either within 53 significant bits (2^21 times 2^-32 at most, in steps of
 /// 2^-63; 2^21 at most, in steps of 2^-31), so no addition rounds.

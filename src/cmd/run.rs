@@ -213,7 +213,7 @@ impl RunPlan {
                     .first_outside(&TimeWindow::until_day_after(today))
                 {
                     return usage(format!(
-                        "the state in {} holds period {p}, outside the times a registry can have written (2015 to the day after today): it is damaged; rebuild it from the logs (README, \"Nightly runs\")",
+                        "the state in {} holds period {p}, outside the times a registry can have written (2015 to the day after today): it is damaged; rebuild it from the logs (GUIDE.md, \"Rebuilding the state\")",
                         dir.display()
                     ));
                 }

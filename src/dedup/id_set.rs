@@ -2,8 +2,8 @@
 //! grows one shard at a time, on huge pages where the system has them.
 //!
 //! Its own table rather than a `HashMap` (or `hashbrown`'s): a lookup's slot is fetched a few
-//! ids ahead ([`IdSet::prefetch`]) and tables sit on huge pages, which took de-duplication
-//! from 8.5% to 4.6% of a run's `perf` samples and which no map of a crate offers.
+//! ids ahead ([`IdSet::prefetch`]) and the tables sit on huge pages ([`super::slots`]), which
+//! about halved de-duplication's share of a run and which no map of a crate offers.
 
 use super::slots::Slots;
 use rayon::prelude::*;
@@ -152,9 +152,9 @@ impl IdSet {
     /// thirds of de-duplication's time on 4 million ids.
     ///
     /// The new tables are allocated and zeroed on every core of the current rayon pool. Fresh
-    /// memory is slow to touch where the kernel must first get it from a hypervisor: on the
-    /// benchmark's VM, 128 MiB of fresh huge pages took from 16 ms to 450 ms, and done by the
-    /// consumer alone it left the other core idle that long at the start of a run. While
+    /// memory is slow to touch where the kernel must first get it from a hypervisor (up to
+    /// half a second for 128 MiB of huge pages on the benchmark's VM), and done by the
+    /// consumer alone it would leave the other cores idle that long at the start of a run. While
     /// it waits for the other cores the calling thread may run other tasks of the pool; the
     /// pipeline calls this under the consumer's lock, which its tasks only ever try.
     pub fn reserve(&mut self, ids: usize, limit: usize) {

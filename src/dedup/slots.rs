@@ -2,13 +2,12 @@
 //! at first.
 //!
 //! Ids are random, so every lookup lands on another page of a table that reaches a few
-//! hundred MiB, and with 4 KiB pages nearly every one missed the TLB too: on 4M events at
-//! two threads, de-duplication was 8.5% of `perf`'s samples, nearly all of them charged to
-//! the prefetch of each id's slot (which waits for the page walk). A table of 2 MiB or more
-//! is therefore allocated on a 2 MiB boundary and, on Linux, advised for transparent huge
-//! pages (`MADV_HUGEPAGE`) before it is first written; the kernel then backs it with 2 MiB
-//! pages wherever it can, and de-duplication fell to 4.6% of the samples. Where transparent
-//! huge pages are off, the advice changes nothing.
+//! hundred MiB, and with 4 KiB pages nearly every one misses the TLB too: the prefetch of each
+//! id's slot then waits for a page walk, which was most of de-duplication's time. A table of
+//! 2 MiB or more is therefore allocated on a 2 MiB boundary and, on Linux, advised for
+//! transparent huge pages (`MADV_HUGEPAGE`) before it is first written; the kernel then backs
+//! it with 2 MiB pages wherever it can, which about halved de-duplication's share of a run
+//! (benches/README.md). Where transparent huge pages are off, the advice changes nothing.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;

@@ -1,15 +1,13 @@
 //! A validating JSON scanner for one log line: it checks that the line is exactly one JSON
 //! value (RFC 8259) and lifts out the few fields regtally reads, building nothing else.
 //!
-//! It replaces serde_json on the hot path because the profile said so: parsing was 73% of a
-//! run, serde_json spending about 10,700 instructions on each ~1 KB event line (a visitor call
-//! and a key match per token). The first version of this scanner took about 9,000; marking the
-//! line's quotes, backslashes and control bytes in one SIMD pass, matching keys in place,
-//! skipping unread strings without building them and filling the caller's event in place
-//! brought it to about 5,000 (callgrind, the benchmark's lines): 0.9 to 1.2 GB/s on one core
-//! here, as fast as serde_json only checking such a line (`IgnoredAny`) and twice as fast as
-//! serde_json filling the same fields. It accepts exactly what the serde_json-based parser it
-//! replaced accepted (a differential test holds the two together on mutated lines), with one
+//! Parsing is most of a run's work, and serde_json spends a visitor call and a key match on
+//! every token of a ~1 KB line whose fields regtally mostly skips. This scanner marks the
+//! line's quotes, backslashes and control bytes in one SIMD pass, matches keys in place, skips
+//! unread strings and objects without building them and fills the caller's event in place: on
+//! the benchmark's lines, about half of serde_json's instructions, as fast as serde_json only
+//! checking such a line (`IgnoredAny`). It accepts exactly what the serde_json reference
+//! parser (`serde_oracle`) accepts, which a differential test holds on mutated lines, with one
 //! deliberate difference: a number too large for a 64-bit float where a string is expected
 //! makes the event invalid rather than the whole line malformed.
 //!
@@ -925,8 +923,8 @@ impl Open {
 /// control bytes, and says whether every byte of `b` is ASCII. The last block is padded with
 /// spaces, which are none of those.
 ///
-/// With AVX2 (checked once and cached by `std`) a 64-byte block takes two 32-byte steps; the
-/// SSE2 path took four 16-byte ones, and those masks were a tenth of a run's instructions.
+/// With AVX2 (checked once and cached by `std`) a 64-byte block takes two 32-byte steps, half
+/// the SSE2 path's four 16-byte ones: the masks are a tenth of a run's instructions on SSE2.
 fn special_masks(b: &[u8], masks: &mut [u64]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {

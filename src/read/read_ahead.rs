@@ -11,11 +11,10 @@ pub const READ_AHEAD_BYTES: u64 = 32 << 20;
 /// kernel's own read-ahead), so that a file not wholly in memory is read from disk while the
 /// cores work, not while they wait.
 ///
-/// On the benchmark's VM the kernel keeps evicting cold pages of the page cache (README,
-/// "Why a page cache is not always warm here"): in two 4M runs `perf sched` found the
-/// threads blocked in `read` on evicted pages for 98 and 668 ms in all. A backfill over
-/// archives not read for months finds most of its pages on disk. The advice is a hint: it
-/// reads no memory of ours and cannot fail a run.
+/// A backfill over archives not read for months finds most of their pages on disk, and a
+/// machine that reclaims cold page cache (as the benchmark's VM does: benches/README.md)
+/// evicts even recent ones; without the advice, every read of an evicted page stops a core.
+/// The advice is a hint: it reads no memory of ours and cannot fail a run.
 pub struct ReadAhead {
     /// The input's file, opened once more (its own descriptor: the stream owns the other).
     #[cfg(target_os = "linux")]

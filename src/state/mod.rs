@@ -62,9 +62,9 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not a regtally state file ({why}). Rebuild the state from the archived logs (README, \"Nightly runs\")")]
+    #[error("{path}: not a regtally state file ({why}). Rebuild the state from the archived logs (GUIDE.md, \"Rebuilding the state\")")]
     NotState { path: PathBuf, why: String },
-    #[error("{path}: state format version {found} was written by regtally {tool}; this release reads versions 1 and {STATE_VERSION}. Rebuild the state from the archived logs (README, \"Nightly runs\")")]
+    #[error("{path}: state format version {found} was written by regtally {tool}; this release reads versions 1 and {STATE_VERSION}. Rebuild the state from the archived logs (GUIDE.md, \"Rebuilding the state\")")]
     Version {
         path: PathBuf,
         found: u32,
