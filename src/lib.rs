@@ -1,33 +1,68 @@
 //! regtally: GitLab's container-registry usage metrics, computed in batch from archived
 //! registry notification logs.
 //!
-//! The modules follow the data: [`read`] (bytes to chunks of lines), [`parse`] (lines to
-//! events), [`records`] (events to compact records and rejects), [`dedup`] (records to first
-//! deliveries), [`classify`] and [`ledger`] (first deliveries to tracked events and repository
-//! existence), [`aggregate`] and [`sketch`] (tracked events to per-period sketches), [`output`]
-//! (sketches to files). [`pipeline`] only wires them; [`spill`] holds the memory budget and the
-//! temporary files of the stages that buffer; [`state`] carries what a nightly run needs into
-//! the next, and decides which inputs it reads; [`cli`], [`flags`] and [`cmd`] validate flags
-//! before any log is read.
+//! The module tree is the data path (ARCHITECTURE.md has the whole picture). Imports point one
+//! way: each group below uses only the groups above it.
+//!
+//! - The vocabulary every stage shares: [`timestamp`], [`keys`] (the hashes that stand for
+//!   names, ids and paths), [`classify`] (tracked events, who is a user), [`records`] (what
+//!   survives a chunk, rejects, the accounting of lines); and support: [`spill`] (the memory
+//!   budget and the temporary files of the stages that buffer), [`cache_line`].
+//! - The stages, in data order: [`read`] (inputs to chunks of lines), [`parse`] (a chunk to
+//!   records and rejects), [`dedup`] (records to first deliveries), [`ledger`] (pushes and
+//!   repository deletes replayed in time order), [`aggregate`] (first deliveries to per-day
+//!   users, then sketches per metric and period).
+//! - What a run is asked and what it computed: [`config`], [`tally`].
+//! - [`state`] (what a nightly run carries into the next, and which inputs it reads), then
+//!   [`output`] (the files, replaced all together), then [`pipeline`], which only wires the
+//!   stages on the thread pool.
+//! - [`cmd`] (one file per subcommand, flags checked before any log is read) and [`cli`].
+//!
+//! Two features cross the stages; each stage keeps its own part of them in a file of its own:
+//!
+//! - The events dataset (`run --events`): [`parse::chunk`] encodes each valid event's row
+//!   ([`records::row`]); [`dedup::rows`] keeps the rows of first deliveries on disk by month;
+//!   [`ledger::replay`] names the pushes that created their repository ([`tally::Resolution`]);
+//!   [`output::events`] resolves each row's class and writes the Parquet files.
+//! - The Redis export (`run --redis`, `redis-merge`): [`read::user_ids`] reads `--user-ids`;
+//!   [`parse::jwt`] reads the id in an actor's JWT and [`parse::chunk`] reports counted users
+//!   with it; [`aggregate::gitlab_ids`] gathers the ids per tracked event and week; [`state`]
+//!   keeps them; [`output::redis`] writes Redis's values ([`output::redis::hll`]);
+//!   [`cmd::redis_merge`] merges them into a live Redis.
 
-pub mod aggregate;
+// The vocabulary and support, below the stages.
 pub mod cache_line;
 pub mod classify;
-pub mod cli;
-pub mod cmd;
-pub mod config;
-pub mod dedup;
 pub mod keys;
-pub mod ledger;
-pub mod output;
-pub mod parse;
-pub mod pipeline;
-pub mod read;
 pub mod records;
 pub mod spill;
-pub mod state;
-pub mod tally;
 pub mod timestamp;
+
+// The stages, in data order.
+pub mod read;
+
+pub mod parse;
+
+pub mod dedup;
+
+pub mod ledger;
+
+pub mod aggregate;
+
+// What a run is asked and what it computed, and what builds on them, in order.
+pub mod config;
+pub mod tally;
+
+pub mod state;
+
+pub mod output;
+
+pub mod pipeline;
+
+// The command line.
+pub mod cmd;
+
+pub mod cli;
 
 /// Helpers shared by the unit tests.
 #[cfg(test)]

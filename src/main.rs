@@ -1,8 +1,8 @@
 //! The `regtally` binary: parse flags, run, map the result to SPEC §10's exit status.
 
 use clap::Parser;
-use regtally::cli::flags::UsageError;
 use regtally::cli::{run, Cli};
+use regtally::cmd::flags::UsageError;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -420,7 +420,7 @@ fn check_layout(l: &Layout, precision: u8) -> Result<(), &'static str> {
 }
 
 /// The `hll_sketch` column's sketch: Apache DataSketches HLL, type HLL_8, `lg_k` equal to the
-/// precision, fed [`identity_coupon`]s.
+/// precision, fed [`crate::keys::identity_coupon`]s.
 #[derive(Clone, PartialEq)]
 pub struct WarehouseSketch {
     hll: HllSketch,

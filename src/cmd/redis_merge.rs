@@ -9,7 +9,7 @@
 //! is skipped: GitLab reads it no more. A key holding anything but a HyperLogLog is refused
 //! and left as it is.
 
-use crate::cli::flags::{check_range, parse_date, usage};
+use crate::cmd::flags::{check_range, parse_date, usage};
 use crate::output::redis::hll::RedisHll;
 use crate::output::redis::{read_manifest, ManifestKey, KEY_WEEKS};
 use anyhow::{Context, Result};

@@ -5,7 +5,7 @@
 use crate::aggregate::period::PeriodKind;
 use crate::aggregate::{DistinctUsers, MetricRow, MetricTable};
 use crate::classify::{metric_names, short_name};
-use crate::cli::flags::{check_range, parse_date, usage};
+use crate::cmd::flags::{check_range, parse_date, usage};
 use crate::output::aggregates::read_aggregates;
 use crate::output::chart::{sparkline, weekly_chart, weekly_users};
 use crate::output::service_ping::ServicePing;

@@ -1,7 +1,7 @@
 //! `regtally run`: validate, read the logs, write the outputs (and the state, with `--state`).
 
 use crate::aggregate::{MetricRow, MetricTable};
-use crate::cli::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
+use crate::cmd::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
 use crate::config::{Prior, RunConfig};
 use crate::dedup::window::IdWindow;
 use crate::ledger::RepositoryLedger;

@@ -1,6 +1,5 @@
 //! Flag values checked before any work: dates, ratios, sizes, and the usage error that carries
-//! a mistake to exit status 2. Shared by the subcommands in `cmd/`, so that neither `cli` nor a
-//! subcommand needs the other.
+//! a mistake to exit status 2, shared by the subcommands.
 
 use anyhow::Result;
 use chrono::NaiveDate;

@@ -1,7 +1,5 @@
 //! The command line: one `enum Command` and the one place the clock is read. Each subcommand
-//! lives in `cmd/`; the flag parsers they share are in [`crate::cli::flags`].
-
-pub mod flags;
+//! lives in `cmd/`, with the flag checks they share ([`crate::cmd::flags`]).
 
 use crate::cmd::{redis_merge, report, run};
 use anyhow::Result;
