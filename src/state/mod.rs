@@ -459,8 +459,6 @@ impl<'p> Checked<'p> {
     }
 }
 
-/// regtally 0.3's state: zstd-compressed JSON, times as RFC 3339 text, ids as hex.
-
 impl RunState {
     /// Moves the state on by a run that read everything cleanly: its metrics (taken out of
     /// its tally) merged in, the ledger it left, the ids of the window, and the inputs it
