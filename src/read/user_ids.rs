@@ -22,9 +22,6 @@ pub fn username_hash(name: &str) -> u64 {
 pub fn load(path: &Path) -> Result<IdsByUser, String> {
     let text = std::fs::read(path)
         .map_err(|e| format!("cannot read --user-ids {}: {e}", path.display()))?;
-    // RFC 4180 allows quotes only around a field and doubled inside one, so an odd count
-    // leaves the last field open to the end of the file, which the reader takes as it is.
-    let open_quote = text.iter().filter(|&&b| b == b'"').count() % 2 == 1;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -32,26 +29,25 @@ pub fn load(path: &Path) -> Result<IdsByUser, String> {
     let mut ids = IdsByUser::default();
     let mut names: HashMap<u64, (String, u64)> = HashMap::new();
     let mut record = csv::StringRecord::new();
-    let mut first = true;
     while reader
         .read_record(&mut record)
-        .map_err(|e| format!("--user-ids {}: {e}", path.display()))?
+        .map_err(|e| format!("cannot read --user-ids {}: {e}", path.display()))?
     {
         let n = record.position().map_or(0, csv::Position::line);
         let at = || format!("--user-ids {}:{n}", path.display());
-        if open_quote && reader.position().byte() == text.len() as u64 {
+        if reader.position().byte() == text.len() as u64 && left_open(&text, &record) {
             return Err(format!("{}: unbalanced quotes", at()));
         }
-        if record.iter().all(|f| f.trim().is_empty()) {
+        // A line of spaces; an empty line the reader skips itself.
+        if record.len() == 1 && record[0].trim().is_empty() {
             continue;
         }
-        let header = std::mem::replace(&mut first, false);
         let (name, id) = match (record.get(0), record.get(1)) {
             (Some(name), Some(id)) => (name.trim(), id.trim()),
             _ => return Err(format!("{}: wanted username,id", at())),
         };
         let Ok(id) = id.parse::<u64>() else {
-            if header && id.eq_ignore_ascii_case("id") {
+            if n == 1 && id.eq_ignore_ascii_case("id") {
                 continue;
             }
             return Err(format!("{}: id {id:?} is not a number", at()));
@@ -75,6 +71,21 @@ pub fn load(path: &Path) -> Result<IdsByUser, String> {
     Ok(ids)
 }
 
+/// Whether `record`, the file's last, ends in a quoted field never closed: the reader takes
+/// such a field to the end of the file, so the file ends with the field's text right after
+/// the quote that opened it (a lone quote, for an empty one).
+fn left_open(text: &[u8], record: &csv::StringRecord) -> bool {
+    let Some(last) = record.iter().next_back().map(str::as_bytes) else {
+        return false;
+    };
+    let Some(quote) = text.len().checked_sub(last.len() + 1) else {
+        return false;
+    };
+    text.ends_with(last)
+        && text[quote] == b'"'
+        && (!last.is_empty() || quote == 0 || matches!(text[quote - 1], b',' | b'\n' | b'\r'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +96,7 @@ mod tests {
         let path = dir.path().join("ids.csv");
         std::fs::write(
             &path,
-            "username,id\r\nRoot,1\n\"o\"\"brien\",7,extra\n\n\"new\nline\",9\nroot,1\n",
+            "username,id\r\nRoot,1\n\"o\"\"brien\",7,extra\n\n\"new\nline\",9\nroot,1\no\"neil,8",
         )
         .unwrap();
         let ids = load(&path).unwrap();
@@ -93,13 +104,18 @@ mod tests {
         assert_eq!(ids.get(&username_hash("O\"Brien")), Some(&7));
         // A quoted newline is part of its field.
         assert_eq!(ids.get(&username_hash("new\nline")), Some(&9));
-        assert_eq!(ids.len(), 3);
+        // A quote inside an unquoted field is a character of it, even on the last line.
+        assert_eq!(ids.get(&username_hash("o\"neil")), Some(&8));
+        assert_eq!(ids.len(), 4);
         for (text, why) in [
             ("root,1\nROOT,2\n", "line 1 gave root the id 1"),
             ("root,x\n", ":1: id \"x\" is not a number"),
             ("a,1\nusername,id\n", ":2: id \"id\" is not a number"),
             ("root\n", "wanted username,id"),
             ("\"root,1\n", ":1: unbalanced quotes"),
+            ("a,1\nb,\"", ":2: unbalanced quotes"),
+            (",,\n", ":1: id \"\" is not a number"),
+            ("a,\"\"", ":1: id \"\" is not a number"),
             // Lines are counted in the file, a quoted newline included.
             ("\"a\nb\",1\nroot,x\n", ":3: id \"x\" is not a number"),
         ] {
