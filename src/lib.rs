@@ -18,17 +18,9 @@
 //!   stages on the thread pool.
 //! - [`cmd`] (one file per subcommand, flags checked before any log is read) and [`cli`].
 //!
-//! Two features cross the stages; each stage keeps its own part of them in a file of its own:
-//!
-//! - The events dataset (`run --events`): [`parse::chunk`] encodes each valid event's row
-//!   ([`records::row`]); [`dedup::rows`] keeps the rows of first deliveries on disk by month;
-//!   [`ledger::replay`] names the pushes that created their repository ([`tally::Resolution`]);
-//!   [`output::events`] resolves each row's class and writes the Parquet files.
-//! - The Redis export (`run --redis`, `redis-merge`): [`read::user_ids`] reads `--user-ids`;
-//!   [`parse::jwt`] reads the id in an actor's JWT and [`parse::chunk`] reports counted users
-//!   with it; [`aggregate::gitlab_ids`] gathers the ids per tracked event and week; [`state`]
-//!   keeps them; [`output::redis`] writes Redis's values ([`output::redis::hll`]);
-//!   [`cmd::redis_merge`] merges them into a live Redis.
+//! Two features cross the stages, the events dataset (`run --events`) and the Redis export
+//! (`run --redis`, `redis-merge`): each stage keeps its part of them in a file of its own, and
+//! ARCHITECTURE.md ("Features that cross stages") names those files.
 
 // The vocabulary and support, below the stages.
 pub mod cache_line;

@@ -608,9 +608,7 @@ fn check_dense_hll8(b: &[u8]) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use hex::encode as hex;
 
     /// The bytes of the pinned `hyperloglogplus` (=0.4.1) as postcard writes them: the
     /// `sketch` column and every state hold this layout, so a change of the crate that moved a
@@ -621,14 +619,14 @@ mod tests {
         sparse.insert(identity_hash("root"));
         sparse.insert(identity_hash("jaime"));
         assert_eq!(
-            hex(&sparse.to_bytes()),
+            hex(sparse.to_bytes()),
             "02040410808080080c0002fabeb10f08dee7a5019cd78b0e00"
         );
         let mut dense = UserSketch::new(4);
         (0..200).for_each(|i| dense.insert(identity_hash(&format!("u{i}"))));
         // Dense: 16 six-bit registers in 4 words, then the count and the zero registers.
         assert_eq!(
-            hex(&dense.to_bytes()),
+            hex(dense.to_bytes()),
             "02040410808080080c000000000104c6a1a119c883b120c382c128061000"
         );
         let mut back = UserSketch::from_bytes(&dense.to_bytes()).unwrap();
@@ -715,7 +713,7 @@ mod tests {
     fn warehouse_sketch_bytes_equal_datasketches_python() {
         let of = |lg_k: u8, names: &[&str]| {
             let coupons: Vec<Coupon> = names.iter().map(|n| identity_coupon(n)).collect();
-            hex(&WarehouseSketch::of_users(lg_k, &coupons).to_bytes())
+            hex(WarehouseSketch::of_users(lg_k, &coupons).to_bytes())
         };
         assert_eq!(of(4, &["root"]), "02010704030801082311cf11");
         // Python kept its insertion order, regtally sorts: the same header and coupons.
@@ -734,7 +732,7 @@ mod tests {
         let rust_hash = {
             let mut h = WarehouseSketch::new(4);
             h.hll.update("root");
-            hex(&h.to_bytes())
+            hex(h.to_bytes())
         };
         assert_ne!(rust_hash, of(4, &["root"]));
     }

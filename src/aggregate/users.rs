@@ -135,9 +135,9 @@ impl Aggregate {
         } else {
             (other, std::mem::take(&mut self))
         };
-        // The cells both hold are merged on every core (each merge may sort a day's users:
-        // on one core this was a step of its own between reading and the ledger, and again
-        // after the ledger); the others only move.
+        // The cells both hold are merged on every core (each merge may sort a day's users,
+        // and folds merge twice a run, after reading and after the ledger); the others only
+        // move.
         big.cells.par_iter_mut().for_each(|(key, cell)| {
             if let Some(theirs) = small.cells.get(key) {
                 cell.merge_from(theirs);

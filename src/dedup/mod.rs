@@ -242,6 +242,14 @@ impl<'d> Deduplicator<'d> {
         Ok(d)
     }
 
+    /// Makes room for the ids of `input_bytes` of logs, as many as a chunk of `chunk_bytes`
+    /// holding `chunk_events` events says they hold, within the budget. Called once, with the
+    /// first chunk that has events enough to tell their density.
+    pub fn reserve_for(&mut self, input_bytes: u64, chunk_events: usize, chunk_bytes: u64) {
+        let per_byte = chunk_events as f64 / chunk_bytes.max(1) as f64;
+        self.reserve((input_bytes as f64 * per_byte) as usize);
+    }
+
     /// Makes room for about `ids` more ids, within the budget (see [`IdSet::reserve`]).
     pub fn reserve(&mut self, ids: usize) {
         if let Mode::Memory(set) = &mut self.mode {

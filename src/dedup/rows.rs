@@ -11,7 +11,7 @@
 //! stays a write buffer per month, the ids of the creates, and one bit per deferred event.
 
 use crate::records::row::{month_of, EncodedRow, Month};
-use crate::spill::{spill_error, SpillDir};
+use crate::spill::{codec, spill_error, SpillDir};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -102,12 +102,12 @@ impl RowSpool {
             if f.chunk != self.chunks {
                 f.chunk = self.chunks;
                 frame.push(HEADER);
-                frame.extend_from_slice(&chunk.input.to_le_bytes());
-                frame.extend_from_slice(&chunk.lines_before.to_le_bytes());
-                frame.extend_from_slice(&chunk.position_base.to_le_bytes());
+                codec::put_u32(frame, chunk.input);
+                codec::put_u64(frame, chunk.lines_before);
+                codec::put_u64(frame, chunk.position_base);
             }
             frame.push(ROW);
-            frame.extend_from_slice(&(seq as u32).to_le_bytes());
+            codec::put_u32(frame, seq as u32);
             let path = &f.path;
             f.out
                 .write_all(frame)
@@ -202,16 +202,16 @@ pub fn each_spooled_row(
         match input.read(&mut tag)? {
             0 => return Ok(()),
             _ if tag[0] == HEADER => {
-                file = get_u32(&mut input)? as usize;
-                lines_before = get_u64(&mut input)?;
-                base = get_u64(&mut input)?;
+                file = codec::get_u32(&mut input)? as usize;
+                lines_before = codec::get_u64(&mut input)?;
+                base = codec::get_u64(&mut input)?;
                 continue;
             }
             _ if tag[0] == ROW => {}
             _ => return Err(crate::records::row::corrupt("frame")),
         }
-        let seq = get_u32(&mut input)?;
-        let len = get_u32(&mut input)?;
+        let seq = codec::get_u32(&mut input)?;
+        let len = codec::get_u32(&mut input)?;
         row_bytes.clear();
         row_bytes.extend_from_slice(&len.to_le_bytes());
         row_bytes.resize(4 + len as usize, 0);
@@ -224,18 +224,6 @@ pub fn each_spooled_row(
             row,
         })?;
     }
-}
-
-fn get_u32(input: &mut impl Read) -> io::Result<u32> {
-    let mut b = [0; 4];
-    input.read_exact(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-fn get_u64(input: &mut impl Read) -> io::Result<u64> {
-    let mut b = [0; 8];
-    input.read_exact(&mut b)?;
-    Ok(u64::from_le_bytes(b))
 }
 
 #[cfg(test)]

@@ -82,7 +82,6 @@ impl ChunkOutput {
     }
 }
 
-/// Parses every line of a chunk.
 /// Lines parsed before the records of the rest of a chunk are reserved for.
 const SAMPLE_LINES: u64 = 64;
 

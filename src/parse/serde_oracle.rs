@@ -1,5 +1,5 @@
-//! The serde_json-based line parser regtally used before [`super::scan`]: kept, for tests only,
-//! as the oracle the scanner is held to.
+//! A line parser built on serde_json, for tests only: the oracle the scanner ([`super::scan`])
+//! is held to, since serde_json's idea of valid JSON is the reference.
 
 use super::{ActorField, Element, ParsedLine, RawEvent, StrField, TargetField};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};

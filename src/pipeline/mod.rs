@@ -62,7 +62,7 @@ pub fn run(
         .context("cannot start de-duplication")?;
     let threads = rayon::current_num_threads().max(1);
     // As many buffers as chunks may be read ahead: each pool then serves every chunk in flight.
-    let records = BufferPool::new(Limit::limit(threads));
+    let records = BufferPool::new(scheduler::limit(threads));
     let consumer = Consumer {
         cfg,
         input_bytes: Some(input_bytes),
@@ -75,7 +75,7 @@ pub fn run(
     };
     let shared = Shared {
         cfg,
-        pool: BufferPool::new(Limit::limit(threads)),
+        pool: BufferPool::new(scheduler::limit(threads)),
         records,
         progress: progress.clone(),
         schedule: Mutex::new(Schedule::new(cfg.inputs.len(), threads)),
@@ -240,9 +240,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 type RunSchedule =
     Schedule<Box<ChunkOutput>, (InputReport, Option<std::io::Error>), Box<InputReader>>;
 
-/// The schedule's limit on chunks in flight, which also sizes the pools of buffers.
-type Limit = Schedule<(), (), ()>;
-
 /// One input being read: everything a parked reader needs to go on.
 struct InputReader {
     index: usize,
@@ -290,15 +287,7 @@ impl<'r> Shared<'r> {
     /// Opens input `i`; an input that cannot be opened ends at once, with its error.
     fn open<'s>(&'s self, scope: &rayon::Scope<'s>, i: usize) -> Option<Box<InputReader>> {
         let input = &self.cfg.inputs[i];
-        let mut report = InputReport {
-            path: input.name().to_owned(),
-            compression: None,
-            bytes: 0,
-            decoded_bytes: 0,
-            lines: 0,
-            content_hash: None,
-            error: None,
-        };
+        let mut report = InputReport::new(input);
         match open_input(input, self.progress.clone(), self.cfg.hash_inputs) {
             Ok(opened) => {
                 report.compression = Some(opened.compression);
@@ -372,20 +361,8 @@ impl<'r> Shared<'r> {
                         next_chunk,
                         ..
                     } = *r;
-                    report.decoded_bytes = chunker.decoded_bytes;
-                    let (bytes, hash) = match (&raw_bytes, &chunker.hasher) {
-                        (Some(raw), _) => (raw.count(), raw.hash()),
-                        (None, Some(h)) => (
-                            report.decoded_bytes,
-                            Some(format!("{:032x}", h.digest128())),
-                        ),
-                        (None, None) => (report.decoded_bytes, None),
-                    };
-                    report.bytes = bytes;
                     let error = next.err();
-                    if error.is_none() {
-                        report.content_hash = hash;
-                    }
+                    report.read_to_end(&chunker, raw_bytes.as_deref(), error.is_some());
                     self.end(scope, i, next_chunk, (report, error));
                     return;
                 }
@@ -549,15 +526,7 @@ impl Consumer<'_> {
     ) -> Result<Option<FoldJob>> {
         match piece {
             Piece::End((mut report, error)) => {
-                report.lines = self.lines_before;
-                if let Some(e) = error {
-                    report.error = Some(format!(
-                        "read failed at line {} (decoded byte {}, file byte {}): {e}",
-                        report.lines + 1,
-                        report.decoded_bytes,
-                        report.bytes
-                    ));
-                }
+                report.lines_read(self.lines_before, error);
                 self.reports.push(report);
                 self.lines_before = 0;
                 Ok(None)
@@ -573,11 +542,10 @@ impl Consumer<'_> {
                     .context("cannot write rejects.jsonl")?;
                 let lines_before = self.lines_before;
                 self.lines_before += chunk.counts.lines;
-                // Sized once, from the first chunk with events enough to tell their density.
                 if chunk.events.len() >= 64 {
                     if let Some(bytes) = self.input_bytes.take() {
-                        let per_byte = chunk.events.len() as f64 / chunk.bytes.max(1) as f64;
-                        self.dedup.reserve((bytes as f64 * per_byte) as usize);
+                        self.dedup
+                            .reserve_for(bytes, chunk.events.len(), chunk.bytes);
                     }
                 }
                 let mut firsts = Vec::new();
@@ -586,7 +554,7 @@ impl Consumer<'_> {
                     .take_all(&chunk.ids, &chunk.events, &mut firsts)
                     .context("de-duplication")?;
                 if let Some(spool) = &mut self.rows {
-                    let deferred_from = self.dedup.deferred_from();
+                    let deferred = self.dedup.deferred_from().map(DeferredFirsts::new);
                     let rows = ChunkRows {
                         input: input as u32,
                         lines_before,
@@ -596,7 +564,9 @@ impl Consumer<'_> {
                     spool
                         .add_chunk(rows, |i| {
                             firsts[i]
-                                || deferred_from.is_some_and(|f| position_base + i as u64 + 1 >= f)
+                                || deferred
+                                    .as_ref()
+                                    .is_some_and(|d| d.is_deferred(position_base + i as u64 + 1))
                         })
                         .context("cannot keep the events dataset's rows")?;
                 }

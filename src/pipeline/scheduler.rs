@@ -3,7 +3,7 @@
 //! Parsed chunks finish in any order, on any thread; de-duplication must see them in input
 //! order. The [`Schedule`] is the reorder buffer between the two: each input's chunks, then
 //! its end, come out in input order, whatever order they were posted in. It is also the
-//! back-pressure on the readers: a reader may not run more than [`Schedule::limit`] chunks
+//! back-pressure on the readers: a reader may not run more than [`limit`] chunks
 //! ahead of the folds, and past that it is *parked* (put aside, its thread free to parse) until
 //! chunks are done with. Memory is therefore a few chunks per core, however large the inputs.
 //!
@@ -24,6 +24,12 @@ pub enum Piece<C, E> {
 pub enum Start<R> {
     Open(usize),
     Resume(R),
+}
+
+/// The most chunks read and not yet done with: two per thread and two more, so that every core
+/// has a chunk to parse while the next are read. It also sizes the pools of buffers.
+pub fn limit(threads: usize) -> usize {
+    2 * threads.max(1) + 2
 }
 
 /// Which chunks are read, parsed and waiting, and which reader may read on. `C` is a parsed
@@ -62,20 +68,14 @@ impl<C, E, R> Schedule<C, E, R> {
         }
     }
 
-    /// The most chunks read and not yet done with: two per thread and two more, so that every
-    /// core has a chunk to parse while the next are read.
-    pub fn limit(threads: usize) -> usize {
-        2 * threads.max(1) + 2
-    }
-
     /// Whether input `i`'s reader may read another chunk. The input the consumer waits on may
     /// always have `limit` chunks of its own in flight, so that it can never be starved by
     /// inputs after it; those read only while the total is under the limit.
     fn may_read(&self, i: usize) -> bool {
-        let limit = Self::limit(self.max_readers);
+        let most = limit(self.max_readers);
         !self.aborted
-            && (self.pending[i] as usize) < limit
-            && (i == self.next.0 || self.outstanding < limit)
+            && (self.pending[i] as usize) < most
+            && (i == self.next.0 || self.outstanding < most)
     }
 
     /// Asks to read a chunk of input `i`. If it may, the chunk is counted as pending and the
@@ -229,15 +229,15 @@ mod tests {
     /// whole limit, so it is never starved.
     #[test]
     fn readers_park_at_the_limit_and_resume_when_chunks_are_done() {
-        let limit = Test::limit(1);
-        assert_eq!(limit, 4);
+        let most = limit(1);
+        assert_eq!(most, 4);
         let mut s = Test::new(2, 1);
         assert_eq!(opens(&s.starts()), [0]);
         // Input 1 opens beside input 0 (it is within one input of the consumer's).
         assert_eq!(opens(&s.end(0, 0, ())), [1]);
         let mut s = Test::new(2, 1);
         s.starts();
-        for _ in 0..limit {
+        for _ in 0..most {
             assert_eq!(s.admit(0, 0), Some(0));
         }
         assert_eq!(s.admit(0, 0), None, "the limit is reached: parked");
@@ -248,12 +248,12 @@ mod tests {
         // Input 1 is not the consumer's: it reads only while the total is under the limit.
         let mut s = Test::new(2, 2);
         assert_eq!(opens(&s.starts()), [0, 1]);
-        let limit = Test::limit(2);
-        for _ in 0..limit {
+        let most = limit(2);
+        for _ in 0..most {
             assert_eq!(s.admit(1, 1), Some(1));
         }
         assert_eq!(s.admit(1, 1), None, "input 1 is parked");
-        for _ in 0..limit {
+        for _ in 0..most {
             assert_eq!(s.admit(0, 0), Some(0), "the consumer's input reads on");
         }
         assert_eq!(s.admit(0, 0), None, "its own limit holds");
@@ -266,7 +266,7 @@ mod tests {
             s.starts().is_empty(),
             "input 1 is at the limit with input 0's chunks"
         );
-        for _ in 1..limit {
+        for _ in 1..most {
             s.chunk_done(0);
         }
         assert_eq!(s.starts(), [Start::Resume(1)]);

@@ -84,6 +84,56 @@ pub struct InputReport {
     pub error: Option<String>,
 }
 
+impl InputReport {
+    /// The report of an input not read yet.
+    pub fn new(input: &InputPath) -> InputReport {
+        InputReport {
+            path: input.name().to_owned(),
+            compression: None,
+            bytes: 0,
+            decoded_bytes: 0,
+            lines: 0,
+            content_hash: None,
+            error: None,
+        }
+    }
+
+    /// Records what the reader read of the input, once it ended (with `failed`, on an error):
+    /// the bytes of the file and after decompression, and the file's hash when it was asked
+    /// for and the input was read completely.
+    pub fn read_to_end(
+        &mut self,
+        chunker: &Chunker<impl Read>,
+        raw_bytes: Option<&RawBytes>,
+        failed: bool,
+    ) {
+        self.decoded_bytes = chunker.decoded_bytes;
+        let (bytes, hash) = match (raw_bytes, &chunker.hasher) {
+            (Some(raw), _) => (raw.count(), raw.hash()),
+            (None, Some(h)) => (self.decoded_bytes, Some(format!("{:032x}", h.digest128()))),
+            (None, None) => (self.decoded_bytes, None),
+        };
+        self.bytes = bytes;
+        if !failed {
+            self.content_hash = hash;
+        }
+    }
+
+    /// Records the input's `lines`, and the error that stopped its reading, if one did: where,
+    /// by line and by byte, decoded and in the file.
+    pub fn lines_read(&mut self, lines: u64, error: Option<io::Error>) {
+        self.lines = lines;
+        if let Some(e) = error {
+            self.error = Some(format!(
+                "read failed at line {} (decoded byte {}, file byte {}): {e}",
+                lines + 1,
+                self.decoded_bytes,
+                self.bytes
+            ));
+        }
+    }
+}
+
 /// The inputs' size on disk (compressed ones hold more than they weigh; standard input, nothing).
 pub fn total_bytes(inputs: &[InputPath]) -> u64 {
     inputs

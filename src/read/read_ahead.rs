@@ -110,6 +110,7 @@ mod tests {
     /// alone, before anything reads them (checked with `mincore`).
     #[cfg(target_os = "linux")]
     #[test]
+    #[ignore = "needs TMPDIR on a disk: the pages of a tmpfs cannot be evicted"]
     fn read_ahead_reads_an_evicted_file_into_the_page_cache() {
         use std::os::fd::AsRawFd;
         // A page of tmpfs cannot be evicted: the test needs TMPDIR on a disk.

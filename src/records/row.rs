@@ -2,13 +2,14 @@
 //! the dataset's writer decodes it, after the rows have waited on disk for the run to know
 //! which are first deliveries and which repository pushes created their repository.
 //!
-//! A row is little-endian fields after its length: the time (seconds, nanoseconds), the id's
-//! key, the line within its chunk, the position in an envelope (`u64::MAX` for none), the
-//! event's kind ([`kind_code`]), then the texts, each a `u32` length (`u32::MAX` for none) and
-//! its UTF-8 bytes. A fixed layout read in place, not a serde format: the writer borrows every
-//! text from the row's bytes, and rows are never kept beyond a run.
+//! A row is little-endian fields of fixed width after its length, as the spilled records are
+//! ([`crate::spill::codec`], which says why not postcard): the time (seconds, nanoseconds),
+//! the id's key, the line within its chunk, the position in an envelope (`u64::MAX` for none),
+//! the event's kind ([`kind_code`]), then the texts, each a `u32` length (`u32::MAX` for none)
+//! and its UTF-8 bytes. The writer reads a row in place, borrowing every text from its bytes.
 
 use crate::classify::{short_name, EventKind, TrackedEvent};
+use crate::spill::codec::{put_u32, put_u64};
 use crate::timestamp::Timestamp;
 use chrono::Datelike;
 use std::io;
@@ -57,14 +58,6 @@ pub struct EncodedRow<'a> {
     pub user: Option<&'a str>,
     pub actor_name: Option<&'a str>,
     pub actor_type: Option<&'a str>,
-}
-
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
 }
 
 fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
@@ -128,7 +121,7 @@ impl<'a> EncodedRow<'a> {
         put_u32(out, 0);
         put_u64(out, self.time.secs as u64);
         put_u32(out, self.time.nanos);
-        out.extend_from_slice(&self.id_key.to_le_bytes());
+        crate::spill::codec::put_u128(out, self.id_key);
         put_u64(out, self.line);
         put_u64(out, self.index.map_or(u64::MAX, u64::from));
         out.push(self.kind);

@@ -189,9 +189,10 @@ impl<T: Ord, S: Iterator<Item = io::Result<T>>> Iterator for Merge<T, S> {
     }
 }
 
-/// Little-endian fields of fixed width for [`SpillRecord`]s, written by hand rather than with
-/// postcard: its varints cost a spilling run 6% more instructions (819M to 868M on 75,000
-/// events at one thread, callgrind), ids and hashes being random 128- and 64-bit values.
+/// Little-endian fields of fixed width for [`SpillRecord`]s and the events dataset's rows,
+/// written by hand rather than with postcard: its varints cost a spilling run 6% more
+/// instructions (819M to 868M on 75,000 events at one thread, callgrind), ids and hashes being
+/// random 128- and 64-bit values.
 pub mod codec {
     use std::io::{self, BufRead, Read};
 

@@ -143,7 +143,7 @@ fn id_of_hex(text: &str) -> Option<u128> {
 mod tests {
     use super::*;
 
-    /// Only whole hex digits: `u8::from_str_radix`, used before, took `+f` for 15.
+    /// Only whole hex digits: a sign is not one (`u8::from_str_radix` takes `+f` for 15).
     #[test]
     fn ids_are_32_hex_digits() {
         assert_eq!(id_of_hex(&format!("{:032x}", 7)), Some(7));
