@@ -3,12 +3,6 @@
 use crate::support::*;
 use std::fs;
 
-const T: &str = "2021-01-05T10:00:00Z";
-
-fn push_tag(id: &str, ts: &str, repo: &str, user: &str) -> Ev {
-    Ev::new(id, ts, "push", repo, user).tag("v1")
-}
-
 // ---- SPEC §1: input forms ----
 
 #[test]

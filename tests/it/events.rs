@@ -138,20 +138,12 @@ fn without_a_state_the_dataset_is_replaced() {
     );
     assert!(!ws.path("ev/month=2022-12").exists());
     // Nothing staged is left behind.
-    let all: Vec<_> = walk(&ws.path("ev"));
-    assert!(all.iter().all(|p| p.ends_with(".parquet")), "{all:?}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path().to_string_lossy().into_owned());
-        }
-    }
-    out
+    let all = files_under(&ws.path("ev"));
+    assert!(
+        all.iter()
+            .all(|p| p.extension().is_some_and(|e| e == "parquet")),
+        "{all:?}"
+    );
 }
 
 #[test]

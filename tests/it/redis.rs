@@ -375,20 +375,7 @@ fn two_nights_with_a_state_export_what_one_run_exports() {
     }
     ws.write_lines("logs/a.jsonl", &a);
     ws.write_lines("logs/b.jsonl", &b);
-    let files = |dir: &str| {
-        let mut all: Vec<(String, Vec<u8>)> = std::fs::read_dir(ws.path(dir))
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        all.sort();
-        all
-    };
+    let files = |dir: &str| folder_bytes(&ws.path(dir));
     let one = ws.run(&["logs"], "o1", &["--redis", &ws.s("r1"), "-j", "1"]);
     assert_eq!(one.code, 0, "{}", one.stderr);
     assert!(files("r1").len() > 3);
@@ -414,7 +401,7 @@ fn the_guides_walk_through_runs() {
         .expect("GUIDE.md's walk-through block");
     let block = &guide[start..].split("```").nth(1).unwrap()["sh\n".len()..];
     let ws = Workspace::new();
-    copy_dir(&root.join("samples"), &ws.path("samples"));
+    copy_tree(&root.join("samples"), &ws.path("samples"));
     ws.write(
         "docs/samples-gitlab-users.csv",
         std::fs::read(root.join("docs/samples-gitlab-users.csv")).unwrap(),
@@ -481,15 +468,4 @@ fn shell_words(line: &str) -> Vec<String> {
     }
     words.extend(word);
     words
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }

@@ -8,12 +8,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const T: &str = "2021-01-05T10:00:00Z";
-
-fn push_tag(id: &str, ts: &str, repo: &str, user: &str) -> Ev {
-    Ev::new(id, ts, "push", repo, user).tag("v1")
-}
-
 /// An envelope line of thousands of empty objects among good lines: every invalid event is
 /// counted, the line's text is written once, and at most 1,000 rejects for it, then one that
 /// says how many more there were. Nothing else is lost.

@@ -7,6 +7,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// A time inside the tests' usual week.
+pub const T: &str = "2021-01-05T10:00:00Z";
+
+/// A tag push.
+pub fn push_tag(id: &str, ts: &str, repo: &str, user: &str) -> Ev {
+    Ev::new(id, ts, "push", repo, user).tag("v1")
+}
+
 /// What a run of the binary did.
 pub struct Run {
     pub code: i32,
@@ -538,4 +546,39 @@ pub fn push(id: &str, time: &str, repository: &str, user: &str, jwt_id: Option<u
         v["actor"]["user"] = serde_json::json!(jwt(uid));
     }
     v.to_string()
+}
+
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .map(walkdir::DirEntry::into_path)
+        .collect()
+}
+
+/// The files directly in `dir`, by name, with their bytes, sorted by name.
+pub fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Copies every file under `from` to the same place under `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for file in files_under(from) {
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, target).unwrap();
+    }
 }

@@ -4,16 +4,12 @@
 use crate::support::*;
 use std::fs;
 
-fn push_tag(id: &str, ts: &str, user: &str) -> Ev {
-    Ev::new(id, ts, "push", "g/r", user).tag("v1")
-}
-
 /// A log of `n` ordinary pushes in January 2021 by seven users.
 fn ordinary(n: u32) -> Vec<String> {
     (0..n)
         .map(|i| {
             let ts = format!("2021-01-{:02}T10:00:00Z", 4 + i % 20);
-            push_tag(&format!("e{i}"), &ts, &format!("u{}", i % 7)).line()
+            push_tag(&format!("e{i}"), &ts, "g/r", &format!("u{}", i % 7)).line()
         })
         .collect()
 }
@@ -37,12 +33,15 @@ fn times_no_registry_wrote_are_invalid_and_stretch_nothing() {
     .iter()
     .enumerate()
     {
-        lines.insert(i * 10, push_tag(&format!("odd{i}"), ts, "zed").line());
+        lines.insert(
+            i * 10,
+            push_tag(&format!("odd{i}"), ts, "g/r", "zed").line(),
+        );
     }
     // In an envelope with a good event: only the bad one is rejected.
     lines.push(envelope(&[
-        push_tag("odd-env", "1970-01-01T00:00:00Z", "zed"),
-        push_tag("fine-env", "2021-01-06T00:00:00Z", "u1"),
+        push_tag("odd-env", "1970-01-01T00:00:00Z", "g/r", "zed"),
+        push_tag("fine-env", "2021-01-06T00:00:00Z", "g/r", "u1"),
     ]));
     ws.write_lines("odd/log.jsonl", &lines);
     assert_eq!(ws.run(&["clean"], "clean-out", &[]).code, 0);
@@ -83,7 +82,10 @@ fn a_zero_time_event_among_normal_ones_changes_no_row() {
     let lines = ordinary(300);
     ws.write_lines("a/log.jsonl", &lines);
     let mut with_zero = lines.clone();
-    with_zero.insert(150, push_tag("zero", "0001-01-01T00:00:00Z", "u1").line());
+    with_zero.insert(
+        150,
+        push_tag("zero", "0001-01-01T00:00:00Z", "g/r", "u1").line(),
+    );
     ws.write_lines("b/log.jsonl", &with_zero);
     assert_eq!(ws.run(&["a"], "oa", &[]).code, 0);
     assert_eq!(ws.run(&["b"], "ob", &[]).code, 0);
@@ -162,7 +164,7 @@ fn nightly(ws: &Workspace, input: &str, extra: &[&str]) -> Run {
 fn a_year_0_push_and_another_night() {
     let ws = Workspace::new();
     let mut lines = ordinary(50);
-    lines.push(push_tag("year0", "0000-01-01T00:30:00+01:00", "u1").line());
+    lines.push(push_tag("year0", "0000-01-01T00:30:00+01:00", "g/r", "u1").line());
     lines.push(
         Ev::new(
             "year0-repo",
@@ -179,7 +181,7 @@ fn a_year_0_push_and_another_night() {
     assert_eq!(ws.json("out/summary.json")["implausible_time_events"], 2);
     ws.write_lines(
         "n2/log.jsonl",
-        &[push_tag("next", "2021-01-25T10:00:00Z", "u9").line()],
+        &[push_tag("next", "2021-01-25T10:00:00Z", "g/r", "u9").line()],
     );
     let r = nightly(&ws, "n2", &[]);
     assert_eq!(r.code, 0, "the next night loads the state: {}", r.stderr);
@@ -200,8 +202,8 @@ fn a_state_of_0_3_loads_and_is_replaced() {
     ws.write_lines(
         "n2/log.jsonl",
         &[
-            push_tag("new1", "2021-01-25T10:00:00Z", "u9").line(),
-            push_tag("new2", "2021-01-05T10:00:00Z", "u9").line(),
+            push_tag("new1", "2021-01-25T10:00:00Z", "g/r", "u9").line(),
+            push_tag("new2", "2021-01-05T10:00:00Z", "g/r", "u9").line(),
         ],
     );
     let r = nightly(&ws, "n2", &[]);
@@ -252,7 +254,7 @@ fn a_state_of_0_3_loads_and_is_replaced() {
     // And the night after loads the new file.
     ws.write_lines(
         "n3/log.jsonl",
-        &[push_tag("new3", "2021-01-26T10:00:00Z", "u8").line()],
+        &[push_tag("new3", "2021-01-26T10:00:00Z", "g/r", "u8").line()],
     );
     let r = nightly(&ws, "n3", &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -296,7 +298,7 @@ fn two_runs_on_one_state_started_together_count_every_input_once() {
     let lines: Vec<String> = (0..60_000)
         .map(|i| {
             let ts = format!("2021-01-{:02}T10:00:00Z", 4 + i % 20);
-            push_tag(&format!("e{i}"), &ts, &format!("u{}", i % 97)).line()
+            push_tag(&format!("e{i}"), &ts, "g/r", &format!("u{}", i % 97)).line()
         })
         .collect();
     ws.write_lines("in/a.jsonl", &lines[..30_000]);
@@ -348,9 +350,9 @@ fn hll_sketch_counts_the_users_unique_users_counts() {
     let ws = Workspace::new();
     // Names differing in case are one user; a deploy token is none.
     let mut lines = ordinary(300);
-    lines.push(push_tag("upper", "2021-01-05T11:00:00Z", "U1").line());
+    lines.push(push_tag("upper", "2021-01-05T11:00:00Z", "g/r", "U1").line());
     lines.push(
-        push_tag("token", "2021-01-05T12:00:00Z", "x")
+        push_tag("token", "2021-01-05T12:00:00Z", "g/r", "x")
             .actor("deployer", "deploy_token")
             .line(),
     );
