@@ -118,6 +118,7 @@ impl RepositoryLedger {
         self.last_applied.get(&key).is_some_and(|last| time < *last)
     }
 
+    #[inline]
     fn applied(&mut self, key: u128, time: Timestamp) {
         let last = self.last_applied.entry(key).or_insert(time);
         *last = (*last).max(time);

@@ -299,7 +299,7 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
 /// [`parse_line`] that leaves a single event in `single`, which must be empty (default):
 /// `None` then says it is there. The hot path validates it in place
 /// ([`RawEvent::take_valid`]) rather than moving it through [`ParsedLine::Single`].
-#[inline]
+#[inline(always)]
 pub fn parse_line_into<'a>(line: &'a [u8], single: &mut RawEvent<'a>) -> Option<ParsedLine<'a>> {
     if is_blank(line) {
         return Some(ParsedLine::Blank);

@@ -24,6 +24,7 @@ pub enum Action {
 }
 
 impl Action {
+    #[inline]
     pub fn new(action: &str) -> Action {
         match action {
             "push" => Action::Push,
@@ -90,6 +91,7 @@ impl LedgerId {
 }
 
 impl From<&str> for LedgerId {
+    #[inline]
     fn from(id: &str) -> LedgerId {
         match u8::try_from(id.len()) {
             Ok(len) if id.len() <= INLINE_ID => {
@@ -128,6 +130,7 @@ pub struct PathMap {
 
 impl PathMap {
     /// Keeps `path` as the path of `key`, unless one is kept already.
+    #[inline]
     pub fn insert(&mut self, key: u128, path: &str) {
         let (start, len) = (self.text.len(), path.len());
         // A chunk's text is far below 4 GiB; past it, the path is simply not kept.
