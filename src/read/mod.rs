@@ -6,6 +6,7 @@
 //! it streams by: only its first KiB is kept, for the reject record.
 
 pub mod chunker;
+pub mod object;
 pub mod read_ahead;
 pub mod user_ids;
 
@@ -25,15 +26,17 @@ const UTF8_BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 /// How much of a rejected line is kept for `rejects.jsonl`.
 pub const REJECT_TEXT_BYTES: usize = 1024;
 
-/// One input: a file, or standard input (`-`).
+/// One input: a file, an object in object storage, or standard input (`-`).
 ///
 /// A file is known by its canonical path (absolute, symbolic links resolved), so that one
 /// file reached by two spellings, through a link or through overlapping folders is one input.
 /// Its name in rejects and the summary is that path relative to the current folder when the
-/// file is inside it, else the canonical path itself: neither depends on how it was named.
+/// file is inside it, else the canonical path itself: neither depends on how it was named. An
+/// object is known and named by its URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InputPath {
     File { canonical: PathBuf, name: String },
+    Object(object::ListedObject),
     Stdin,
 }
 
@@ -53,16 +56,21 @@ impl InputPath {
     pub fn name(&self) -> &str {
         match self {
             InputPath::File { name, .. } => name,
+            InputPath::Object(o) => &o.url,
             InputPath::Stdin => "-",
         }
     }
 
-    /// The sort key of SPEC §1: byte-wise order of canonical paths; standard input sorts as
-    /// `-`, before every absolute path.
-    pub fn sort_key(&self) -> &[u8] {
+    /// The sort key of SPEC §1, the byte-wise order of URLs, in two parts that compare as
+    /// their concatenation would: a file is `file://` and its canonical path, an object its URL,
+    /// standard input `-`, before every URL.
+    pub fn sort_key(&self) -> (&[u8], &[u8]) {
         match self {
-            InputPath::File { canonical, .. } => canonical.as_os_str().as_encoded_bytes(),
-            InputPath::Stdin => b"-",
+            InputPath::File { canonical, .. } => {
+                (b"file://", canonical.as_os_str().as_encoded_bytes())
+            }
+            InputPath::Object(o) => (o.url.as_bytes(), b""),
+            InputPath::Stdin => (b"-", b""),
         }
     }
 }
@@ -140,6 +148,7 @@ pub fn total_bytes(inputs: &[InputPath]) -> u64 {
         .iter()
         .filter_map(|i| match i {
             InputPath::File { canonical, .. } => std::fs::metadata(canonical).ok().map(|m| m.len()),
+            InputPath::Object(o) => Some(o.size),
             InputPath::Stdin => None,
         })
         .sum()
@@ -172,12 +181,29 @@ pub fn progress_bar(shown: bool, total: u64) -> Option<indicatif::ProgressBar> {
 pub fn discover_inputs(args: &[PathBuf]) -> io::Result<Vec<InputPath>> {
     let cwd = std::env::current_dir().and_then(|d| d.canonicalize()).ok();
     let mut files = Vec::new();
+    let mut objects = Vec::new();
     let mut stdin = false;
     for arg in args {
         if arg.as_os_str() == "-" {
             stdin = true;
             continue;
         }
+        let text = arg.to_string_lossy();
+        if object::is_url(&text) {
+            objects.extend(object::list(&text).map_err(io::Error::other)?);
+            continue;
+        }
+        let local;
+        let arg = match text.strip_prefix("file://") {
+            Some(_) => {
+                local = url::Url::parse(&text)
+                    .ok()
+                    .and_then(|u| u.to_file_path().ok())
+                    .ok_or_else(|| io::Error::other(format!("{text}: not a file URL")))?;
+                &local
+            }
+            None => arg,
+        };
         let meta = std::fs::metadata(arg)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", arg.display())))?;
         if meta.is_dir() {
@@ -199,10 +225,11 @@ pub fn discover_inputs(args: &[PathBuf]) -> io::Result<Vec<InputPath>> {
             },
         })
         .collect();
+    out.extend(objects.into_iter().map(InputPath::Object));
     if stdin {
         out.push(InputPath::Stdin);
     }
-    out.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
+    out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     out.dedup();
     Ok(out)
 }
@@ -334,6 +361,7 @@ pub fn open_input(
             let read_ahead = ReadAhead::of(&file);
             (Box::new(file), read_ahead)
         }
+        InputPath::Object(o) => (Box::new(object::ObjectReader::open(o)?), None),
         InputPath::Stdin => (Box::new(io::stdin()), None),
     };
     let mut head = Vec::with_capacity(4);

@@ -1,0 +1,408 @@
+//! Object storage: inputs, and small side files, at `s3://`, `gs://`, `az://` (`abfs://`) and
+//! `http(s)://` URLs, listed and read through Apache Arrow's `object_store`.
+//!
+//! Credentials, region and endpoint come from the environment, as the clouds' own tools read
+//! them (`AWS_*`, `GOOGLE_*`, `AZURE_*`), never from flags: a flag would put a secret in the
+//! process list. An object is read as a stream of ranged GETs, a few of them in flight ahead of
+//! the reader, so that a large object keeps the parser busy without being held whole: at most
+//! [`RANGES_AHEAD`] ranges of [`RANGE_BYTES`] per object being read.
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig,
+};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use url::Url;
+
+/// The bytes of one ranged GET.
+pub const RANGE_BYTES: u64 = 8 << 20;
+
+/// How many ranges of one object are fetched ahead of its reader.
+pub const RANGES_AHEAD: usize = 3;
+
+/// Attempts at one range before its error fails the input: `object_store` retries a request
+/// that fails (throttling, a server error, a refused connection), and these attempts also
+/// cover a body cut off while it streams.
+const RANGE_ATTEMPTS: u32 = 4;
+
+/// Whether a command-line input names object storage rather than a local path.
+pub fn is_url(arg: &str) -> bool {
+    let Some((scheme, rest)) = arg.split_once("://") else {
+        return false;
+    };
+    !rest.is_empty()
+        && matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" | "http" | "https"
+        )
+}
+
+/// The runtime the object stores' requests run on: two threads, since they only wait on the
+/// network while the parsers use the cores.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("regtally-objects")
+            .enable_all()
+            .build()
+            .expect("a runtime of two threads")
+    })
+}
+
+/// How requests are retried: throttling (`503 SlowDown`), server errors and broken
+/// connections, five times with backoff from 100 ms, for 30 s at most.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(30),
+    }
+}
+
+/// An object's place: its store and its path there.
+#[derive(Clone, Debug)]
+struct Location {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    /// The URL of `path`'s store (scheme, bucket or host), for naming objects.
+    base: Url,
+}
+
+impl Location {
+    fn of(url: &str) -> Result<Location, String> {
+        let parsed = Url::parse(url).map_err(|e| format!("{url}: not a URL: {e}"))?;
+        let mut base = parsed.clone();
+        base.set_path("/");
+        base.set_query(None);
+        base.set_fragment(None);
+        let path = ObjectPath::from_url_path(parsed.path())
+            .map_err(|e| format!("{url}: not an object path: {e}"))?;
+        Ok(Location {
+            store: store(&base)?,
+            path,
+            base,
+        })
+    }
+
+    /// The URL of the object at `path` in this location's store.
+    fn url_of(&self, path: &ObjectPath) -> String {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/{path}"));
+        url.to_string()
+    }
+}
+
+/// The store of a bucket (container, host), built once per run from the environment.
+fn store(base: &Url) -> Result<Arc<dyn ObjectStore>, String> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let key = base.to_string();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(store) = stores.get(&key) {
+        return Ok(store.clone());
+    }
+    let built: Arc<dyn ObjectStore> = match base.scheme() {
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(key.as_str())
+                .with_retry(retry())
+                .build()
+                .map_err(|e| format!("{key}: {e}"))?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(key.as_str())
+                .with_retry(retry())
+                .build()
+                .map_err(|e| format!("{key}: {e}"))?,
+        ),
+        "az" | "abfs" | "abfss" | "azure" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(key.as_str())
+                .with_retry(retry())
+                .build()
+                .map_err(|e| format!("{key}: {e}"))?,
+        ),
+        "http" | "https" => Arc::new(
+            object_store::http::HttpBuilder::new()
+                .with_url(key.as_str())
+                .with_retry(retry())
+                .with_client_options(
+                    object_store::ClientOptions::new().with_allow_http(base.scheme() == "http"),
+                )
+                .build()
+                .map_err(|e| format!("{key}: {e}"))?,
+        ),
+        other => return Err(format!("{key}: no object store for {other}://")),
+    };
+    stores.insert(key, built.clone());
+    Ok(built)
+}
+
+/// An object listed as an input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    pub url: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+}
+
+impl ListedObject {
+    fn of(location: &Location, meta: ObjectMeta) -> ListedObject {
+        ListedObject {
+            url: location.url_of(&meta.location),
+            size: meta.size,
+            etag: meta.e_tag,
+            version: meta.version,
+        }
+    }
+}
+
+/// What a failed request says to a user: the cause without the store's wrapping.
+fn cause(e: &object_store::Error) -> String {
+    match e {
+        object_store::Error::NotFound { .. } => "no such object or bucket".to_owned(),
+        object_store::Error::PermissionDenied { .. } => format!("access denied ({e})"),
+        object_store::Error::Unauthenticated { .. } => format!("not authenticated ({e})"),
+        _ => e.to_string(),
+    }
+}
+
+/// The objects a URL names: every object under a prefix (a bucket's, a folder's), skipping
+/// those with a hidden part (a name starting with `.`) below the prefix, or the one object at
+/// it. A URL that names none is an error.
+pub fn list(url: &str) -> Result<Vec<ListedObject>, String> {
+    let location = Location::of(url)?;
+    let store = location.store.clone();
+    let prefix = location.path.clone();
+    let listed: Result<Vec<ObjectMeta>, object_store::Error> =
+        if matches!(location.base.scheme(), "http" | "https") {
+            // A web server lists nothing: the URL is one object.
+            runtime()
+                .block_on(store.head(&prefix))
+                .map(|meta| vec![meta])
+        } else {
+            runtime().block_on(async {
+                let under = if prefix.parts_count() == 0 {
+                    None
+                } else {
+                    Some(&prefix)
+                };
+                let mut found: Vec<ObjectMeta> = store.list(under).try_collect().await?;
+                if found.is_empty() && prefix.parts_count() > 0 {
+                    // Not a prefix: perhaps the key of one object.
+                    match store.head(&prefix).await {
+                        Ok(meta) => found.push(meta),
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(found)
+            })
+        };
+    let listed = listed.map_err(|e| format!("{url}: {}", cause(&e)))?;
+    let mut objects: Vec<ListedObject> = listed
+        .into_iter()
+        .filter(|meta| {
+            meta.location
+                .prefix_match(&prefix)
+                .is_none_or(|mut below| !below.any(|part| part.as_ref().starts_with('.')))
+        })
+        .map(|meta| ListedObject::of(&location, meta))
+        .collect();
+    if objects.is_empty() {
+        return Err(format!("{url}: no object there"));
+    }
+    objects.sort_by(|a, b| a.url.cmp(&b.url));
+    Ok(objects)
+}
+
+/// The whole of a small object (`--known-repositories`, `--user-ids`).
+pub fn read_whole(url: &str) -> Result<Vec<u8>, String> {
+    let location = Location::of(url)?;
+    runtime()
+        .block_on(async {
+            let got = location.store.get(&location.path).await?;
+            got.bytes().await
+        })
+        .map(|b| b.to_vec())
+        .map_err(|e| format!("{url}: {}", cause(&e)))
+}
+
+/// An object's bytes as a stream, fetched range by range, a few ranges ahead. Every range is
+/// asked for the ETag (or version) the object was listed with, so an object rewritten while it
+/// is read fails the read rather than mixing two versions.
+pub struct ObjectReader {
+    location: Location,
+    url: String,
+    size: u64,
+    etag: Option<String>,
+    version: Option<String>,
+    /// Where the next range to ask for starts.
+    next: u64,
+    in_flight: VecDeque<(
+        u64,
+        tokio::task::JoinHandle<Result<bytes::Bytes, object_store::Error>>,
+    )>,
+    current: bytes::Bytes,
+}
+
+impl ObjectReader {
+    /// A reader of `object`, as listed.
+    pub fn open(object: &ListedObject) -> io::Result<ObjectReader> {
+        let location = Location::of(&object.url).map_err(io::Error::other)?;
+        let mut reader = ObjectReader {
+            location,
+            url: object.url.clone(),
+            size: object.size,
+            etag: object.etag.clone(),
+            version: object.version.clone(),
+            next: 0,
+            in_flight: VecDeque::new(),
+            current: bytes::Bytes::new(),
+        };
+        reader.ask();
+        Ok(reader)
+    }
+
+    /// Asks for ranges until [`RANGES_AHEAD`] are in flight or the object is all asked for.
+    fn ask(&mut self) {
+        while self.in_flight.len() < RANGES_AHEAD && self.next < self.size {
+            let start = self.next;
+            let end = (start + RANGE_BYTES).min(self.size);
+            self.next = end;
+            let store = self.location.store.clone();
+            let path = self.location.path.clone();
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(start..end)),
+                if_match: self.etag.clone(),
+                version: self.version.clone(),
+                ..GetOptions::default()
+            };
+            let handle = runtime().spawn(async move {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let got = async {
+                        let got = store.get_opts(&path, options.clone()).await?;
+                        got.bytes().await
+                    }
+                    .await;
+                    match got {
+                        Err(
+                            e @ (object_store::Error::NotFound { .. }
+                            | object_store::Error::Precondition { .. }
+                            | object_store::Error::PermissionDenied { .. }
+                            | object_store::Error::Unauthenticated { .. }),
+                        ) => return Err(e),
+                        Err(e) if attempt < RANGE_ATTEMPTS => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                        }
+                        got => return got,
+                    }
+                }
+            });
+            self.in_flight.push_back((start, handle));
+        }
+    }
+
+    /// The next range's bytes, or `None` at the end of the object.
+    fn next_range(&mut self) -> io::Result<Option<bytes::Bytes>> {
+        let Some((start, handle)) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
+        let got = runtime()
+            .block_on(handle)
+            .map_err(|e| io::Error::other(format!("{}: {e}", self.url)))?;
+        let bytes = got.map_err(|e| {
+            let why = match &e {
+                object_store::Error::NotFound { .. } => "deleted since it was listed".to_owned(),
+                object_store::Error::Precondition { .. } => {
+                    "rewritten since it was listed".to_owned()
+                }
+                _ => cause(&e),
+            };
+            io::Error::other(format!("{} at byte {start}: {why}", self.url))
+        })?;
+        let want = (self.size - start).min(RANGE_BYTES);
+        if bytes.len() as u64 != want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} at byte {start}: {} bytes where {want} were asked for",
+                    self.url,
+                    bytes.len()
+                ),
+            ));
+        }
+        self.ask();
+        Ok(Some(bytes))
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.next_range()? {
+                Some(bytes) => self.current = bytes,
+                None => return Ok(0),
+            }
+        }
+        let n = self.current.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+impl Drop for ObjectReader {
+    fn drop(&mut self) {
+        for (_, handle) in self.in_flight.drain(..) {
+            handle.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        for url in [
+            "s3://bucket/logs",
+            "S3://bucket",
+            "gs://b/p",
+            "az://container/p",
+            "abfs://c@account.dfs.core.windows.net/p",
+            "https://example.com/a.log.gz",
+        ] {
+            assert!(is_url(url), "{url}");
+        }
+        for path in [
+            "logs",
+            "/srv/logs",
+            "./s3://x",
+            "file.log",
+            "s3://",
+            "-",
+            "ftp://x/y",
+        ] {
+            assert!(!is_url(path), "{path}");
+        }
+    }
+}
