@@ -14,7 +14,7 @@ use crate::output::{self, StagedOutputs};
 use crate::parse::chunk::{new_run_id, ParseRules};
 use crate::pipeline;
 use crate::read::user_ids::{load as load_user_ids, IdsByUser};
-use crate::read::{discover_inputs, InputPath};
+use crate::read::{discover_inputs, read_side_file, InputPath};
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
 use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
@@ -126,18 +126,22 @@ struct RunPlan {
 }
 
 fn read_known_repositories(path: &Path) -> Result<Vec<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text
-            .lines()
-            .map(|l| l.strip_suffix('\r').unwrap_or(l))
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect()),
-        Err(e) => usage(format!(
-            "cannot read --known-repositories {}: {e}",
-            path.display()
-        )),
-    }
+    let text = match read_side_file(path).map(String::from_utf8) {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => {
+            return usage(format!(
+                "cannot read --known-repositories {}: {e}",
+                path.display()
+            ))
+        }
+        Err(e) => return usage(format!("cannot read --known-repositories {e}")),
+    };
+    Ok(text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 impl RunPlan {

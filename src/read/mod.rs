@@ -142,6 +142,15 @@ impl InputReport {
     }
 }
 
+/// The bytes of a side file (`--known-repositories`, `--user-ids`): a local path or a URL.
+pub fn read_side_file(source: &Path) -> Result<Vec<u8>, String> {
+    let text = source.to_string_lossy();
+    if object::is_url(&text) {
+        return object::read_whole(&text);
+    }
+    std::fs::read(source).map_err(|e| format!("{}: {e}", source.display()))
+}
+
 /// The inputs' size on disk (compressed ones hold more than they weigh; standard input, nothing).
 pub fn total_bytes(inputs: &[InputPath]) -> u64 {
     inputs

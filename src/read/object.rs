@@ -161,6 +161,16 @@ pub struct ListedObject {
 }
 
 impl ListedObject {
+    /// What tells this version of the object from another under the same URL and size: its
+    /// version id where the store keeps versions, else its ETag.
+    pub fn stamp(&self) -> Option<String> {
+        match (&self.version, &self.etag) {
+            (Some(version), _) => Some(format!("version {version}")),
+            (None, Some(etag)) => Some(format!("etag {etag}")),
+            (None, None) => None,
+        }
+    }
+
     fn of(location: &Location, meta: ObjectMeta) -> ListedObject {
         ListedObject {
             url: location.url_of(&meta.location),

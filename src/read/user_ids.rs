@@ -20,8 +20,7 @@ pub fn username_hash(name: &str) -> u64 {
 /// header line. A line that is not a username and a number, or a username given two different
 /// ids, is an error naming the line.
 pub fn load(path: &Path) -> Result<IdsByUser, String> {
-    let text = std::fs::read(path)
-        .map_err(|e| format!("cannot read --user-ids {}: {e}", path.display()))?;
+    let text = super::read_side_file(path).map_err(|e| format!("cannot read --user-ids {e}"))?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)

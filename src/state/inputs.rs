@@ -12,13 +12,16 @@ use std::path::{Path, PathBuf};
 /// An input a state has consumed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsumedInput {
-    /// The file's canonical path (earlier releases recorded the path as it was named).
+    /// The file's canonical path (earlier releases recorded the path as it was named), or the
+    /// object's URL.
     pub path: String,
     pub size: u64,
     /// xxh3-128 of the file's bytes, as 32 hex digits.
     pub hash: String,
     /// The file's modification time when it was read (`seconds.nanoseconds` since the epoch):
-    /// a file with the same path, size and time is skipped without hashing it again.
+    /// a file with the same path, size and time is skipped without hashing it again. For an
+    /// object, its ETag or version id ([`crate::read::object::ListedObject::stamp`]), with
+    /// which it is skipped without being downloaded.
     #[serde(default)]
     pub modified: Option<String>,
 }
@@ -53,14 +56,19 @@ pub struct InputSelection {
 /// A consumed input's path, as the manifest records it: the canonical path. Entries written by
 /// earlier releases hold the path as it was named; those are resolved from the current folder.
 fn manifest_key(path: &str) -> PathBuf {
+    if crate::read::object::is_url(path) {
+        return PathBuf::from(path);
+    }
     std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
 }
 
 impl RunState {
     /// Splits `inputs` into those to read and those already consumed: same canonical path and
     /// size, and either the recorded modification time (no hashing: a nightly run must not
-    /// re-read the archive) or, failing that, the recorded content hash. Standard input, and a
-    /// file that cannot be looked at now (it fails when read), are always read.
+    /// re-read the archive) or, failing that, the recorded content hash; for an object, the
+    /// same URL, size and ETag (or version id), as listed (an object is never downloaded to be
+    /// compared). Standard input, and a file that cannot be looked at now (it fails when
+    /// read), are always read.
     pub fn select_inputs(&self, inputs: Vec<InputPath>) -> InputSelection {
         let consumed: HashMap<PathBuf, &ConsumedInput> = self
             .inputs
@@ -69,6 +77,27 @@ impl RunState {
             .collect();
         let mut selection = InputSelection::default();
         for input in inputs {
+            if let InputPath::Object(object) = &input {
+                let key = PathBuf::from(&object.url);
+                let stamp = object.stamp();
+                let consumed = stamp.as_deref().is_some_and(|stamp| {
+                    consumed.get(&key).is_some_and(|c| {
+                        c.size == object.size && c.modified.as_deref() == Some(stamp)
+                    })
+                });
+                if let Some(stamp) = stamp {
+                    selection.modified.insert(key, stamp);
+                }
+                if consumed {
+                    selection.skipped.push(SkippedInput {
+                        path: object.url.clone(),
+                        reason: "already consumed: same URL, size and ETag".to_owned(),
+                    });
+                } else {
+                    selection.read.push(input);
+                }
+                continue;
+            }
             let InputPath::File { canonical, name } = &input else {
                 selection.read.push(input);
                 continue;
@@ -110,12 +139,18 @@ impl RunState {
             .map(|c| (manifest_key(&c.path), c))
             .collect();
         for (input, report) in read.iter().zip(reports) {
-            let (InputPath::File { canonical, .. }, Some(hash)) = (input, &report.content_hash)
-            else {
+            let (key, Some(hash)) = (
+                match input {
+                    InputPath::File { canonical, .. } => canonical.clone(),
+                    InputPath::Object(object) => PathBuf::from(&object.url),
+                    InputPath::Stdin => continue,
+                },
+                &report.content_hash,
+            ) else {
                 continue;
             };
             entries.insert(
-                canonical.clone(),
+                key,
                 ConsumedInput {
                     path: String::new(),
                     size: report.bytes,
