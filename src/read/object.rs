@@ -181,13 +181,33 @@ impl ListedObject {
     }
 }
 
-/// What a failed request says to a user: the cause without the store's wrapping.
+/// What a failed request says to a user: the cause first, then the store's own words.
 fn cause(e: &object_store::Error) -> String {
-    match e {
-        object_store::Error::NotFound { .. } => "no such object or bucket".to_owned(),
-        object_store::Error::PermissionDenied { .. } => format!("access denied ({e})"),
-        object_store::Error::Unauthenticated { .. } => format!("not authenticated ({e})"),
-        _ => e.to_string(),
+    let text = e.to_string();
+    // S3 and its kin answer with an error code in XML; the store passes it on in its message.
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code);
+    let plain = match (e, code) {
+        (object_store::Error::NotFound { .. }, _) | (_, Some("NoSuchKey")) => "no such object",
+        (_, Some("NoSuchBucket")) => "no such bucket",
+        (object_store::Error::PermissionDenied { .. }, _) | (_, Some("AccessDenied")) => {
+            "access denied"
+        }
+        (object_store::Error::Unauthenticated { .. }, _)
+        | (_, Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken")) => {
+            "the credentials were refused"
+        }
+        _ if text.contains("169.254.169.254") => {
+            "no credentials: none in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+             AWS_WEB_IDENTITY_TOKEN_FILE) and none from an instance"
+        }
+        _ => return text,
+    };
+    match code {
+        Some(code) => format!("{plain} ({code})"),
+        None => format!("{plain} ({text})"),
     }
 }
 

@@ -8,6 +8,7 @@ mod cli;
 mod determinism;
 mod events;
 mod fuzz;
+mod objects;
 mod property;
 mod redis;
 mod state;

@@ -511,8 +511,14 @@ pub fn outputs(ws: &Workspace, out: &str) -> Vec<Vec<u8>> {
 
 /// Runs the binary with `args` in the folder `cwd`.
 pub fn regtally_in(cwd: &Path, args: &[&str]) -> Run {
+    regtally_with(cwd, args, &[])
+}
+
+/// Runs the binary with `args` in the folder `cwd`, with `env` added to its environment.
+pub fn regtally_with(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_regtally"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(cwd)
         .stdin(Stdio::null())
         .output()
