@@ -3,9 +3,9 @@
 //!
 //! Credentials, region and endpoint come from the environment, as the clouds' own tools read
 //! them (`AWS_*`, `GOOGLE_*`, `AZURE_*`), never from flags: a flag would put a secret in the
-//! process list. An object is read as a stream of ranged GETs, a few of them in flight ahead of
-//! the reader, so that a large object keeps the parser busy without being held whole: at most
-//! [`RANGES_AHEAD`] ranges of [`RANGE_BYTES`] per object being read.
+//! process list. An object is read as ranged GETs streamed as they arrive, a few in flight at
+//! once, so that a large object keeps the parser busy without being held whole: what waits for
+//! the reader is at most [`CHUNKS_QUEUED`] pieces of each of [`RANGES_AHEAD`] ranges.
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -18,15 +18,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use url::Url;
 
-/// The bytes of one ranged GET.
-pub const RANGE_BYTES: u64 = 8 << 20;
+/// The bytes of one ranged GET: an object up to this size is one request.
+pub const RANGE_BYTES: u64 = 64 << 20;
 
-/// How many ranges of one object are fetched ahead of its reader.
+/// How many ranges of one object are in flight at once.
 pub const RANGES_AHEAD: usize = 3;
 
 /// Attempts at one range before its error fails the input: `object_store` retries a request
 /// that fails (throttling, a server error, a refused connection), and these attempts also
-/// cover a body cut off while it streams.
+/// cover a body cut off while it streams (asked again from the byte it reached).
 const RANGE_ATTEMPTS: u32 = 4;
 
 /// Whether a command-line input names object storage rather than a local path.
@@ -272,9 +272,11 @@ pub fn read_whole(url: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{url}: {}", cause(&e)))
 }
 
-/// An object's bytes as a stream, fetched range by range, a few ranges ahead. Every range is
-/// asked for the ETag (or version) the object was listed with, so an object rewritten while it
-/// is read fails the read rather than mixing two versions.
+/// An object's bytes as a stream: ranges of [`RANGE_BYTES`], [`RANGES_AHEAD`] of them in flight,
+/// each streamed as it arrives into a queue of at most [`CHUNKS_QUEUED`] pieces, so that a large
+/// object is fetched on several connections at once while what waits for the reader stays
+/// small. Every range is asked for the ETag (or version) the object was listed with, so an
+/// object rewritten while it is read fails the read rather than mixing two versions.
 pub struct ObjectReader {
     location: Location,
     url: String,
@@ -283,12 +285,22 @@ pub struct ObjectReader {
     version: Option<String>,
     /// Where the next range to ask for starts.
     next: u64,
-    in_flight: VecDeque<(
-        u64,
-        tokio::task::JoinHandle<Result<bytes::Bytes, object_store::Error>>,
-    )>,
+    in_flight: VecDeque<Range>,
     current: bytes::Bytes,
 }
+
+/// A range being fetched: its pieces as they arrive, and how many bytes the reader took.
+struct Range {
+    start: u64,
+    end: u64,
+    taken: u64,
+    pieces: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Pieces of a range that may wait for the reader (a piece is what a socket read gave, tens
+/// of KiB).
+const CHUNKS_QUEUED: usize = 16;
 
 impl ObjectReader {
     /// A reader of `object`, as listed.
@@ -311,84 +323,126 @@ impl ObjectReader {
     /// Asks for ranges until [`RANGES_AHEAD`] are in flight or the object is all asked for.
     fn ask(&mut self) {
         while self.in_flight.len() < RANGES_AHEAD && self.next < self.size {
-            let start = self.next;
-            let end = (start + RANGE_BYTES).min(self.size);
+            let (start, end) = (self.next, (self.next + RANGE_BYTES).min(self.size));
             self.next = end;
+            let (tx, pieces) = tokio::sync::mpsc::channel(CHUNKS_QUEUED);
             let store = self.location.store.clone();
             let path = self.location.path.clone();
-            let options = GetOptions {
-                range: Some(GetRange::Bounded(start..end)),
-                if_match: self.etag.clone(),
-                version: self.version.clone(),
-                ..GetOptions::default()
-            };
-            let handle = runtime().spawn(async move {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let got = async {
-                        let got = store.get_opts(&path, options.clone()).await?;
-                        got.bytes().await
-                    }
-                    .await;
-                    match got {
-                        Err(
-                            e @ (object_store::Error::NotFound { .. }
-                            | object_store::Error::Precondition { .. }
-                            | object_store::Error::PermissionDenied { .. }
-                            | object_store::Error::Unauthenticated { .. }),
-                        ) => return Err(e),
-                        Err(e) if attempt < RANGE_ATTEMPTS => {
-                            let _ = e;
-                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                        }
-                        got => return got,
-                    }
+            let (etag, version) = (self.etag.clone(), self.version.clone());
+            let task = runtime().spawn(async move {
+                let fetched = fetch(&*store, &path, start..end, etag, version, &tx).await;
+                if let Err(why) = fetched {
+                    let _ = tx.send(Err(why)).await;
                 }
             });
-            self.in_flight.push_back((start, handle));
+            self.in_flight.push_back(Range {
+                start,
+                end,
+                taken: 0,
+                pieces,
+                task,
+            });
         }
     }
 
-    /// The next range's bytes, or `None` at the end of the object.
-    fn next_range(&mut self) -> io::Result<Option<bytes::Bytes>> {
-        let Some((start, handle)) = self.in_flight.pop_front() else {
-            return Ok(None);
-        };
-        let got = runtime()
-            .block_on(handle)
-            .map_err(|e| io::Error::other(format!("{}: {e}", self.url)))?;
-        let bytes = got.map_err(|e| {
-            let why = match &e {
-                object_store::Error::NotFound { .. } => "deleted since it was listed".to_owned(),
-                object_store::Error::Precondition { .. } => {
-                    "rewritten since it was listed".to_owned()
-                }
-                _ => cause(&e),
+    /// The next piece of the object, or `None` at its end.
+    fn next_piece(&mut self) -> io::Result<Option<bytes::Bytes>> {
+        loop {
+            let Some(range) = self.in_flight.front_mut() else {
+                return Ok(None);
             };
-            io::Error::other(format!("{} at byte {start}: {why}", self.url))
-        })?;
-        let want = (self.size - start).min(RANGE_BYTES);
-        if bytes.len() as u64 != want {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} at byte {start}: {} bytes where {want} were asked for",
-                    self.url,
-                    bytes.len()
-                ),
-            ));
+            match range.pieces.blocking_recv() {
+                Some(Ok(piece)) => {
+                    range.taken += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
+                Some(Err(why)) => {
+                    let at = range.start + range.taken;
+                    return Err(io::Error::other(format!("{} at byte {at}: {why}", self.url)));
+                }
+                None if range.taken == range.end - range.start => {
+                    self.in_flight.pop_front();
+                    self.ask();
+                }
+                None => {
+                    let at = range.start + range.taken;
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} at byte {at}: the object ended early", self.url),
+                    ));
+                }
+            }
         }
-        self.ask();
-        Ok(Some(bytes))
     }
+}
+
+/// Fetches `range` of the object at `path` into `tx`, piece by piece. A connection that breaks
+/// mid-body is asked again from the byte it reached, [`RANGE_ATTEMPTS`] times; an object gone
+/// or rewritten, or access refused, is final.
+async fn fetch(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    range: std::ops::Range<u64>,
+    if_match: Option<String>,
+    version: Option<String>,
+    tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, String>>,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    let (mut at, mut attempt) = (range.start, 0);
+    while at < range.end {
+        attempt += 1;
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(at..range.end)),
+            if_match: if_match.clone(),
+            version: version.clone(),
+            ..GetOptions::default()
+        };
+        let failed = match store.get_opts(path, options).await {
+            Ok(got) => {
+                let mut body = got.into_stream();
+                loop {
+                    match body.next().await {
+                        Some(Ok(piece)) => {
+                            if piece.len() as u64 > range.end - at {
+                                return Err("more bytes than were asked for".to_owned());
+                            }
+                            at += piece.len() as u64;
+                            if tx.send(Ok(piece)).await.is_err() {
+                                // The reader is gone.
+                                return Ok(());
+                            }
+                        }
+                        Some(Err(e)) => break e,
+                        None if at < range.end => {
+                            return Err("the object ended early".to_owned());
+                        }
+                        None => return Ok(()),
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        let why = match &failed {
+            object_store::Error::NotFound { .. } => "deleted since it was listed".to_owned(),
+            object_store::Error::Precondition { .. } => "rewritten since it was listed".to_owned(),
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => return Err(cause(&failed)),
+            _ if attempt < RANGE_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                continue;
+            }
+            _ => cause(&failed),
+        };
+        return Err(why);
+    }
+    Ok(())
 }
 
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.next_range()? {
-                Some(bytes) => self.current = bytes,
+            match self.next_piece()? {
+                Some(piece) => self.current = piece,
                 None => return Ok(0),
             }
         }
@@ -401,8 +455,8 @@ impl Read for ObjectReader {
 
 impl Drop for ObjectReader {
     fn drop(&mut self) {
-        for (_, handle) in self.in_flight.drain(..) {
-            handle.abort();
+        for range in self.in_flight.drain(..) {
+            range.task.abort();
         }
     }
 }

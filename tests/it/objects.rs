@@ -289,8 +289,8 @@ fn same_as_local(ws: &Workspace, s3: &str, local: &str) {
 }
 
 /// The logs of the tests: the samples, the same files compressed with zstd under another
-/// prefix, a hidden folder that is not read, and one object of 20 MiB, larger than the memory
-/// budget and than two ranges.
+/// prefix, a hidden folder that is not read, and one object of 70 MiB, larger than the memory
+/// budget and than one range of a GET (64 MiB).
 fn logs(ws: &Workspace) {
     copy_tree(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("samples"),
@@ -306,7 +306,7 @@ fn logs(ws: &Workspace) {
     ws.write("copy/.partial/x.jsonl", "not read\n");
     let mut big = String::new();
     let mut i = 0;
-    while big.len() < 20 << 20 {
+    while big.len() < 70 << 20 {
         let ts = format!("2023-03-{:02}T{:02}:00:00Z", 1 + i % 28, i % 24);
         big.push_str(
             &push_tag(
