@@ -358,7 +358,10 @@ impl ObjectReader {
                 }
                 Some(Err(why)) => {
                     let at = range.start + range.taken;
-                    return Err(io::Error::other(format!("{} at byte {at}: {why}", self.url)));
+                    return Err(io::Error::other(format!(
+                        "{} at byte {at}: {why}",
+                        self.url
+                    )));
                 }
                 None if range.taken == range.end - range.start => {
                     self.in_flight.pop_front();
