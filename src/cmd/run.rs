@@ -10,11 +10,11 @@ use crate::output::events::{stage_dataset, DatasetReport};
 use crate::output::redis::{check_key_format, stage_redis, RedisReport};
 use crate::output::service_ping::ServicePing;
 use crate::output::summary::{self, print_human, write_summary, RunFlags};
-use crate::output::{self, StagedOutputs};
+use crate::output::{self, Mirror, StagedOutputs};
 use crate::parse::chunk::{new_run_id, ParseRules};
 use crate::pipeline;
 use crate::read::user_ids::{load as load_user_ids, IdsByUser};
-use crate::read::{discover_inputs, read_side_file, InputPath};
+use crate::read::{discover_inputs, object, read_side_file, InputPath};
 use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
 use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
@@ -101,7 +101,10 @@ pub struct RunArgs {
 /// A validated `run`: everything checked that can be checked without reading a log.
 struct RunPlan {
     config: RunConfig,
+    /// The output folder: where outputs are written (staged, when they go to a URL).
     out: PathBuf,
+    /// `--out` in object storage.
+    out_url: Option<String>,
     flags: RunFlags,
     threads: Option<usize>,
     /// Where the state lives, and what it held, with `--state`.
@@ -116,13 +119,31 @@ struct RunPlan {
     end_of_today: i64,
     /// Held as long as the plan: until the outputs are in place or the run has failed.
     _state_lock: Option<StateLock>,
-    /// The events dataset's folder, with `--events`.
+    /// The events dataset's folder, with `--events` (where it is staged, when it goes to a
+    /// URL).
     events: Option<PathBuf>,
+    /// `--events` in object storage.
+    events_url: Option<String>,
     /// The Redis export's folder and key format, with `--redis`.
     redis: Option<(PathBuf, String)>,
     /// The run's folder of temporary files, created (and what killed runs left removed) before
     /// any log is read.
     spill: SpillDir,
+}
+
+/// The URL a flag's value names, if it names object storage.
+fn url_of(path: &Path) -> Option<String> {
+    let text = path.to_string_lossy();
+    object::is_url(&text).then(|| text.into_owned())
+}
+
+impl RunPlan {
+    /// The output folder as the user named it.
+    fn out_name(&self) -> String {
+        self.out_url
+            .clone()
+            .unwrap_or_else(|| self.out.display().to_string())
+    }
 }
 
 fn read_known_repositories(path: &Path) -> Result<Vec<String>> {
@@ -162,13 +183,32 @@ impl RunPlan {
             None => None,
         };
         let mut seed = RepositoryLedger::seeded(known.iter().flatten().map(String::as_str));
-        if let Err(e) = output::check_output_dir(&args.out) {
-            return usage(format!("{e:#}"));
-        }
-        if let Some(dir) = &args.events {
-            if let Err(e) = output::check_output_dir(dir) {
-                return usage(format!("--events: {e:#}"));
+        let out_url = url_of(&args.out);
+        let events_url = args.events.as_deref().and_then(url_of);
+        match &out_url {
+            Some(url) => {
+                if let Err(e) = object::check_writable(url) {
+                    return usage(e);
+                }
             }
+            None => {
+                if let Err(e) = output::check_output_dir(&args.out) {
+                    return usage(format!("{e:#}"));
+                }
+            }
+        }
+        match (&events_url, &args.events) {
+            (Some(url), _) => {
+                if let Err(e) = object::check_writable(url) {
+                    return usage(format!("--events: {e}"));
+                }
+            }
+            (None, Some(dir)) => {
+                if let Err(e) = output::check_output_dir(dir) {
+                    return usage(format!("--events: {e:#}"));
+                }
+            }
+            (None, None) => {}
         }
         let user_ids = match (&args.redis, &args.user_ids) {
             (None, _) => None,
@@ -231,14 +271,19 @@ impl RunPlan {
                 ..InputSelection::default()
             },
         };
-        let temp_dir = args
-            .temp_dir
-            .clone()
-            .unwrap_or_else(|| args.out.join(".regtally-tmp"));
-        let mut staged_in = vec![args.out.clone()];
+        // Outputs in object storage are staged in the run's temporary folder: a local one.
+        let temp_dir = args.temp_dir.clone().unwrap_or_else(|| match &out_url {
+            Some(_) => std::env::temp_dir().join("regtally"),
+            None => args.out.join(".regtally-tmp"),
+        });
+        let mut staged_in: Vec<PathBuf> = out_url
+            .is_none()
+            .then(|| args.out.clone())
+            .into_iter()
+            .collect();
         staged_in.extend(args.state.clone());
         // A killed run may have left staged parts in the dataset's month folders.
-        if let Some(dir) = &args.events {
+        if let (Some(dir), None) = (&args.events, &events_url) {
             staged_in.extend(
                 std::fs::read_dir(dir)
                     .into_iter()
@@ -257,6 +302,22 @@ impl RunPlan {
                     "--temp-dir: cannot create a folder for temporary files: {e}"
                 ))
             }
+        };
+        // Where outputs bound for object storage are written first, to go up once the run is
+        // done.
+        let staging = |name: &str| -> Result<PathBuf> {
+            let dir = spill.path().join(name);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Ok(dir)
+        };
+        let out = match &out_url {
+            Some(_) => staging("out")?,
+            None => args.out.clone(),
+        };
+        let events = match (&events_url, &args.events) {
+            (Some(_), _) => Some(staging("events")?),
+            (None, dir) => dir.clone(),
         };
         let end_of_today = (today + chrono::Days::new(1))
             .and_hms_opt(0, 0, 0)
@@ -284,7 +345,8 @@ impl RunPlan {
                 budget: MemoryBudget::new(args.memory_limit),
                 user_ids,
             },
-            out: args.out,
+            out,
+            out_url,
             flags: RunFlags {
                 since: args.since,
                 until: args.until,
@@ -301,7 +363,8 @@ impl RunPlan {
             seed,
             dedup_window: args.dedup_window,
             end_of_today,
-            events: args.events,
+            events,
+            events_url,
             redis: args.redis.map(|dir| (dir, args.redis_key_format)),
             spill,
             _state_lock: state_lock,
@@ -395,7 +458,7 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     print_human(&tally, &plan.selection.skipped, &ping, &mut stdout)?;
     if write {
-        writeln!(stdout, "outputs: {}", plan.out.display())?;
+        writeln!(stdout, "outputs: {}", plan.out_name())?;
     }
     if let Some(d) = written.dataset {
         writeln!(
@@ -460,14 +523,21 @@ fn write_outputs(
     // Before the state: a crash among the renames then leaves this run's files without the
     // state that records their inputs, never the state without the files; the next run reads
     // those inputs again (and, if no new input came, writes the same files under the same names).
+    let events_name = plan
+        .events_url
+        .clone()
+        .or_else(|| plan.events.as_ref().map(|d| d.display().to_string()));
     let dataset = match (&plan.events, &tally.dataset) {
-        (Some(dir), Some(rows)) if state.is_some() || plan.flags.state.is_none() => Some(
-            stage_events(dir, rows, tally, plan.flags.state.is_some(), &mut staged)?,
-        ),
-        (Some(dir), _) => {
+        (Some(dir), Some(rows)) if state.is_some() || plan.flags.state.is_none() => {
+            let mut report =
+                stage_events(dir, rows, tally, plan.flags.state.is_some(), &mut staged)?;
+            report.dir = events_name.clone().unwrap_or_default();
+            Some(report)
+        }
+        (Some(_), _) => {
             eprintln!(
                 "regtally: the events dataset in {} was left as it was: the state did not move on, and the next run reads these inputs again",
-                dir.display()
+                events_name.as_deref().unwrap_or_default()
             );
             None
         }
@@ -515,6 +585,21 @@ fn write_outputs(
             w,
         )
     })?;
+    if let Some(url) = &plan.out_url {
+        staged.mirror(Mirror {
+            local: plan.out.clone(),
+            url: url.clone(),
+            replace: false,
+        });
+    }
+    if let (Some(url), Some(local)) = (&plan.events_url, &plan.events) {
+        // Without a state the dataset is this run's alone; with one, each run adds its files.
+        staged.mirror(Mirror {
+            local: local.clone(),
+            url: url.clone(),
+            replace: plan.flags.state.is_none(),
+        });
+    }
     staged.commit()?;
     Ok(ExtraOutputs { dataset, redis })
 }

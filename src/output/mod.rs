@@ -23,7 +23,7 @@ pub const REJECTS: &str = "rejects.jsonl";
 pub const REPOSITORIES: &str = "repositories.txt";
 
 /// Output files written under temporary names beside their final names, renamed into place by
-/// [`StagedOutputs::commit`]. Dropped uncommitted, it removes its temporary files, so a failed
+/// [`StagedOutputs::commit`] (and, for folders that mirror object storage, written there first). Dropped uncommitted, it removes its temporary files, so a failed
 /// run leaves the previous outputs (and state) as they were; a signal removes them too (see
 /// [`crate::spill::exit_cleanly_on_signals`]), and what a killed run left is removed by the
 /// next one, which recognises it by its `suffix`.
@@ -33,6 +33,18 @@ pub struct StagedOutputs {
     suffix: String,
     /// Files the commit removes once every staged file is in place.
     removals: Vec<PathBuf>,
+    /// Folders whose staged files go to object storage.
+    mirrors: Vec<Mirror>,
+}
+
+/// A local folder whose staged files the commit writes to object storage, under `url` at the
+/// same relative paths (`--out` or `--events` at a URL, staged in the run's temporary folder).
+pub struct Mirror {
+    pub local: PathBuf,
+    pub url: String,
+    /// The objects under `url` that this run does not write are removed (a dataset that each
+    /// run replaces whole).
+    pub replace: bool,
 }
 
 /// A staged output filled while the run goes on ([`StagedOutputs::open`]).
@@ -68,6 +80,7 @@ impl StagedOutputs {
             staged: Vec::new(),
             suffix: suffix.into(),
             removals: Vec::new(),
+            mirrors: Vec::new(),
         }
     }
 
@@ -129,6 +142,7 @@ impl StagedOutputs {
     pub fn absorb(&mut self, mut other: StagedOutputs) {
         self.staged.append(&mut other.staged);
         self.removals.append(&mut other.removals);
+        self.mirrors.append(&mut other.mirrors);
     }
 
     /// The suffix of the staged files' names.
@@ -142,10 +156,49 @@ impl StagedOutputs {
         self.removals.push(path);
     }
 
-    /// Renames every staged file into place, in the order staged, removes what
-    /// [`StagedOutputs::remove_on_commit`] named, then syncs the folders.
-    /// If a rename fails, the files not yet renamed are removed (by `Drop`).
+    /// Has the commit write the files staged under `mirror.local` to object storage.
+    pub fn mirror(&mut self, mirror: Mirror) {
+        self.mirrors.push(mirror);
+    }
+
+    /// Writes the files staged in mirrored folders to object storage, in the order staged
+    /// (`summary.json`, staged last, goes last), after removing, for a replaced folder, the
+    /// objects this run does not write.
+    fn upload(&self) -> Result<()> {
+        let mut uploads: Vec<(&Path, String)> = Vec::new();
+        for (temp, fin) in &self.staged {
+            for m in &self.mirrors {
+                if let Ok(rel) = fin.strip_prefix(&m.local) {
+                    let rel = rel
+                        .to_string_lossy()
+                        .replace(std::path::MAIN_SEPARATOR, "/");
+                    uploads.push((temp, format!("{}/{rel}", m.url.trim_end_matches('/'))));
+                }
+            }
+        }
+        let Some((last, first)) = uploads.split_last() else {
+            return Ok(());
+        };
+        let put = |(temp, url): &(&Path, String)| {
+            crate::read::object::put_file(url, temp).map_err(anyhow::Error::msg)
+        };
+        first.iter().try_for_each(put)?;
+        for m in self.mirrors.iter().filter(|m| m.replace) {
+            for old in crate::read::object::list_under(&m.url).map_err(anyhow::Error::msg)? {
+                if !uploads.iter().any(|(_, url)| *url == old) {
+                    crate::read::object::delete(&old).map_err(anyhow::Error::msg)?;
+                }
+            }
+        }
+        put(last)
+    }
+
+    /// Writes the files of mirrored folders to object storage, then renames every staged file
+    /// into place, in the order staged, removes what [`StagedOutputs::remove_on_commit`] named,
+    /// then syncs the folders. If a write or a rename fails, the files not yet renamed are
+    /// removed (by `Drop`): the state, renamed after the outputs, stays as it was.
     pub fn commit(mut self) -> Result<()> {
+        self.upload()?;
         let mut dirs: Vec<PathBuf> = Vec::new();
         while !self.staged.is_empty() {
             let (temp, fin) = &self.staged[0];

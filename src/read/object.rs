@@ -272,6 +272,93 @@ pub fn read_whole(url: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{url}: {}", cause(&e)))
 }
 
+/// Files up to this size are written in one PUT; larger ones in parts of this size.
+const PART_BYTES: usize = 32 << 20;
+
+/// Writes the local file `from` as the object at `url`: in one PUT, or in parts for a large
+/// file (the object appears whole when the last part is in).
+pub fn put_file(url: &str, from: &std::path::Path) -> Result<(), String> {
+    let location = Location::of(url)?;
+    let failed = |e: &dyn std::fmt::Display| format!("cannot write {url}: {e}");
+    let mut file = std::fs::File::open(from).map_err(|e| failed(&e))?;
+    let size = file.metadata().map_err(|e| failed(&e))?.len();
+    runtime()
+        .block_on(async {
+            if size <= PART_BYTES as u64 {
+                let mut bytes = Vec::with_capacity(size as usize);
+                file.read_to_end(&mut bytes)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "local file",
+                        source: Box::new(e),
+                    })?;
+                location
+                    .store
+                    .put(&location.path, object_store::PutPayload::from(bytes))
+                    .await?;
+                return Ok(());
+            }
+            let upload = location.store.put_multipart(&location.path).await?;
+            let mut parts = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "local file",
+                        source: Box::new(e),
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                parts.wait_for_capacity(4).await?;
+                parts.write(&buf[..n]);
+            }
+            parts.finish().await.map(|_| ())
+        })
+        .map_err(|e| failed(&cause(&e)))
+}
+
+/// The URLs of the objects under a prefix; none is not an error.
+pub fn list_under(url: &str) -> Result<Vec<String>, String> {
+    let location = Location::of(url)?;
+    let prefix = location.path.clone();
+    let listed: Result<Vec<ObjectMeta>, object_store::Error> =
+        runtime().block_on(location.store.list(Some(&prefix)).try_collect());
+    let listed = listed.map_err(|e| format!("{url}: {}", cause(&e)))?;
+    Ok(listed
+        .into_iter()
+        .map(|meta| location.url_of(&meta.location))
+        .collect())
+}
+
+/// Deletes the object at `url`.
+pub fn delete(url: &str) -> Result<(), String> {
+    let location = Location::of(url)?;
+    runtime()
+        .block_on(location.store.delete(&location.path))
+        .map_err(|e| format!("cannot remove {url}: {}", cause(&e)))
+}
+
+/// Checks, before any log is read, that objects can be written under the prefix `url`: a probe
+/// object is written there and removed.
+pub fn check_writable(url: &str) -> Result<(), String> {
+    let probe = format!(
+        "{}/.regtally-probe-{}",
+        url.trim_end_matches('/'),
+        std::process::id()
+    );
+    let location = Location::of(&probe)?;
+    runtime()
+        .block_on(async {
+            location
+                .store
+                .put(&location.path, object_store::PutPayload::from_static(b""))
+                .await?;
+            location.store.delete(&location.path).await
+        })
+        .map_err(|e| format!("{url} is not writable: {}", cause(&e)))
+}
+
 /// An object's bytes as a stream: ranges of [`RANGE_BYTES`], [`RANGES_AHEAD`] of them in flight,
 /// each streamed as it arrives into a queue of at most [`CHUNKS_QUEUED`] pieces, so that a large
 /// object is fetched on several connections at once while what waits for the reader stays

@@ -110,6 +110,34 @@ impl S3Server {
             .unwrap();
     }
 
+    fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let store = self.store(bucket);
+        self.runtime
+            .block_on(async { store.get(&ObjectPath::from(key)).await?.bytes().await })
+            .unwrap_or_else(|e| panic!("{bucket}/{key}: {e}"))
+            .to_vec()
+    }
+
+    /// The keys under `prefix`, sorted.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let store = self.store(bucket);
+        let mut keys: Vec<String> = self
+            .runtime
+            .block_on(
+                store
+                    .list(Some(&ObjectPath::from(prefix)))
+                    .try_collect::<Vec<_>>(),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     fn delete(&self, bucket: &str, key: &str) {
         let store = self.store(bucket);
         self.runtime
@@ -720,5 +748,106 @@ fn nightly_runs_over_a_growing_prefix_equal_one_run_over_everything() {
         created("side-s3"),
         created("side-unknown") - 1,
         "team-x/docs existed before"
+    );
+}
+
+#[test]
+#[ignore = "needs moto_server (pip install 'moto[server]'; .ci/run installs it)"]
+fn outputs_and_the_events_dataset_go_to_the_bucket() {
+    let server = S3Server::start();
+    let ws = Workspace::new();
+    server.bucket("out");
+    let env = S3Server::env(server.port);
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("samples"),
+        &ws.path("samples"),
+    );
+    let run = |inputs: &[&str], out: &str, events: &str, extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend(inputs);
+        args.extend(["-o", out, "--events", events, "-q", "--as-of", "2023-02-01"]);
+        args.extend(["--max-bad-ratio", "1"]);
+        args.extend(extra);
+        regtally_with(ws.dir.path(), &args, &env)
+    };
+    let r = run(&["samples"], "local", "local-events", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(&["samples"], "s3://out/run", "s3://out/events/", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("outputs: s3://out/run"), "{}", r.stdout);
+    for f in [
+        "aggregates.parquet",
+        "service_ping.json",
+        "repositories.txt",
+        "rejects.jsonl",
+    ] {
+        assert!(
+            server.get("out", &format!("run/{f}"))
+                == std::fs::read(ws.path(&format!("local/{f}"))).unwrap(),
+            "{f} differs"
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&server.get("out", "run/summary.json")).unwrap();
+    assert_eq!(summary["lines"], ws.json("local/summary.json")["lines"]);
+    assert_eq!(summary["events_dataset"]["dir"], "s3://out/events/");
+    let local_parts = dataset_bytes(&ws.path("local-events"));
+    let remote: Vec<(String, Vec<u8>)> = server
+        .keys("out", "events")
+        .into_iter()
+        .map(|k| {
+            (
+                k.trim_start_matches("events/").to_owned(),
+                server.get("out", &k),
+            )
+        })
+        .collect();
+    assert!(remote == local_parts, "the dataset differs");
+    assert!(remote.len() > 1);
+    // Nothing else was left: no probe, no staged file.
+    assert_eq!(server.keys("out", "run").len(), 5);
+
+    // A run over one month replaces the dataset: the other months' objects go.
+    let r = run(
+        &["samples/seed-2023-01.jsonl"],
+        "s3://out/run",
+        "s3://out/events",
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        server.keys("out", "events"),
+        ["events/month=2023-01/part-00000.parquet"]
+    );
+
+    // With a state, each night adds its own files and leaves the others.
+    for (i, f) in [
+        "samples/registry-2022-W52.jsonl",
+        "samples/registry-2023-Q2.jsonl",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = run(
+            &[f],
+            "s3://out/night",
+            "s3://out/nightly-events",
+            &["--state", "state"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let keys = server.keys("out", "nightly-events");
+        assert!(!keys.is_empty() && keys.len() > i, "{keys:?}");
+    }
+    let keys = server.keys("out", "nightly-events");
+    assert!(keys.iter().any(|k| k.contains("month=2022-12")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("month=2023-04")), "{keys:?}");
+
+    // An output prefix that cannot be written is refused before any log is read.
+    let r = run(&["samples"], "s3://nobucket/run", "local-events", &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("s3://nobucket/run is not writable"),
+        "{}",
+        r.stderr
     );
 }
