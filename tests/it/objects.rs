@@ -283,20 +283,25 @@ fn serve(mut client: TcpStream, server_port: u16, fault: Fault, faulted: &Atomic
     }
 }
 
-/// The outputs a run over objects shares byte for byte with a run over the same files on
-/// disk: all but the summary, and the rejects but for their file names.
-fn same_as_local(ws: &Workspace, s3: &str, local: &str) {
+/// Whether two runs wrote the same aggregates, Service Ping and repositories, byte for byte.
+fn same_tables(ws: &Workspace, a: &str, b: &str) {
     for f in [
         "aggregates.parquet",
         "service_ping.json",
         "repositories.txt",
     ] {
         assert!(
-            std::fs::read(ws.path(&format!("{s3}/{f}"))).unwrap()
-                == std::fs::read(ws.path(&format!("{local}/{f}"))).unwrap(),
-            "{f} differs"
+            std::fs::read(ws.path(&format!("{a}/{f}"))).unwrap()
+                == std::fs::read(ws.path(&format!("{b}/{f}"))).unwrap(),
+            "{f} differs between {a} and {b}"
         );
     }
+}
+
+/// The outputs a run over objects shares byte for byte with a run over the same files on
+/// disk: all but the summary, and the rejects but for their file names.
+fn same_as_local(ws: &Workspace, s3: &str, local: &str) {
+    same_tables(ws, s3, local);
     let without_file = |out: &str| -> Vec<serde_json::Value> {
         ws.rejects(out)
             .into_iter()
@@ -673,17 +678,7 @@ fn nightly_runs_over_a_growing_prefix_equal_one_run_over_everything() {
         &env,
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    for f in [
-        "aggregates.parquet",
-        "service_ping.json",
-        "repositories.txt",
-    ] {
-        assert!(
-            std::fs::read(ws.path(&format!("nightly/{f}"))).unwrap()
-                == std::fs::read(ws.path(&format!("once/{f}"))).unwrap(),
-            "{f}"
-        );
-    }
+    same_tables(&ws, "nightly", "once");
     // An object rewritten under its key is read again; a deleted one is simply not listed.
     let mut grown = std::fs::read(samples.join("seed-2023-01.jsonl")).unwrap();
     grown.extend(
