@@ -137,6 +137,15 @@ fn url_of(path: &Path) -> Option<String> {
     object::is_url(&text).then(|| text.into_owned())
 }
 
+/// Checks before any log is read that an output folder (created if missing), or a prefix in
+/// object storage, can be written.
+fn check_destination(dir: &Path, url: Option<&str>) -> std::result::Result<(), String> {
+    match url {
+        Some(url) => object::check_writable(url),
+        None => output::check_output_dir(dir).map_err(|e| format!("{e:#}")),
+    }
+}
+
 impl RunPlan {
     /// The output folder as the user named it.
     fn out_name(&self) -> String {
@@ -185,30 +194,13 @@ impl RunPlan {
         let mut seed = RepositoryLedger::seeded(known.iter().flatten().map(String::as_str));
         let out_url = url_of(&args.out);
         let events_url = args.events.as_deref().and_then(url_of);
-        match &out_url {
-            Some(url) => {
-                if let Err(e) = object::check_writable(url) {
-                    return usage(e);
-                }
-            }
-            None => {
-                if let Err(e) = output::check_output_dir(&args.out) {
-                    return usage(format!("{e:#}"));
-                }
-            }
+        if let Err(e) = check_destination(&args.out, out_url.as_deref()) {
+            return usage(e);
         }
-        match (&events_url, &args.events) {
-            (Some(url), _) => {
-                if let Err(e) = object::check_writable(url) {
-                    return usage(format!("--events: {e}"));
-                }
+        if let Some(dir) = &args.events {
+            if let Err(e) = check_destination(dir, events_url.as_deref()) {
+                return usage(format!("--events: {e}"));
             }
-            (None, Some(dir)) => {
-                if let Err(e) = output::check_output_dir(dir) {
-                    return usage(format!("--events: {e:#}"));
-                }
-            }
-            (None, None) => {}
         }
         let user_ids = match (&args.redis, &args.user_ids) {
             (None, _) => None,
