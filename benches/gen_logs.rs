@@ -1,10 +1,12 @@
 //! Writes synthetic, realistic registry notification logs for the benchmark.
 //!
-//! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N]`: EVENTS events over FILES
-//! files, about 1 KB a line, one event a line (or envelopes of 1 to 5 events), plain or gzip.
-//! Actions: 70% pull, 22% push, 5% delete (about one in ten a repository delete), 3% mount;
-//! 20,000 users and 30,000 repositories; a year of timestamps; 1% redeliveries. Deterministic
-//! for a seed.
+//! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N] [--repositories N]
+//! [--users N]`: EVENTS events over FILES files, about 1 KB a line, one event a line (or
+//! envelopes of 1 to 5 events), plain or gzip. Actions: 70% pull, 22% push, 5% delete (about
+//! one in ten a repository delete), 3% mount; users and repositories drawn uniformly from
+//! 20,000 and 30,000 (or the numbers given: millions of repositories, or so many users that
+//! most of a day's are distinct); a year of timestamps; 1% redeliveries. Deterministic for a
+//! seed and shape.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -12,10 +14,13 @@ use std::path::PathBuf;
 
 use fastrand::Rng;
 
-const USERS: u64 = 20_000;
-const REPOS: u64 = 30_000;
+/// How many users and repositories events are drawn from.
+struct Shape {
+    users: u64,
+    repositories: u64,
+}
 
-fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
+fn event(rng: &mut Rng, shape: &Shape, n: u64, out: &mut Vec<u8>) {
     let roll = rng.u64(..100);
     let action = match roll {
         0..=69 => "pull",
@@ -23,8 +28,8 @@ fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
         92..=96 => "delete",
         _ => "mount",
     };
-    let user = rng.u64(..USERS);
-    let repo = rng.u64(..REPOS);
+    let user = rng.u64(..shape.users);
+    let repo = rng.u64(..shape.repositories);
     let secs = 1_672_531_200 + rng.u64(..365 * 86_400); // 2023
     let nanos = rng.u64(..1_000_000_000);
     let ts = chrono::DateTime::from_timestamp(secs as i64, nanos as u32)
@@ -89,7 +94,10 @@ fn event(rng: &mut Rng, n: u64, out: &mut Vec<u8>) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
-        eprintln!("usage: gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N]");
+        eprintln!(
+            "usage: gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N] \
+             [--repositories N] [--users N]"
+        );
         std::process::exit(2);
     }
     let dir = PathBuf::from(&args[0]);
@@ -97,12 +105,20 @@ fn main() {
     let files: u64 = args[2].parse().expect("FILES is a number");
     let envelopes = args.iter().any(|a| a == "--envelopes");
     let gzip = args.iter().any(|a| a == "--gzip");
-    let seed = args
-        .iter()
-        .position(|a| a == "--seed")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1u64);
+    let number = |flag: &str, default: u64| -> u64 {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{flag} takes a number")),
+            None => default,
+        }
+    };
+    let seed = number("--seed", 1);
+    let shape = Shape {
+        users: number("--users", 20_000).max(1),
+        repositories: number("--repositories", 30_000).max(1),
+    };
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng::with_seed(seed);
     let per_file = events.div_ceil(files.max(1));
@@ -139,7 +155,7 @@ fn main() {
                     ev = recent[rng.u64(..recent.len() as u64) as usize].clone();
                 // a redelivery
                 } else {
-                    event(&mut rng, n, &mut ev);
+                    event(&mut rng, &shape, n, &mut ev);
                     if recent.len() < 1000 {
                         recent.push(ev.clone());
                     } else {
