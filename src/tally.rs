@@ -4,7 +4,7 @@
 use crate::aggregate::{MetricTable, RedisExport};
 use crate::dedup::rows::DeferredFirsts;
 use crate::keys::KeyHasher;
-use crate::ledger::RepositoryLedger;
+use crate::ledger::ReplayedLedger;
 use crate::read::InputReport;
 use crate::records::row::Month;
 use crate::records::{FileReject, LineCounts};
@@ -33,7 +33,7 @@ pub struct Tally {
     /// This run's sketches and event counts.
     pub metrics: MetricTable,
     /// The repository ledger after this run.
-    pub ledger: RepositoryLedger,
+    pub ledger: ReplayedLedger,
     /// Pushes and repository deletes older than the last event already applied to their
     /// repository by an earlier run (GUIDE.md, "Run it nightly", on late arrivals).
     pub late_events: u64,

@@ -1,13 +1,17 @@
 //! The repository ledger: which repositories exist, replayed along event time (SPEC §6).
 //!
-//! [`RepositoryLedger`] is the set itself, as a state carries it from run to run; [`replay`]
-//! keeps a run's pushes and repository deletes and applies them in (time, id) order.
+//! [`RepositoryLedger`] is the set itself, as a state carries it from run to run and as each
+//! part of the replay holds its share; [`replay`] keeps a run's pushes and repository deletes
+//! and applies them in (time, id) order; [`ReplayedLedger`] is what the replay leaves, part by
+//! part, for `repositories.txt` and the state.
 
 pub mod replay;
 
 use crate::keys::{repository_key, KeyHasher};
+use crate::spill::{codec, merge, SealedRuns, SpillRecord};
 use crate::timestamp::Timestamp;
 use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead};
 
 /// The set of existing repositories, with the paths to write them back out and the time of
 /// the last event applied to each (which tells a later run that an event arrived late).
@@ -21,8 +25,8 @@ pub struct RepositoryLedger {
     last_applied: HashMap<u128, Timestamp, KeyHasher>,
 }
 
-/// One repository as a state file keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One repository as a state file keeps it; ordered by path (a ledger's paths are distinct).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LedgerEntry {
     pub path: String,
     pub exists: bool,
@@ -64,22 +68,6 @@ impl RepositoryLedger {
         parts
     }
 
-    /// Parts made by [`RepositoryLedger::split`], as one ledger again.
-    pub fn join(parts: Vec<RepositoryLedger>) -> RepositoryLedger {
-        let mut all = RepositoryLedger::default();
-        all.existing
-            .reserve(parts.iter().map(|p| p.existing.len()).sum());
-        all.paths.reserve(parts.iter().map(|p| p.paths.len()).sum());
-        all.last_applied
-            .reserve(parts.iter().map(|p| p.last_applied.len()).sum());
-        for p in parts {
-            all.existing.extend(p.existing);
-            all.paths.extend(p.paths);
-            all.last_applied.extend(p.last_applied);
-        }
-        all
-    }
-
     /// A ledger as a state file stored it.
     pub fn from_entries(entries: impl IntoIterator<Item = LedgerEntry>) -> RepositoryLedger {
         let mut ledger = RepositoryLedger::default();
@@ -98,14 +86,22 @@ impl RepositoryLedger {
 
     /// Every repository with a known path, sorted by path, for a state file.
     pub fn entries(&self) -> Vec<LedgerEntry> {
+        self.entries_with(true)
+    }
+
+    /// The existing repositories, sorted by path, and with `times` (for a state) the deleted
+    /// ones an event was applied to, each with the time of that event.
+    fn entries_with(&self, times: bool) -> Vec<LedgerEntry> {
         let mut out: Vec<LedgerEntry> = self
             .paths
             .iter()
-            .filter(|(k, _)| self.existing.contains(k) || self.last_applied.contains_key(k))
+            .filter(|(k, _)| {
+                self.existing.contains(k) || (times && self.last_applied.contains_key(k))
+            })
             .map(|(k, p)| LedgerEntry {
                 path: p.to_string(),
                 exists: self.existing.contains(k),
-                last_applied: self.last_applied.get(k).copied(),
+                last_applied: self.last_applied.get(k).copied().filter(|_| times),
             })
             .collect();
         out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -145,22 +141,131 @@ impl RepositoryLedger {
     pub fn exists(&self, key: u128) -> bool {
         self.existing.contains(&key)
     }
+}
 
-    /// The existing repositories' paths, sorted byte-wise.
-    pub fn sorted_paths(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = self
-            .existing
+impl SpillRecord for LedgerEntry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let (flags, time) = match self.last_applied {
+            Some(t) => (2 | u8::from(self.exists), t),
+            None => (u8::from(self.exists), Timestamp { secs: 0, nanos: 0 }),
+        };
+        out.push(flags);
+        codec::put_u64(out, time.secs as u64);
+        codec::put_u32(out, time.nanos);
+        codec::put_bytes(out, self.path.as_bytes());
+    }
+
+    fn decode(input: &mut impl BufRead) -> io::Result<Option<LedgerEntry>> {
+        if codec::at_end(input)? {
+            return Ok(None);
+        }
+        let flags = codec::get_u8(input)?;
+        let secs = codec::get_u64(input)? as i64;
+        let nanos = codec::get_u32(input)?;
+        let path = String::from_utf8(codec::get_bytes(input)?)
+            .map_err(|_| codec::corrupt("repository path"))?;
+        Ok(Some(LedgerEntry {
+            path,
+            exists: flags & 1 != 0,
+            last_applied: (flags & 2 != 0).then_some(Timestamp { secs, nanos }),
+        }))
+    }
+}
+
+/// One part's repositories after the replay, sorted by path.
+enum PartEntries {
+    Memory(Vec<LedgerEntry>),
+    /// One run in a temporary file, when the parts together would pass their share of the
+    /// memory budget.
+    Spilled(SealedRuns),
+}
+
+/// The ledger a run's replay left, part by part: each part's repositories sorted by path,
+/// in memory or (past the budget) in a temporary file, read merged in path order by the
+/// outputs. No step after the replay needs the repositories in memory at once: a run over
+/// millions of repositories writes `repositories.txt` from the merge.
+pub struct ReplayedLedger {
+    parts: Vec<PartEntries>,
+    existing: usize,
+    /// Read buffer of each spilled part in the merge.
+    buffer: usize,
+}
+
+impl std::fmt::Debug for ReplayedLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayedLedger")
+            .field("parts", &self.parts.len())
+            .field("existing", &self.existing)
+            .field("spilled", &self.spilled())
+            .finish()
+    }
+}
+
+impl ReplayedLedger {
+    /// A ledger held whole, as one part (what a run that replays nothing leaves, and tests).
+    pub fn whole(ledger: &RepositoryLedger, times: bool) -> ReplayedLedger {
+        let entries = ledger.entries_with(times);
+        ReplayedLedger {
+            existing: entries.iter().filter(|e| e.exists).count(),
+            parts: vec![PartEntries::Memory(entries)],
+            buffer: 0,
+        }
+    }
+
+    /// How many repositories exist.
+    pub fn existing_count(&self) -> usize {
+        self.existing
+    }
+
+    /// Whether any part went to a temporary file.
+    pub fn spilled(&self) -> bool {
+        self.parts
             .iter()
-            .filter_map(|k| self.paths.get(k).map(|p| &**p))
-            .collect();
-        out.sort_unstable();
-        out
+            .any(|p| matches!(p, PartEntries::Spilled(_)))
+    }
+
+    /// Every repository the ledger keeps, sorted by path: the existing ones and, when the
+    /// replay kept times (for a state), the deleted ones with the time of their last event.
+    pub fn entries(&self) -> io::Result<impl Iterator<Item = io::Result<LedgerEntry>> + '_> {
+        let mut sources: Vec<Box<dyn Iterator<Item = io::Result<LedgerEntry>> + '_>> =
+            Vec::with_capacity(self.parts.len());
+        for part in &self.parts {
+            match part {
+                PartEntries::Memory(entries) => {
+                    sources.push(Box::new(entries.iter().cloned().map(Ok)))
+                }
+                PartEntries::Spilled(runs) => {
+                    for reader in runs.readers::<LedgerEntry>(self.buffer)? {
+                        sources.push(Box::new(reader));
+                    }
+                }
+            }
+        }
+        Ok(merge(sources))
+    }
+
+    /// The ledger held whole, for a state.
+    pub fn to_ledger(&self) -> io::Result<RepositoryLedger> {
+        let entries: Vec<LedgerEntry> = self.entries()?.collect::<io::Result<_>>()?;
+        Ok(RepositoryLedger::from_entries(entries))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spill::{RunFile, SpillDir};
+
+    /// The existing repositories' paths, as `repositories.txt` lists them.
+    fn existing_paths(ledger: &ReplayedLedger) -> Vec<String> {
+        ledger
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|e| e.exists)
+            .map(|e| e.path)
+            .collect()
+    }
 
     #[test]
     fn push_creates_then_pushes_and_delete_resets() {
@@ -174,7 +279,10 @@ mod tests {
         assert!(!l.exists(a));
         assert!(!l.push(a, t(4)), "push after delete creates again");
         assert!(l.push(repository_key("group/known"), t(5)));
-        assert_eq!(l.sorted_paths(), ["group/a", "group/known"]);
+        assert_eq!(
+            existing_paths(&ReplayedLedger::whole(&l, false)),
+            ["group/a", "group/known"]
+        );
         assert!(l.is_late(a, t(3)) && !l.is_late(a, t(4)) && !l.is_late(repository_key("x"), t(0)));
     }
 
@@ -210,7 +318,10 @@ mod tests {
         );
         let back = RepositoryLedger::from_entries(entries.clone());
         assert_eq!(back.entries(), entries);
-        assert_eq!(back.sorted_paths(), ["a", "k"]);
+        assert_eq!(
+            existing_paths(&ReplayedLedger::whole(&back, true)),
+            ["a", "k"]
+        );
     }
 
     #[test]
@@ -238,9 +349,59 @@ mod tests {
                 whole.is_late(k, t(500))
             );
         }
-        let joined = RepositoryLedger::join(parts);
-        assert_eq!(joined.entries(), whole.entries());
-        assert_eq!(joined.sorted_paths(), whole.sorted_paths());
+        let mut joined: Vec<LedgerEntry> = parts.iter().flat_map(|p| p.entries()).collect();
+        joined.sort();
+        assert_eq!(joined, whole.entries());
+    }
+
+    /// A replayed ledger reads its parts, kept in memory or spilled, merged in path order;
+    /// without times it lists only what exists, and its entries come back through the
+    /// spill's codec as they went in.
+    #[test]
+    fn replayed_parts_read_merged_in_path_order() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = SpillDir::create(parent.path(), &[]).unwrap();
+        let t = |s: i64| Timestamp {
+            secs: s,
+            nanos: 999_999_999,
+        };
+        let mut whole = RepositoryLedger::default();
+        for i in 0..300 {
+            let path = format!("g{}/r{i}", i % 13);
+            let key = repository_key(&path);
+            whole.learn_path(key, path.into());
+            whole.push(key, t(i));
+            if i % 4 == 0 {
+                whole.delete(key, t(1000 + i));
+            }
+        }
+        for times in [false, true] {
+            let parts = whole.clone().split(5, |k| (k % 5) as usize);
+            let parts = parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let entries = p.entries_with(times);
+                    if i % 2 == 0 {
+                        return PartEntries::Memory(entries);
+                    }
+                    let mut file = RunFile::create(&dir, &format!("p{i}-{times}")).unwrap();
+                    file.write_run(&entries).unwrap();
+                    PartEntries::Spilled(file.seal().unwrap())
+                })
+                .collect();
+            let replayed = ReplayedLedger {
+                parts,
+                existing: whole.existing_count(),
+                buffer: 4096,
+            };
+            assert!(replayed.spilled());
+            let entries: Vec<LedgerEntry> =
+                replayed.entries().unwrap().map(Result::unwrap).collect();
+            assert_eq!(entries, whole.entries_with(times), "times: {times}");
+            assert_eq!(entries.len(), if times { 300 } else { 225 });
+            assert_eq!(replayed.to_ledger().unwrap().entries().len(), entries.len());
+        }
     }
 
     #[test]

@@ -2,14 +2,21 @@
 //! on and each repository push resolved into a create or a push out (SPEC §6).
 //!
 //! Events arrive in input order but must be applied in (UTC time, id) order, so every push
-//! and repository delete is kept until reading ends, as a 40-byte [`LedgerRecord`] (its id's
+//! and repository delete is kept until reading ends, as a 48-byte [`LedgerRecord`] (its id's
 //! bytes beside it, for ties). Records are split into parts by repository: no repository's
 //! existence depends on another's, so the parts replay apart, on all cores. Past its share of
 //! the memory budget the buffer sorts each part and writes it as a run to the part's file; a
 //! part then replays from the merge of its runs, through the same code as a part that never
 //! left memory.
+//!
+//! Nothing here grows with the number of repositories outside the budget: the paths of the
+//! repositories the records name are logged per part beside them (once per repository between
+//! two spills) and spill with them; the earlier ledger is split into the parts at the start;
+//! and each part, once replayed, leaves its repositories sorted by path, in memory or in a
+//! file of its own ([`ReplayedLedger`]). Only the parts being replayed (one per core) hold
+//! their repositories in maps.
 
-use super::RepositoryLedger;
+use super::{LedgerEntry, PartEntries, ReplayedLedger, RepositoryLedger};
 use crate::classify::{EventKind, TrackedEvent};
 use crate::records::{EventRecord, LedgerId, PathMap};
 use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
@@ -49,19 +56,32 @@ const USER: u8 = 1;
 /// The event is inside `--since`/`--until`.
 const IN_RANGE: u8 = 2;
 
-/// One push or repository delete as the ledger keeps it: 40 bytes, its id in the part's arena.
+/// One push or repository delete as the ledger keeps it: 48 bytes, its id in the part's arena.
+///
+/// The repository is its key itself, not a number in an index of the run's repositories: such
+/// an index held every repository of the run, outside the budget, and was most of a run's
+/// memory over millions of them.
 #[derive(Clone, Copy, Debug)]
 struct LedgerRecord {
     secs: i64,
-    nanos: u32,
-    /// Index of the repository in the run's [`Repositories`].
-    repository: u32,
+    /// The repository key's halves, high first: two `u64`s keep the record 8-byte aligned
+    /// (a `u128` would pad it to 64 bytes).
+    key: [u64; 2],
     user: u64,
+    nanos: u32,
     /// Where the id's bytes are in the part's arena.
     id_at: u32,
     id_len: u32,
     step: Step,
     flags: u8,
+}
+
+fn split_key(key: u128) -> [u64; 2] {
+    [(key >> 64) as u64, key as u64]
+}
+
+fn join_key([high, low]: [u64; 2]) -> u128 {
+    (u128::from(high) << 64) | u128::from(low)
 }
 
 /// The same, with its id, as a spilled run holds it; ordered by (time, id).
@@ -70,7 +90,7 @@ struct SpilledRecord {
     secs: i64,
     nanos: u32,
     id: Box<[u8]>,
-    repository: u32,
+    repository: u128,
     user: u64,
     step: u8,
     flags: u8,
@@ -80,7 +100,7 @@ impl SpillRecord for SpilledRecord {
     fn encode(&self, out: &mut Vec<u8>) {
         codec::put_u64(out, self.secs as u64);
         codec::put_u32(out, self.nanos);
-        codec::put_u32(out, self.repository);
+        codec::put_u128(out, self.repository);
         codec::put_u64(out, self.user);
         out.extend_from_slice(&[self.step, self.flags]);
         codec::put_bytes(out, &self.id);
@@ -93,11 +113,37 @@ impl SpillRecord for SpilledRecord {
         Ok(Some(SpilledRecord {
             secs: codec::get_u64(input)? as i64,
             nanos: codec::get_u32(input)?,
-            repository: codec::get_u32(input)?,
+            repository: codec::get_u128(input)?,
             user: codec::get_u64(input)?,
             step: codec::get_u8(input)?,
             flags: codec::get_u8(input)?,
             id: codec::get_bytes(input)?.into(),
+        }))
+    }
+}
+
+/// A repository's path, as a part's path log spills it.
+struct PathRecord {
+    key: u128,
+    path: Box<str>,
+}
+
+impl SpillRecord for PathRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_u128(out, self.key);
+        codec::put_bytes(out, self.path.as_bytes());
+    }
+
+    fn decode(input: &mut impl BufRead) -> io::Result<Option<PathRecord>> {
+        if codec::at_end(input)? {
+            return Ok(None);
+        }
+        let key = codec::get_u128(input)?;
+        let path = String::from_utf8(codec::get_bytes(input)?)
+            .map_err(|_| codec::corrupt("repository path"))?;
+        Ok(Some(PathRecord {
+            key,
+            path: path.into(),
         }))
     }
 }
@@ -107,21 +153,61 @@ fn id_in<'a>(ids: &'a [u8], r: &LedgerRecord) -> &'a [u8] {
     &ids[r.id_at as usize..(r.id_at + r.id_len) as usize]
 }
 
-/// A part's records: in memory, and the runs already spilled.
+/// A logged path: the repository's key and where its path is in the part's path text.
+#[derive(Clone, Copy)]
+struct PathAt {
+    key: [u64; 2],
+    at: u32,
+    len: u32,
+}
+
+/// A part's records and paths: in memory, and the runs already spilled.
 #[derive(Default)]
 struct Part {
     records: Vec<LedgerRecord>,
     ids: Vec<u8>,
     runs: Option<RunFile>,
+    /// Paths of the repositories the records name, each once since the last spill.
+    paths: Vec<PathAt>,
+    path_text: String,
+    /// Every spill's paths, one after another (read back whole, in no order).
+    path_runs: Option<RunFile>,
 }
 
 impl Part {
     fn bytes(&self) -> usize {
-        self.records.capacity() * std::mem::size_of::<LedgerRecord>() + self.ids.capacity()
+        self.records.capacity() * std::mem::size_of::<LedgerRecord>()
+            + self.ids.capacity()
+            + self.paths.capacity() * std::mem::size_of::<PathAt>()
+            + self.path_text.capacity()
     }
 
     fn id(&self, r: &LedgerRecord) -> &[u8] {
         id_in(&self.ids, r)
+    }
+
+    fn path(&self, p: &PathAt) -> &str {
+        &self.path_text[p.at as usize..(p.at + p.len) as usize]
+    }
+
+    /// Logs the path of a repository; a path that would take the text past 4 GiB spills first.
+    fn log_path(&mut self, key: u128, path: &str) -> bool {
+        let (Ok(at), Ok(len)) = (
+            u32::try_from(self.path_text.len()),
+            u32::try_from(path.len()),
+        ) else {
+            return false;
+        };
+        if at.checked_add(len).is_none() {
+            return false;
+        }
+        self.path_text.push_str(path);
+        self.paths.push(PathAt {
+            key: split_key(key),
+            at,
+            len,
+        });
+        true
     }
 
     /// Sorts the records by (time, id).
@@ -139,30 +225,47 @@ impl Part {
             secs: r.secs,
             nanos: r.nanos,
             id: self.id(r).into(),
-            repository: r.repository,
+            repository: join_key(r.key),
             user: r.user,
             step: r.step as u8,
             flags: r.flags,
         }
     }
+
+    /// Teaches `ledger` every path this part logged, spilled or not, and lets go of them.
+    fn teach_paths(&mut self, ledger: &mut RepositoryLedger, buffer: usize) -> io::Result<()> {
+        if let Some(runs) = self.path_runs.take() {
+            for p in runs.seal()?.concatenated::<PathRecord>(buffer)? {
+                let p = p?;
+                ledger.learn_path(p.key, p.path);
+            }
+        }
+        for p in &self.paths {
+            ledger.learn_path(join_key(p.key), self.path(p).into());
+        }
+        self.paths = Vec::new();
+        self.path_text = String::new();
+        Ok(())
+    }
 }
 
-/// The repositories the run's ledger events name, numbered in the order first seen: their
-/// keys in that order, and an index from key to number.
+/// The repositories whose paths the buffer logged since it last spilled, so that a repository
+/// that many events name has its path logged once, not once per event.
 ///
-/// The index is open addressing with linear probing on the keys' low bits (the keys are
-/// hashes), at most half full: its own rather than a `HashMap`, so that the slot of a key to
-/// come can be fetched while the keys before it are looked up ([`Repositories::prefetch`]).
-/// With the logs streaming through the caches, the map's lookups missed them nearly every
-/// time (perf, 4M events: 80% of the buffer's samples on the two loads of a lookup).
+/// Open addressing with linear probing on the keys' low bits (the keys are hashes), at most
+/// half full, the zero key kept apart: its own rather than a `HashSet`, so that the slot of a
+/// key to come can be fetched while the keys before it are looked up
+/// ([`LoggedKeys::prefetch`]). With the logs streaming through the caches, a map's lookups
+/// missed them nearly every time (perf, 4M events: 80% of the buffer's samples on the two
+/// loads of a lookup). Its memory counts in the ledger's budget, and a spill empties it.
 #[derive(Default)]
-struct Repositories {
-    keys: Vec<u128>,
-    /// (key, number + 1); a slot whose second half is 0 is empty.
-    slots: Vec<(u128, u32)>,
+struct LoggedKeys {
+    slots: Vec<u128>,
+    len: usize,
+    zero: bool,
 }
 
-impl Repositories {
+impl LoggedKeys {
     /// The slot where `key` is looked up first (the table is not empty).
     fn home(&self, key: u128) -> usize {
         key as usize & (self.slots.len() - 1)
@@ -175,22 +278,24 @@ impl Repositories {
         }
     }
 
-    /// The number of `key`, which a key seen for the first time gets now.
-    fn intern(&mut self, key: u128) -> u32 {
-        if (self.keys.len() + 1) * 2 > self.slots.len() {
+    /// Adds `key`; whether it was not there yet.
+    fn insert(&mut self, key: u128) -> bool {
+        if key == 0 {
+            return !std::mem::replace(&mut self.zero, true);
+        }
+        if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
         let mask = self.slots.len() - 1;
         let mut i = self.home(key);
         loop {
             match self.slots[i] {
-                (_, 0) => {
-                    let next = self.keys.len() as u32;
-                    self.slots[i] = (key, next + 1);
-                    self.keys.push(key);
-                    return next;
+                0 => {
+                    self.slots[i] = key;
+                    self.len += 1;
+                    return true;
                 }
-                (k, n) if k == key => return n - 1,
+                k if k == key => return false,
                 _ => i = (i + 1) & mask,
             }
         }
@@ -198,14 +303,18 @@ impl Repositories {
 
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).max(64);
-        let old = std::mem::replace(&mut self.slots, vec![(0, 0); size]);
-        for (key, n) in old.into_iter().filter(|&(_, n)| n != 0) {
+        let old = std::mem::replace(&mut self.slots, vec![0; size]);
+        for key in old.into_iter().filter(|&k| k != 0) {
             let mut i = self.home(key);
-            while self.slots[i].1 != 0 {
+            while self.slots[i] != 0 {
                 i = (i + 1) & (size - 1);
             }
-            self.slots[i] = (key, n);
+            self.slots[i] = key;
         }
+    }
+
+    fn bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<u128>()
     }
 }
 
@@ -223,7 +332,7 @@ pub struct ResolvedPush {
 
 /// The ledger moved on by a run's replay.
 pub struct Replayed<S> {
-    pub ledger: RepositoryLedger,
+    pub ledger: ReplayedLedger,
     /// Events older than the last one an earlier run applied to their repository.
     pub late_events: u64,
     /// What each part's sink gathered of the resolved pushes.
@@ -232,55 +341,85 @@ pub struct Replayed<S> {
 
 /// The ledger's events of one run, kept for the replay.
 pub struct LedgerBuffer<'d> {
-    ledger: RepositoryLedger,
+    /// The ledger earlier runs left (or the seed), cut into the parts.
+    prior: Vec<RepositoryLedger>,
+    /// Keep, for a state, the time of the last event applied to each repository and the
+    /// deleted repositories with theirs.
+    times: bool,
     parts: Vec<Part>,
-    repositories: Repositories,
+    logged: LoggedKeys,
     bytes: usize,
     budget: MemoryBudget,
     dir: &'d SpillDir,
 }
 
 impl<'d> LedgerBuffer<'d> {
-    /// Starts from the ledger earlier runs left (or the seed), spilling into `dir`.
-    pub fn new(ledger: RepositoryLedger, budget: MemoryBudget, dir: &'d SpillDir) -> Self {
+    /// Starts from the ledger earlier runs left (or the seed), spilling into `dir`; `times`
+    /// keeps what a state needs (the time of the last event applied to each repository).
+    pub fn new(
+        ledger: RepositoryLedger,
+        times: bool,
+        budget: MemoryBudget,
+        dir: &'d SpillDir,
+    ) -> Self {
         LedgerBuffer {
-            ledger,
+            prior: ledger.split(PARTS, part_of),
+            times,
             parts: (0..PARTS).map(|_| Part::default()).collect(),
-            repositories: Repositories::default(),
+            logged: LoggedKeys::default(),
             bytes: 0,
             budget,
             dir,
         }
     }
 
-    /// Records the paths behind repository keys, for `repositories.txt` and the state.
-    pub fn learn_paths(&mut self, paths: &PathMap) {
-        for (key, path) in paths.iter() {
-            self.ledger.learn_path(key, path.into());
+    /// Logs the path of a repository, unless it was logged since the last spill.
+    fn learn_path(&mut self, key: u128, path: &str) -> io::Result<()> {
+        let table = self.logged.bytes();
+        if !self.logged.insert(key) {
+            return Ok(());
         }
+        let part = &mut self.parts[part_of(key)];
+        let before = part.bytes();
+        if !part.log_path(key, path) {
+            self.spill()?;
+            self.logged.insert(key);
+            let part = &mut self.parts[part_of(key)];
+            part.log_path(key, path);
+            self.bytes = part.bytes() + self.logged.bytes();
+        } else {
+            self.bytes = self.bytes + part.bytes() - before + self.logged.bytes() - table;
+        }
+        self.spill_if_over()
+    }
+
+    /// Records the paths behind repository keys, for `repositories.txt` and the state.
+    pub fn learn_paths(&mut self, paths: &PathMap) -> io::Result<()> {
+        for (key, path) in paths.iter() {
+            self.learn_path(key, path)?;
+        }
+        Ok(())
     }
 
     /// Keeps a first delivery that touches the ledger; `in_range` says whether it is inside
-    /// `--since`/`--until`. Other records are ignored. The first time this run names a
-    /// repository, its path is taken from `paths` (its chunk's).
+    /// `--since`/`--until`. Other records are ignored. The repository's path is taken from
+    /// `paths` (its chunk's).
     pub fn push(
         &mut self,
         record: &EventRecord,
         in_range: bool,
         paths: &PathMap,
     ) -> io::Result<()> {
-        let known = self.repositories.keys.len();
-        self.push_record(record, in_range)?;
-        if self.repositories.keys.len() > known {
+        if self.push_record(record, in_range)? {
             if let Some(path) = paths.get(&record.repository) {
-                self.ledger.learn_path(record.repository, path.into());
+                self.learn_path(record.repository, path)?;
             }
         }
         Ok(())
     }
 
-    /// [`LedgerBuffer::push`] for each of a chunk's records in turn, the index slot of each
-    /// record's repository fetched a few records ahead.
+    /// [`LedgerBuffer::push`] for each of a chunk's records in turn, the logged keys' slot of
+    /// each record's repository fetched a few records ahead.
     pub fn push_all(
         &mut self,
         records: &[(&EventRecord, bool)],
@@ -290,7 +429,7 @@ impl<'d> LedgerBuffer<'d> {
         const AHEAD: usize = 4;
         for (i, &(record, in_range)) in records.iter().enumerate() {
             if let Some((next, _)) = records.get(i + AHEAD) {
-                self.repositories.prefetch(next.repository);
+                self.logged.prefetch(next.repository);
             }
             self.push(record, in_range, paths)?;
         }
@@ -298,18 +437,17 @@ impl<'d> LedgerBuffer<'d> {
     }
 
     /// [`LedgerBuffer::push`] for a record whose path the buffer already learned (with
-    /// [`LedgerBuffer::learn_paths`]).
-    pub fn push_record(&mut self, record: &EventRecord, in_range: bool) -> io::Result<()> {
+    /// [`LedgerBuffer::learn_paths`]); whether the record was kept.
+    pub fn push_record(&mut self, record: &EventRecord, in_range: bool) -> io::Result<bool> {
         let step = match record.kind {
             EventKind::RepositoryPush => Step::RepositoryPush,
             EventKind::DeleteRepository => Step::DeleteRepository,
             kind if kind.is_push() => Step::Push,
-            _ => return Ok(()),
+            _ => return Ok(false),
         };
         let Some(id) = record.ledger_id.as_ref().map(LedgerId::as_bytes) else {
-            return Ok(());
+            return Ok(false);
         };
-        let repository = self.repositories.intern(record.repository);
         let part = &mut self.parts[part_of(record.repository)];
         // The arena's offsets are 32-bit: a part that would pass 4 GiB spills first.
         if part.ids.len() + id.len() > u32::MAX as usize {
@@ -322,7 +460,7 @@ impl<'d> LedgerBuffer<'d> {
         part.records.push(LedgerRecord {
             secs: record.time.secs,
             nanos: record.time.nanos,
-            repository,
+            key: split_key(record.repository),
             user: record.user.unwrap_or(0),
             id_at,
             id_len: id.len() as u32,
@@ -331,6 +469,11 @@ impl<'d> LedgerBuffer<'d> {
                 | if in_range { IN_RANGE } else { 0 },
         });
         self.bytes = self.bytes + part.bytes() - before;
+        self.spill_if_over()?;
+        Ok(true)
+    }
+
+    fn spill_if_over(&mut self) -> io::Result<()> {
         if self.bytes > self.budget.ledger_bytes() {
             self.spill()?;
         }
@@ -339,10 +482,13 @@ impl<'d> LedgerBuffer<'d> {
 
     /// Whether any part was written to disk.
     pub fn spilled(&self) -> bool {
-        self.parts.iter().any(|p| p.runs.is_some())
+        self.parts
+            .iter()
+            .any(|p| p.runs.is_some() || p.path_runs.is_some())
     }
 
-    /// Sorts every part and writes it as a run; the buffer is empty after.
+    /// Sorts every part and writes it as a run, and its paths after the ones spilled before;
+    /// the buffer is empty after.
     ///
     /// One part after another, on the calling thread: the fold tasks call this holding the
     /// buffer's lock, and a parallel loop here would let this thread run another fold task
@@ -350,20 +496,40 @@ impl<'d> LedgerBuffer<'d> {
     fn spill(&mut self) -> io::Result<()> {
         let dir = self.dir;
         for (i, part) in self.parts.iter_mut().enumerate() {
-            if part.records.is_empty() {
-                continue;
+            if !part.records.is_empty() {
+                part.sort();
+                if part.runs.is_none() {
+                    part.runs = Some(RunFile::create(dir, &format!("ledger-part-{i:02}.runs"))?);
+                }
+                let run: Vec<SpilledRecord> =
+                    part.records.iter().map(|r| part.spilled(r)).collect();
+                if let Some(runs) = &mut part.runs {
+                    runs.write_run(&run)?;
+                }
+                part.records = Vec::new();
+                part.ids = Vec::new();
             }
-            part.sort();
-            if part.runs.is_none() {
-                part.runs = Some(RunFile::create(dir, &format!("ledger-part-{i:02}.runs"))?);
+            if !part.paths.is_empty() {
+                if part.path_runs.is_none() {
+                    part.path_runs =
+                        Some(RunFile::create(dir, &format!("ledger-paths-{i:02}.runs"))?);
+                }
+                let paths: Vec<PathRecord> = part
+                    .paths
+                    .iter()
+                    .map(|p| PathRecord {
+                        key: join_key(p.key),
+                        path: part.path(p).into(),
+                    })
+                    .collect();
+                if let Some(runs) = &mut part.path_runs {
+                    runs.write_run(&paths)?;
+                }
+                part.paths = Vec::new();
+                part.path_text = String::new();
             }
-            let run: Vec<SpilledRecord> = part.records.iter().map(|r| part.spilled(r)).collect();
-            if let Some(runs) = &mut part.runs {
-                runs.write_run(&run)?;
-            }
-            part.records = Vec::new();
-            part.ids = Vec::new();
         }
+        self.logged = LoggedKeys::default();
         self.bytes = 0;
         Ok(())
     }
@@ -374,19 +540,28 @@ impl<'d> LedgerBuffer<'d> {
         self,
         on_push: impl Fn(&mut S, ResolvedPush, &[u8]) + Sync,
     ) -> io::Result<Replayed<S>> {
-        let keys = &self.repositories.keys;
-        let budget = self.budget;
-        let ledgers = self.ledger.split(PARTS, part_of);
-        let replayed: Vec<(RepositoryLedger, u64, S)> = self
-            .parts
+        let LedgerBuffer {
+            prior,
+            times,
+            parts,
+            budget,
+            dir,
+            ..
+        } = self;
+        // Each part's repositories, once replayed, stay in memory while all parts' together
+        // take at most half the ledger's share of the budget (whose records are gone by then).
+        let keep_in_memory = budget.ledger_bytes() / 2 / PARTS;
+        let replayed: Vec<(PartEntries, usize, u64, S)> = parts
             .into_par_iter()
-            .zip(ledgers)
-            .map(|(mut part, mut ledger)| {
+            .zip(prior)
+            .enumerate()
+            .map(|(i, (mut part, mut ledger))| {
+                part.teach_paths(&mut ledger, budget.merge_buffer(1))?;
                 let mut sink = S::default();
                 // Applies one event; true when it came late.
                 let mut step = |r: &RecordView| {
-                    let late = ledger.is_late(keys[r.repository as usize], r.time());
-                    if let Some(push) = apply(&mut ledger, keys, r) {
+                    let late = ledger.is_late(r.repository, r.time());
+                    if let Some(push) = apply(&mut ledger, r) {
                         on_push(&mut sink, push, r.id);
                     }
                     late
@@ -427,19 +602,39 @@ impl<'d> LedgerBuffer<'d> {
                         }
                     }
                 }
-                Ok((ledger, late, sink))
+                drop(part);
+                let entries = ledger.entries_with(times);
+                drop(ledger);
+                let existing = entries.iter().filter(|e| e.exists).count();
+                let bytes = entries.capacity() * std::mem::size_of::<LedgerEntry>()
+                    + entries.iter().map(|e| e.path.capacity()).sum::<usize>();
+                let entries = if bytes > keep_in_memory {
+                    let mut file =
+                        RunFile::create(dir, &format!("ledger-repositories-{i:02}.runs"))?;
+                    file.write_run(&entries)?;
+                    PartEntries::Spilled(file.seal()?)
+                } else {
+                    PartEntries::Memory(entries)
+                };
+                Ok((entries, existing, late, sink))
             })
             .collect::<io::Result<_>>()?;
         let mut late_events = 0;
-        let mut parts = Vec::with_capacity(PARTS);
+        let mut existing = 0;
+        let mut entries = Vec::with_capacity(PARTS);
         let mut sinks = Vec::with_capacity(PARTS);
-        for (ledger, late, sink) in replayed {
-            parts.push(ledger);
+        for (part, part_existing, late, sink) in replayed {
+            entries.push(part);
+            existing += part_existing;
             late_events += late;
             sinks.push(sink);
         }
         Ok(Replayed {
-            ledger: RepositoryLedger::join(parts),
+            ledger: ReplayedLedger {
+                buffer: budget.merge_buffer(PARTS),
+                parts: entries,
+                existing,
+            },
             late_events,
             sinks,
         })
@@ -450,7 +645,7 @@ impl<'d> LedgerBuffer<'d> {
 struct RecordView<'a> {
     secs: i64,
     nanos: u32,
-    repository: u32,
+    repository: u128,
     user: u64,
     step: Step,
     flags: u8,
@@ -462,7 +657,7 @@ impl<'a> RecordView<'a> {
         RecordView {
             secs: r.secs,
             nanos: r.nanos,
-            repository: r.repository,
+            repository: join_key(r.key),
             user: r.user,
             step: r.step,
             flags: r.flags,
@@ -480,8 +675,8 @@ impl<'a> RecordView<'a> {
 
 /// Applies one event to its part of the ledger; a repository push comes back resolved.
 /// Lateness is judged before the event is applied, by the caller.
-fn apply(ledger: &mut RepositoryLedger, keys: &[u128], r: &RecordView) -> Option<ResolvedPush> {
-    let key = keys[r.repository as usize];
+fn apply(ledger: &mut RepositoryLedger, r: &RecordView) -> Option<ResolvedPush> {
+    let key = r.repository;
     let time = r.time();
     match r.step {
         Step::DeleteRepository => {
@@ -512,24 +707,28 @@ fn apply(ledger: &mut RepositoryLedger, keys: &[u128], r: &RecordView) -> Option
 mod tests {
     use super::*;
 
-    /// Keys are numbered in the order first seen and keep their numbers as the index grows:
-    /// keys alike in their low bits (which place them) and the zero key included.
+    /// Each key is new once, and stays known as the table grows: keys alike in their low bits
+    /// (which place them) and the zero key included.
     #[test]
-    fn repositories_are_numbered_in_the_order_first_seen() {
-        let mut repositories = Repositories::default();
-        repositories.prefetch(1);
+    fn logged_keys_are_new_once() {
+        let mut logged = LoggedKeys::default();
+        logged.prefetch(1);
         let key = |i: u128| (i % 7) | (i << 64);
         for round in 0..2 {
             for i in 0..5_000u128 {
-                repositories.prefetch(key(i + 1));
-                assert_eq!(
-                    repositories.intern(key(i)),
-                    i as u32,
-                    "round {round}, key {i}"
-                );
+                logged.prefetch(key(i + 1));
+                assert_eq!(logged.insert(key(i)), round == 0, "round {round}, key {i}");
             }
         }
-        assert_eq!(repositories.keys, (0..5_000).map(key).collect::<Vec<_>>());
-        assert!(repositories.slots.len() >= 10_000);
+        assert_eq!(logged.len, 4_999, "the zero key is kept apart");
+        assert!(logged.slots.len() >= 10_000);
+    }
+
+    #[test]
+    fn keys_split_and_join() {
+        for key in [0, 1, u128::MAX, 1 << 64, (7 << 100) | 3] {
+            assert_eq!(join_key(split_key(key)), key);
+        }
+        assert_eq!(std::mem::size_of::<LedgerRecord>(), 48);
     }
 }

@@ -8,7 +8,7 @@ pub mod rejects;
 pub mod service_ping;
 pub mod summary;
 
-use crate::ledger::RepositoryLedger;
+use crate::ledger::ReplayedLedger;
 use crate::spill::{keep_on_signal, remove_on_signal};
 use anyhow::{Context, Result};
 use std::fs::{self, File};
@@ -253,10 +253,13 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `repositories.txt`: one path a line, sorted.
-pub fn write_repositories<W: Write>(ledger: &RepositoryLedger, w: &mut W) -> Result<()> {
-    for r in ledger.sorted_paths() {
-        w.write_all(r.as_bytes())?;
-        w.write_all(b"\n")?;
+pub fn write_repositories<W: Write>(ledger: &ReplayedLedger, w: &mut W) -> Result<()> {
+    for entry in ledger.entries()? {
+        let entry = entry?;
+        if entry.exists {
+            w.write_all(entry.path.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
     }
     Ok(())
 }

@@ -82,7 +82,12 @@ pub fn run(
         consumer: Mutex::new(consumer),
         posted: AtomicBool::new(false),
         folds: Mutex::new(Vec::new()),
-        ledger: Mutex::new(LedgerBuffer::new(prior.ledger, cfg.budget, spill)),
+        ledger: Mutex::new(LedgerBuffer::new(
+            prior.ledger,
+            cfg.keep_event_ids.is_some(),
+            cfg.budget,
+            spill,
+        )),
         failed: Mutex::new(None),
     };
     rayon::scope(|scope| {
@@ -166,6 +171,10 @@ pub fn run(
             }
         })
         .context("cannot replay the repository ledger")?;
+    // The replay may spill the repositories it leaves even when the events fitted.
+    if replayed.ledger.spilled() && !spilled.contains(&"repository_ledger") {
+        spilled.push("repository_ledger");
+    }
     phases.lap("repository_ledger");
     let mut creates = IdKeys::default();
     let mut fold = after.fold;
@@ -470,9 +479,11 @@ impl Shared<'_> {
             // Records de-duplication deferred come back after the chunk is gone: their paths
             // are learned now.
             if job.deferred {
-                ledger.learn_paths(&job.paths);
+                ledger.learn_paths(&job.paths)
+            } else {
+                Ok(())
             }
-            ledger.push_all(&for_ledger, &job.paths)
+            .and_then(|()| ledger.push_all(&for_ledger, &job.paths))
         };
         if let Err(e) = result {
             self.fail(anyhow::Error::new(e).context("repository ledger"));

@@ -11,7 +11,7 @@ pub mod budget;
 pub mod runs;
 
 pub use budget::MemoryBudget;
-pub use runs::{codec, merge, RunFile, SpillRecord};
+pub use runs::{codec, merge, RunFile, SealedRuns, SpillRecord};
 
 use std::fs::{self, File};
 use std::io;

@@ -113,18 +113,58 @@ impl RunFile {
         runs: &[(u64, u64)],
         buffer: usize,
     ) -> io::Result<Vec<RunReader<T>>> {
-        runs.iter()
-            .map(|&(start, len)| {
-                let mut file = File::open(&self.path).map_err(|e| spill_error(&self.path, e))?;
-                file.seek(SeekFrom::Start(start))?;
-                Ok(RunReader {
-                    input: BufReader::with_capacity(buffer, file.take(len)),
-                    path: self.path.clone(),
-                    _record: std::marker::PhantomData,
-                })
-            })
-            .collect()
+        open_runs(&self.path, runs, buffer)
     }
+
+    /// The file, written to the end: its runs can then be read through a shared reference,
+    /// as many times as needed.
+    pub fn seal(mut self) -> io::Result<SealedRuns> {
+        self.out.flush().map_err(|e| spill_error(&self.path, e))?;
+        Ok(SealedRuns {
+            path: self.path,
+            runs: self.runs,
+        })
+    }
+}
+
+/// A [`RunFile`] written to the end.
+pub struct SealedRuns {
+    path: PathBuf,
+    runs: Vec<(u64, u64)>,
+}
+
+impl SealedRuns {
+    /// A reader for each run, each with a buffer of `buffer` bytes.
+    pub fn readers<T: SpillRecord>(&self, buffer: usize) -> io::Result<Vec<RunReader<T>>> {
+        open_runs(&self.path, &self.runs, buffer)
+    }
+
+    /// One reader of every run, one after another: for records whose order does not matter,
+    /// read with one open file however many runs were written.
+    pub fn concatenated<T: SpillRecord>(&self, buffer: usize) -> io::Result<RunReader<T>> {
+        let end = self.runs.last().map_or(0, |&(start, len)| start + len);
+        let mut readers = open_runs(&self.path, &[(0, end)], buffer)?;
+        Ok(readers.remove(0))
+    }
+}
+
+/// Readers of `runs` of the file at `path`.
+fn open_runs<T: SpillRecord>(
+    path: &std::path::Path,
+    runs: &[(u64, u64)],
+    buffer: usize,
+) -> io::Result<Vec<RunReader<T>>> {
+    runs.iter()
+        .map(|&(start, len)| {
+            let mut file = File::open(path).map_err(|e| spill_error(path, e))?;
+            file.seek(SeekFrom::Start(start))?;
+            Ok(RunReader {
+                input: BufReader::with_capacity(buffer, file.take(len)),
+                path: path.to_path_buf(),
+                _record: std::marker::PhantomData,
+            })
+        })
+        .collect()
 }
 
 /// The records of one run, in the order written.

@@ -477,7 +477,10 @@ impl RunState {
         self.metrics
             .merge(metrics)
             .map_err(|e| anyhow::anyhow!("cannot merge this run into the state: {e}"))?;
-        self.ledger = tally.ledger.clone();
+        self.ledger = tally
+            .ledger
+            .to_ledger()
+            .map_err(|e| anyhow::anyhow!("cannot read back the repository ledger: {e}"))?;
         self.recent_ids
             .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
         self.trim_ids(window_days, not_after);
