@@ -353,3 +353,114 @@ fn the_ledger_spills_while_reading_on_many_threads() {
     );
     assert_eq!(outputs(&ws, "spilled"), outputs(&ws, "memory"));
 }
+
+/// Logs shaped like a registry with far more repositories than a run's events name twice, and
+/// users that rarely come back: nearly every push creates a repository, and deletes remove
+/// some of them again. `files` files of `per_file` events over a year.
+fn many_repositories(ws: &Workspace, dir: &str, files: u64, per_file: u64, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for f in 0..files {
+        let lines: Vec<String> = (0..per_file)
+            .map(|i| {
+                let n = f * per_file + i;
+                let ts = format!(
+                    "2021-{:02}-{:02}T{:02}:{:02}:00Z",
+                    1 + rng.below(12),
+                    1 + rng.below(28),
+                    rng.below(24),
+                    rng.below(60)
+                );
+                let user = format!("u{}", rng.below(5_000));
+                let repo = |r: u64| format!("group-{}/project-{r}", r % 97);
+                match rng.below(10) {
+                    0 => Ev::new(
+                        &format!("e{n}"),
+                        &ts,
+                        "delete",
+                        &repo(rng.below(n + 1)),
+                        &user,
+                    )
+                    .no_digest(),
+                    1 => Ev::new(&format!("e{n}"), &ts, "delete", &repo(n), &user).tag("v1"),
+                    2..=5 => Ev::new(&format!("e{n}"), &ts, "push", &repo(n), &user),
+                    _ => Ev::new(&format!("e{n}"), &ts, "push", &repo(n), &user).tag("v1"),
+                }
+                .line()
+            })
+            .collect();
+        ws.write_lines(&format!("{dir}/f{f}.jsonl"), &lines);
+    }
+}
+
+/// Over thousands of repositories, a budget of a few KiB spills the ledger's events, the
+/// paths of their repositories and the repositories each part of the replay leaves; the
+/// outputs are those of a run that kept everything, and nightly runs with a state that spills
+/// the same way end where one run over everything ends.
+#[test]
+fn many_repositories_spill_under_a_tiny_budget() {
+    let ws = Workspace::new();
+    many_repositories(&ws, "logs", 4, 2_000, 24);
+    let whole = ws.run(&["logs"], "memory", &["--memory-limit", "16G"]);
+    assert_eq!(whole.code, 0, "{}", whole.stderr);
+    let repositories = ws.text("memory/repositories.txt").lines().count();
+    assert!(repositories > 4_000, "{repositories} repositories");
+    let tiny = ["-j", "2", "--chunk-bytes", "20000", "--memory-limit", "64K"];
+    let r = ws.run(&["logs"], "spilled", &tiny);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        ws.json("spilled/summary.json")["spilled"],
+        serde_json::json!(["deduplicate", "repository_ledger"])
+    );
+    assert_eq!(
+        ws.json("spilled/summary.json")["repositories"],
+        repositories
+    );
+    assert_same_files(&ws, "spilled", "memory");
+
+    // The same files arriving over two nights, the state's ledger split and spilled again,
+    // end where the same nights with room for everything end.
+    for (name, budget) in [
+        ("tiny", &tiny[..]),
+        ("roomy", &["--memory-limit", "16G"][..]),
+    ] {
+        let state = ws.s(&format!("{name}-state"));
+        let incoming = format!("{name}-incoming");
+        fs::create_dir_all(ws.path(&incoming)).unwrap();
+        for night in 0..2 {
+            for f in [2 * night, 2 * night + 1] {
+                let from = ws.path(&format!("logs/f{f}.jsonl"));
+                fs::copy(from, ws.path(&format!("{incoming}/f{f}.jsonl"))).unwrap();
+            }
+            let mut args = vec!["--state", state.as_str()];
+            args.extend(budget);
+            let r = ws.run(&[&incoming], name, &args);
+            assert_eq!(r.code, 0, "{name}, night {night}: {}", r.stderr);
+        }
+    }
+    assert_same_files(&ws, "tiny", "roomy");
+    for key in ["repositories", "late_events"] {
+        assert_eq!(
+            ws.json("tiny/summary.json")[key],
+            ws.json("roomy/summary.json")[key]
+        );
+    }
+    assert_eq!(
+        ws.json("tiny/summary.json")["spilled"],
+        serde_json::json!(["deduplicate", "repository_ledger"])
+    );
+}
+
+/// Asserts that two runs wrote the same outputs, naming the first file that differs.
+fn assert_same_files(ws: &Workspace, a: &str, b: &str) {
+    for (name, (x, y)) in [
+        "aggregates.parquet",
+        "service_ping.json",
+        "rejects.jsonl",
+        "repositories.txt",
+    ]
+    .iter()
+    .zip(outputs(ws, a).iter().zip(&outputs(ws, b)))
+    {
+        assert!(x == y, "{name} of {a} and {b} differ");
+    }
+}
