@@ -1,9 +1,10 @@
 //! Writes synthetic, realistic registry notification logs for the benchmark.
 //!
 //! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N] [--repositories N]
-//! [--users N]`: EVENTS events over FILES files, about 1 KB a line, one event a line (or
-//! envelopes of 1 to 5 events), plain or gzip. Actions: 70% pull, 22% push, 5% delete (about
-//! one in ten a repository delete), 3% mount; users and repositories drawn uniformly from
+//! [--users N] [--no-pulls]`: EVENTS events over FILES files, about 1 KB a line, one event a
+//! line (or envelopes of 1 to 5 events), plain or gzip. Actions: 70% pull, 22% push, 5% delete
+//! (about one in ten a repository delete), 3% mount, or with `--no-pulls` 80% push and 20%
+//! delete, so that every event counts for a user; users and repositories drawn uniformly from
 //! 20,000 and 30,000 (or the numbers given: millions of repositories, or so many users that
 //! most of a day's are distinct); a year of timestamps; 1% redeliveries. Deterministic for a
 //! seed and shape.
@@ -18,15 +19,16 @@ use fastrand::Rng;
 struct Shape {
     users: u64,
     repositories: u64,
+    no_pulls: bool,
 }
 
 fn event(rng: &mut Rng, shape: &Shape, n: u64, out: &mut Vec<u8>) {
     let roll = rng.u64(..100);
-    let action = match roll {
-        0..=69 => "pull",
-        70..=91 => "push",
-        92..=96 => "delete",
-        _ => "mount",
+    let action = match (shape.no_pulls, roll) {
+        (false, 0..=69) => "pull",
+        (false, 70..=91) | (true, 0..=79) => "push",
+        (false, 92..=96) | (true, _) => "delete",
+        (false, _) => "mount",
     };
     let user = rng.u64(..shape.users);
     let repo = rng.u64(..shape.repositories);
@@ -96,7 +98,7 @@ fn main() {
     if args.len() < 3 {
         eprintln!(
             "usage: gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N] \
-             [--repositories N] [--users N]"
+             [--repositories N] [--users N] [--no-pulls]"
         );
         std::process::exit(2);
     }
@@ -118,6 +120,7 @@ fn main() {
     let shape = Shape {
         users: number("--users", 20_000).max(1),
         repositories: number("--repositories", 30_000).max(1),
+        no_pulls: args.iter().any(|a| a == "--no-pulls"),
     };
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng::with_seed(seed);

@@ -194,21 +194,21 @@ impl UserSketch {
         debug_assert!(codes.windows(2).all(|w| w[0] < w[1]));
         let m = 1usize << precision;
         let counts = (m, 1 << (PRIME_PRECISION - 1), 4 * m / 5);
-        let mut buf = Vec::with_capacity(codes.len() * 3);
+        let dense = UserSketch::codes_are_dense(precision, codes);
+        let mut buf = Vec::new();
         let mut last = 0u32;
-        for &code in codes {
-            let mut delta = code - last;
-            while delta >= 0x80 {
-                buf.push((delta & 0x7f) as u8 | 0x80);
-                delta >>= 7;
-            }
-            buf.push(delta as u8);
-            last = code;
-            if buf.len() > counts.2 {
-                break;
+        if !dense {
+            buf.reserve(codes.len() * 3);
+            for &code in codes {
+                let mut delta = code - last;
+                while delta >= 0x80 {
+                    buf.push((delta & 0x7f) as u8 | 0x80);
+                    delta >>= 7;
+                }
+                buf.push(delta as u8);
+                last = code;
             }
         }
-        let dense = buf.len() > counts.2;
         let (sparse, registers, counted) = if dense {
             let mut registers = RegistersLayout {
                 buf: vec![0; m.div_ceil(5)],
@@ -258,6 +258,26 @@ impl UserSketch {
             hll,
             counted,
         }
+    }
+}
+
+impl UserSketch {
+    /// Whether the sketch of these codes (sorted, without repeats) is dense: its sparse list,
+    /// deltas in varints, would take more than four fifths of a byte per register. More codes
+    /// only lengthen the list, so every superset's sketch is dense too.
+    pub fn codes_are_dense(precision: u8, codes: &[u32]) -> bool {
+        let limit = 4 * (1usize << precision) / 5;
+        let mut bytes = 0usize;
+        let mut last = 0u32;
+        for &code in codes {
+            let bits = 32 - (code - last).leading_zeros().min(31);
+            bytes += bits.div_ceil(7) as usize;
+            last = code;
+            if bytes > limit {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -453,6 +473,20 @@ impl WarehouseSketch {
             sketch.hll.update_with_coupon(c);
         }
         sketch
+    }
+
+    /// Adds one user.
+    pub fn insert(&mut self, coupon: Coupon) {
+        self.hll.update_with_coupon(coupon);
+    }
+
+    /// Whether the sketch is dense (in HLL mode): then its bytes depend only on its registers,
+    /// and more users keep it dense.
+    pub fn is_dense(&self) -> bool {
+        self.hll
+            .serialize()
+            .get(7)
+            .is_some_and(|mode| mode & 0x3 == 2)
     }
 
     /// Adds every user of `other` (a DataSketches union, as warehouses merge).

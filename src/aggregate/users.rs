@@ -5,6 +5,12 @@
 //! Sketches are built once per cell at the end, from the sorted codes of its users: inserting
 //! every event into a sparse HyperLogLog++ costs far more than an append, and the lists hold
 //! nothing the sketches would not. Weeks and months are the unions of their days.
+//!
+//! A day with so many users that both its sketches are dense is held as those sketches
+//! instead ([`DenseUsers`]): their size is fixed by the precision, not by the users, and a
+//! dense sketch's bytes depend only on its registers, which are the same however the users
+//! came in. So a year of days with hundreds of thousands of users each takes the same memory
+//! as a year of days with thousands, and every byte of the outputs is what the lists give.
 
 use super::period::{Period, PeriodKind};
 use super::sketch::{sparse_code, UserSketch, WarehouseSketch};
@@ -18,11 +24,77 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::sync::{Arc, RwLock};
 
-/// Where each user lands in the `hll_sketch` column, by identity hash: parse threads report
-/// each user's coupon about once per run ([`crate::parse::chunk::ParseRules::run`]), not with every
-/// record.
-pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
+type CouponMap = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher>>;
+
+/// Where each user lands in the `hll_sketch` column, by identity hash: filled by the parse
+/// tasks (each user about once per thread and run, [`crate::parse::chunk::ParseRules::run`])
+/// before their chunk is folded, and read by the folds, which may need any user's coupon at
+/// any time once a day is dense. Shards keep the parse tasks' writes from queuing behind
+/// each other.
+pub struct UserCoupons {
+    shards: Vec<RwLock<CouponMap>>,
+}
+
+const COUPON_SHARDS: usize = 64;
+
+impl Default for UserCoupons {
+    fn default() -> UserCoupons {
+        UserCoupons {
+            shards: (0..COUPON_SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for UserCoupons {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UserCoupons({} users)", self.len())
+    }
+}
+
+impl UserCoupons {
+    fn shard(&self, hash: u64) -> &RwLock<CouponMap> {
+        &self.shards[(hash >> 58) as usize % COUPON_SHARDS]
+    }
+
+    /// Learns where users land.
+    pub fn insert_all(&self, users: impl IntoIterator<Item = (u64, Coupon)>) {
+        for (hash, coupon) in users {
+            self.shard(hash)
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(hash, coupon);
+        }
+    }
+
+    /// Where a counted user lands (every counted user's coupon is learned before its events
+    /// are folded).
+    pub fn get(&self, hash: u64) -> Option<Coupon> {
+        self.shard(hash)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            .copied()
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    fn entries(&self) -> Vec<(u64, Coupon)> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let map = s.read().unwrap_or_else(|p| p.into_inner());
+                map.iter().map(|(h, c)| (*h, *c)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
 
 /// Users and events of one tracked event in one period.
 ///
@@ -30,35 +102,122 @@ pub type UserCoupons = HashMap<u64, Coupon, BuildHasherDefault<PassThroughHasher
 /// whenever the list has doubled since it last was: an append writes at the list's end, which
 /// stays in cache for every day of a year of cells, where a hash set's insert read a random
 /// place of one of a year of tables (the fold's largest stall on 4M events). The list holds
-/// at most about twice the cell's distinct users.
+/// at most about twice the cell's distinct users, until they are enough for both sketches to
+/// be dense: then the cell holds the sketches ([`Densify`]).
 #[derive(Clone, Debug, Default)]
 pub struct Cell {
     pub events: u64,
     users: Vec<u64>,
     /// How many of `users` were one of each when last cut.
     distinct: usize,
+    /// The sketches of the cell's users, once both are dense; `users` is empty then.
+    dense: Option<Box<DenseUsers>>,
+}
+
+/// A cell's users as its two sketches, both dense.
+#[derive(Clone, Debug)]
+struct DenseUsers {
+    sketch: UserSketch,
+    hll: WarehouseSketch,
+}
+
+impl DenseUsers {
+    fn insert(&mut self, user: u64, coupons: &UserCoupons) {
+        self.sketch.insert(user);
+        if let Some(c) = coupons.get(user) {
+            self.hll.insert(c);
+        }
+    }
+
+    fn merge(&mut self, other: &DenseUsers) {
+        // Both come from one run's cells, of one precision.
+        let _ = self.sketch.merge(&other.sketch);
+        let _ = self.hll.merge(&other.hll);
+    }
+}
+
+/// When a cell's users turn into sketches: from `1 << precision >> 2` distinct users on, at
+/// each cut, once the sketches of its users are both dense. With the Redis export cells stay
+/// lists, whose weeks' users it writes one by one.
+#[derive(Clone, Debug)]
+pub struct Densify {
+    pub precision: u8,
+    pub coupons: Arc<UserCoupons>,
+}
+
+impl Densify {
+    /// The dense sketches of these users (sorted, one of each), if both are dense.
+    fn sketches(&self, users: &[u64]) -> Option<DenseUsers> {
+        if users.len() < (1usize << self.precision) / 4 {
+            return None;
+        }
+        let mut codes: Vec<u32> = users
+            .iter()
+            .map(|&h| sparse_code(self.precision, h))
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        if !UserSketch::codes_are_dense(self.precision, &codes) {
+            return None;
+        }
+        let coupons: Vec<Coupon> = users.iter().filter_map(|&h| self.coupons.get(h)).collect();
+        let hll = WarehouseSketch::of_users(self.precision, &coupons);
+        hll.is_dense().then(|| DenseUsers {
+            sketch: UserSketch::of_codes(self.precision, &codes),
+            hll,
+        })
+    }
 }
 
 /// The fewest users a list holds before it is first cut.
 const FIRST_CUT: usize = 64;
 
 impl Cell {
-    fn add(&mut self, user: u64) {
+    fn add(&mut self, user: u64, densify: Option<&Densify>) {
         self.events += 1;
-        self.users.push(user);
-        self.cut_if_doubled();
+        match (&mut self.dense, densify) {
+            (Some(dense), Some(d)) => dense.insert(user, &d.coupons),
+            _ => {
+                self.users.push(user);
+                self.cut_if_doubled(densify);
+            }
+        }
     }
 
-    fn merge_from(&mut self, other: &Cell) {
+    fn merge_from(&mut self, other: &Cell, densify: Option<&Densify>) {
         self.events += other.events;
-        self.users.extend_from_slice(&other.users);
-        self.cut_if_doubled();
+        match (&mut self.dense, &other.dense, densify) {
+            (Some(mine), Some(theirs), _) => mine.merge(theirs),
+            (Some(mine), None, Some(d)) => {
+                for &u in &other.users {
+                    mine.insert(u, &d.coupons);
+                }
+            }
+            (None, Some(theirs), Some(d)) => {
+                let mut dense = theirs.clone();
+                for &u in &self.users {
+                    dense.insert(u, &d.coupons);
+                }
+                self.users = Vec::new();
+                self.distinct = 0;
+                self.dense = Some(dense);
+            }
+            _ => {
+                self.users.extend_from_slice(&other.users);
+                self.cut_if_doubled(densify);
+            }
+        }
     }
 
     /// Cuts the list once it has doubled since it was last cut.
-    fn cut_if_doubled(&mut self) {
+    fn cut_if_doubled(&mut self, densify: Option<&Densify>) {
         if self.users.len() >= (2 * self.distinct).max(FIRST_CUT) {
             self.cut();
+            if let Some(dense) = densify.and_then(|d| d.sketches(&self.users)) {
+                self.users = Vec::new();
+                self.distinct = 0;
+                self.dense = Some(Box::new(dense));
+            }
         }
     }
 
@@ -69,7 +228,7 @@ impl Cell {
         self.distinct = self.users.len();
     }
 
-    /// The cell's users, one of each, sorted.
+    /// The cell's users, one of each, sorted (a cell of the Redis export, never dense).
     pub(super) fn distinct_users(mut self) -> Vec<u64> {
         self.cut();
         self.users
@@ -78,7 +237,13 @@ impl Cell {
 
 impl PartialEq for Cell {
     fn eq(&self, other: &Cell) -> bool {
+        let sketches = |c: &Cell| {
+            c.dense
+                .as_ref()
+                .map(|d| (d.sketch.clone().to_bytes(), d.hll.to_bytes()))
+        };
         self.events == other.events
+            && sketches(self) == sketches(other)
             && self.clone().distinct_users() == other.clone().distinct_users()
     }
 }
@@ -89,13 +254,29 @@ pub struct Aggregate {
     /// FxHash: std's SipHash, made to resist hostile keys, was a visible share of the fold,
     /// and these keys come from a handful of metrics and periods.
     cells: FxHashMap<(TrackedEvent, Period), Cell>,
-    /// Where each user lands in the `hll_sketch` column, by identity hash.
-    coupons: UserCoupons,
+    /// Where each user lands in the `hll_sketch` column, by identity hash: shared by every
+    /// fold of a run.
+    coupons: Arc<UserCoupons>,
+    /// Whether (and at which precision) cells with many users turn into sketches.
+    densify: Option<Densify>,
     /// With the Redis export: counted users' names and JWT ids, by identity hash.
     pub(super) gitlab_users: HashMap<u64, ReportedUser, BuildHasherDefault<PassThroughHasher>>,
 }
 
 impl Aggregate {
+    /// An empty aggregate reading users' coupons from `coupons` (which the run's parse tasks
+    /// fill); with `densify_at`, a precision, cells with many users turn into its sketches.
+    pub fn new(coupons: Arc<UserCoupons>, densify_at: Option<u8>) -> Aggregate {
+        Aggregate {
+            densify: densify_at.map(|precision| Densify {
+                precision,
+                coupons: coupons.clone(),
+            }),
+            coupons,
+            ..Aggregate::default()
+        }
+    }
+
     /// Counts one event by a user on a UTC date.
     ///
     /// Only the day's cell: weeks and months are rolled up from the days at the end
@@ -104,7 +285,7 @@ impl Aggregate {
         self.cells
             .entry((event, Period::day_of(date)))
             .or_default()
-            .add(user);
+            .add(user, self.densify.as_ref());
     }
 
     /// The day cells gathered into the periods `period_of` puts each day in, each the union of
@@ -117,7 +298,7 @@ impl Aggregate {
         for ((event, day), cell) in &self.cells {
             if day.kind == PeriodKind::Day {
                 let c = to.entry((*event, period_of(day.start))).or_default();
-                c.merge_from(cell);
+                c.merge_from(cell, self.densify.as_ref());
             }
         }
         to
@@ -125,7 +306,7 @@ impl Aggregate {
 
     /// Learns where users land in the `hll_sketch` column.
     pub fn learn_users(&mut self, users: impl IntoIterator<Item = (u64, Coupon)>) {
-        self.coupons.extend(users);
+        self.coupons.insert_all(users);
     }
 
     /// Adds everything `other` counted.
@@ -138,33 +319,34 @@ impl Aggregate {
         // The cells both hold are merged on every core (each merge may sort a day's users,
         // and folds merge twice a run, after reading and after the ledger); the others only
         // move.
+        let densify = big.densify.clone().or_else(|| small.densify.clone());
         big.cells.par_iter_mut().for_each(|(key, cell)| {
             if let Some(theirs) = small.cells.get(key) {
-                cell.merge_from(theirs);
+                cell.merge_from(theirs, densify.as_ref());
             }
         });
         for (key, cell) in small.cells {
             big.cells.entry(key).or_insert(cell);
         }
-        if big.coupons.len() < small.coupons.len() {
-            let mine = std::mem::replace(&mut big.coupons, small.coupons);
-            big.coupons.extend(mine);
-        } else {
-            big.coupons.extend(small.coupons);
+        // The folds of a run share one table; folds made apart (tests) each have their own.
+        if !Arc::ptr_eq(&big.coupons, &small.coupons) {
+            big.coupons.insert_all(small.coupons.entries());
         }
+        big.densify = densify;
         big.learn_gitlab_users(small.gitlab_users);
         big
     }
 
     /// The sketches of every non-empty cell and of the union row, built on every core.
     ///
-    /// Each day cell's users become the sorted codes of both sketches ([`CellUsers`]); a
-    /// week's or month's are the sorted union of its days', and a period's union row the
-    /// sorted union of its cells'. Each sketch is then built in one pass from its codes
-    /// (`UserSketch::of_codes`), which gives the bytes inserting the users one by one gives
+    /// Each day cell's users become the sorted codes of both sketches ([`CellUsers`]), or are
+    /// its dense sketches already; a week's or month's are the sorted union of its days' (or
+    /// the union of their sketches, when one is dense), and a period's union row the union of
+    /// its cells'. Each sketch of codes is then built in one pass (`UserSketch::of_codes`),
+    /// which gives the bytes inserting the users one by one gives
     /// (`rolled_up_and_union_rows_equal_sketches_of_their_users`).
     pub fn into_table(self, precision: u8) -> MetricTable {
-        let coupons = &self.coupons;
+        let coupons = &*self.coupons;
         let days: Vec<(TrackedEvent, Period, CellUsers)> = self
             .cells
             .into_par_iter()
@@ -178,7 +360,7 @@ impl Aggregate {
         }
         let rolled_up: Vec<(TrackedEvent, Period, CellUsers)> = parts
             .into_par_iter()
-            .map(|((event, period), days)| (event, period, CellUsers::union(&days)))
+            .map(|((event, period), days)| (event, period, CellUsers::union(&days, precision)))
             .collect();
         let mut by_period: HashMap<Period, Vec<(TrackedEvent, &CellUsers)>> = HashMap::new();
         for (event, period, users) in days.iter().chain(&rolled_up) {
@@ -188,7 +370,7 @@ impl Aggregate {
             .into_par_iter()
             .flat_map_iter(|(period, cells)| {
                 let all: Vec<&CellUsers> = cells.iter().map(|(_, users)| *users).collect();
-                let total = CellUsers::union(&all).table_cell(precision);
+                let total = CellUsers::union(&all, precision).table_cell(precision);
                 cells
                     .into_iter()
                     .map(move |(event, users)| {
@@ -205,18 +387,32 @@ impl Aggregate {
     }
 }
 
-/// One cell's events, and its users as the sorted, distinct codes of both sketches: what
-/// its sketches are built from, and what a longer period's cell is the union of.
+/// One cell's events, and its users as the sorted, distinct codes of both sketches, or as
+/// both sketches once dense: what its sketches are built from, and what a longer period's
+/// cell is the union of.
 struct CellUsers {
     events: u64,
-    /// [`sparse_code`]s of the users' identity hashes.
-    codes: Vec<u32>,
-    /// The users' `hll_sketch` coupons.
-    coupons: Vec<Coupon>,
+    users: Users,
+}
+
+enum Users {
+    Listed {
+        /// [`sparse_code`]s of the users' identity hashes.
+        codes: Vec<u32>,
+        /// The users' `hll_sketch` coupons.
+        coupons: Vec<Coupon>,
+    },
+    Dense(Box<DenseUsers>),
 }
 
 impl CellUsers {
     fn of(cell: Cell, precision: u8, coupons: &UserCoupons) -> CellUsers {
+        if let Some(dense) = cell.dense {
+            return CellUsers {
+                events: cell.events,
+                users: Users::Dense(dense),
+            };
+        }
         let mut codes: Vec<u32> = cell
             .users
             .iter()
@@ -224,36 +420,62 @@ impl CellUsers {
             .collect();
         codes.sort_unstable();
         codes.dedup();
-        // Every counted user's coupon was learned from its chunk (`Aggregate::learn_users`).
-        let mut coupons: Vec<Coupon> = cell
-            .users
-            .iter()
-            .filter_map(|h| coupons.get(h).copied())
-            .collect();
+        // Every counted user's coupon was learned before its events were folded.
+        let mut coupons: Vec<Coupon> = cell.users.iter().filter_map(|&h| coupons.get(h)).collect();
         coupons.sort_unstable();
         coupons.dedup();
         CellUsers {
             events: cell.events,
-            codes,
-            coupons,
+            users: Users::Listed { codes, coupons },
         }
     }
 
-    /// The cell of all these cells' events and users.
-    fn union(parts: &[&CellUsers]) -> CellUsers {
-        let codes: Vec<&[u32]> = parts.iter().map(|p| &p.codes[..]).collect();
-        let coupons: Vec<&[Coupon]> = parts.iter().map(|p| &p.coupons[..]).collect();
-        CellUsers {
-            events: parts.iter().map(|p| p.events).sum(),
-            codes: union_of_sorted(&codes),
-            coupons: union_of_sorted(&coupons),
+    /// The cell of all these cells' events and users: the sorted union of their lists, or,
+    /// when one is dense, the union of their sketches (dense too, being of more users).
+    fn union(parts: &[&CellUsers], precision: u8) -> CellUsers {
+        let events = parts.iter().map(|p| p.events).sum();
+        let mut dense: Option<DenseUsers> = None;
+        let mut codes: Vec<&[u32]> = Vec::new();
+        let mut coupons: Vec<&[Coupon]> = Vec::new();
+        for p in parts {
+            match &p.users {
+                Users::Listed {
+                    codes: c,
+                    coupons: k,
+                } => {
+                    codes.push(c);
+                    coupons.push(k);
+                }
+                Users::Dense(d) => match &mut dense {
+                    Some(all) => all.merge(d),
+                    None => dense = Some((**d).clone()),
+                },
+            }
         }
+        let codes = union_of_sorted(&codes);
+        let coupons = union_of_sorted(&coupons);
+        let users = match dense {
+            None => Users::Listed { codes, coupons },
+            Some(mut all) => {
+                let _ = all.sketch.merge(&UserSketch::of_codes(precision, &codes));
+                coupons.iter().for_each(|&c| all.hll.insert(c));
+                Users::Dense(Box::new(all))
+            }
+        };
+        CellUsers { events, users }
     }
 
     fn table_cell(&self, precision: u8) -> TableCell {
+        let (sketch, hll) = match &self.users {
+            Users::Listed { codes, coupons } => (
+                UserSketch::of_codes(precision, codes),
+                WarehouseSketch::of_users(precision, coupons),
+            ),
+            Users::Dense(d) => (d.sketch.clone(), d.hll.clone()),
+        };
         TableCell {
-            sketch: UserSketch::of_codes(precision, &self.codes),
-            hll_sketch: Some(WarehouseSketch::of_users(precision, &self.coupons)),
+            sketch,
+            hll_sketch: Some(hll),
             events: self.events,
         }
     }
@@ -359,16 +581,39 @@ mod tests {
             TrackedEvent::DeleteRepository,
         ];
         let days = [d(2021, 1, 4), d(2021, 1, 6), d(2021, 1, 10), d(2021, 1, 11)];
-        // Users per cell and day: all small; one past the sparse limit; all past it.
-        for sizes in [[3, 40, 0, 120, 7], [50, 9000, 300, 1, 2000], [7000; 5]] {
-            let mut agg = Aggregate::default();
+        // Users per cell and day: all small; one past the sparse limit; all past it; with
+        // cells turned dense, some days dense and others not.
+        let coupon = |h: u64| Coupon::from_value(h);
+        let cases = [
+            ([3, 40, 0, 120, 7], false),
+            ([50, 9000, 300, 1, 2000], false),
+            ([7000; 5], false),
+            ([50, 9000, 300, 1, 2000], true),
+            ([20000, 5000, 20000, 300, 9000], true),
+        ];
+        for (sizes, densify) in cases {
+            // Turning dense, the events go to two folds that share the run's table of coupons,
+            // merged after: cells dense in one and listed in the other merge too.
+            let table = Arc::new(UserCoupons::default());
+            let new = || match densify {
+                false => Aggregate::default(),
+                true => Aggregate::new(table.clone(), Some(14)),
+            };
+            let (mut agg, mut other) = (new(), new());
             let mut users: HashMap<(&str, Period), std::collections::HashSet<u64>> = HashMap::new();
             for (k, (event, n)) in events.iter().zip(sizes).enumerate() {
                 for (j, day) in days.iter().enumerate() {
                     // Each day shares some users with the others, and cells share some.
                     for i in 0..n {
                         let user = u((k as u32) * 3000 + (j as u32) * (n / 2 + 1) + i);
-                        agg.add(*event, *day, user);
+                        if densify {
+                            table.insert_all([(user, coupon(user))]);
+                        }
+                        if i % 5 == 0 {
+                            other.add(*event, *day, user);
+                        } else {
+                            agg.add(*event, *day, user);
+                        }
                         for period in [Period::day_of(*day), Period::week_of(*day)]
                             .into_iter()
                             .chain([Period::month_of(*day)])
@@ -380,7 +625,20 @@ mod tests {
                     }
                 }
             }
-            let coupon = |h: u64| Coupon::from_value(h);
+            let dense = |a: &Aggregate| a.cells.values().filter(|c| c.dense.is_some()).count();
+            let dense_before = (dense(&agg), dense(&other));
+            let mut agg = agg.merge(other);
+            assert_eq!(
+                densify && sizes.iter().any(|&n| n >= 9000),
+                dense(&agg) > 0,
+                "{sizes:?}: dense cells"
+            );
+            if sizes[0] == 20000 {
+                assert!(
+                    dense_before.0 > 0 && dense_before.1 == 0,
+                    "{dense_before:?}"
+                );
+            }
             let all: Vec<u64> = users.values().flatten().copied().collect();
             agg.learn_users(all.iter().map(|&h| (h, coupon(h))));
             let mut rows = agg.into_table(14).into_rows();
@@ -390,7 +648,7 @@ mod tests {
                 let mut inserted = UserSketch::new(14);
                 cell_users.iter().for_each(|&h| inserted.insert(h));
                 let coupons: Vec<Coupon> = cell_users.iter().map(|&h| coupon(h)).collect();
-                let what = format!("{sizes:?} {} {}", row.metric, row.period);
+                let what = format!("{sizes:?} {densify} {} {}", row.metric, row.period);
                 assert!(row.sketch.to_bytes() == inserted.to_bytes(), "{what}");
                 let hll = row.hll_sketch.as_ref().unwrap().to_bytes();
                 assert!(
@@ -411,12 +669,12 @@ mod tests {
     fn cells_hold_each_user_once_within_twice_their_users() {
         let mut cell = Cell::default();
         for i in 0..100_000u32 {
-            cell.add(u(i % 1000));
+            cell.add(u(i % 1000), None);
             assert!(cell.users.len() <= 2 * 1000 + 1, "{i}");
         }
         let mut other = Cell::default();
-        (990..1010).for_each(|i| other.add(u(i)));
-        cell.merge_from(&other);
+        (990..1010).for_each(|i| other.add(u(i), None));
+        cell.merge_from(&other, None);
         assert_eq!(cell.events, 100_020);
         let mut want: Vec<u64> = (0..1010).map(u).collect();
         want.sort_unstable();

@@ -535,9 +535,10 @@ impl<'d> LedgerBuffer<'d> {
     }
 
     /// Replays every part in (time, id) order on all cores. Each part's resolved pushes go to
-    /// `on_push`, with their event id and that part's sink (made by `S::default()`).
-    pub fn replay<S: Default + Send>(
+    /// `on_push`, with their event id and that part's sink (made by `new_sink`).
+    pub fn replay<S: Send>(
         self,
+        new_sink: impl Fn() -> S + Sync,
         on_push: impl Fn(&mut S, ResolvedPush, &[u8]) + Sync,
     ) -> io::Result<Replayed<S>> {
         let LedgerBuffer {
@@ -557,7 +558,7 @@ impl<'d> LedgerBuffer<'d> {
             .enumerate()
             .map(|(i, (mut part, mut ledger))| {
                 part.teach_paths(&mut ledger, budget.merge_buffer(1))?;
-                let mut sink = S::default();
+                let mut sink = new_sink();
                 // Applies one event; true when it came late.
                 let mut step = |r: &RecordView| {
                     let late = ledger.is_late(r.repository, r.time());

@@ -50,7 +50,8 @@ pub struct ChunkOutput {
     /// Paths of the repositories this chunk pushes to or deletes, by key.
     pub ledger_paths: PathMap,
     /// The users of events that can count in a user metric, each reported by the first chunk
-    /// its thread parsed it in (every chunk is folded, so every such user reaches the fold).
+    /// its thread parsed it in (the run's table of coupons learns them before the chunk is
+    /// folded, so every such user's coupon is known when its events are).
     pub users: Vec<(u64, Coupon)>,
     /// The users this chunk's thread has reported in this run, lent by [`REPORTED`].
     reported: IdentitySeen,

@@ -21,7 +21,8 @@
 
 pub mod scheduler;
 
-use crate::aggregate::Fold;
+use crate::aggregate::users::UserCoupons;
+use crate::aggregate::{Aggregate, Fold};
 use crate::classify::TrackedEvent;
 use crate::config::{Prior, RunConfig};
 use crate::dedup::rows::{ChunkRows, DeferredFirsts, RowSpool};
@@ -39,7 +40,6 @@ use crate::records::{EventRecord, LineCounts, PathMap, ReportedUser};
 use crate::spill::SpillDir;
 use crate::tally::{DatasetRows, IdKeys, Phases, Resolution, Tally};
 use anyhow::{Context, Result};
-use datasketches::hll::Coupon;
 use scheduler::{Piece, Schedule, Start};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,8 +73,10 @@ pub fn run(
         dedup,
         rows: cfg.rules.rows.then(|| RowSpool::new(spill)),
     };
+    let coupons = Arc::new(UserCoupons::default());
     let shared = Shared {
         cfg,
+        coupons: coupons.clone(),
         pool: BufferPool::new(scheduler::limit(threads)),
         records,
         progress: progress.clone(),
@@ -128,7 +130,7 @@ pub fn run(
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
         .into_iter()
-        .fold(AfterDedup::new(cfg), AfterDedup::merge);
+        .fold(AfterDedup::new(cfg, &coupons), AfterDedup::merge);
     let mut ledger = shared
         .ledger
         .into_inner()
@@ -162,14 +164,20 @@ pub fn run(
     }
     let want_creates = rows.is_some();
     let replayed = ledger
-        .replay(|sink: &mut ReplaySink, push: ResolvedPush, id: &[u8]| {
-            if push.counted {
-                sink.fold.resolved_push(push);
-            }
-            if want_creates && push.event == TrackedEvent::CreateRepository {
-                sink.creates.insert(event_key(id));
-            }
-        })
+        .replay(
+            || ReplaySink {
+                fold: new_fold(cfg, &coupons),
+                creates: IdKeys::default(),
+            },
+            |sink: &mut ReplaySink, push: ResolvedPush, id: &[u8]| {
+                if push.counted {
+                    sink.fold.resolved_push(push);
+                }
+                if want_creates && push.event == TrackedEvent::CreateRepository {
+                    sink.creates.insert(event_key(id));
+                }
+            },
+        )
         .context("cannot replay the repository ledger")?;
     // The replay may spill the repositories it leaves even when the events fitted.
     if replayed.ledger.spilled() && !spilled.contains(&"repository_ledger") {
@@ -231,9 +239,18 @@ pub fn run(
     })
 }
 
+/// A fold of this run: its users' coupons read from the run's table, and days with many users
+/// held as sketches, unless the Redis export needs every week's users one by one.
+fn new_fold(cfg: &RunConfig, coupons: &Arc<UserCoupons>) -> Fold {
+    let densify_at = cfg.user_ids.is_none().then_some(cfg.precision);
+    Fold {
+        aggregate: Aggregate::new(coupons.clone(), densify_at),
+        ..Fold::default()
+    }
+}
+
 /// What each part of the ledger's replay gathers: the fold of counted repository pushes, and
 /// (for the events dataset) the ids of those that created their repository.
-#[derive(Default)]
 struct ReplaySink {
     fold: Fold,
     creates: IdKeys,
@@ -262,6 +279,9 @@ struct InputReader {
 /// What the tasks of a run share.
 struct Shared<'r> {
     cfg: &'r RunConfig,
+    /// Where the run's users land in the `hll_sketch` column: each parse task adds the users
+    /// its chunk reports before the chunk is folded.
+    coupons: Arc<UserCoupons>,
     /// Chunk buffers, and record vectors, for reuse.
     pool: BufferPool,
     records: BufferPool<EventRecord>,
@@ -353,7 +373,8 @@ impl<'r> Shared<'r> {
                     r.next_chunk += 1;
                     scope.spawn(move |scope| {
                         let events = self.records.take(0);
-                        let out = parse_chunk_into(&chunk, &self.cfg.rules, events);
+                        let mut out = parse_chunk_into(&chunk, &self.cfg.rules, events);
+                        self.coupons.insert_all(std::mem::take(&mut out.users));
                         if let Chunk::Lines(buf) = chunk {
                             self.pool.give(buf);
                         }
@@ -454,7 +475,7 @@ impl Shared<'_> {
         }
         let mut after = lock(&self.folds)
             .pop()
-            .unwrap_or_else(|| AfterDedup::new(self.cfg));
+            .unwrap_or_else(|| AfterDedup::new(self.cfg, &self.coupons));
         // The ledger's share: (record, in range), appended under its lock in one go.
         let mut for_ledger = Vec::new();
         for (r, _) in job.records.iter().zip(&job.firsts).filter(|(_, f)| **f) {
@@ -463,12 +484,6 @@ impl Shared<'_> {
                 for_ledger.push((r, in_range));
             }
         }
-        // Every user of the chunk, first delivery or not: records de-duplication deferred are
-        // folded later, without their chunk.
-        after
-            .fold
-            .aggregate
-            .learn_users(std::mem::take(&mut job.users));
         after
             .fold
             .aggregate
@@ -506,7 +521,6 @@ struct FoldJob {
     records: Vec<EventRecord>,
     firsts: Vec<bool>,
     paths: PathMap,
-    users: Vec<(u64, Coupon)>,
     gitlab_users: Vec<(u64, ReportedUser)>,
     /// De-duplication deferred some of the records (it has spilled).
     deferred: bool,
@@ -586,7 +600,6 @@ impl Consumer<'_> {
                     records: chunk.events,
                     firsts,
                     paths: chunk.ledger_paths,
-                    users: chunk.users,
                     gitlab_users: chunk.gitlab_users,
                     deferred: self.dedup.spilled(),
                 }))
@@ -603,10 +616,10 @@ struct AfterDedup<'r> {
 }
 
 impl<'r> AfterDedup<'r> {
-    fn new(cfg: &'r RunConfig) -> AfterDedup<'r> {
+    fn new(cfg: &'r RunConfig, coupons: &Arc<UserCoupons>) -> AfterDedup<'r> {
         AfterDedup {
             cfg,
-            fold: Fold::default(),
+            fold: new_fold(cfg, coupons),
             ids: RecentIds::new(cfg.keep_event_ids),
         }
     }
