@@ -62,7 +62,10 @@ fn main() {
                 agg
             },
         )
-        .reduce(|| Aggregate::new(coupons.clone(), densify), Aggregate::merge);
+        .reduce(
+            || Aggregate::new(coupons.clone(), densify),
+            Aggregate::merge,
+        );
     let folded = peak_mib();
     let mut rows = aggregate.into_table(14).into_rows();
     let mut digest = xxhash_rust::xxh3::Xxh3::new();
