@@ -2,7 +2,7 @@
 //! (and a state) before any log is read.
 
 use crate::dedup::window::IdWindow;
-use crate::ledger::RepositoryLedger;
+use crate::ledger::PriorLedger;
 use crate::parse::chunk::ParseRules;
 use crate::read::user_ids::IdsByUser;
 use crate::read::InputPath;
@@ -37,9 +37,9 @@ pub struct RunConfig {
 }
 
 /// What earlier runs left for this one: the repository ledger and the ids already seen.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Prior {
-    pub ledger: RepositoryLedger,
+    pub ledger: PriorLedger,
     /// Event ids (xxh3-128) whose later deliveries are duplicates.
     pub seen_ids: Vec<u128>,
 }

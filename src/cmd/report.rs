@@ -6,6 +6,7 @@ use crate::aggregate::period::PeriodKind;
 use crate::aggregate::{DistinctUsers, MetricRow, MetricTable};
 use crate::classify::{metric_names, short_name};
 use crate::cmd::flags::{check_range, parse_date, usage};
+use crate::ledger::PriorLedger;
 use crate::output::aggregates::read_aggregates;
 use crate::output::chart::{sparkline, weekly_chart, weekly_users};
 use crate::output::service_ping::ServicePing;
@@ -64,7 +65,7 @@ pub struct ReportArgs {
 pub fn report(args: ReportArgs, today: NaiveDate) -> Result<ExitCode> {
     check_range(args.since, args.until)?;
     let (table, source): (MetricTable, &Path) = match (&args.state, &args.from) {
-        (Some(dir), _) => match RunState::load(dir, None) {
+        (Some(dir), _) => match RunState::load(dir, None, PriorLedger::discard()) {
             Ok(Some(state)) => (state.metrics, dir),
             Ok(None) => return usage(format!("{} holds no regtally state", dir.display())),
             Err(e) => return usage(e.to_string()),

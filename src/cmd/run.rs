@@ -4,7 +4,7 @@ use crate::aggregate::{MetricRow, MetricTable};
 use crate::cmd::flags::{check_range, parse_date, parse_ratio, parse_size, usage};
 use crate::config::{Prior, RunConfig};
 use crate::dedup::window::IdWindow;
-use crate::ledger::RepositoryLedger;
+use crate::ledger::PriorLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
 use crate::output::events::{stage_dataset, DatasetReport};
 use crate::output::redis::{check_key_format, stage_redis, RedisReport};
@@ -113,7 +113,7 @@ struct RunPlan {
     /// inputs to read are in `config.inputs`).
     selection: InputSelection,
     /// The ledger to start from without `--state`.
-    seed: RepositoryLedger,
+    seed: PriorLedger,
     dedup_window: u32,
     /// The end of today (UTC), in seconds: the latest "newest event" the id window accepts.
     end_of_today: i64,
@@ -191,7 +191,7 @@ impl RunPlan {
             Some(path) => Some(read_known_repositories(path)?),
             None => None,
         };
-        let mut seed = RepositoryLedger::seeded(known.iter().flatten().map(String::as_str));
+        let mut seed = PriorLedger::seeded(known.iter().flatten().map(String::as_str));
         let out_url = url_of(&args.out);
         let events_url = args.events.as_deref().and_then(url_of);
         if let Err(e) = check_destination(&args.out, out_url.as_deref()) {
@@ -222,47 +222,13 @@ impl RunPlan {
             }
         };
         let mut state_lock = None;
-        let state = match &args.state {
-            None => None,
-            Some(dir) => {
-                if let Err(e) = output::check_output_dir(dir) {
-                    return usage(format!("--state: {e:#}"));
-                }
-                // Before the state is read: another run would count only its own inputs.
-                state_lock = Some(StateLock::acquire(dir)?);
-                let state = match RunState::load(dir, Some(args.precision)) {
-                    Ok(Some(s)) => {
-                        if known.is_some() {
-                            return usage(format!(
-                                "--known-repositories only seeds a new state; {} already holds the repository ledger",
-                                dir.join(STATE_FILE).display()
-                            ));
-                        }
-                        s
-                    }
-                    // A new state starts from the seed; `seed` is then left empty, unused.
-                    Ok(None) => RunState::empty(args.precision, std::mem::take(&mut seed)),
-                    Err(e) => return usage(e.to_string()),
-                };
-                if let Some(p) = state
-                    .metrics
-                    .first_outside(&TimeWindow::until_day_after(today))
-                {
-                    return usage(format!(
-                        "the state in {} holds period {p}, outside the times a registry can have written (2015 to the day after today): it is damaged; rebuild it from the logs (GUIDE.md, \"Rebuilding the state\")",
-                        dir.display()
-                    ));
-                }
-                Some((dir.clone(), state))
+        if let Some(dir) = &args.state {
+            if let Err(e) = output::check_output_dir(dir) {
+                return usage(format!("--state: {e:#}"));
             }
-        };
-        let mut selection = match &state {
-            Some((_, state)) => state.select_inputs(inputs),
-            None => InputSelection {
-                read: inputs,
-                ..InputSelection::default()
-            },
-        };
+            // Before the state is read: another run would count only its own inputs.
+            state_lock = Some(StateLock::acquire(dir)?);
+        }
         // Outputs in object storage are staged in the run's temporary folder: a local one.
         let temp_dir = args.temp_dir.clone().unwrap_or_else(|| match &out_url {
             Some(_) => std::env::temp_dir().join("regtally"),
@@ -294,6 +260,48 @@ impl RunPlan {
                     "--temp-dir: cannot create a folder for temporary files: {e}"
                 ))
             }
+        };
+        let state = match &args.state {
+            None => None,
+            Some(dir) => {
+                // The state's repositories spill into the run's temporary folder past their
+                // share of the budget.
+                let ledger = PriorLedger::new(Some((
+                    spill.path().to_path_buf(),
+                    MemoryBudget::new(args.memory_limit).prior_ledger_bytes(),
+                )));
+                let state = match RunState::load(dir, Some(args.precision), ledger) {
+                    Ok(Some(s)) => {
+                        if known.is_some() {
+                            return usage(format!(
+                                "--known-repositories only seeds a new state; {} already holds the repository ledger",
+                                dir.join(STATE_FILE).display()
+                            ));
+                        }
+                        s
+                    }
+                    // A new state starts from the seed; `seed` is then left empty, unused.
+                    Ok(None) => RunState::empty(args.precision, std::mem::take(&mut seed)),
+                    Err(e) => return usage(e.to_string()),
+                };
+                if let Some(p) = state
+                    .metrics
+                    .first_outside(&TimeWindow::until_day_after(today))
+                {
+                    return usage(format!(
+                        "the state in {} holds period {p}, outside the times a registry can have written (2015 to the day after today): it is damaged; rebuild it from the logs (GUIDE.md, \"Rebuilding the state\")",
+                        dir.display()
+                    ));
+                }
+                Some((dir.clone(), state))
+            }
+        };
+        let mut selection = match &state {
+            Some((_, state)) => state.select_inputs(inputs),
+            None => InputSelection {
+                read: inputs,
+                ..InputSelection::default()
+            },
         };
         // Where outputs bound for object storage are written first, to go up once the run is
         // done.
@@ -553,7 +561,9 @@ fn write_outputs(
         _ => None,
     };
     if let Some((dir, state)) = state {
-        staged.stage(&dir.join(STATE_FILE), |w| state.write(plan.dedup_window, w))?;
+        staged.stage(&dir.join(STATE_FILE), |w| {
+            state.write(plan.dedup_window, &tally.ledger, w)
+        })?;
         if state.legacy {
             // regtally 0.3 must refuse the folder now, not start a state of its own beside it.
             staged.stage(&dir.join(LEGACY_STATE_FILE), |w| {

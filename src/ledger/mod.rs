@@ -8,10 +8,21 @@
 pub mod replay;
 
 use crate::keys::{repository_key, KeyHasher};
-use crate::spill::{codec, merge, SealedRuns, SpillRecord};
+use crate::spill::{codec, merge, RunFile, SealedRuns, SpillRecord};
 use crate::timestamp::Timestamp;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead};
+use std::path::PathBuf;
+
+/// The ledger is cut into parts by the top bits of the repository key: no repository's
+/// existence depends on another's, so the parts replay apart, on all cores, and only the
+/// parts being replayed hold their repositories in maps.
+const PART_BITS: u32 = 4;
+const PARTS: usize = 1 << PART_BITS;
+
+fn part_of(key: u128) -> usize {
+    (key >> (128 - PART_BITS)) as usize
+}
 
 /// The set of existing repositories, with the paths to write them back out and the time of
 /// the last event applied to each (which tells a later run that an event arrived late).
@@ -51,37 +62,25 @@ impl RepositoryLedger {
         self.paths.entry(key).or_insert(path);
     }
 
-    /// The ledger cut into `n` parts by `part_of(key)` (which must be below `n`), each with
-    /// all that is known of its repositories. No repository's existence depends on another's,
-    /// so the parts can replay their events apart and be joined after.
-    pub fn split(self, n: usize, part_of: impl Fn(u128) -> usize) -> Vec<RepositoryLedger> {
-        let mut parts: Vec<RepositoryLedger> = (0..n).map(|_| Self::default()).collect();
-        for k in self.existing {
-            parts[part_of(k)].existing.insert(k);
-        }
-        for (k, path) in self.paths {
-            parts[part_of(k)].paths.insert(k, path);
-        }
-        for (k, t) in self.last_applied {
-            parts[part_of(k)].last_applied.insert(k, t);
-        }
-        parts
-    }
-
     /// A ledger as a state file stored it.
     pub fn from_entries(entries: impl IntoIterator<Item = LedgerEntry>) -> RepositoryLedger {
         let mut ledger = RepositoryLedger::default();
         for e in entries {
-            let key = repository_key(&e.path);
-            if e.exists {
-                ledger.existing.insert(key);
-            }
-            if let Some(t) = e.last_applied {
-                ledger.last_applied.insert(key, t);
-            }
-            ledger.paths.insert(key, e.path.into());
+            ledger.add_entry(e);
         }
         ledger
+    }
+
+    /// Adds one repository as a state file stored it.
+    fn add_entry(&mut self, e: LedgerEntry) {
+        let key = repository_key(&e.path);
+        if e.exists {
+            self.existing.insert(key);
+        }
+        if let Some(t) = e.last_applied {
+            self.last_applied.insert(key, t);
+        }
+        self.paths.insert(key, e.path.into());
     }
 
     /// Every repository with a known path, sorted by path, for a state file.
@@ -172,6 +171,154 @@ impl SpillRecord for LedgerEntry {
     }
 }
 
+/// The ledger earlier runs left (a state's, or the seed of `--known-repositories`), as a run
+/// starts from it: its repositories cut into the replay's parts, each part kept in memory or,
+/// once the parts together pass their share of the budget, appended to a file of its own. A
+/// part becomes a [`RepositoryLedger`] only when it is replayed.
+#[derive(Default)]
+pub struct PriorLedger {
+    parts: Vec<PriorPart>,
+    /// Bytes the parts hold in memory.
+    bytes: usize,
+    /// Where parts spill, and past how many bytes; without it nothing spills.
+    spill: Option<(PathBuf, usize)>,
+    /// Entries are counted and dropped ([`PriorLedger::discard`]).
+    discard: bool,
+    len: usize,
+}
+
+#[derive(Default)]
+struct PriorPart {
+    memory: Vec<LedgerEntry>,
+    file: Option<RunFile>,
+}
+
+impl std::fmt::Debug for PriorLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PriorLedger({} repositories)", self.len)
+    }
+}
+
+impl PriorLedger {
+    /// An empty ledger that spills into `folder` past `limit` bytes (or, without a folder, keeps
+    /// everything).
+    pub fn new(spill: Option<(PathBuf, usize)>) -> PriorLedger {
+        PriorLedger {
+            parts: (0..PARTS).map(|_| PriorPart::default()).collect(),
+            spill,
+            ..PriorLedger::default()
+        }
+    }
+
+    /// A ledger that keeps nothing: for reading a state whose repositories are not needed.
+    pub fn discard() -> PriorLedger {
+        PriorLedger {
+            discard: true,
+            ..PriorLedger::new(None)
+        }
+    }
+
+    /// Every repository of `ledger`, kept in memory.
+    pub fn of(ledger: &RepositoryLedger) -> PriorLedger {
+        let mut prior = PriorLedger::new(None);
+        for e in ledger.entries() {
+            // Nothing spills without a folder.
+            let _ = prior.push(e);
+        }
+        prior
+    }
+
+    /// Existing repositories named one a line (blank lines are left out by the caller).
+    pub fn seeded<'a>(known: impl IntoIterator<Item = &'a str>) -> PriorLedger {
+        PriorLedger::of(&RepositoryLedger::seeded(known))
+    }
+
+    /// Adds one repository (paths are distinct).
+    pub fn push(&mut self, entry: LedgerEntry) -> io::Result<()> {
+        self.len += 1;
+        if self.discard {
+            return Ok(());
+        }
+        self.bytes += std::mem::size_of::<LedgerEntry>() + entry.path.len();
+        let part = part_of(repository_key(&entry.path));
+        self.parts[part].memory.push(entry);
+        match &self.spill {
+            Some((folder, limit)) if self.bytes > *limit => {
+                let folder = folder.clone();
+                self.spill_to(&folder)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends every part's entries to its file.
+    fn spill_to(&mut self, folder: &std::path::Path) -> io::Result<()> {
+        for (i, part) in self.parts.iter_mut().enumerate() {
+            if part.memory.is_empty() {
+                continue;
+            }
+            if part.file.is_none() {
+                part.file = Some(RunFile::create_in(
+                    folder,
+                    &format!("ledger-prior-{i:02}.runs"),
+                )?);
+            }
+            if let Some(file) = &mut part.file {
+                file.write_run(&part.memory)?;
+            }
+            part.memory = Vec::new();
+        }
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// How many repositories it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether any part went to a file.
+    pub fn spilled(&self) -> bool {
+        self.parts.iter().any(|p| p.file.is_some())
+    }
+
+    /// The parts, each to be read into a ledger when its turn comes.
+    fn into_parts(self) -> Vec<PriorPart> {
+        let mut parts = self.parts;
+        parts.resize_with(PARTS, PriorPart::default);
+        parts
+    }
+
+    /// Every repository, sorted by path (tests).
+    #[cfg(test)]
+    pub fn entries(self) -> Vec<LedgerEntry> {
+        let mut all = Vec::new();
+        for part in self.into_parts() {
+            all.extend(part.ledger(4096).unwrap().entries());
+        }
+        all.sort();
+        all
+    }
+}
+
+impl PriorPart {
+    /// The part as a ledger, read back from its file (with `buffer` bytes) and memory.
+    fn ledger(self, buffer: usize) -> io::Result<RepositoryLedger> {
+        let mut ledger = RepositoryLedger::from_entries(self.memory);
+        if let Some(file) = self.file {
+            for e in file.seal()?.concatenated::<LedgerEntry>(buffer)? {
+                ledger.add_entry(e?);
+            }
+        }
+        Ok(ledger)
+    }
+}
+
 /// One part's repositories after the replay, sorted by path.
 enum PartEntries {
     Memory(Vec<LedgerEntry>),
@@ -187,6 +334,8 @@ enum PartEntries {
 pub struct ReplayedLedger {
     parts: Vec<PartEntries>,
     existing: usize,
+    /// How many repositories the parts hold, existing or not.
+    len: usize,
     /// Read buffer of each spilled part in the merge.
     buffer: usize,
 }
@@ -207,6 +356,7 @@ impl ReplayedLedger {
         let entries = ledger.entries_with(times);
         ReplayedLedger {
             existing: entries.iter().filter(|e| e.exists).count(),
+            len: entries.len(),
             parts: vec![PartEntries::Memory(entries)],
             buffer: 0,
         }
@@ -215,6 +365,11 @@ impl ReplayedLedger {
     /// How many repositories exist.
     pub fn existing_count(&self) -> usize {
         self.existing
+    }
+
+    /// How many repositories [`ReplayedLedger::entries`] gives.
+    pub fn entries_len(&self) -> usize {
+        self.len
     }
 
     /// Whether any part went to a temporary file.
@@ -242,12 +397,6 @@ impl ReplayedLedger {
             }
         }
         Ok(merge(sources))
-    }
-
-    /// The ledger held whole, for a state.
-    pub fn to_ledger(&self) -> io::Result<RepositoryLedger> {
-        let entries: Vec<LedgerEntry> = self.entries()?.collect::<io::Result<_>>()?;
-        Ok(RepositoryLedger::from_entries(entries))
     }
 }
 
@@ -335,8 +484,17 @@ mod tests {
                 whole.delete(repository_key(p), t(i as i64));
             }
         }
-        let part_of = |k: u128| (k % 7) as usize;
-        let mut parts = whole.clone().split(7, part_of);
+        // The parts a run replays, as the earlier ledger is cut into them.
+        let mut parts: Vec<RepositoryLedger> = PriorLedger::of(&whole)
+            .into_parts()
+            .into_iter()
+            .map(|p| p.ledger(4096).unwrap())
+            .collect();
+        // As a run's replay teaches each part the paths its events name.
+        for p in &paths {
+            let k = repository_key(p);
+            parts[part_of(k)].learn_path(k, p.as_str().into());
+        }
         assert!(parts.iter().all(|p| !p.paths.is_empty()), "keys spread");
         // The same later events, applied to the whole and to the part that owns each key.
         for (i, p) in paths.iter().enumerate() {
@@ -352,6 +510,35 @@ mod tests {
         let mut joined: Vec<LedgerEntry> = parts.iter().flat_map(|p| p.entries()).collect();
         joined.sort();
         assert_eq!(joined, whole.entries());
+    }
+
+    /// An earlier ledger past its budget goes to its parts' files, a run at a time, and each
+    /// part reads back as the ledger of its repositories, whatever stayed in memory.
+    #[test]
+    fn a_prior_ledger_spills_its_parts_and_reads_them_back() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = SpillDir::create(parent.path(), &[]).unwrap();
+        let entries: Vec<LedgerEntry> = (0..1000)
+            .map(|i| LedgerEntry {
+                path: format!("g{}/r{i}", i % 7),
+                exists: i % 3 != 0,
+                last_applied: (i % 2 == 0).then_some(Timestamp { secs: i, nanos: 1 }),
+            })
+            .collect();
+        let mut prior = PriorLedger::new(Some((dir.path().to_path_buf(), 2000)));
+        for e in entries.iter().rev() {
+            prior.push(e.clone()).unwrap();
+        }
+        assert!(prior.spilled());
+        assert_eq!(prior.len(), 1000);
+        let mut want = entries.clone();
+        want.sort();
+        // Only what exists or was applied to is a ledger's entry.
+        want.retain(|e| e.exists || e.last_applied.is_some());
+        assert_eq!(prior.entries(), want);
+        let mut kept = PriorLedger::discard();
+        kept.push(entries[0].clone()).unwrap();
+        assert_eq!((kept.len(), kept.entries()), (1, vec![]));
     }
 
     /// A replayed ledger reads its parts, kept in memory or spilled, merged in path order;
@@ -376,12 +563,12 @@ mod tests {
             }
         }
         for times in [false, true] {
-            let parts = whole.clone().split(5, |k| (k % 5) as usize);
+            let parts = PriorLedger::of(&whole).into_parts();
             let parts = parts
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    let entries = p.entries_with(times);
+                    let entries = p.ledger(4096).unwrap().entries_with(times);
                     if i % 2 == 0 {
                         return PartEntries::Memory(entries);
                     }
@@ -393,6 +580,7 @@ mod tests {
             let replayed = ReplayedLedger {
                 parts,
                 existing: whole.existing_count(),
+                len: whole.entries_with(times).len(),
                 buffer: 4096,
             };
             assert!(replayed.spilled());
@@ -400,7 +588,7 @@ mod tests {
                 replayed.entries().unwrap().map(Result::unwrap).collect();
             assert_eq!(entries, whole.entries_with(times), "times: {times}");
             assert_eq!(entries.len(), if times { 300 } else { 225 });
-            assert_eq!(replayed.to_ledger().unwrap().entries().len(), entries.len());
+            assert_eq!(replayed.entries_len(), entries.len());
         }
     }
 

@@ -16,21 +16,16 @@
 //! file of its own ([`ReplayedLedger`]). Only the parts being replayed (one per core) hold
 //! their repositories in maps.
 
-use super::{LedgerEntry, PartEntries, ReplayedLedger, RepositoryLedger};
+use super::{
+    part_of, LedgerEntry, PartEntries, PriorLedger, PriorPart, ReplayedLedger, RepositoryLedger,
+    PARTS,
+};
 use crate::classify::{EventKind, TrackedEvent};
 use crate::records::{EventRecord, LedgerId, PathMap};
 use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
 use crate::timestamp::Timestamp;
 use rayon::prelude::*;
 use std::io::{self, BufRead};
-
-/// Parts by the top bits of the repository key.
-const PART_BITS: u32 = 4;
-const PARTS: usize = 1 << PART_BITS;
-
-fn part_of(key: u128) -> usize {
-    (key >> (128 - PART_BITS)) as usize
-}
 
 /// What the ledger does with an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,7 +337,7 @@ pub struct Replayed<S> {
 /// The ledger's events of one run, kept for the replay.
 pub struct LedgerBuffer<'d> {
     /// The ledger earlier runs left (or the seed), cut into the parts.
-    prior: Vec<RepositoryLedger>,
+    prior: Vec<PriorPart>,
     /// Keep, for a state, the time of the last event applied to each repository and the
     /// deleted repositories with theirs.
     times: bool,
@@ -356,14 +351,9 @@ pub struct LedgerBuffer<'d> {
 impl<'d> LedgerBuffer<'d> {
     /// Starts from the ledger earlier runs left (or the seed), spilling into `dir`; `times`
     /// keeps what a state needs (the time of the last event applied to each repository).
-    pub fn new(
-        ledger: RepositoryLedger,
-        times: bool,
-        budget: MemoryBudget,
-        dir: &'d SpillDir,
-    ) -> Self {
+    pub fn new(ledger: PriorLedger, times: bool, budget: MemoryBudget, dir: &'d SpillDir) -> Self {
         LedgerBuffer {
-            prior: ledger.split(PARTS, part_of),
+            prior: ledger.into_parts(),
             times,
             parts: (0..PARTS).map(|_| Part::default()).collect(),
             logged: LoggedKeys::default(),
@@ -480,11 +470,12 @@ impl<'d> LedgerBuffer<'d> {
         Ok(())
     }
 
-    /// Whether any part was written to disk.
+    /// Whether any part, or the earlier ledger, was written to disk.
     pub fn spilled(&self) -> bool {
         self.parts
             .iter()
             .any(|p| p.runs.is_some() || p.path_runs.is_some())
+            || self.prior.iter().any(|p| p.file.is_some())
     }
 
     /// Sorts every part and writes it as a run, and its paths after the ones spilled before;
@@ -552,11 +543,12 @@ impl<'d> LedgerBuffer<'d> {
         // Each part's repositories, once replayed, stay in memory while all parts' together
         // take at most half the ledger's share of the budget (whose records are gone by then).
         let keep_in_memory = budget.ledger_bytes() / 2 / PARTS;
-        let replayed: Vec<(PartEntries, usize, u64, S)> = parts
+        let replayed: Vec<(PartEntries, usize, usize, u64, S)> = parts
             .into_par_iter()
             .zip(prior)
             .enumerate()
-            .map(|(i, (mut part, mut ledger))| {
+            .map(|(i, (mut part, prior))| {
+                let mut ledger = prior.ledger(budget.merge_buffer(1))?;
                 part.teach_paths(&mut ledger, budget.merge_buffer(1))?;
                 let mut sink = new_sink();
                 // Applies one event; true when it came late.
@@ -606,7 +598,7 @@ impl<'d> LedgerBuffer<'d> {
                 drop(part);
                 let entries = ledger.entries_with(times);
                 drop(ledger);
-                let existing = entries.iter().filter(|e| e.exists).count();
+                let (len, existing) = (entries.len(), entries.iter().filter(|e| e.exists).count());
                 let bytes = entries.capacity() * std::mem::size_of::<LedgerEntry>()
                     + entries.iter().map(|e| e.path.capacity()).sum::<usize>();
                 let entries = if bytes > keep_in_memory {
@@ -617,15 +609,16 @@ impl<'d> LedgerBuffer<'d> {
                 } else {
                     PartEntries::Memory(entries)
                 };
-                Ok((entries, existing, late, sink))
+                Ok((entries, len, existing, late, sink))
             })
             .collect::<io::Result<_>>()?;
         let mut late_events = 0;
-        let mut existing = 0;
+        let (mut existing, mut len) = (0, 0);
         let mut entries = Vec::with_capacity(PARTS);
         let mut sinks = Vec::with_capacity(PARTS);
-        for (part, part_existing, late, sink) in replayed {
+        for (part, part_len, part_existing, late, sink) in replayed {
             entries.push(part);
+            len += part_len;
             existing += part_existing;
             late_events += late;
             sinks.push(sink);
@@ -635,6 +628,7 @@ impl<'d> LedgerBuffer<'d> {
                 buffer: budget.merge_buffer(PARTS),
                 parts: entries,
                 existing,
+                len,
             },
             late_events,
             sinks,

@@ -32,6 +32,13 @@ impl MemoryBudget {
         self.share(2, 5)
     }
 
+    /// What the ledger earlier runs left (a state's, or the seed) may hold in memory while the
+    /// run reads: a tenth of the limit, a quarter of the ledger's share (past it, its parts go
+    /// to temporary files until their turn to replay).
+    pub fn prior_ledger_bytes(&self) -> usize {
+        self.share(1, 10)
+    }
+
     /// The read buffer given to each run when `runs` runs are merged: a tenth of the limit
     /// shared among them, between 4 KiB and 1 MiB.
     pub fn merge_buffer(&self, runs: usize) -> usize {

@@ -35,6 +35,12 @@ impl RunFile {
         RunFile::at(dir.path().join(name))
     }
 
+    /// Creates `name` in `folder`: a run's temporary folder named by its path, for what is
+    /// built before the folder's owner is at hand.
+    pub fn create_in(folder: &std::path::Path, name: &str) -> io::Result<RunFile> {
+        RunFile::at(folder.join(name))
+    }
+
     fn at(path: PathBuf) -> io::Result<RunFile> {
         let file = File::create(&path).map_err(|e| spill_error(&path, e))?;
         Ok(RunFile {

@@ -57,6 +57,7 @@ pub(super) fn load(
     path: &Path,
     compressed: &[u8],
     precision: Option<u8>,
+    mut ledger: PriorLedger,
 ) -> Result<RunState, StateError> {
     let not_state = not_state(path);
     let text = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
@@ -97,17 +98,21 @@ pub(super) fn load(
             c.events,
         )?;
     }
-    let mut entries = Vec::with_capacity(file.repositories.len());
     for r in file.repositories {
         let last_applied = match r.last_applied {
             None => None,
             Some(t) => Some(parse_rfc3339(&t).map_err(|e| not_state(format!("{t:?}: {e}")))?),
         };
-        entries.push(LedgerEntry {
-            path: r.path,
-            exists: r.exists,
-            last_applied,
-        });
+        ledger
+            .push(LedgerEntry {
+                path: r.path,
+                exists: r.exists,
+                last_applied,
+            })
+            .map_err(|source| StateError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
     }
     let mut recent_ids = Vec::with_capacity(file.recent_ids.len());
     for (text, secs) in file.recent_ids {
@@ -118,7 +123,7 @@ pub(super) fn load(
     }
     Ok(RunState {
         metrics,
-        ledger: RepositoryLedger::from_entries(entries),
+        ledger,
         recent_ids,
         inputs: file.inputs,
         legacy: true,

@@ -18,7 +18,7 @@ use crate::aggregate::WeekIds;
 use crate::aggregate::{MetricTable, TableCell};
 use crate::classify::known_metric;
 use crate::classify::TrackedEvent;
-use crate::ledger::{LedgerEntry, RepositoryLedger};
+use crate::ledger::{LedgerEntry, PriorLedger, ReplayedLedger};
 use crate::read::InputPath;
 use crate::tally::Tally;
 use crate::timestamp::{parse_rfc3339, Timestamp};
@@ -104,9 +104,12 @@ struct StoredRepository {
     last_applied: Option<(i64, u32)>,
 }
 
-/// The state file's contents (version 2), in postcard after [`MAGIC`].
+/// The state file's contents (version 2), in postcard after [`MAGIC`]: this head, then the
+/// repositories (their count, then each a [`StoredRepository`]), then a [`StateTail`], one
+/// struct's fields in order as postcard writes them. The repositories are read and written one
+/// at a time, so that a state of millions of them never sits in memory whole.
 #[derive(Serialize, Deserialize)]
-struct StateFile {
+struct StateHead {
     version: u32,
     written_by: String,
     precision: u8,
@@ -114,17 +117,22 @@ struct StateFile {
     sketch_format: u8,
     dedup_window_days: u32,
     metrics: Vec<StoredCell>,
-    repositories: Vec<StoredRepository>,
+}
+
+/// What a state file holds after its repositories.
+#[derive(Serialize, Deserialize)]
+struct StateTail {
     /// Id (xxh3-128, little-endian) and seconds since the epoch of events inside the window.
     recent_ids: Vec<([u8; 16], i64)>,
     inputs: Vec<ConsumedInput>,
 }
 
 /// The state, in memory.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunState {
     pub metrics: MetricTable,
-    pub ledger: RepositoryLedger,
+    /// The repository ledger as loaded; a run takes it, and writes the ledger it leaves.
+    pub ledger: PriorLedger,
     /// Ids and times of recent de-duplicated events.
     pub recent_ids: Vec<(u128, i64)>,
     pub inputs: Vec<ConsumedInput>,
@@ -154,7 +162,7 @@ fn date_of_days(days: i32) -> Option<NaiveDate> {
 
 impl RunState {
     /// The state of a folder that has none yet.
-    pub fn empty(precision: u8, ledger: RepositoryLedger) -> RunState {
+    pub fn empty(precision: u8, ledger: PriorLedger) -> RunState {
         RunState {
             metrics: MetricTable::new(precision),
             ledger,
@@ -167,16 +175,20 @@ impl RunState {
 
     /// Reads the state of `dir`: its `regtally-state.bin.zst`, else regtally 0.3's
     /// `regtally-state.json.zst`; `Ok(None)` when the folder holds neither. With `precision`,
-    /// a state of another precision is refused. Every byte is checked: a damaged file is an
-    /// error, never a panic.
-    pub fn load(dir: &Path, precision: Option<u8>) -> Result<Option<RunState>, StateError> {
+    /// a state of another precision is refused. Its repositories go into `ledger`. Every byte
+    /// is checked: a damaged file is an error, never a panic.
+    pub fn load(
+        dir: &Path,
+        precision: Option<u8>,
+        ledger: PriorLedger,
+    ) -> Result<Option<RunState>, StateError> {
         let path = dir.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => Self::from_bytes(&path, &bytes, precision).map(Some),
+            Ok(bytes) => Self::from_bytes(&path, &bytes, precision, ledger).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let legacy = dir.join(LEGACY_STATE_FILE);
                 match std::fs::read(&legacy) {
-                    Ok(bytes) => legacy::load(&legacy, &bytes, precision).map(Some),
+                    Ok(bytes) => legacy::load(&legacy, &bytes, precision, ledger).map(Some),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(source) => Err(StateError::Io {
                         path: legacy,
@@ -188,11 +200,13 @@ impl RunState {
         }
     }
 
-    /// Reads the bytes of a state file (zstd of [`MAGIC`] and postcard of [`StateFile`]).
+    /// Reads the bytes of a state file (zstd of [`MAGIC`] and postcard of [`StateHead`], the
+    /// repositories and [`StateTail`]), its repositories into `ledger`.
     pub fn from_bytes(
         path: &Path,
         compressed: &[u8],
         precision: Option<u8>,
+        mut ledger: PriorLedger,
     ) -> Result<RunState, StateError> {
         let not_state = not_state(path);
         let bytes = unzstd(compressed).map_err(|e| not_state(format!("not zstd: {e}")))?;
@@ -209,8 +223,33 @@ impl RunState {
                 tool: header.1,
             });
         }
-        let (file, rest): (StateFile, _) =
+        let (file, rest): (StateHead, _) =
             postcard::take_from_bytes(body).map_err(|e| not_state(e.to_string()))?;
+        let (repositories, mut rest): (usize, _) =
+            postcard::take_from_bytes(rest).map_err(|e| not_state(e.to_string()))?;
+        for _ in 0..repositories {
+            let (r, after): (StoredRepository, _) =
+                postcard::take_from_bytes(rest).map_err(|e| not_state(e.to_string()))?;
+            rest = after;
+            let last_applied = match r.last_applied {
+                Some((secs, nanos)) if nanos >= 1_000_000_000 => {
+                    return Err(not_state(format!("time {secs}.{nanos} is not a time")))
+                }
+                Some((secs, nanos)) => Some(Timestamp { secs, nanos }),
+                None => None,
+            };
+            let entry = LedgerEntry {
+                path: r.path,
+                exists: r.exists,
+                last_applied,
+            };
+            ledger.push(entry).map_err(|source| StateError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let (tail, rest): (StateTail, _) =
+            postcard::take_from_bytes(rest).map_err(|e| not_state(e.to_string()))?;
         let stored_weeks: Vec<StoredWeekIds> = match postcard::take_from_bytes(rest) {
             _ if rest.is_empty() => Vec::new(),
             Ok((weeks, [])) => weeks,
@@ -261,30 +300,15 @@ impl RunState {
                 c.events,
             )?;
         }
-        let mut entries = Vec::with_capacity(file.repositories.len());
-        for r in file.repositories {
-            let last_applied = match r.last_applied {
-                Some((secs, nanos)) if nanos >= 1_000_000_000 => {
-                    return Err(not_state(format!("time {secs}.{nanos} is not a time")))
-                }
-                Some((secs, nanos)) => Some(Timestamp { secs, nanos }),
-                None => None,
-            };
-            entries.push(LedgerEntry {
-                path: r.path,
-                exists: r.exists,
-                last_applied,
-            });
-        }
         Ok(RunState {
             metrics,
-            ledger: RepositoryLedger::from_entries(entries),
-            recent_ids: file
+            ledger,
+            recent_ids: tail
                 .recent_ids
                 .into_iter()
                 .map(|(id, secs)| (u128::from_le_bytes(id), secs))
                 .collect(),
-            inputs: file.inputs,
+            inputs: tail.inputs,
             legacy: false,
             gitlab_weeks,
         })
@@ -304,9 +328,14 @@ impl RunState {
         self.recent_ids.dedup_by_key(|(id, _)| *id);
     }
 
-    /// Writes the state file (`regtally-state.bin.zst`) to `w`.
-    pub fn write<W: Write>(&self, dedup_window_days: u32, w: W) -> anyhow::Result<()> {
-        let file = StateFile {
+    /// Writes the state file (`regtally-state.bin.zst`) to `w`, with the ledger the run left.
+    pub fn write<W: Write>(
+        &self,
+        dedup_window_days: u32,
+        ledger: &ReplayedLedger,
+        w: W,
+    ) -> anyhow::Result<()> {
+        let head = StateHead {
             version: STATE_VERSION,
             written_by: env!("CARGO_PKG_VERSION").to_owned(),
             precision: self.metrics.precision(),
@@ -325,16 +354,8 @@ impl RunState {
                     hll_sketch: cell.hll_sketch.as_ref().map(WarehouseSketch::to_bytes),
                 })
                 .collect(),
-            repositories: self
-                .ledger
-                .entries()
-                .into_iter()
-                .map(|e| StoredRepository {
-                    path: e.path,
-                    exists: e.exists,
-                    last_applied: e.last_applied.map(|t| (t.secs, t.nanos)),
-                })
-                .collect(),
+        };
+        let tail = StateTail {
             recent_ids: self
                 .recent_ids
                 .iter()
@@ -354,7 +375,21 @@ impl RunState {
             .collect();
         let mut enc = zstd::stream::write::Encoder::new(w, 3)?;
         enc.write_all(MAGIC)?;
-        enc.write_all(&postcard::to_allocvec(&file)?)?;
+        enc.write_all(&postcard::to_allocvec(&head)?)?;
+        enc.write_all(&postcard::to_allocvec(&ledger.entries_len())?)?;
+        let mut buf = Vec::new();
+        for e in ledger.entries()? {
+            let e = e?;
+            let stored = StoredRepository {
+                path: e.path,
+                exists: e.exists,
+                last_applied: e.last_applied.map(|t| (t.secs, t.nanos)),
+            };
+            buf.clear();
+            buf = postcard::to_extend(&stored, buf)?;
+            enc.write_all(&buf)?;
+        }
+        enc.write_all(&postcard::to_allocvec(&tail)?)?;
         if !weeks.is_empty() {
             enc.write_all(&postcard::to_allocvec(&weeks)?)?;
         }
@@ -477,10 +512,6 @@ impl RunState {
         self.metrics
             .merge(metrics)
             .map_err(|e| anyhow::anyhow!("cannot merge this run into the state: {e}"))?;
-        self.ledger = tally
-            .ledger
-            .to_ledger()
-            .map_err(|e| anyhow::anyhow!("cannot read back the repository ledger: {e}"))?;
         self.recent_ids
             .extend(tally.event_ids.iter().map(|(id, t)| (*id, t.secs)));
         self.trim_ids(window_days, not_after);
@@ -497,14 +528,10 @@ mod tests {
     use super::*;
     use crate::aggregate::Aggregate;
     use crate::classify::TrackedEvent;
+    use crate::ledger::RepositoryLedger;
 
-    fn sample() -> RunState {
-        let mut agg = Aggregate::default();
-        agg.add(
-            TrackedEvent::PushTag,
-            NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
-            crate::keys::identity_hash("root"),
-        );
+    /// The repository ledger of [`sample`].
+    fn sample_ledger() -> RepositoryLedger {
         let mut ledger = RepositoryLedger::seeded(["g/known"]);
         ledger.learn_path(crate::keys::repository_key("g/r"), "g/r".into());
         ledger.push(
@@ -514,9 +541,31 @@ mod tests {
                 nanos: 5,
             },
         );
+        ledger
+    }
+
+    /// Writes `state` with `ledger` as the ledger its run left.
+    fn write_to(state: &RunState, ledger: &RepositoryLedger, path: &Path) {
+        let file = std::fs::File::create(path).unwrap();
+        state
+            .write(14, &ReplayedLedger::whole(ledger, true), file)
+            .unwrap();
+    }
+
+    fn load(dir: &Path, precision: u8) -> Result<Option<RunState>, StateError> {
+        RunState::load(dir, Some(precision), PriorLedger::new(None))
+    }
+
+    fn sample() -> RunState {
+        let mut agg = Aggregate::default();
+        agg.add(
+            TrackedEvent::PushTag,
+            NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
+            crate::keys::identity_hash("root"),
+        );
         RunState {
             metrics: agg.into_table(14),
-            ledger,
+            ledger: PriorLedger::of(&sample_ledger()),
             recent_ids: vec![(7, 100), (u128::MAX, 200)],
             inputs: vec![ConsumedInput {
                 path: "logs/a.gz".into(),
@@ -538,16 +587,68 @@ mod tests {
     /// `state` written to a folder and loaded back.
     fn written_and_loaded(state: &RunState) -> RunState {
         let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::File::create(dir.path().join(STATE_FILE)).unwrap();
-        state.write(14, file).unwrap();
-        RunState::load(dir.path(), Some(14)).unwrap().unwrap()
+        write_to(state, &sample_ledger(), &dir.path().join(STATE_FILE));
+        load(dir.path(), 14).unwrap().unwrap()
+    }
+
+    /// The file is written in pieces, its repositories one at a time, and holds the bytes
+    /// the one struct of earlier releases held: states written before and after read alike.
+    #[test]
+    fn the_file_holds_the_bytes_of_one_struct() {
+        #[derive(Serialize)]
+        struct StateFile {
+            head: StateHead,
+            repositories: Vec<StoredRepository>,
+            tail: StateTail,
+        }
+        let state = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        write_to(&state, &sample_ledger(), &path);
+        let written = unzstd(&std::fs::read(&path).unwrap()).unwrap();
+        let back = load(dir.path(), 14).unwrap().unwrap();
+        let whole = StateFile {
+            head: StateHead {
+                version: STATE_VERSION,
+                written_by: env!("CARGO_PKG_VERSION").to_owned(),
+                precision: 14,
+                hash: HASH_NAME.to_owned(),
+                sketch_format: SKETCH_FORMAT_VERSION,
+                dedup_window_days: 14,
+                metrics: postcard::take_from_bytes::<StateHead>(&written[MAGIC.len()..])
+                    .unwrap()
+                    .0
+                    .metrics,
+            },
+            repositories: sample_ledger()
+                .entries()
+                .into_iter()
+                .map(|e| StoredRepository {
+                    path: e.path,
+                    exists: e.exists,
+                    last_applied: e.last_applied.map(|t| (t.secs, t.nanos)),
+                })
+                .collect(),
+            tail: StateTail {
+                recent_ids: state
+                    .recent_ids
+                    .iter()
+                    .map(|(id, t)| (id.to_le_bytes(), *t))
+                    .collect(),
+                inputs: state.inputs.clone(),
+            },
+        };
+        let mut want = MAGIC.to_vec();
+        want.extend(postcard::to_allocvec(&whole).unwrap());
+        assert!(written.starts_with(&want), "the layout changed");
+        assert_eq!(back.ledger.len(), 2);
     }
 
     #[test]
     fn state_round_trips() {
         let state = sample();
         let back = written_and_loaded(&state);
-        assert_eq!(back.ledger.entries(), state.ledger.entries());
+        assert_eq!(back.ledger.entries(), sample_ledger().entries());
         assert_eq!(back.recent_ids, state.recent_ids);
         assert_eq!(back.inputs, state.inputs);
         assert_eq!(back.gitlab_weeks, state.gitlab_weeks);
@@ -570,13 +671,11 @@ mod tests {
     #[test]
     fn missing_state_is_none_and_wrong_states_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(RunState::load(dir.path(), Some(14)).unwrap().is_none());
+        assert!(load(dir.path(), 14).unwrap().is_none());
         let path = dir.path().join(STATE_FILE);
-        sample()
-            .write(14, std::fs::File::create(&path).unwrap())
-            .unwrap();
+        write_to(&sample(), &sample_ledger(), &path);
         assert!(matches!(
-            RunState::load(dir.path(), Some(12)),
+            load(dir.path(), 12),
             Err(StateError::Precision {
                 found: 14,
                 wanted: 12,
@@ -586,7 +685,7 @@ mod tests {
         let mut other = MAGIC.to_vec();
         other.extend(postcard::to_allocvec(&(99u32, "9.9.9")).unwrap());
         std::fs::write(&path, zstd::encode_all(&other[..], 3).unwrap()).unwrap();
-        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        let err = load(dir.path(), 14).unwrap_err();
         assert!(
             matches!(err, StateError::Version { found: 99, .. }),
             "{err}"
@@ -595,7 +694,7 @@ mod tests {
         assert!(err.to_string().contains("Rebuild the state"));
         std::fs::write(&path, b"plain text").unwrap();
         assert!(matches!(
-            RunState::load(dir.path(), Some(14)),
+            load(dir.path(), 14),
             Err(StateError::NotState { .. })
         ));
     }
@@ -641,9 +740,9 @@ mod tests {
         for format in [1, 2] {
             let text = serde_json::to_vec(&version_1_json(&state, format)).unwrap();
             std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
-            let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
+            let back = load(dir.path(), 14).unwrap().unwrap();
             assert!(back.legacy);
-            assert_eq!(back.ledger.entries(), state.ledger.entries());
+            assert_eq!(back.ledger.entries(), sample_ledger().entries());
             assert_eq!(back.recent_ids, state.recent_ids);
             assert_eq!(back.inputs, state.inputs);
             let (mut a, mut b) = (state.metrics.clone().into_rows(), back.metrics.into_rows());
@@ -656,32 +755,22 @@ mod tests {
         let mut json = version_1_json(&state, 3);
         let text = serde_json::to_vec(&json).unwrap();
         std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
-        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        let err = load(dir.path(), 14).unwrap_err();
         assert!(err.to_string().contains("sketch format 3"), "{err}");
         // The year-0 time 0.3 wrote and could not read back is refused, with how to rebuild.
         json = version_1_json(&state, 2);
         json["repositories"][1]["last_applied"] = "-0001-12-31T23:30:00Z".into();
         let text = serde_json::to_vec(&json).unwrap();
         std::fs::write(&path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
-        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        let err = load(dir.path(), 14).unwrap_err();
         assert!(err.to_string().contains("Rebuild the state"), "{err}");
         // The header a migration leaves, without the new file beside it.
         std::fs::write(&path, legacy_moved_header()).unwrap();
-        let err = RunState::load(dir.path(), Some(14)).unwrap_err();
+        let err = load(dir.path(), 14).unwrap_err();
         assert!(err.to_string().contains("which is missing"), "{err}");
         // The new file wins over the old one.
-        sample()
-            .write(
-                14,
-                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
-            )
-            .unwrap();
-        assert!(
-            !RunState::load(dir.path(), Some(14))
-                .unwrap()
-                .unwrap()
-                .legacy
-        );
+        write_to(&sample(), &sample_ledger(), &dir.path().join(STATE_FILE));
+        assert!(!load(dir.path(), 14).unwrap().unwrap().legacy);
     }
 
     /// Every time a valid event can carry round-trips, year 0 included.
@@ -689,25 +778,21 @@ mod tests {
     fn extreme_times_and_ids_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = sample();
+        let mut ledger = sample_ledger();
         let key = crate::keys::repository_key("g/old");
-        state.ledger.learn_path(key, "g/old".into());
+        ledger.learn_path(key, "g/old".into());
         let year_0 = parse_rfc3339("0000-01-01T00:30:00+01:00").unwrap();
-        state.ledger.push(key, year_0);
+        ledger.push(key, year_0);
         state.recent_ids.push((u128::MAX - 1, year_0.secs));
-        state
-            .write(
-                14,
-                std::fs::File::create(dir.path().join(STATE_FILE)).unwrap(),
-            )
-            .unwrap();
-        let back = RunState::load(dir.path(), Some(14)).unwrap().unwrap();
-        assert_eq!(back.ledger.entries(), state.ledger.entries());
+        write_to(&state, &ledger, &dir.path().join(STATE_FILE));
+        let back = load(dir.path(), 14).unwrap().unwrap();
+        assert_eq!(back.ledger.entries(), ledger.entries());
         assert_eq!(back.recent_ids, state.recent_ids);
     }
 
     #[test]
     fn the_id_window_keeps_recent_ids_only() {
-        let mut s = RunState::empty(14, RepositoryLedger::default());
+        let mut s = RunState::empty(14, PriorLedger::default());
         s.recent_ids = vec![(1, 0), (2, 86_400 * 10), (3, 86_400 * 20), (3, 86_400 * 20)];
         s.trim_ids(14, i64::MAX);
         assert_eq!(s.recent_ids, [(2, 86_400 * 10), (3, 86_400 * 20)]);

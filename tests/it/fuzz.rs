@@ -12,7 +12,7 @@ use regtally::aggregate::sketch::{UserSketch, WarehouseSketch};
 use regtally::aggregate::Aggregate;
 use regtally::classify::TrackedEvent;
 use regtally::keys::{identity_coupon, identity_hash};
-use regtally::ledger::RepositoryLedger;
+use regtally::ledger::{PriorLedger, ReplayedLedger, RepositoryLedger};
 use regtally::output::aggregates::{read_aggregates_from, write_aggregates, AggregatesMetadata};
 use regtally::state::RunState;
 use regtally::timestamp::TimeWindow;
@@ -180,11 +180,13 @@ fn hll_sketch_column_reader_never_panics() {
 
 #[test]
 fn state_loader_never_panics() {
-    let mut state = RunState::empty(10, RepositoryLedger::seeded(["g/a", "g/b"]));
+    let ledger = RepositoryLedger::seeded(["g/a", "g/b"]);
+    let mut state = RunState::empty(10, PriorLedger::of(&ledger));
     state.metrics = aggregate().into_table(10);
     state.recent_ids = vec![(1, 1_672_531_200), (u128::MAX, 1_672_617_600)];
     let mut file = Vec::new();
-    state.write(14, &mut file).unwrap();
+    let replayed = ReplayedLedger::whole(&ledger, true);
+    state.write(14, &replayed, &mut file).unwrap();
     let inner = zstd::decode_all(&file[..]).unwrap();
     let path = Path::new("regtally-state.bin.zst");
     let mut rng = Rng::new(7);
@@ -195,7 +197,7 @@ fn state_loader_never_panics() {
         } else {
             zstd::encode_all(b, 1).unwrap()
         };
-        RunState::from_bytes(path, &compressed, None)
+        RunState::from_bytes(path, &compressed, None, PriorLedger::new(None))
             .map(|s| {
                 // As `run` and `report` do: a period no registry can have written refuses it.
                 if s.metrics.first_outside(&times()).is_none() {
