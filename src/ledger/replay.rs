@@ -11,9 +11,9 @@
 //!
 //! Nothing here grows with the number of repositories outside the budget: the paths of the
 //! repositories the records name are logged per part beside them (once per repository between
-//! two spills) and spill with them; the earlier ledger is split into the parts at the start;
-//! and each part, once replayed, leaves its repositories sorted by path, in memory or in a
-//! file of its own ([`ReplayedLedger`]). Only the parts being replayed (one per core) hold
+//! two spills) and spill with them; the earlier ledger comes cut into the parts, kept within
+//! its own share ([`PriorLedger`]); and each part, once replayed, leaves its repositories
+//! sorted by path, in memory or in a file of its own ([`ReplayedLedger`]). Only the parts being replayed (one per core) hold
 //! their repositories in maps.
 
 use super::{
