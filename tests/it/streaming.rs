@@ -464,3 +464,54 @@ fn assert_same_files(ws: &Workspace, a: &str, b: &str) {
         assert!(x == y, "{name} of {a} and {b} differ");
     }
 }
+
+/// Days with so many users that both their sketches are dense are held as the sketches: the
+/// outputs are those of the same run keeping every day's users as a list (as `--redis`
+/// does), under a tiny budget or not, with weeks and months that union dense and listed days.
+#[test]
+fn days_of_many_users_give_the_outputs_of_lists() {
+    let ws = Workspace::new();
+    let mut rng = Rng::new(31);
+    let mut lines = Vec::new();
+    for day in 1..=20u64 {
+        // Every other day busy: thousands of users, far past where precision 10 is dense.
+        let users = if day % 2 == 0 { 3_000 } else { 40 };
+        for i in 0..users {
+            let ts = format!(
+                "2021-03-{day:02}T{:02}:{:02}:00Z",
+                rng.below(24),
+                rng.below(60)
+            );
+            let user = format!("u{}", rng.below(20_000));
+            let repo = format!("g/r{}", i % 50);
+            lines.push(
+                Ev::new(&format!("e{day}-{i}"), &ts, "push", &repo, &user)
+                    .tag("v1")
+                    .line(),
+            );
+            if i % 3 == 0 {
+                lines.push(
+                    Ev::new(&format!("d{day}-{i}"), &ts, "delete", &repo, &user)
+                        .tag("v1")
+                        .line(),
+                );
+            }
+        }
+    }
+    ws.write_lines("logs/a.jsonl", &lines);
+    let common = ["--precision", "10", "-j", "2", "--chunk-bytes", "50000"];
+    let lists = ws.run(
+        &["logs"],
+        "lists",
+        &[&common[..], &["--redis", &ws.s("redis")]].concat(),
+    );
+    assert_eq!(lists.code, 0, "{}", lists.stderr);
+    for (out, extra) in [
+        ("dense", &[][..]),
+        ("dense-tiny", &["--memory-limit", "64K"][..]),
+    ] {
+        let r = ws.run(&["logs"], out, &[&common[..], extra].concat());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_same_files(&ws, out, "lists");
+    }
+}
