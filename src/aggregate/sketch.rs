@@ -194,21 +194,23 @@ impl UserSketch {
         debug_assert!(codes.windows(2).all(|w| w[0] < w[1]));
         let m = 1usize << precision;
         let counts = (m, 1 << (PRIME_PRECISION - 1), 4 * m / 5);
-        let dense = UserSketch::codes_are_dense(precision, codes);
-        let mut buf = Vec::new();
+        // One pass: the list is written until it passes the limit (the rule of
+        // [`UserSketch::codes_are_dense`]), which a dense sketch's list does early.
+        let mut buf = Vec::with_capacity(codes.len() * 3);
         let mut last = 0u32;
-        if !dense {
-            buf.reserve(codes.len() * 3);
-            for &code in codes {
-                let mut delta = code - last;
-                while delta >= 0x80 {
-                    buf.push((delta & 0x7f) as u8 | 0x80);
-                    delta >>= 7;
-                }
-                buf.push(delta as u8);
-                last = code;
+        for &code in codes {
+            let mut delta = code - last;
+            while delta >= 0x80 {
+                buf.push((delta & 0x7f) as u8 | 0x80);
+                delta >>= 7;
+            }
+            buf.push(delta as u8);
+            last = code;
+            if buf.len() > counts.2 {
+                break;
             }
         }
+        let dense = buf.len() > counts.2;
         let (sparse, registers, counted) = if dense {
             let mut registers = RegistersLayout {
                 buf: vec![0; m.div_ceil(5)],
