@@ -39,6 +39,11 @@ pub struct UserCoupons {
 
 const COUPON_SHARDS: usize = 64;
 
+/// A user's shard, by the top bits of its identity hash (the maps use the low ones).
+fn shard_of(hash: u64) -> usize {
+    (hash >> 58) as usize % COUPON_SHARDS
+}
+
 impl Default for UserCoupons {
     fn default() -> UserCoupons {
         UserCoupons {
@@ -55,7 +60,7 @@ impl std::fmt::Debug for UserCoupons {
 
 impl UserCoupons {
     fn shard(&self, hash: u64) -> &RwLock<CouponMap> {
-        &self.shards[(hash >> 58) as usize % COUPON_SHARDS]
+        &self.shards[shard_of(hash)]
     }
 
     /// Learns where users land.
@@ -78,6 +83,17 @@ impl UserCoupons {
             .copied()
     }
 
+    /// Every shard read-locked at once, for many lookups with no lock each: building the
+    /// sketches looks up every user of every day.
+    fn read_all(&self) -> CouponsRead<'_> {
+        CouponsRead(
+            self.shards
+                .iter()
+                .map(|s| s.read().unwrap_or_else(|p| p.into_inner()))
+                .collect(),
+        )
+    }
+
     fn len(&self) -> usize {
         self.shards
             .iter()
@@ -93,6 +109,15 @@ impl UserCoupons {
                 map.iter().map(|(h, c)| (*h, *c)).collect::<Vec<_>>()
             })
             .collect()
+    }
+}
+
+/// [`UserCoupons`] read-locked whole.
+struct CouponsRead<'a>(Vec<std::sync::RwLockReadGuard<'a, CouponMap>>);
+
+impl CouponsRead<'_> {
+    fn get(&self, hash: u64) -> Option<Coupon> {
+        self.0[shard_of(hash)].get(&hash).copied()
     }
 }
 
@@ -346,7 +371,7 @@ impl Aggregate {
     /// which gives the bytes inserting the users one by one gives
     /// (`rolled_up_and_union_rows_equal_sketches_of_their_users`).
     pub fn into_table(self, precision: u8) -> MetricTable {
-        let coupons = &*self.coupons;
+        let coupons = &self.coupons.read_all();
         let days: Vec<(TrackedEvent, Period, CellUsers)> = self
             .cells
             .into_par_iter()
@@ -406,7 +431,7 @@ enum Users {
 }
 
 impl CellUsers {
-    fn of(cell: Cell, precision: u8, coupons: &UserCoupons) -> CellUsers {
+    fn of(cell: Cell, precision: u8, coupons: &CouponsRead) -> CellUsers {
         if let Some(dense) = cell.dense {
             return CellUsers {
                 events: cell.events,

@@ -10,6 +10,7 @@ pub mod replay;
 use crate::keys::{repository_key, KeyHasher};
 use crate::spill::{codec, merge, RunFile, SealedRuns, SpillRecord};
 use crate::timestamp::Timestamp;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead};
 use std::path::PathBuf;
@@ -86,6 +87,27 @@ impl RepositoryLedger {
     /// Every repository with a known path, sorted by path, for a state file.
     pub fn entries(&self) -> Vec<LedgerEntry> {
         self.entries_with(true)
+    }
+
+    /// [`RepositoryLedger::entries_with`], the paths moved out rather than copied: what each
+    /// part of a replay leaves.
+    fn into_entries(self, times: bool) -> Vec<LedgerEntry> {
+        let RepositoryLedger {
+            existing,
+            paths,
+            last_applied,
+        } = self;
+        let mut out: Vec<LedgerEntry> = paths
+            .into_iter()
+            .filter(|(k, _)| existing.contains(k) || (times && last_applied.contains_key(k)))
+            .map(|(k, p)| LedgerEntry {
+                path: p.into_string(),
+                exists: existing.contains(&k),
+                last_applied: last_applied.get(&k).copied().filter(|_| times),
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        out
     }
 
     /// The existing repositories, sorted by path, and with `times` (for a state) the deleted
@@ -381,17 +403,20 @@ impl ReplayedLedger {
 
     /// Every repository the ledger keeps, sorted by path: the existing ones and, when the
     /// replay kept times (for a state), the deleted ones with the time of their last event.
-    pub fn entries(&self) -> io::Result<impl Iterator<Item = io::Result<LedgerEntry>> + '_> {
-        let mut sources: Vec<Box<dyn Iterator<Item = io::Result<LedgerEntry>> + '_>> =
-            Vec::with_capacity(self.parts.len());
+    /// Parts in memory are lent, not copied.
+    pub fn entries(
+        &self,
+    ) -> io::Result<impl Iterator<Item = io::Result<Cow<'_, LedgerEntry>>> + '_> {
+        type Source<'a> = Box<dyn Iterator<Item = io::Result<Cow<'a, LedgerEntry>>> + 'a>;
+        let mut sources: Vec<Source<'_>> = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
             match part {
                 PartEntries::Memory(entries) => {
-                    sources.push(Box::new(entries.iter().cloned().map(Ok)))
+                    sources.push(Box::new(entries.iter().map(|e| Ok(Cow::Borrowed(e)))))
                 }
                 PartEntries::Spilled(runs) => {
                     for reader in runs.readers::<LedgerEntry>(self.buffer)? {
-                        sources.push(Box::new(reader));
+                        sources.push(Box::new(reader.map(|e| e.map(Cow::Owned))));
                     }
                 }
             }
@@ -412,7 +437,7 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .filter(|e| e.exists)
-            .map(|e| e.path)
+            .map(|e| e.path.clone())
             .collect()
     }
 
@@ -584,8 +609,11 @@ mod tests {
                 buffer: 4096,
             };
             assert!(replayed.spilled());
-            let entries: Vec<LedgerEntry> =
-                replayed.entries().unwrap().map(Result::unwrap).collect();
+            let entries: Vec<LedgerEntry> = replayed
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().into_owned())
+                .collect();
             assert_eq!(entries, whole.entries_with(times), "times: {times}");
             assert_eq!(entries.len(), if times { 300 } else { 225 });
             assert_eq!(replayed.entries_len(), entries.len());

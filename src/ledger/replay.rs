@@ -363,12 +363,20 @@ impl<'d> LedgerBuffer<'d> {
         }
     }
 
-    /// Logs the path of a repository, unless it was logged since the last spill.
-    fn learn_path(&mut self, key: u128, path: &str) -> io::Result<()> {
+    /// Logs the path of a repository (looked up by `path` only then), unless it was logged
+    /// since the last spill: most records name a repository logged already.
+    fn learn_path<'p>(
+        &mut self,
+        key: u128,
+        path: impl FnOnce() -> Option<&'p str>,
+    ) -> io::Result<()> {
         let table = self.logged.bytes();
         if !self.logged.insert(key) {
             return Ok(());
         }
+        let Some(path) = path() else {
+            return Ok(());
+        };
         let part = &mut self.parts[part_of(key)];
         let before = part.bytes();
         if !part.log_path(key, path) {
@@ -386,7 +394,7 @@ impl<'d> LedgerBuffer<'d> {
     /// Records the paths behind repository keys, for `repositories.txt` and the state.
     pub fn learn_paths(&mut self, paths: &PathMap) -> io::Result<()> {
         for (key, path) in paths.iter() {
-            self.learn_path(key, path)?;
+            self.learn_path(key, || Some(path))?;
         }
         Ok(())
     }
@@ -401,9 +409,7 @@ impl<'d> LedgerBuffer<'d> {
         paths: &PathMap,
     ) -> io::Result<()> {
         if self.push_record(record, in_range)? {
-            if let Some(path) = paths.get(&record.repository) {
-                self.learn_path(record.repository, path)?;
-            }
+            self.learn_path(record.repository, || paths.get(&record.repository))?;
         }
         Ok(())
     }
@@ -596,8 +602,7 @@ impl<'d> LedgerBuffer<'d> {
                     }
                 }
                 drop(part);
-                let entries = ledger.entries_with(times);
-                drop(ledger);
+                let entries = ledger.into_entries(times);
                 let (len, existing) = (entries.len(), entries.iter().filter(|e| e.exists).count());
                 let bytes = entries.capacity() * std::mem::size_of::<LedgerEntry>()
                     + entries.iter().map(|e| e.path.capacity()).sum::<usize>();

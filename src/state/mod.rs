@@ -380,11 +380,13 @@ impl RunState {
         let mut buf = Vec::new();
         for e in ledger.entries()? {
             let e = e?;
-            let stored = StoredRepository {
-                path: e.path,
-                exists: e.exists,
-                last_applied: e.last_applied.map(|t| (t.secs, t.nanos)),
-            };
+            // A [`StoredRepository`]'s fields in order, the path lent: postcard writes a
+            // struct as its fields, so these are its bytes.
+            let stored = (
+                e.path.as_str(),
+                e.exists,
+                e.last_applied.map(|t| (t.secs, t.nanos)),
+            );
             buf.clear();
             buf = postcard::to_extend(&stored, buf)?;
             enc.write_all(&buf)?;
