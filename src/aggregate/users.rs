@@ -163,11 +163,12 @@ impl DenseUsers {
 
 /// When a cell's users turn into sketches: from `1 << precision >> 2` distinct users on, at
 /// each cut, once the sketches of its users are both dense. With the Redis export cells stay
-/// lists, whose weeks' users it writes one by one.
+/// lists, whose weeks' users it writes one by one. Only an aggregate that densifies holds
+/// dense cells, so every merge of one has this rule at hand.
 #[derive(Clone, Debug)]
-pub struct Densify {
-    pub precision: u8,
-    pub coupons: Arc<UserCoupons>,
+struct Densify {
+    precision: u8,
+    coupons: Arc<UserCoupons>,
 }
 
 impl Densify {
