@@ -1,6 +1,7 @@
 //! Asking the processor for a cache line before it is needed: de-duplication's id set and the
-//! ledger's index of repositories look up random addresses of tables far larger than the
-//! cache, and a lookup issued a few records ahead overlaps its miss with the work between.
+//! ledger's set of the repositories whose paths it logged look up random addresses of tables
+//! far larger than the cache, and a lookup issued a few records ahead overlaps its miss with
+//! the work between.
 
 /// Fetches the cache line of `value` ahead of its use. A prefetch is only a hint: it reads
 /// nothing and cannot fault, and `value` is a live reference besides.
