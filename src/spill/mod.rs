@@ -37,6 +37,20 @@ fn lock_registry() -> std::sync::MutexGuard<'static, Vec<(PathBuf, bool)>> {
     REMOVE_ON_SIGNAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Removes a file, or a folder with everything in it, while the run's other threads may still
+/// be making files in it: a spill that makes its files as the folder is removed leaves it not
+/// empty, so the removal is tried again until the folder is gone (a few times 5 ms at most).
+/// Nothing makes the folder itself again: spills only make files inside it.
+fn remove_while_written(path: &Path) {
+    for _ in 0..200 {
+        let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
+        if fs::symlink_metadata(path).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// On SIGINT, SIGTERM or SIGHUP: removes every registered path and exits with 128 + the
 /// signal's number, as a shell reports a process killed by it. Installed once, by `run`.
 pub fn exit_cleanly_on_signals() -> io::Result<()> {
@@ -47,7 +61,7 @@ pub fn exit_cleanly_on_signals() -> io::Result<()> {
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 for (path, empty_parent_too) in lock_registry().iter() {
-                    let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
+                    remove_while_written(path);
                     if let (true, Some(parent)) = (empty_parent_too, path.parent()) {
                         let _ = fs::remove_dir(parent);
                     }
