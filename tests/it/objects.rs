@@ -356,6 +356,24 @@ fn logs(ws: &Workspace) {
     ws.write("copy/zz-big.jsonl", big);
 }
 
+/// `regtally run INPUTS -o OUT -q --as-of AS_OF --max-bad-ratio 1 EXTRA` in the workspace with
+/// `env` (the S3 server's): the run every test here makes (the samples hold bad lines on
+/// purpose, so the ratio is lifted).
+fn run_logs(
+    ws: &Workspace,
+    inputs: &[&str],
+    out: &str,
+    as_of: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Run {
+    let mut args = vec!["run"];
+    args.extend(inputs);
+    args.extend(["-o", out, "-q", "--as-of", as_of, "--max-bad-ratio", "1"]);
+    args.extend(extra);
+    regtally_with(ws.dir.path(), &args, env)
+}
+
 #[test]
 #[ignore = "needs moto_server (pip install 'moto[server]'; .ci/run installs it)"]
 fn objects_under_a_prefix_read_as_their_local_copies() {
@@ -367,25 +385,15 @@ fn objects_under_a_prefix_read_as_their_local_copies() {
     // Another prefix that only shares the first letters: not under `archive/`.
     server.put("logs", "archived-elsewhere/x.jsonl", b"not read\n".to_vec());
     let env = S3Server::env(server.port);
-    let args = |input: &str, out: &str| {
-        vec![
-            "run".to_owned(),
-            input.to_owned(),
-            "-o".into(),
-            out.into(),
-            "-q".into(),
-            "--as-of".into(),
-            "2023-02-01".into(),
-            "--max-bad-ratio".into(),
-            "1".into(),
-            "--memory-limit".into(),
-            "1M".into(),
-        ]
-    };
     let run = |input: &str, out: &str, env: &[(&str, String)]| {
-        let a = args(input, out);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        regtally_with(ws.dir.path(), &a, env)
+        run_logs(
+            &ws,
+            &[input],
+            out,
+            "2023-02-01",
+            &["--memory-limit", "1M"],
+            env,
+        )
     };
     let r = run("copy", "local", &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -417,22 +425,11 @@ fn objects_under_a_prefix_read_as_their_local_copies() {
         .starts_with("s3://logs/archive/samples/"));
 
     // One object named whole, mixed with a local file: local files sort first (file:// < s3://).
-    let r = regtally_with(
-        ws.dir.path(),
-        &[
-            "run",
-            "s3://logs/archive/zz-big.jsonl",
-            "copy/samples/seed-2023-01.jsonl",
-            "-o",
-            "mixed",
-            "-q",
-            "--as-of",
-            "2023-02-01",
-            "--max-bad-ratio",
-            "1",
-        ],
-        &env,
-    );
+    let inputs = [
+        "s3://logs/archive/zz-big.jsonl",
+        "copy/samples/seed-2023-01.jsonl",
+    ];
+    let r = run_logs(&ws, &inputs, "mixed", "2023-02-01", &[], &env);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let s = ws.json("mixed/summary.json");
     assert_eq!(s["inputs"][0]["path"], "copy/samples/seed-2023-01.jsonl");
@@ -535,19 +532,12 @@ fn throttling_and_broken_connections_are_retried_and_a_lost_object_fails_the_run
     server.bucket("logs");
     server.upload_tree("logs", "", &ws.path("copy"));
     let run = |out: &str, port: u16| {
-        regtally_with(
-            ws.dir.path(),
-            &[
-                "run",
-                "s3://logs",
-                "-o",
-                out,
-                "-q",
-                "--as-of",
-                "2023-02-01",
-                "--max-bad-ratio",
-                "1",
-            ],
+        run_logs(
+            &ws,
+            &["s3://logs"],
+            out,
+            "2023-02-01",
+            &[],
             &S3Server::env(port),
         )
     };
@@ -564,21 +554,7 @@ fn throttling_and_broken_connections_are_retried_and_a_lost_object_fails_the_run
     }
     // An object gone between listing and reading: exit 1 naming it, nothing replaced.
     let before = std::fs::read(ws.path("direct/aggregates.parquet")).unwrap();
-    let r = regtally_with(
-        ws.dir.path(),
-        &[
-            "run",
-            "s3://logs",
-            "-o",
-            "direct",
-            "-q",
-            "--as-of",
-            "2023-02-01",
-            "--max-bad-ratio",
-            "1",
-        ],
-        &S3Server::env(proxy(server.port, Fault::Gone("zz-big.jsonl"))),
-    );
+    let r = run("direct", proxy(server.port, Fault::Gone("zz-big.jsonl")));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("s3://logs/zz-big.jsonl")
@@ -627,21 +603,12 @@ fn nightly_runs_over_a_growing_prefix_equal_one_run_over_everything() {
         &["registry-2023-Q2.jsonl"],
     ];
     let night = |out: &str| {
-        regtally_with(
-            ws.dir.path(),
-            &[
-                "run",
-                "s3://logs/in",
-                "-o",
-                out,
-                "-q",
-                "--as-of",
-                "2023-07-01",
-                "--state",
-                "state",
-                "--max-bad-ratio",
-                "1",
-            ],
+        run_logs(
+            &ws,
+            &["s3://logs/in"],
+            out,
+            "2023-07-01",
+            &["--state", "state"],
             &env,
         )
     };
@@ -662,21 +629,7 @@ fn nightly_runs_over_a_growing_prefix_equal_one_run_over_everything() {
         assert_eq!(s["late_events"], 0);
         before += files.len();
     }
-    let r = regtally_with(
-        ws.dir.path(),
-        &[
-            "run",
-            "s3://logs/in",
-            "-o",
-            "once",
-            "-q",
-            "--as-of",
-            "2023-07-01",
-            "--max-bad-ratio",
-            "1",
-        ],
-        &env,
-    );
+    let r = run_logs(&ws, &["s3://logs/in"], "once", "2023-07-01", &[], &env);
     assert_eq!(r.code, 0, "{}", r.stderr);
     same_tables(&ws, "nightly", "once");
     // An object rewritten under its key is read again; a deleted one is simply not listed.
@@ -701,27 +654,16 @@ fn nightly_runs_over_a_growing_prefix_equal_one_run_over_everything() {
     let ids = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/samples-gitlab-users.csv");
     server.put("logs", "ids.csv", std::fs::read(&ids).unwrap());
     let side = |out: &str, known: &str, csv: &str| {
-        regtally_with(
-            ws.dir.path(),
-            &[
-                "run",
-                "s3://logs/in",
-                "-o",
-                out,
-                "-q",
-                "--max-bad-ratio",
-                "1",
-                "--as-of",
-                "2023-07-01",
-                "--known-repositories",
-                known,
-                "--redis",
-                &format!("{out}-redis"),
-                "--user-ids",
-                csv,
-            ],
-            &env,
-        )
+        let redis = format!("{out}-redis");
+        let extra = [
+            "--known-repositories",
+            known,
+            "--redis",
+            &redis,
+            "--user-ids",
+            csv,
+        ];
+        run_logs(&ws, &["s3://logs/in"], out, "2023-07-01", &extra, &env)
     };
     ws.write("known.txt", "team-x/docs\n");
     let r = side("side-s3", "s3://logs/known.txt", "s3://logs/ids.csv");
@@ -758,12 +700,8 @@ fn outputs_and_the_events_dataset_go_to_the_bucket() {
         &ws.path("samples"),
     );
     let run = |inputs: &[&str], out: &str, events: &str, extra: &[&str]| {
-        let mut args = vec!["run"];
-        args.extend(inputs);
-        args.extend(["-o", out, "--events", events, "-q", "--as-of", "2023-02-01"]);
-        args.extend(["--max-bad-ratio", "1"]);
-        args.extend(extra);
-        regtally_with(ws.dir.path(), &args, &env)
+        let extra = [&["--events", events][..], extra].concat();
+        run_logs(&ws, inputs, out, "2023-02-01", &extra, &env)
     };
     let r = run(&["samples"], "local", "local-events", &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
