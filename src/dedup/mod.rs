@@ -148,7 +148,6 @@ impl SpillRecord for Deferred {
                 record: None,
             }));
         }
-        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| codec::corrupt("text"));
         let time = Timestamp {
             secs: codec::get_u64(input)? as i64,
             nanos: codec::get_u32(input)?,
@@ -158,7 +157,7 @@ impl SpillRecord for Deferred {
             1 => Action::Delete,
             2 => Action::Pull,
             3 => Action::Mount,
-            4 => Action::Other(text(codec::get_bytes(input)?)?.into()),
+            4 => Action::Other(codec::get_string(input, "text")?.into()),
             _ => return Err(codec::corrupt("action")),
         };
         let kind = kind_of(codec::get_u8(input)?).ok_or_else(|| codec::corrupt("kind"))?;
@@ -169,7 +168,7 @@ impl SpillRecord for Deferred {
         let repository = codec::get_u128(input)?;
         let ledger_id = match codec::get_u8(input)? {
             0 => None,
-            _ => Some(text(codec::get_bytes(input)?)?.into()),
+            _ => Some(codec::get_string(input, "text")?.into()),
         };
         Ok(Some(Deferred {
             id,

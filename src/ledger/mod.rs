@@ -183,8 +183,7 @@ impl SpillRecord for LedgerEntry {
         let flags = codec::get_u8(input)?;
         let secs = codec::get_u64(input)? as i64;
         let nanos = codec::get_u32(input)?;
-        let path = String::from_utf8(codec::get_bytes(input)?)
-            .map_err(|_| codec::corrupt("repository path"))?;
+        let path = codec::get_string(input, "repository path")?;
         Ok(Some(LedgerEntry {
             path,
             exists: flags & 1 != 0,

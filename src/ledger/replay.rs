@@ -134,8 +134,7 @@ impl SpillRecord for PathRecord {
             return Ok(None);
         }
         let key = codec::get_u128(input)?;
-        let path = String::from_utf8(codec::get_bytes(input)?)
-            .map_err(|_| codec::corrupt("repository path"))?;
+        let path = codec::get_string(input, "repository path")?;
         Ok(Some(PathRecord {
             key,
             path: path.into(),

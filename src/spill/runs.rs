@@ -288,6 +288,10 @@ pub mod codec {
         }
         Ok(b)
     }
+    /// Bytes written by [`put_bytes`] that must be UTF-8 text (`what`, for the error).
+    pub fn get_string(input: &mut impl Read, what: &str) -> io::Result<String> {
+        String::from_utf8(get_bytes(input)?).map_err(|_| corrupt(what))
+    }
     /// An error for bytes that are not a record (a temporary file changed under the run).
     pub fn corrupt(what: &str) -> io::Error {
         io::Error::new(
