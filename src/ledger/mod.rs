@@ -89,8 +89,9 @@ impl RepositoryLedger {
         self.entries_with(true)
     }
 
-    /// [`RepositoryLedger::entries_with`], the paths moved out rather than copied: what each
-    /// part of a replay leaves.
+    /// The existing repositories, sorted by path, and with `times` (for a state) the deleted
+    /// ones an event was applied to, each with the time of that event. The paths are moved
+    /// out, not copied: what each part of a replay leaves.
     fn into_entries(self, times: bool) -> Vec<LedgerEntry> {
         let RepositoryLedger {
             existing,
@@ -110,23 +111,9 @@ impl RepositoryLedger {
         out
     }
 
-    /// The existing repositories, sorted by path, and with `times` (for a state) the deleted
-    /// ones an event was applied to, each with the time of that event.
+    /// [`RepositoryLedger::into_entries`] of a copy, for what keeps the ledger.
     fn entries_with(&self, times: bool) -> Vec<LedgerEntry> {
-        let mut out: Vec<LedgerEntry> = self
-            .paths
-            .iter()
-            .filter(|(k, _)| {
-                self.existing.contains(k) || (times && self.last_applied.contains_key(k))
-            })
-            .map(|(k, p)| LedgerEntry {
-                path: p.to_string(),
-                exists: self.existing.contains(k),
-                last_applied: self.last_applied.get(k).copied().filter(|_| times),
-            })
-            .collect();
-        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        out
+        self.clone().into_entries(times)
     }
 
     /// Whether an event at `time` comes before the last one already applied to the repository:
