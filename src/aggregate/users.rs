@@ -165,13 +165,19 @@ impl DenseUsers {
 /// each cut, once the sketches of its users are both dense. With the Redis export cells stay
 /// lists, whose weeks' users it writes one by one. Only an aggregate that densifies holds
 /// dense cells, so every merge of one has this rule at hand.
-#[derive(Clone, Debug)]
-struct Densify {
+#[derive(Clone, Copy, Debug)]
+struct Densify<'a> {
     precision: u8,
-    coupons: Arc<UserCoupons>,
+    /// The aggregate's table of coupons.
+    coupons: &'a UserCoupons,
 }
 
-impl Densify {
+/// The rule of an aggregate that densifies at `at` (a precision), reading `coupons`.
+fn densify_rule(at: Option<u8>, coupons: &UserCoupons) -> Option<Densify<'_>> {
+    at.map(|precision| Densify { precision, coupons })
+}
+
+impl Densify<'_> {
     /// The dense sketches of these users (sorted, one of each), if both are dense.
     fn sketches(&self, users: &[u64]) -> Option<DenseUsers> {
         if users.len() < (1usize << self.precision) / 4 {
@@ -202,7 +208,7 @@ impl Cell {
     fn add(&mut self, user: u64, densify: Option<&Densify>) {
         self.events += 1;
         match (&mut self.dense, densify) {
-            (Some(dense), Some(d)) => dense.insert(user, &d.coupons),
+            (Some(dense), Some(d)) => dense.insert(user, d.coupons),
             _ => {
                 self.users.push(user);
                 self.cut_if_doubled(densify);
@@ -216,13 +222,13 @@ impl Cell {
             (Some(mine), Some(theirs), _) => mine.merge(theirs),
             (Some(mine), None, Some(d)) => {
                 for &u in &other.users {
-                    mine.insert(u, &d.coupons);
+                    mine.insert(u, d.coupons);
                 }
             }
             (None, Some(theirs), Some(d)) => {
                 let mut dense = theirs.clone();
                 for &u in &self.users {
-                    dense.insert(u, &d.coupons);
+                    dense.insert(u, d.coupons);
                 }
                 self.users = Vec::new();
                 self.distinct = 0;
@@ -284,7 +290,7 @@ pub struct Aggregate {
     /// fold of a run.
     coupons: Arc<UserCoupons>,
     /// Whether (and at which precision) cells with many users turn into sketches.
-    densify: Option<Densify>,
+    densify_at: Option<u8>,
     /// With the Redis export: counted users' names and JWT ids, by identity hash.
     pub(super) gitlab_users: HashMap<u64, ReportedUser, BuildHasherDefault<PassThroughHasher>>,
 }
@@ -294,11 +300,8 @@ impl Aggregate {
     /// fill); with `densify_at`, a precision, cells with many users turn into its sketches.
     pub fn new(coupons: Arc<UserCoupons>, densify_at: Option<u8>) -> Aggregate {
         Aggregate {
-            densify: densify_at.map(|precision| Densify {
-                precision,
-                coupons: coupons.clone(),
-            }),
             coupons,
+            densify_at,
             ..Aggregate::default()
         }
     }
@@ -308,10 +311,11 @@ impl Aggregate {
     /// Only the day's cell: weeks and months are rolled up from the days at the end
     /// ([`Aggregate::into_table`]), once per user and day instead of once per event.
     pub fn add(&mut self, event: TrackedEvent, date: NaiveDate, user: u64) {
+        let rule = densify_rule(self.densify_at, &self.coupons);
         self.cells
             .entry((event, Period::day_of(date)))
             .or_default()
-            .add(user, self.densify.as_ref());
+            .add(user, rule.as_ref());
     }
 
     /// The day cells gathered into the periods `period_of` puts each day in, each the union of
@@ -320,11 +324,12 @@ impl Aggregate {
         &self,
         period_of: fn(NaiveDate) -> Period,
     ) -> HashMap<(TrackedEvent, Period), Cell> {
+        let rule = densify_rule(self.densify_at, &self.coupons);
         let mut to = HashMap::<(TrackedEvent, Period), Cell>::new();
         for ((event, day), cell) in &self.cells {
             if day.kind == PeriodKind::Day {
                 let c = to.entry((*event, period_of(day.start))).or_default();
-                c.merge_from(cell, self.densify.as_ref());
+                c.merge_from(cell, rule.as_ref());
             }
         }
         to
@@ -345,20 +350,20 @@ impl Aggregate {
         // The cells both hold are merged on every core (each merge may sort a day's users,
         // and folds merge twice a run, after reading and after the ledger); the others only
         // move.
-        let densify = big.densify.clone().or_else(|| small.densify.clone());
+        // The folds of a run share one table; folds made apart (tests) each have their own.
+        if !Arc::ptr_eq(&big.coupons, &small.coupons) {
+            big.coupons.insert_all(small.coupons.entries());
+        }
+        big.densify_at = big.densify_at.or(small.densify_at);
+        let rule = densify_rule(big.densify_at, &big.coupons);
         big.cells.par_iter_mut().for_each(|(key, cell)| {
             if let Some(theirs) = small.cells.get(key) {
-                cell.merge_from(theirs, densify.as_ref());
+                cell.merge_from(theirs, rule.as_ref());
             }
         });
         for (key, cell) in small.cells {
             big.cells.entry(key).or_insert(cell);
         }
-        // The folds of a run share one table; folds made apart (tests) each have their own.
-        if !Arc::ptr_eq(&big.coupons, &small.coupons) {
-            big.coupons.insert_all(small.coupons.entries());
-        }
-        big.densify = densify;
         big.learn_gitlab_users(small.gitlab_users);
         big
     }
