@@ -1,8 +1,9 @@
 //! Writes synthetic, realistic registry notification logs for the benchmark.
 //!
-//! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N] [--repositories N]
-//! [--users N] [--no-pulls]`: EVENTS events over FILES files, about 1 KB a line, one event a
-//! line (or envelopes of 1 to 5 events), plain or gzip. Actions: 70% pull, 22% push, 5% delete
+//! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--bodies] [--gzip] [--seed N]
+//! [--repositories N] [--users N] [--no-pulls]`: EVENTS events over FILES files, about 1 KB a
+//! line, one event a line (or envelopes of 1 to 5 events, or with `--bodies` the same
+//! envelopes pretty-printed as the registry POSTs them, one after another), plain or gzip. Actions: 70% pull, 22% push, 5% delete
 //! (about one in ten a repository delete), 3% mount, or with `--no-pulls` 80% push and 20%
 //! delete, so that every event counts for a user; users and repositories drawn uniformly from
 //! 20,000 and 30,000 (or the numbers given: millions of repositories, or so many users that
@@ -97,7 +98,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
         eprintln!(
-            "usage: gen_logs OUT_DIR EVENTS FILES [--envelopes] [--gzip] [--seed N] \
+            "usage: gen_logs OUT_DIR EVENTS FILES [--envelopes] [--bodies] [--gzip] [--seed N] \
              [--repositories N] [--users N] [--no-pulls]"
         );
         std::process::exit(2);
@@ -105,7 +106,8 @@ fn main() {
     let dir = PathBuf::from(&args[0]);
     let events: u64 = args[1].parse().expect("EVENTS is a number");
     let files: u64 = args[2].parse().expect("FILES is a number");
-    let envelopes = args.iter().any(|a| a == "--envelopes");
+    let bodies = args.iter().any(|a| a == "--bodies");
+    let envelopes = bodies || args.iter().any(|a| a == "--envelopes");
     let gzip = args.iter().any(|a| a == "--gzip");
     let number = |flag: &str, default: u64| -> u64 {
         match args.iter().position(|a| a == flag) {
@@ -172,6 +174,14 @@ fn main() {
             }
             if envelopes {
                 line.extend_from_slice(b"]}");
+            }
+            if bodies {
+                // As the registry's json.MarshalIndent(envelope, "", "   ").
+                let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                let formatter = serde_json::ser::PrettyFormatter::with_indent(b"   ");
+                line.clear();
+                let mut ser = serde_json::Serializer::with_formatter(&mut line, formatter);
+                serde::Serialize::serialize(&value, &mut ser).unwrap();
             }
             line.push(b'\n');
             w.write_all(&line).unwrap();

@@ -181,6 +181,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only-events", action="store_true",
                     help="measure only what --events costs (no baseline run; --baseline still builds)")
+    ap.add_argument("--only-bodies", action="store_true",
+                    help="only 1M and 4M against the baselines, and this tree on 1M events as envelopes one a "
+                         "line and as pretty-printed bodies")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions under callgrind at one thread instead of timing (needs valgrind)")
     ap.add_argument("--outputs-changed", action="store_true",
@@ -265,6 +268,35 @@ def main():
 
     one = compared("1M events, one file", DATA / "one", opts.rounds)
     four = compared("4M events, 16 files", DATA / "four", opts.rounds)
+
+    if opts.only_bodies:
+        gen = TARGET / "release" / "examples" / "gen_logs"
+        for name, flag in [("envelopes", "--envelopes"), ("bodies", "--bodies")]:
+            if not (DATA / f"{name}-done").exists():
+                sh("rm", "-rf", DATA / name)
+                sh(gen, DATA / name, 1_000_000, 1, flag, "--seed", 5)
+                (DATA / f"{name}-done").touch()
+        commands = {name: run_args(new, DATA / name, out / name, "-j", cores) for name in ["envelopes", "bodies"]}
+        for args in commands.values():
+            timed(args)  # warm the page cache
+        best = best_of(commands, opts.rounds)
+        assert same_outputs(out / "envelopes", out / "bodies"), "bodies and envelopes give other outputs"
+        print(f"\n{cores} cores; best of {opts.rounds} rounds\n")
+        print("scenario | binary | seconds | peak MiB | CPU s")
+        print("--- | --- | --- | --- | ---")
+        for r in rows:
+            print(f"{r['scenario']} | {r['binary']} | {r['seconds']} | {r['peak MiB']} | {r['CPU s']}")
+        for name in ["envelopes", "bodies"]:
+            size = sum(f.stat().st_size for f in (DATA / name).iterdir())
+            secs, rss, cpu, _ = best[name]
+            print(f"1M events, {name}: {size / 2**20:,.0f} MiB in {secs:.2f} s: {size / secs / 1e9:.2f} GB/s, "
+                  f"{1e6 / secs / 1e6:.2f}M events/s, peak {rss:.0f} MiB")
+        print("bodies and envelopes: outputs byte-identical")
+        for key in olds:
+            for size, runs in [("1M one file", one), ("4M 16 files", four)]:
+                print(f"{size}: time against {key}: {runs['this tree'][0] / runs[key][0]:.3f}; median of the rounds' "
+                      f"ratios {1 / paired(runs[key], runs['this tree']):.3f}")
+        return
 
     spilled = run_args(new, DATA / "twelve", out / "256M", "-j", cores, "--memory-limit", "256M")
     unspilled = run_args(new, DATA / "twelve", out / "16G", "-j", cores, "--memory-limit", "16G")

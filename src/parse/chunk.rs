@@ -1,10 +1,12 @@
 //! Parsing a chunk: its lines to event records, rejects and the counts of every line.
 
-use super::{parse_line_into, Element, ParsedLine, RawEvent};
+use super::{
+    is_blank, parse_line_into, parse_value_into, value_end, Element, ParsedLine, RawEvent,
+};
 use crate::classify::{user_identity, EventKind};
 use crate::keys::{event_key, identity_coupon, identity_hash, repository_key, PassThroughHasher};
 use crate::parse::jwt::jwt_user_id;
-use crate::read::{Chunk, REJECT_TEXT_BYTES};
+use crate::read::{continues_record, Chunk, REJECT_TEXT_BYTES};
 use crate::records::row::{kind_code, EncodedRow};
 use crate::records::{Action, EventRecord, LineCounts, PathMap, Reject, ReportedUser};
 use crate::timestamp::TimeWindow;
@@ -169,15 +171,13 @@ pub fn parse_chunk_into(
 
 fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
     match chunk {
-        Chunk::Overlong { prefix, len } => {
-            out.counts.lines = 1;
+        Chunk::Overlong { prefix, len, lines } => {
+            out.counts.lines = *lines;
             out.counts.malformed_lines = 1;
             out.rejects.push(Reject {
                 line: 1,
                 index: None,
-                reason: format!(
-                    "line is {len} bytes, longer than --max-line-bytes {max_line_bytes}"
-                ),
+                reason: too_long(*len, *lines, max_line_bytes),
                 text: cut_text(prefix),
             });
         }
@@ -187,58 +187,157 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
             if data.is_empty() {
                 return;
             }
-            // memchr finds newlines many bytes at a time; a byte loop here was a quarter of
-            // the whole run's time.
+            let mut reserve_at = SAMPLE_LINES;
             let mut start = 0;
-            let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-            for end in ends {
-                if out.counts.lines == SAMPLE_LINES {
+            loop {
+                // memchr finds newlines many bytes at a time; a byte loop here was a quarter
+                // of the whole run's time.
+                let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |p| start + p);
+                if out.counts.lines >= reserve_at {
                     reserve_for_chunk(&mut out.events, start, body.len());
+                    reserve_at = u64::MAX;
                 }
-                let line = &body[start..end];
-                start = end + 1;
-                out.counts.lines += 1;
-                let line_no = out.counts.lines;
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.len() > max_line_bytes {
-                    out.malformed(
-                        line_no,
-                        line,
-                        format!(
-                            "line is {} bytes, longer than --max-line-bytes {max_line_bytes}",
-                            line.len()
-                        ),
-                    );
-                    out.end_line(line_no);
+                // A line the next one continues (the first of a pretty-printed body, or one
+                // followed by blank lines) is read with them as one record.
+                if end < body.len() && body.get(end + 1).is_none_or(|&b| continues_record(b)) {
+                    let record_end = record_end(body, end);
+                    out.record(&body[start..record_end], max_line_bytes);
+                    if record_end == body.len() {
+                        break;
+                    }
+                    start = record_end + 1;
                     continue;
                 }
-                let mut single = RawEvent::default();
-                match parse_line_into(line, &mut single) {
-                    None => out.event(line_no, line, None, &mut single),
-                    Some(ParsedLine::Blank) => out.counts.blank_lines += 1,
-                    Some(ParsedLine::Malformed(reason)) => out.malformed(line_no, line, reason),
-                    // `parse_line_into` leaves a single event in `single` instead (`None`).
-                    Some(ParsedLine::Single(mut event)) => {
-                        out.event(line_no, line, None, &mut event)
-                    }
-                    Some(ParsedLine::Envelope(elements)) => {
-                        let mut i = 0;
-                        for element in elements {
-                            out.element(line_no, line, &mut i, element);
-                        }
-                    }
-                    Some(ParsedLine::LongEnvelope(long)) => {
-                        let mut i = 0;
-                        long.each(|element| out.element(line_no, line, &mut i, element));
-                    }
+                out.counts.lines += 1;
+                let line_no = out.counts.lines;
+                let line = &body[start..end];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.len() > max_line_bytes {
+                    let reason = too_long(line.len() as u64, 1, max_line_bytes);
+                    out.malformed(line_no, line, reason);
+                } else {
+                    let mut single = RawEvent::default();
+                    let parsed = parse_line_into(line, &mut single);
+                    out.value(line_no, line, parsed, single);
                 }
                 out.end_line(line_no);
+                if end == body.len() {
+                    break;
+                }
+                start = end + 1;
             }
         }
     }
 }
 
+/// The end of the record whose first line ends at `body[end]`, a newline the next line
+/// continues: the end of the last line before one that begins a record.
+fn record_end(body: &[u8], mut end: usize) -> usize {
+    loop {
+        let start = end + 1;
+        end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |p| start + p);
+        if end == body.len() || body.get(end + 1).is_some_and(|&b| !continues_record(b)) {
+            return end;
+        }
+    }
+}
+
+fn too_long(len: u64, lines: u64, max_line_bytes: usize) -> String {
+    if lines == 1 {
+        format!("line is {len} bytes, longer than --max-line-bytes {max_line_bytes}")
+    } else {
+        format!(
+            "record of {lines} lines is {len} bytes, longer than --max-line-bytes {max_line_bytes}"
+        )
+    }
+}
+
+/// JSON's whitespace, which separates values and may fill a line.
+fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
 impl ChunkOutput {
+    /// One parsed value, `text` starting on line `line_no`.
+    #[inline(always)]
+    fn value<'a>(
+        &mut self,
+        line_no: u64,
+        text: &'a [u8],
+        parsed: Option<ParsedLine<'a>>,
+        mut single: RawEvent<'a>,
+    ) {
+        match parsed {
+            // `parse_line_into` leaves a single event in `single` instead (`None`).
+            None => self.event(line_no, text, None, &mut single),
+            Some(ParsedLine::Blank) => self.counts.blank_lines += 1,
+            Some(ParsedLine::Malformed(reason)) => self.malformed(line_no, text, reason),
+            Some(ParsedLine::Single(mut event)) => self.event(line_no, text, None, &mut event),
+            Some(ParsedLine::Envelope(elements)) => {
+                let mut i = 0;
+                for element in elements {
+                    self.element(line_no, text, &mut i, element);
+                }
+            }
+            Some(ParsedLine::LongEnvelope(long)) => {
+                let mut i = 0;
+                long.each(|element| self.element(line_no, text, &mut i, element));
+            }
+        }
+    }
+
+    /// A record of several lines (without the last one's newline): a stream of JSON values,
+    /// each placed on the line it starts on (SPEC §1, "Bodies as the registry sent them").
+    /// A value that is broken or cut short is one malformed record with the rest of the
+    /// lines, and reading goes on at the next record.
+    #[cold]
+    fn record(&mut self, text: &[u8], max_line_bytes: usize) {
+        let first = self.counts.lines + 1;
+        let lines = memchr::memchr_iter(b'\n', text).count() as u64 + 1;
+        self.counts.lines += lines;
+        let len = text.strip_suffix(b"\r").unwrap_or(text).len();
+        if len > max_line_bytes {
+            self.malformed(first, text, too_long(len as u64, lines, max_line_bytes));
+            self.end_line(first);
+            return;
+        }
+        // A line of only whitespace is blank wherever it stands, as in one value a line.
+        let blank = text.split(|&b| b == b'\n').filter(|l| is_blank(l)).count();
+        self.counts.blank_lines += blank as u64;
+        let mut pos = 0;
+        let mut line_no = first;
+        loop {
+            while let Some(&b) = text.get(pos).filter(|&&b| is_json_space(b)) {
+                line_no += u64::from(b == b'\n');
+                pos += 1;
+            }
+            if pos == text.len() {
+                return;
+            }
+            let Some(end) = value_end(text, pos) else {
+                let rest = &text[pos..];
+                let reason = format!(
+                    "JSON value cut short: it does not end before line {}, which begins a new record",
+                    first + lines
+                );
+                self.malformed(line_no, rest, reason);
+                self.end_line(line_no);
+                return;
+            };
+            let value = &text[pos..end];
+            let mut single = RawEvent::default();
+            let parsed = parse_value_into(value, line_no, &mut single);
+            let broken = matches!(parsed, Some(ParsedLine::Malformed(_)));
+            self.value(line_no, value, parsed, single);
+            self.end_line(line_no);
+            if broken {
+                return;
+            }
+            line_no += memchr::memchr_iter(b'\n', value).count() as u64;
+            pos = end;
+        }
+    }
+
     fn malformed(&mut self, line_no: u64, line: &[u8], reason: String) {
         self.counts.malformed_lines += 1;
         self.reject(line_no, line, None, reason);
@@ -628,6 +727,7 @@ mod tests {
             &Chunk::Overlong {
                 prefix: b"{\"a".to_vec(),
                 len: 99,
+                lines: 1,
             },
             10,
         );
@@ -702,5 +802,101 @@ mod tests {
                 c.malformed_lines + c.invalid_events
             );
         }
+    }
+
+    /// `{"events": [EV with id `id`]}` as the registry's `json.MarshalIndent(.., "", "   ")`
+    /// writes it.
+    fn pretty(id: &str) -> String {
+        let event: serde_json::Value =
+            serde_json::from_str(&EV.replace("\"e1\"", &format!("\"{id}\""))).unwrap();
+        let envelope = serde_json::json!({ "events": [event] });
+        let mut out = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"   ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+        serde::Serialize::serialize(&envelope, &mut ser).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn ids(out: &ChunkOutput) -> Vec<u128> {
+        out.ids.clone()
+    }
+
+    #[test]
+    fn bodies_over_many_lines_are_values_placed_on_their_first_line() {
+        let (a, b, c) = (pretty("a"), pretty("b"), pretty("c"));
+        let a_lines = a.lines().count() as u64;
+        // With a newline, a blank line, and nothing between them; CRLF in the last.
+        let text = format!("{a}\n\n{b}{c}\r\n{EV}\n").replace("\"c\"", "\"c\"\r");
+        let out = lines(&text);
+        let expected = ["a", "b", "c", "e1"].map(|id| event_key(id.as_bytes()));
+        assert_eq!(ids(&out), expected);
+        assert_eq!(out.counts.lines, text.lines().count() as u64);
+        assert_eq!(out.counts.blank_lines, 1);
+        assert_eq!(out.counts.malformed_lines + out.counts.invalid_events, 0);
+        // The same events one a line.
+        let jsonl = ["a", "b", "c"]
+            .map(|id| {
+                serde_json::to_string(
+                    &serde_json::from_str::<serde_json::Value>(&pretty(id)).unwrap(),
+                )
+                .unwrap()
+            })
+            .join("\n");
+        assert_eq!(ids(&lines(&jsonl)), expected[..3]);
+        // An invalid event in the second body is placed on the body's first line.
+        let bad = pretty("b").replace("\"push\"", "7");
+        let out = lines(&format!("{a}\n{bad}\n"));
+        assert_eq!(out.counts.invalid_events, 1);
+        assert_eq!(out.rejects[0].line, a_lines + 1);
+        assert_eq!(out.rejects[0].index, Some(0));
+        assert!(out.rejects[0].text.starts_with("{\n   \"events\""));
+    }
+
+    #[test]
+    fn a_cut_or_broken_body_is_one_malformed_record_and_the_next_is_read() {
+        let (a, b) = (pretty("a"), pretty("b"));
+        let a_lines = a.lines().count();
+        for cut in [1, 2, a.len() / 2, a.len() - 1] {
+            let text = format!("{}\n{b}\n", &a[..cut]);
+            let out = lines(&text);
+            assert_eq!(ids(&out), [event_key(b"b")], "cut at {cut}");
+            assert_eq!(out.counts.malformed_lines, 1, "cut at {cut}");
+            assert_eq!(out.rejects[0].line, 1);
+            assert!(
+                out.rejects[0].reason.contains("cut short")
+                    || out.rejects[0].reason.contains("invalid JSON"),
+                "{}",
+                out.rejects[0].reason
+            );
+            assert_eq!(out.counts.lines, text.lines().count() as u64);
+        }
+        // Broken inside, not cut: the error is placed by line and column.
+        let broken = a.replace("\"push\",", "\"push\" x");
+        let out = lines(&format!("{broken}\n{b}\n"));
+        assert_eq!(ids(&out), [event_key(b"b")]);
+        let line = 1 + broken.lines().position(|l| l.contains(" x")).unwrap();
+        assert!(
+            out.rejects[0]
+                .reason
+                .contains(&format!("at line {line}, column")),
+            "{}",
+            out.rejects[0].reason
+        );
+        // A body longer than the limit, arrived whole.
+        let out = parse_chunk(&Chunk::Lines(format!("{a}\n{b}\n").into_bytes()), 100);
+        assert_eq!(out.counts.malformed_lines, 2);
+        assert_eq!(out.rejects[1].line, a_lines as u64 + 1);
+        assert!(out.rejects[0]
+            .reason
+            .starts_with(&format!("record of {a_lines} lines is")));
+    }
+
+    #[test]
+    fn values_on_one_line_are_each_read() {
+        let out = lines(&format!("{EV} {EV}{EV}\n \"x\"\n"));
+        assert_eq!(out.counts.events_seen, 3);
+        assert_eq!(out.counts.malformed_lines, 1);
+        assert_eq!(out.rejects[0].line, 2);
+        assert_eq!(out.counts.lines, 2);
     }
 }

@@ -301,13 +301,37 @@ pub fn parse_line(line: &[u8]) -> ParsedLine<'_> {
 /// ([`RawEvent::take_valid`]) rather than moving it through [`ParsedLine::Single`].
 #[inline(always)]
 pub fn parse_line_into<'a>(line: &'a [u8], single: &mut RawEvent<'a>) -> Option<ParsedLine<'a>> {
+    parse_into_with(line, single, |column| format!("column {column}"))
+}
+
+/// [`parse_line_into`] for a value that may span lines, the first of them line `first_line` of
+/// its input: a syntax error is placed by line and column.
+pub fn parse_value_into<'a>(
+    value: &'a [u8],
+    first_line: u64,
+    single: &mut RawEvent<'a>,
+) -> Option<ParsedLine<'a>> {
+    parse_into_with(value, single, |column| {
+        let before = &value[..(column - 1).min(value.len())];
+        let line_start = memchr::memrchr(b'\n', before).map_or(0, |p| p + 1);
+        let line = first_line + memchr::memchr_iter(b'\n', before).count() as u64;
+        format!("line {line}, column {}", before.len() - line_start + 1)
+    })
+}
+
+#[inline(always)]
+fn parse_into_with<'a>(
+    line: &'a [u8],
+    single: &mut RawEvent<'a>,
+    at: impl FnOnce(usize) -> String,
+) -> Option<ParsedLine<'a>> {
     if is_blank(line) {
         return Some(ParsedLine::Blank);
     }
     Some(match scan::scan_bytes(line, single) {
         Err(BytesError::NotUtf8) => ParsedLine::Malformed("line is not valid UTF-8".into()),
         Err(BytesError::Syntax(e)) => {
-            ParsedLine::Malformed(format!("invalid JSON: {} at column {}", e.what, e.column))
+            ParsedLine::Malformed(format!("invalid JSON: {} at {}", e.what, at(e.column)))
         }
         Ok((_, TopLevel::NotObject)) => ParsedLine::Malformed("line is not a JSON object".into()),
         Ok((_, TopLevel::EventsNotArray)) => {
@@ -319,6 +343,55 @@ pub fn parse_line_into<'a>(line: &'a [u8], single: &mut RawEvent<'a>) -> Option<
         }
         Ok((_, TopLevel::Single)) => return None,
     })
+}
+
+/// Where the JSON value that starts at `text[start]` (not whitespace) ends, found without
+/// parsing it: brackets are counted outside strings, and a string ends at a quote no backslash
+/// escapes. `None` when the text ends first: the value is cut short. A value that is not
+/// valid JSON still ends somewhere; its parse says what is wrong with it.
+pub fn value_end(text: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    let mut depth = 0usize;
+    loop {
+        match *text.get(pos)? {
+            b'"' => pos = string_end(text, pos + 1)?,
+            b'{' | b'[' => {
+                depth += 1;
+                pos += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                pos += 1;
+            }
+            _ if depth > 0 => pos += 1,
+            // A scalar at the top: it runs to whitespace or a structural byte.
+            _ => {
+                let rest = &text[pos..];
+                let len = rest
+                    .iter()
+                    .position(|b| b" \t\r\n{}[]\",:".contains(b))
+                    .unwrap_or(rest.len());
+                return Some(pos + len.max(1));
+            }
+        }
+        if depth == 0 {
+            return Some(pos);
+        }
+    }
+}
+
+/// The index after the quote that closes a string whose text starts at `from`.
+fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let p = from + memchr::memchr2(b'"', b'\\', &text[from..])?;
+        if text[p] == b'"' {
+            return Some(p + 1);
+        }
+        from = p + 2;
+        if from > text.len() {
+            return None;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,11 @@
-//! An input's decoded byte stream cut into chunks of whole lines for the parse tasks, and the
+//! An input's decoded byte stream cut into chunks of whole records for the parse tasks, and the
 //! pools their buffers are recycled through.
+//!
+//! A record is a line and the lines that continue it: lines that begin with JSON whitespace, `}`
+//! or `]`, as every line inside a pretty-printed body does but the first (SPEC §1, "Bodies as the
+//! registry sent them"). A chunk is cut only before a line that begins a record, so a body is
+//! never split between two parse tasks; for one JSON value a line, every line begins a record
+//! and the cut is where it always was, after the last newline.
 
 use super::{REJECT_TEXT_BYTES, UTF8_BOM};
 use std::io::{self, Read};
@@ -9,10 +15,23 @@ use xxhash_rust::xxh3::Xxh3;
 /// A piece of an input handed to a parser.
 #[derive(Debug, PartialEq)]
 pub enum Chunk {
-    /// Whole lines: every line ends in `\n` except perhaps the input's very last one.
+    /// Whole records: every line ends in `\n` except perhaps the input's very last one.
     Lines(Vec<u8>),
-    /// One line longer than the limit, of which only the start was kept.
-    Overlong { prefix: Vec<u8>, len: u64 },
+    /// One record longer than the limit, of which only the start was kept: `len` bytes over
+    /// `lines` lines.
+    Overlong {
+        prefix: Vec<u8>,
+        len: u64,
+        lines: u64,
+    },
+}
+
+/// True for a line's first byte that continues the record of the lines before it: JSON
+/// whitespace (a blank line, an indented line of a pretty-printed value) or the closing
+/// bracket a pretty-printer puts at the start of a line.
+#[inline(always)]
+pub fn continues_record(first: u8) -> bool {
+    matches!(first, b' ' | b'\t' | b'\r' | b'\n' | b'}' | b']')
 }
 
 /// Buffers handed back after use, to be filled again: chunk buffers from the parsers to the
@@ -81,6 +100,11 @@ pub struct Chunker<R> {
     failed: Option<io::Error>,
     /// Nothing decoded yet: a byte-order mark may still come.
     at_start: bool,
+    /// Where the last record that `buf` holds the first byte of begins (0: none but the
+    /// first), and how far `buf` has been searched for it: each byte is looked at once,
+    /// however many reads a long record takes to arrive.
+    cut: usize,
+    searched: usize,
     /// Decoded bytes taken from `reader` so far.
     pub decoded_bytes: u64,
     /// When set, every decoded byte is hashed (for plain inputs, whose decoded bytes are the
@@ -111,6 +135,8 @@ impl<R: Read> Chunker<R> {
             eof: false,
             failed: None,
             at_start: true,
+            cut: 0,
+            searched: 0,
             decoded_bytes: 0,
             hasher: None,
         }
@@ -123,17 +149,17 @@ impl<R: Read> Chunker<R> {
     /// error follows, and the incomplete line it cut is dropped.
     pub fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
         loop {
-            let tail_start = memchr::memrchr(b'\n', &self.buf).map_or(0, |p| p + 1);
+            let tail_start = self.find_cut();
             if let Some(e) = self.failed.take() {
                 if tail_start > 0 {
                     self.failed = Some(e);
                     return Ok(Some(self.split_at(tail_start)));
                 }
                 self.buf.clear();
+                self.forget_cut();
                 return Err(e);
             }
-            let tail_len = self.buf.len() - tail_start;
-            if tail_len > self.max_line_bytes {
+            if record_len(&self.buf[tail_start..]) > self.max_line_bytes {
                 if tail_start > 0 {
                     return Ok(Some(self.split_at(tail_start)));
                 }
@@ -143,6 +169,7 @@ impl<R: Read> Chunker<R> {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
+                self.forget_cut();
                 return Ok(Some(Chunk::Lines(std::mem::take(&mut self.buf))));
             }
             if self.buf.len() >= self.chunk_bytes && tail_start > 0 {
@@ -154,6 +181,30 @@ impl<R: Read> Chunker<R> {
         }
     }
 
+    /// The start of the last record whose first byte `buf` holds, 0 if none but the first.
+    /// For one value a line that is the last newline's next byte; the search goes further
+    /// back only over lines that continue a record, and never over bytes searched before.
+    fn find_cut(&mut self) -> usize {
+        // A newline that was the last byte could not be judged before its next byte came.
+        let from = self.searched.saturating_sub(1).max(self.cut);
+        let mut end = self.buf.len();
+        while let Some(p) = memchr::memrchr(b'\n', &self.buf[from..end]) {
+            let p = from + p;
+            if self.buf.get(p + 1).is_some_and(|&b| !continues_record(b)) {
+                self.cut = p + 1;
+                break;
+            }
+            end = p;
+        }
+        self.searched = self.buf.len();
+        self.cut
+    }
+
+    fn forget_cut(&mut self) {
+        self.cut = 0;
+        self.searched = 0;
+    }
+
     /// Returns `buf[..at]` as a chunk and keeps the rest for the next one.
     fn split_at(&mut self, at: usize) -> Chunk {
         let mut rest = self
@@ -161,6 +212,9 @@ impl<R: Read> Chunker<R> {
             .take(self.chunk_bytes.max(self.buf.len() - at) + 64 * 1024);
         rest.extend_from_slice(&self.buf[at..]);
         self.buf.truncate(at);
+        // The rest was searched, and holds no record's start but its first byte.
+        self.cut = 0;
+        self.searched = rest.len();
         Chunk::Lines(std::mem::replace(&mut self.buf, rest))
     }
 
@@ -196,11 +250,17 @@ impl<R: Read> Chunker<R> {
         Ok(())
     }
 
-    /// `buf` holds only the start of a line that is already too long: keep its first KiB and
-    /// read on to its newline without storing the rest.
+    /// `buf` holds only the start of a record that is already too long: keep its first KiB and
+    /// read on to the next line that begins a record, counting lines, without storing the rest.
     fn skip_overlong(&mut self) -> io::Result<Chunk> {
         let prefix = self.buf[..self.buf.len().min(REJECT_TEXT_BYTES)].to_vec();
-        let mut len = self.buf.len() as u64;
+        let mut skipped = Skipped::default();
+        let resume = skipped.scan(&self.buf);
+        self.forget_cut();
+        if let Some(at) = resume {
+            self.buf.drain(..at);
+            return Ok(skipped.chunk(prefix));
+        }
         self.buf.clear();
         let mut scratch = vec![0u8; 64 * 1024];
         loop {
@@ -215,15 +275,77 @@ impl<R: Read> Chunker<R> {
             }
             if n == 0 {
                 self.eof = true;
-                return Ok(Chunk::Overlong { prefix, len });
+                return Ok(skipped.chunk(prefix));
             }
-            if let Some(p) = memchr::memchr(b'\n', &scratch[..n]) {
-                len += p as u64;
-                self.buf.extend_from_slice(&scratch[p + 1..n]);
-                return Ok(Chunk::Overlong { prefix, len });
+            if let Some(at) = skipped.scan(&scratch[..n]) {
+                self.buf.extend_from_slice(&scratch[at..n]);
+                return Ok(skipped.chunk(prefix));
             }
-            len += n as u64;
         }
+    }
+}
+
+/// A record's length without the newline (and `\r`) that ends it.
+fn record_len(tail: &[u8]) -> usize {
+    let tail = tail.strip_suffix(b"\n").unwrap_or(tail);
+    tail.strip_suffix(b"\r").unwrap_or(tail).len()
+}
+
+/// What an over-long record's skipped bytes held, as they pass block by block.
+#[derive(Default)]
+struct Skipped {
+    /// Bytes, the newlines inside the record included.
+    bytes: u64,
+    newlines: u64,
+    /// The last byte seen was a newline (and `cr` a `\r` before it), whose next byte decides
+    /// whether the record ends there.
+    newline_last: bool,
+    cr: bool,
+}
+
+impl Skipped {
+    /// Takes a block: where in it the next record begins, if it does.
+    fn scan(&mut self, block: &[u8]) -> Option<usize> {
+        let mut from = 0;
+        if self.newline_last && !block.is_empty() {
+            if !continues_record(block[0]) {
+                return Some(0);
+            }
+            self.newline_last = false;
+        }
+        while let Some(p) = memchr::memchr(b'\n', &block[from..]) {
+            let p = from + p;
+            self.newlines += 1;
+            match block.get(p + 1) {
+                Some(&b) if !continues_record(b) => {
+                    self.bytes += p as u64 + 1;
+                    self.cr = p > 0 && block[p - 1] == b'\r';
+                    self.newline_last = true;
+                    return Some(p + 1);
+                }
+                Some(_) => from = p + 1,
+                None => {
+                    self.newline_last = true;
+                    self.cr = p > 0 && block[p - 1] == b'\r';
+                    self.bytes += block.len() as u64;
+                    return None;
+                }
+            }
+        }
+        self.bytes += block.len() as u64;
+        None
+    }
+
+    /// The record as a chunk: its last newline (the one before the next record, or one at
+    /// the end of the input) ends it and is not counted in its length.
+    fn chunk(&self, prefix: Vec<u8>) -> Chunk {
+        let (len, lines) = if self.newline_last {
+            let cr = u64::from(self.cr);
+            (self.bytes - 1 - cr, self.newlines)
+        } else {
+            (self.bytes, self.newlines + 1)
+        };
+        Chunk::Overlong { prefix, len, lines }
     }
 }
 
@@ -314,8 +436,11 @@ mod tests {
         data.extend_from_slice(b"\nafter\n");
         let chs = chunks(&data, 64, 100);
         assert!(joined(&chs) == b"short\n<long>\nafter\n");
-        let Some(Chunk::Overlong { prefix, len }) =
-            chs.iter().find(|c| matches!(c, Chunk::Overlong { .. }))
+        let Some(Chunk::Overlong {
+            prefix,
+            len,
+            lines: 1,
+        }) = chs.iter().find(|c| matches!(c, Chunk::Overlong { .. }))
         else {
             panic!("no overlong chunk")
         };
@@ -326,16 +451,18 @@ mod tests {
         assert!(
             chs == [Chunk::Overlong {
                 prefix: vec![b'x'; REJECT_TEXT_BYTES],
-                len: 200_000
+                len: 200_000,
+                lines: 1
             }]
         );
     }
 
     #[test]
     fn long_lines_read_in_one_block_reach_the_parser_whole() {
-        // Shorter than one read: the chunk carries it and the parser rejects it by length.
+        // Shorter than one read and followed by the start of a record: the chunk carries it
+        // and the parser rejects it by length.
         let mut data = vec![b'x'; 5000];
-        data.push(b'\n');
+        data.extend_from_slice(b"\nok\n");
         assert!(chunks(&data, 64, 100) == [Chunk::Lines(data.clone())]);
     }
 
@@ -357,5 +484,94 @@ mod tests {
             c.next_chunk().unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+    }
+
+    /// Pretty-printed values, one after another with and without blank lines between them.
+    fn bodies(n: usize) -> Vec<u8> {
+        let mut data = Vec::new();
+        for i in 0..n {
+            let body = format!(
+                "{{\n   \"events\": [\n      {{\n         \"id\": \"{i}\"\n      }}\n   ]\n}}"
+            );
+            data.extend_from_slice(body.as_bytes());
+            data.extend_from_slice(match i % 3 {
+                0 => &b"\n"[..],
+                1 => b"\n\n",
+                _ => b"",
+            });
+        }
+        data
+    }
+
+    #[test]
+    fn chunks_are_cut_only_before_a_line_that_begins_a_record() {
+        let data = bodies(200);
+        for size in [1, 7, 100, 4096, 1 << 20] {
+            let chs = chunks(&data, size, 1 << 20);
+            assert_eq!(joined(&chs), data, "chunk size {size}");
+            for c in &chs[1..] {
+                let Chunk::Lines(v) = c else { panic!() };
+                assert!(v.starts_with(b"{\n   \"events\""), "chunk size {size}");
+            }
+        }
+        // Read a byte at a time, as from a pipe: the last newline of a read is judged once its
+        // next byte comes.
+        let reader = ByteAtATime(&data);
+        let mut c = Chunker::new(reader, 50, 1 << 20);
+        let mut joined_chunks = Vec::new();
+        while let Some(Chunk::Lines(v)) = c.next_chunk().unwrap() {
+            assert!(v.starts_with(b"{\n"));
+            joined_chunks.extend_from_slice(&v);
+        }
+        assert_eq!(joined_chunks, data);
+    }
+
+    struct ByteAtATime<'a>(&'a [u8]);
+
+    impl Read for ByteAtATime<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some((&b, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = b;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn an_overlong_record_is_skipped_to_the_next_record_with_its_lines() {
+        let mut data = b"{\"a\":1}\n".to_vec();
+        let mut long = b"{\r\n".to_vec();
+        for _ in 0..20_000 {
+            long.extend_from_slice(b"   \"key\": 1,\r\n");
+        }
+        long.extend_from_slice(b"}");
+        data.extend_from_slice(&long);
+        data.extend_from_slice(b"\r\n{\"b\":2}\n");
+        for size in [64, 4096] {
+            let chs = chunks(&data, size, 1000);
+            assert_eq!(
+                joined(&chs),
+                b"{\"a\":1}\n<long>\n{\"b\":2}\n",
+                "chunk size {size}"
+            );
+            let Some(Chunk::Overlong { len, lines, .. }) =
+                chs.iter().find(|c| matches!(c, Chunk::Overlong { .. }))
+            else {
+                panic!("no overlong chunk")
+            };
+            assert_eq!((*len, *lines), (long.len() as u64, 20_002));
+        }
+        // At the end of the input, with and without a last newline.
+        for end in [&b""[..], b"\n"] {
+            let mut data = long.clone();
+            data.extend_from_slice(end);
+            let chs = chunks(&data, 64, 1000);
+            let [Chunk::Overlong { len, lines, .. }] = &chs[..] else {
+                panic!("{chs:?}")
+            };
+            assert_eq!((*len, *lines), (long.len() as u64, 20_002));
+        }
     }
 }

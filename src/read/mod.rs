@@ -10,7 +10,7 @@ pub mod object;
 pub mod read_ahead;
 pub mod user_ids;
 
-pub use chunker::{BufferPool, Chunk, Chunker};
+pub use chunker::{continues_record, BufferPool, Chunk, Chunker};
 pub use read_ahead::ReadAhead;
 
 use std::fs::File;

@@ -4,6 +4,7 @@
 //! Tests that need something beyond a Rust toolchain (a `redis-server`, root) are `#[ignore]`d
 //! with the reason; `cargo test -- --ignored` runs them, and CI does.
 
+mod bodies;
 mod cli;
 mod determinism;
 mod events;

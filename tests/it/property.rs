@@ -35,17 +35,21 @@ struct Generated {
     known: Vec<String>,
 }
 
-fn format_time(rng: &mut Rng, secs: i64, nanos: u32) -> String {
+/// The time as written, and the nanoseconds it keeps (a written time may drop digits).
+fn format_time(rng: &mut Rng, secs: i64, nanos: u32) -> (String, u32) {
     let offset_min: i64 = *rng.pick(&[0, 0, 330, -480, 60]);
     let local = DateTime::<Utc>::from_timestamp(secs + offset_min * 60, nanos)
         .unwrap()
         .naive_utc();
     let base = local.format("%Y-%m-%dT%H:%M:%S").to_string();
-    let frac = match rng.below(4) {
-        0 => String::new(),
-        1 => format!(".{:03}", nanos / 1_000_000),
-        2 => format!(".{nanos:09}"),
-        _ => format!(".{nanos:09}123"), // digits past nanoseconds
+    let (frac, kept) = match rng.below(4) {
+        0 => (String::new(), 0),
+        1 => (
+            format!(".{:03}", nanos / 1_000_000),
+            nanos / 1_000_000 * 1_000_000,
+        ),
+        2 => (format!(".{nanos:09}"), nanos),
+        _ => (format!(".{nanos:09}123"), nanos), // digits past nanoseconds
     };
     let zone = if offset_min == 0 && rng.chance(70) {
         "Z".to_owned()
@@ -57,7 +61,16 @@ fn format_time(rng: &mut Rng, secs: i64, nanos: u32) -> String {
             offset_min.abs() % 60
         )
     };
-    format!("{base}{frac}{zone}")
+    (format!("{base}{frac}{zone}"), kept)
+}
+
+/// `value` as the registry's `json.MarshalIndent(envelope, "", "   ")` writes a body.
+pub fn pretty(value: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"   ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(value, &mut ser).unwrap();
+    String::from_utf8(out).unwrap()
 }
 
 fn generate(seed: u64) -> Generated {
@@ -145,9 +158,10 @@ fn generate(seed: u64) -> Generated {
                     if has_digest {
                         target["digest"] = json!("sha256:00");
                     }
+                    let (timestamp, nanos) = format_time(&mut rng, secs, nanos);
                     let mut v = json!({
                         "id": id,
-                        "timestamp": format_time(&mut rng, secs, nanos),
+                        "timestamp": timestamp,
                         "action": action,
                         "target": target,
                     });
@@ -183,10 +197,18 @@ fn generate(seed: u64) -> Generated {
                     g.invalid += 1;
                     values.push(v);
                 }
-                if roll < 55 {
-                    values.pop().unwrap().to_string()
+                let value = if roll < 55 {
+                    values.pop().unwrap()
                 } else {
-                    json!({ "events": values }).to_string()
+                    json!({ "events": values })
+                };
+                if rng.chance(20) {
+                    // As the registry POSTs it: over many lines (SPEC §1).
+                    let text = pretty(&value);
+                    g.lines += text.matches('\n').count() as u64;
+                    text
+                } else {
+                    value.to_string()
                 }
             };
             text.push_str(&line);
