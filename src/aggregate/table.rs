@@ -3,7 +3,7 @@
 //! the Service Ping take them.
 
 use super::period::{Period, PeriodKind};
-use super::sketch::{SketchError, UserSketch, WarehouseSketch};
+use super::sketch::{Bounds, SketchError, UserSketch, WarehouseSketch};
 use crate::classify::{metric_names, short_name};
 use crate::timestamp::TimeWindow;
 use chrono::NaiveDate;
@@ -147,6 +147,7 @@ impl MetricTable {
             out.push(DistinctUsers {
                 metric,
                 unique_users: sketch.estimate(),
+                bounds: sketch.bounds(),
                 events,
             });
         }
@@ -182,6 +183,8 @@ impl MetricTable {
 pub struct DistinctUsers {
     pub metric: &'static str,
     pub unique_users: i64,
+    /// The 95% confidence interval of `unique_users`.
+    pub bounds: Bounds,
     pub events: u64,
 }
 
@@ -226,6 +229,8 @@ pub struct MetricRow {
     pub metric: &'static str,
     pub period: Period,
     pub unique_users: i64,
+    /// The 95% confidence interval of `unique_users`.
+    pub bounds: Bounds,
     pub events: i64,
     pub sketch: UserSketch,
     pub hll_sketch: Option<WarehouseSketch>,
@@ -237,6 +242,7 @@ impl MetricRow {
             metric,
             period,
             unique_users: cell.sketch.estimate(),
+            bounds: cell.sketch.bounds(),
             events: i64::try_from(cell.events).unwrap_or(i64::MAX),
             sketch: cell.sketch,
             hll_sketch: cell.hll_sketch,

@@ -3,6 +3,7 @@
 //! `aggregates.parquet`), without reading any log.
 
 use crate::aggregate::period::PeriodKind;
+use crate::aggregate::sketch::Bounds;
 use crate::aggregate::{DistinctUsers, MetricRow, MetricTable};
 use crate::classify::{metric_names, short_name};
 use crate::cmd::flags::{check_range, parse_date, usage};
@@ -127,7 +128,7 @@ fn print_table<W: Write>(
     let metrics: Vec<&str> = metric_names().collect();
     write!(w, "{:<10}", "period")?;
     for m in &metrics {
-        write!(w, " {:>19}", short_name(m))?;
+        write!(w, " {:>22}", short_name(m))?;
     }
     writeln!(w)?;
     let in_range = |r: &MetricRow| {
@@ -146,14 +147,17 @@ fn print_table<W: Write>(
             for m in &metrics {
                 let cell = rows.iter().find(|r| r.metric == *m && r.period == period);
                 let text = cell.map_or("0/0".to_owned(), |r| {
-                    format!("{}/{}", r.unique_users, r.events)
+                    format!("{}/{}", with_margin(r.unique_users, r.bounds), r.events)
                 });
-                write!(w, " {text:>19}")?;
+                write!(w, " {text:>22}")?;
             }
             writeln!(w)?;
         }
     }
-    writeln!(w, "(each cell: unique users/events)")?;
+    writeln!(
+        w,
+        "(each cell: unique users (± the 95% interval's larger half, where not exact)/events)"
+    )?;
     let (weeks, series) = weekly_users(rows, since, until);
     if let (Some(first), Some(last)) = (weeks.first(), weeks.last()) {
         writeln!(w)?;
@@ -171,7 +175,19 @@ fn print_table<W: Write>(
     Ok(())
 }
 
-/// `{"since", "until", "metrics": {"<event name>": {"unique_users", "events"}}}`.
+/// `1234 (±25)`: an estimate and the larger half of its interval; the estimate alone where
+/// the interval is the estimate.
+fn with_margin(estimate: i64, bounds: Bounds) -> String {
+    let margin = (estimate - bounds.lower).max(bounds.upper - estimate);
+    if margin == 0 {
+        estimate.to_string()
+    } else {
+        format!("{estimate} (±{margin})")
+    }
+}
+
+/// `{"since", "until", "metrics": {"<event name>": {"unique_users", "unique_users_lower",
+/// "unique_users_upper", "events"}}}`.
 fn distinct_json(
     since: NaiveDate,
     until: NaiveDate,
@@ -180,7 +196,12 @@ fn distinct_json(
     let by_name: serde_json::Map<String, serde_json::Value> = metrics
         .iter()
         .map(|m| {
-            let cell = serde_json::json!({"unique_users": m.unique_users, "events": m.events});
+            let cell = serde_json::json!({
+                "unique_users": m.unique_users,
+                "unique_users_lower": m.bounds.lower,
+                "unique_users_upper": m.bounds.upper,
+                "events": m.events,
+            });
             (m.metric.to_owned(), cell)
         })
         .collect();
@@ -200,13 +221,19 @@ fn print_distinct<W: Write>(
 ) -> Result<()> {
     let last = until.pred_opt().unwrap_or(until);
     writeln!(w, "distinct users from {since} to {last} (both included)")?;
-    writeln!(w, "{:<20} {:>12} {:>12}", "event", "unique users", "events")?;
+    writeln!(
+        w,
+        "{:<20} {:>12} {:>25} {:>12}",
+        "event", "unique users", "95% interval", "events"
+    )?;
     for m in metrics {
+        let interval = format!("[{}, {}]", m.bounds.lower, m.bounds.upper);
         writeln!(
             w,
-            "{:<20} {:>12} {:>12}",
+            "{:<20} {:>12} {:>25} {:>12}",
             short_name(m.metric),
             m.unique_users,
+            interval,
             m.events
         )?;
     }

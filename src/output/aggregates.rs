@@ -3,7 +3,8 @@
 use crate::aggregate::period::Period;
 use crate::aggregate::sketch::{UserSketch, WarehouseSketch};
 use crate::aggregate::sketch::{
-    HASH_NAME, HLL_SKETCH_FAMILY, HLL_SKETCH_HASH, HLL_SKETCH_TYPE, PRECISION_RANGE, SKETCH_FORMAT,
+    BOUNDS_METHOD, HASH_NAME, HLL_SKETCH_FAMILY, HLL_SKETCH_HASH, HLL_SKETCH_TYPE, PRECISION_RANGE,
+    SKETCH_FORMAT,
 };
 use crate::aggregate::{MetricRow, MetricTable, TableCell};
 use crate::classify::known_metric;
@@ -43,13 +44,17 @@ pub fn schema() -> Schema {
         Field::new("sketch", DataType::Binary, false),
         // Null only for a cell whose users partly came from a state of regtally 0.3.
         Field::new("hll_sketch", DataType::Binary, true),
+        // Last, so that a reader of the columns before them by position reads on unchanged.
+        Field::new("unique_users_lower", DataType::Int64, false),
+        Field::new("unique_users_upper", DataType::Int64, false),
     ])
 }
 
-/// The columns regtally 0.3 and earlier wrote: `report --from` still reads such files.
-fn schema_before_hll_sketch() -> Schema {
+/// The columns earlier releases wrote, which `report --from` still reads: regtally 0.4 had no
+/// bounds, 0.3 and earlier no `hll_sketch` either.
+fn earlier_schema(dropped: usize) -> Schema {
     let mut fields: Vec<Field> = schema().fields().iter().map(|f| (**f).clone()).collect();
-    fields.pop();
+    fields.truncate(fields.len() - dropped);
     Schema::new(fields)
 }
 
@@ -116,6 +121,7 @@ fn write_in_groups<W: Write + Send>(
                 kv("regtally.hll_sketch.type", HLL_SKETCH_TYPE.to_owned()),
                 kv("regtally.hll_sketch.lg_k", meta.precision.to_string()),
                 kv("regtally.hll_sketch.hash", HLL_SKETCH_HASH.to_owned()),
+                kv("regtally.bounds", BOUNDS_METHOD.to_owned()),
             ]
             .into_iter()
             .chain(meta.since.map(|d| kv("regtally.since", d.to_string())))
@@ -215,6 +221,12 @@ fn columns_of(rows: &[MetricRow], sketches: &[(Vec<u8>, Option<Vec<u8>>)]) -> Ve
         Arc::new(BinaryArray::from_iter(
             sketches.iter().map(|s| s.1.as_ref()),
         )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.bounds.lower),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.bounds.upper),
+        )),
     ]
 }
 
@@ -294,7 +306,10 @@ fn read_unguarded<R: parquet::file::reader::ChunkReader + 'static>(
         return Err(fail(format!("identity hash is not {HASH_NAME}")));
     }
     let fields = builder.schema().fields();
-    if fields != schema().fields() && fields != schema_before_hll_sketch().fields() {
+    if ![schema(), earlier_schema(2), earlier_schema(3)]
+        .iter()
+        .any(|s| fields == s.fields())
+    {
         return Err(fail("columns are not those regtally writes".into()));
     }
     let reader = builder.build().map_err(|e| fail(e.to_string()))?;

@@ -503,6 +503,8 @@ fn parquet_schema_order_and_metadata() {
         ("events", "Int64"),
         ("sketch", "Binary"),
         ("hll_sketch", "Binary"),
+        ("unique_users_lower", "Int64"),
+        ("unique_users_upper", "Int64"),
     ];
     // Only `hll_sketch` may be null: for cells carried over from a state of regtally 0.3.
     let want: Vec<(String, String, bool)> = want

@@ -570,6 +570,11 @@ fn report_distinct_merges_the_days_of_any_range() {
             0
         );
         assert_eq!(m.as_object().unwrap().len(), 6);
+        // A sparse sketch of a few users: its interval is the estimate.
+        for cell in m.as_object().unwrap().values() {
+            assert_eq!(cell["unique_users_lower"], cell["unique_users"]);
+            assert_eq!(cell["unique_users_upper"], cell["unique_users"]);
+        }
     }
     let r = regtally(&[
         "report",

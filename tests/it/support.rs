@@ -216,6 +216,8 @@ pub struct Row {
     pub period_start: i32,
     pub period_end: i32,
     pub unique_users: i64,
+    /// The 95% interval, `unique_users_lower` and `unique_users_upper`.
+    pub bounds: (i64, i64),
     pub events: i64,
     pub sketch: Vec<u8>,
     pub hll_sketch: Option<Vec<u8>>,
@@ -274,6 +276,7 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
                 .clone()
         };
         let (sketch, hll_sketch) = (binary(7), binary(8));
+        let (lower, upper) = (n(9), n(10));
         for i in 0..b.num_rows() {
             assert!(!name.is_null(i) && !sketch.is_null(i));
             rows.push(Row {
@@ -283,6 +286,7 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
                 period_start: start.value(i),
                 period_end: end.value(i),
                 unique_users: users.value(i),
+                bounds: (lower.value(i), upper.value(i)),
                 events: events.value(i),
                 sketch: sketch.value(i).to_vec(),
                 hll_sketch: (!hll_sketch.is_null(i)).then(|| hll_sketch.value(i).to_vec()),

@@ -122,6 +122,7 @@ fn a_stored_period_no_registry_wrote_is_refused() {
             metric: TOTAL_METRIC,
             period: Period::week_of(chrono::NaiveDate::from_ymd_opt(year, 1, 4).unwrap()),
             unique_users: 1,
+            bounds: regtally::aggregate::sketch::Bounds { lower: 1, upper: 1 },
             events: 1,
             sketch,
             hll_sketch: Some(WarehouseSketch::of_users(14, &[identity_coupon("u")])),
