@@ -3,19 +3,46 @@
 use crate::keys::identity_hash;
 use std::borrow::Cow;
 
-/// The five tracked events of SPEC §5, in the order reports list them.
+/// The ten tracked events of SPEC §5: five for users and the same five for deploy tokens, in
+/// the order reports list them (by metric name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TrackedEvent {
+    CreateRepositoryByDeployToken,
     CreateRepository,
+    DeleteRepositoryByDeployToken,
     DeleteRepository,
+    DeleteTagByDeployToken,
     DeleteTag,
+    PushRepositoryByDeployToken,
     PushRepository,
+    PushTagByDeployToken,
     PushTag,
+}
+
+/// Who an actor is (SPEC §4), when it counts in a metric at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActorKind {
+    User,
+    DeployToken,
 }
 
 impl TrackedEvent {
     /// Every tracked event, sorted by metric name.
-    pub const ALL: [TrackedEvent; 5] = [
+    pub const ALL: [TrackedEvent; 10] = [
+        TrackedEvent::CreateRepositoryByDeployToken,
+        TrackedEvent::CreateRepository,
+        TrackedEvent::DeleteRepositoryByDeployToken,
+        TrackedEvent::DeleteRepository,
+        TrackedEvent::DeleteTagByDeployToken,
+        TrackedEvent::DeleteTag,
+        TrackedEvent::PushRepositoryByDeployToken,
+        TrackedEvent::PushRepository,
+        TrackedEvent::PushTagByDeployToken,
+        TrackedEvent::PushTag,
+    ];
+
+    /// The five users' events, whose union is [`TOTAL_METRIC`].
+    pub const USERS: [TrackedEvent; 5] = [
         TrackedEvent::CreateRepository,
         TrackedEvent::DeleteRepository,
         TrackedEvent::DeleteTag,
@@ -23,7 +50,7 @@ impl TrackedEvent {
         TrackedEvent::PushTag,
     ];
 
-    /// GitLab's metric name, `i_container_registry_<name>_user`.
+    /// GitLab's name: `i_container_registry_<name>_user` or `..._deploy_token`.
     pub fn metric_name(self) -> &'static str {
         match self {
             TrackedEvent::CreateRepository => "i_container_registry_create_repository_user",
@@ -31,19 +58,69 @@ impl TrackedEvent {
             TrackedEvent::DeleteTag => "i_container_registry_delete_tag_user",
             TrackedEvent::PushRepository => "i_container_registry_push_repository_user",
             TrackedEvent::PushTag => "i_container_registry_push_tag_user",
+            TrackedEvent::CreateRepositoryByDeployToken => {
+                "i_container_registry_create_repository_deploy_token"
+            }
+            TrackedEvent::DeleteRepositoryByDeployToken => {
+                "i_container_registry_delete_repository_deploy_token"
+            }
+            TrackedEvent::DeleteTagByDeployToken => "i_container_registry_delete_tag_deploy_token",
+            TrackedEvent::PushRepositoryByDeployToken => {
+                "i_container_registry_push_repository_deploy_token"
+            }
+            TrackedEvent::PushTagByDeployToken => "i_container_registry_push_tag_deploy_token",
         }
+    }
+
+    /// The short name: the class (`push_tag`), and `_dt` after it for a deploy token's.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            TrackedEvent::CreateRepository => "create_repository",
+            TrackedEvent::DeleteRepository => "delete_repository",
+            TrackedEvent::DeleteTag => "delete_tag",
+            TrackedEvent::PushRepository => "push_repository",
+            TrackedEvent::PushTag => "push_tag",
+            TrackedEvent::CreateRepositoryByDeployToken => "create_repository_dt",
+            TrackedEvent::DeleteRepositoryByDeployToken => "delete_repository_dt",
+            TrackedEvent::DeleteTagByDeployToken => "delete_tag_dt",
+            TrackedEvent::PushRepositoryByDeployToken => "push_repository_dt",
+            TrackedEvent::PushTagByDeployToken => "push_tag_dt",
+        }
+    }
+
+    /// What happened, whoever did it: the user event's short name (`push_tag`).
+    pub fn class(self) -> &'static str {
+        self.by(ActorKind::User).short_name()
     }
 
     /// Position in [`TrackedEvent::ALL`], for per-event arrays.
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Whose event it is.
+    pub fn actor(self) -> ActorKind {
+        if self.index().is_multiple_of(2) {
+            ActorKind::DeployToken
+        } else {
+            ActorKind::User
+        }
+    }
+
+    /// The same event by an actor of `kind`.
+    pub fn by(self, kind: ActorKind) -> TrackedEvent {
+        let user = TrackedEvent::ALL[self.index() | 1];
+        match kind {
+            ActorKind::User => user,
+            ActorKind::DeployToken => TrackedEvent::ALL[user.index() - 1],
+        }
+    }
 }
 
-/// The name of the union of the five tracked events.
+/// The name of the union of the five users' tracked events.
 pub const TOTAL_METRIC: &str = "user_container_registry_total";
 
-/// Every metric name a table may hold: the five tracked events and their union.
+/// Every metric name a table may hold: the ten tracked events and the users' union.
 pub fn metric_names() -> impl Iterator<Item = &'static str> {
     TrackedEvent::ALL
         .iter()
@@ -51,16 +128,16 @@ pub fn metric_names() -> impl Iterator<Item = &'static str> {
         .chain([TOTAL_METRIC])
 }
 
-/// The name people read: `push_tag` for `i_container_registry_push_tag_user`, `total` for the
-/// union.
-pub fn short_name(metric: &str) -> &str {
+/// The name people read: `push_tag` for `i_container_registry_push_tag_user`,
+/// `push_tag_dt` for `i_container_registry_push_tag_deploy_token`, `total` for the union.
+pub fn short_name(metric: &str) -> &'static str {
     if metric == TOTAL_METRIC {
-        "total"
-    } else {
-        metric
-            .trim_start_matches("i_container_registry_")
-            .trim_end_matches("_user")
+        return "total";
     }
+    TrackedEvent::ALL
+        .iter()
+        .find(|t| t.metric_name() == metric)
+        .map_or("?", |t| t.short_name())
 }
 
 /// The static name of a metric read back from a file, if it is one regtally writes.
@@ -124,22 +201,40 @@ impl EventKind {
 /// The `actor.user_type` values that mark a GitLab user.
 const USER_TYPES: [&str; 3] = ["personal_access_token", "build", "gitlab_or_ldap"];
 
-/// The user identity of an actor (SPEC §4): its name lower-cased, when the actor is a user.
-pub fn user_identity<'a>(user_type: Option<&str>, name: Option<&'a str>) -> Option<Cow<'a, str>> {
+/// The `actor.user_type` of a deploy token (GitLab 16.5 and later count them).
+const DEPLOY_TOKEN_TYPE: &str = "deploy_token";
+
+/// The identity of an actor that counts (SPEC §4), and whether it is a user or a deploy
+/// token: its name lower-cased.
+pub fn actor_identity<'a>(
+    user_type: Option<&str>,
+    name: Option<&'a str>,
+) -> Option<(Cow<'a, str>, ActorKind)> {
     let user_type = user_type?;
     let name = name.filter(|n| !n.is_empty())?;
-    if !USER_TYPES.contains(&user_type) {
+    let kind = if USER_TYPES.contains(&user_type) {
+        ActorKind::User
+    } else if user_type == DEPLOY_TOKEN_TYPE {
+        ActorKind::DeployToken
+    } else {
         return None;
-    }
+    };
     // Most names are already lower-case ASCII: no allocation for those.
     if name
         .bytes()
         .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
     {
-        Some(Cow::Borrowed(name))
+        Some((Cow::Borrowed(name), kind))
     } else {
-        Some(Cow::Owned(name.to_lowercase()))
+        Some((Cow::Owned(name.to_lowercase()), kind))
     }
+}
+
+/// The user identity of an actor (SPEC §4): its name lower-cased, when the actor is a user.
+pub fn user_identity<'a>(user_type: Option<&str>, name: Option<&'a str>) -> Option<Cow<'a, str>> {
+    actor_identity(user_type, name)
+        .filter(|(_, kind)| *kind == ActorKind::User)
+        .map(|(identity, _)| identity)
 }
 
 /// The identity hash of the actor when it is a user.
@@ -183,6 +278,14 @@ mod tests {
             Some("a")
         );
         assert_eq!(user_identity(Some("deploy_token"), Some("root")), None);
+        assert_eq!(
+            actor_identity(Some("deploy_token"), Some("GitLab+Deploy-Token-7")),
+            Some((
+                Cow::Borrowed("gitlab+deploy-token-7"),
+                ActorKind::DeployToken
+            ))
+        );
+        assert_eq!(actor_identity(Some("deploy_token"), Some("")), None);
         assert_eq!(user_identity(Some("build"), Some("")), None);
         assert_eq!(user_identity(Some("build"), None), None);
         assert_eq!(user_identity(None, Some("root")), None);
@@ -201,6 +304,21 @@ mod tests {
         assert!(names.contains(&"i_container_registry_push_tag_user"));
         for (i, t) in TrackedEvent::ALL.iter().enumerate() {
             assert_eq!(t.index(), i);
+            let suffix = match t.actor() {
+                ActorKind::User => "_user",
+                ActorKind::DeployToken => "_deploy_token",
+            };
+            assert!(t.metric_name().ends_with(suffix));
+            for kind in [ActorKind::User, ActorKind::DeployToken] {
+                assert_eq!(t.by(kind).actor(), kind);
+                assert_eq!(t.by(kind).by(t.actor()), *t);
+            }
         }
+        assert_eq!(TrackedEvent::USERS.map(|t| t.actor()), [ActorKind::User; 5]);
+        assert_eq!(
+            short_name("i_container_registry_push_tag_deploy_token"),
+            "push_tag_dt"
+        );
+        assert_eq!(short_name("i_container_registry_push_tag_user"), "push_tag");
     }
 }

@@ -5,12 +5,14 @@
 use super::period::Period;
 use super::users::Aggregate;
 use crate::classify::TrackedEvent;
+use crate::keys::actor_key;
 use crate::read::user_ids::IdsByUser;
 use crate::records::ReportedUser;
 use chrono::NaiveDate;
 use std::collections::BTreeMap;
 
-/// GitLab user ids per tracked event and ISO week (by its Monday): what the Redis export
+/// GitLab ids (of users, or of deploy tokens for their events) per tracked event and ISO week
+/// (by its Monday): what the Redis export
 /// writes, and what a state keeps of it from night to night.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeekIds(pub BTreeMap<(TrackedEvent, NaiveDate), Vec<u64>>);
@@ -63,8 +65,10 @@ impl Aggregate {
             let users = cell.distinct_users();
             let mut ids: Vec<u64> = Vec::with_capacity(users.len());
             for hash in users {
-                let reported = self.gitlab_users.get(&hash);
-                match csv.get(&hash).copied().or(reported.and_then(|r| r.jwt_id)) {
+                // A deploy token's id is the deploy token's, not that of a user of its name.
+                let key = actor_key(hash, event.actor());
+                let reported = self.gitlab_users.get(&key);
+                match csv.get(&key).copied().or(reported.and_then(|r| r.jwt_id)) {
                     Some(id) => ids.push(id),
                     None => {
                         let name =

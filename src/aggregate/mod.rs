@@ -15,7 +15,7 @@ pub use gitlab_ids::{RedisExport, WeekIds};
 pub use table::{DistinctUsers, MetricRow, MetricTable, TableCell};
 pub use users::Aggregate;
 
-use crate::classify::{EventKind, TrackedEvent};
+use crate::classify::{ActorKind, EventKind, TrackedEvent};
 use crate::ledger::replay::ResolvedPush;
 use crate::records::{Action, EventRecord};
 use crate::timestamp::{DateCache, Timestamp};
@@ -150,6 +150,11 @@ impl Fold {
         } else if r.kind == EventKind::ManifestDelete {
             n.manifest_deletes += 1;
         } else if let (Some(event), Some(user)) = (r.kind.tracked(), r.user) {
+            let event = if r.deploy_token {
+                event.by(ActorKind::DeployToken)
+            } else {
+                event
+            };
             self.aggregate.add(event, date, user);
             n.counted[event.index()] += 1;
         }

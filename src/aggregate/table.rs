@@ -287,10 +287,12 @@ mod tests {
         agg.add(TrackedEvent::DeleteTag, d(2021, 1, 3), u(10));
         agg.add(TrackedEvent::DeleteTag, d(2021, 1, 3), u(11));
         agg.add(TrackedEvent::PushTag, d(2021, 1, 20), u(12));
+        // A deploy token's: in its own metric, not in the users' total.
+        agg.add(TrackedEvent::PushTagByDeployToken, d(2021, 1, 3), u(99));
         let rows = agg.into_table(14).into_rows();
         // Days 2021-01-03..2021-01-20 (18), weeks 2020-W53..2021-W03 (4) and month 2021-01
-        // (1): 23 periods x 6 metrics.
-        assert_eq!(rows.len(), 138);
+        // (1): 23 periods x 11 metrics.
+        assert_eq!(rows.len(), 253);
         let keys: Vec<(&str, &str, NaiveDate)> = rows
             .iter()
             .map(|r| (r.metric, r.period.kind.as_str(), r.period.start))
@@ -317,6 +319,8 @@ mod tests {
         assert_eq!((day.unique_users, day.events), (2, 3));
         let quiet_day = find(TOTAL_METRIC, "2021-01-04");
         assert_eq!((quiet_day.unique_users, quiet_day.events), (0, 0));
+        let token = find("i_container_registry_push_tag_deploy_token", "2020-W53");
+        assert_eq!((token.unique_users, token.events), (1, 1));
     }
 
     #[test]

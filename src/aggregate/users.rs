@@ -15,7 +15,7 @@
 use super::period::{Period, PeriodKind};
 use super::sketch::{sparse_code, UserSketch, WarehouseSketch};
 use super::table::{MetricTable, TableCell};
-use crate::classify::{TrackedEvent, TOTAL_METRIC};
+use crate::classify::{ActorKind, TrackedEvent, TOTAL_METRIC};
 use crate::keys::PassThroughHasher;
 use crate::records::ReportedUser;
 use chrono::NaiveDate;
@@ -400,7 +400,12 @@ impl Aggregate {
         let rows: Vec<(&'static str, Period, TableCell)> = by_period
             .into_par_iter()
             .flat_map_iter(|(period, cells)| {
-                let all: Vec<&CellUsers> = cells.iter().map(|(_, users)| *users).collect();
+                // The total is the users' union: deploy tokens are not users (SPEC §8).
+                let all: Vec<&CellUsers> = cells
+                    .iter()
+                    .filter(|(event, _)| event.actor() == ActorKind::User)
+                    .map(|(_, users)| *users)
+                    .collect();
                 let total = CellUsers::union(&all, precision).table_cell(precision);
                 cells
                     .into_iter()

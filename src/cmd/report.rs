@@ -118,45 +118,59 @@ pub fn report(args: ReportArgs, today: NaiveDate) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line per period (months, then weeks), one `users/events` column per metric.
+/// One line per period (months, then weeks), one `users/events` column per metric: users'
+/// events and their total first, then deploy tokens' (when any row has one).
 fn print_table<W: Write>(
     rows: &[MetricRow],
     since: Option<NaiveDate>,
     until: Option<NaiveDate>,
     w: &mut W,
 ) -> Result<()> {
-    let metrics: Vec<&str> = metric_names().collect();
-    write!(w, "{:<10}", "period")?;
-    for m in &metrics {
-        write!(w, " {:>22}", short_name(m))?;
-    }
-    writeln!(w)?;
     let in_range = |r: &MetricRow| {
         since.is_none_or(|s| r.period.start >= s) && until.is_none_or(|u| r.period.start < u)
     };
-    for kind in [PeriodKind::Week, PeriodKind::Month] {
-        let mut periods: Vec<_> = rows
-            .iter()
-            .filter(|r| r.period.kind == kind && in_range(r))
-            .map(|r| r.period)
-            .collect();
-        periods.sort();
-        periods.dedup();
-        for period in periods {
-            write!(w, "{:<10}", period.to_string())?;
-            for m in &metrics {
-                let cell = rows.iter().find(|r| r.metric == *m && r.period == period);
-                let text = cell.map_or("0/0".to_owned(), |r| {
-                    format!("{}/{}", with_margin(r.unique_users, r.bounds), r.events)
-                });
-                write!(w, " {text:>22}")?;
+    let (tokens, users): (Vec<&str>, Vec<&str>) =
+        metric_names().partition(|m| m.ends_with("_deploy_token"));
+    let any_token = rows
+        .iter()
+        .any(|r| r.events > 0 && tokens.contains(&r.metric) && in_range(r));
+    for (block, metrics) in [("users", users), ("deploy tokens", tokens)] {
+        if block == "deploy tokens" {
+            if !any_token {
+                writeln!(w, "(no events by deploy tokens)")?;
+                continue;
             }
             writeln!(w)?;
+        }
+        write!(w, "{:<10}", "period")?;
+        for m in &metrics {
+            write!(w, " {:>22}", short_name(m))?;
+        }
+        writeln!(w)?;
+        for kind in [PeriodKind::Week, PeriodKind::Month] {
+            let mut periods: Vec<_> = rows
+                .iter()
+                .filter(|r| r.period.kind == kind && in_range(r))
+                .map(|r| r.period)
+                .collect();
+            periods.sort();
+            periods.dedup();
+            for period in periods {
+                write!(w, "{:<10}", period.to_string())?;
+                for m in &metrics {
+                    let cell = rows.iter().find(|r| r.metric == *m && r.period == period);
+                    let text = cell.map_or("0/0".to_owned(), |r| {
+                        format!("{}/{}", with_margin(r.unique_users, r.bounds), r.events)
+                    });
+                    write!(w, " {text:>22}")?;
+                }
+                writeln!(w)?;
+            }
         }
     }
     writeln!(
         w,
-        "(each cell: unique users (± the 95% interval's larger half, where not exact)/events)"
+        "(each cell: unique users (± the 95% interval's larger half, where not exact)/events; _dt: by deploy tokens)"
     )?;
     let (weeks, series) = weekly_users(rows, since, until);
     if let (Some(first), Some(last)) = (weeks.first(), weeks.last()) {

@@ -120,7 +120,7 @@ impl SpillRecord for Deferred {
         out.push(kind_code(r.kind));
         match r.user {
             Some(u) => {
-                out.push(1);
+                out.push(1 + u8::from(r.deploy_token));
                 codec::put_u64(out, u);
             }
             None => out.push(0),
@@ -161,10 +161,12 @@ impl SpillRecord for Deferred {
             _ => return Err(codec::corrupt("action")),
         };
         let kind = kind_of(codec::get_u8(input)?).ok_or_else(|| codec::corrupt("kind"))?;
-        let user = match codec::get_u8(input)? {
+        let actor = codec::get_u8(input)?;
+        let user = match actor {
             0 => None,
             _ => Some(codec::get_u64(input)?),
         };
+        let deploy_token = actor == 2;
         let repository = codec::get_u128(input)?;
         let ledger_id = match codec::get_u8(input)? {
             0 => None,
@@ -179,6 +181,7 @@ impl SpillRecord for Deferred {
                 action,
                 kind,
                 user,
+                deploy_token,
                 repository,
                 ledger_id,
             })),
@@ -433,6 +436,7 @@ mod tests {
                 EventKind::Untracked
             },
             user: (!id.is_multiple_of(5)).then_some(id as u64 * 7),
+            deploy_token: !id.is_multiple_of(5) && id.is_multiple_of(7),
             repository: id * 11,
             ledger_id: id.is_multiple_of(2).then(|| format!("id-{id}").into()),
         }

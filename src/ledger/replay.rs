@@ -20,7 +20,7 @@ use super::{
     part_of, LedgerEntry, PartEntries, PriorLedger, PriorPart, ReplayedLedger, RepositoryLedger,
     PARTS,
 };
-use crate::classify::{EventKind, TrackedEvent};
+use crate::classify::{ActorKind, EventKind, TrackedEvent};
 use crate::records::{EventRecord, LedgerId, PathMap};
 use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
 use crate::timestamp::Timestamp;
@@ -50,6 +50,8 @@ impl Step {
 const USER: u8 = 1;
 /// The event is inside `--since`/`--until`.
 const IN_RANGE: u8 = 2;
+/// The actor (`USER`) is a deploy token: a push counts in the `_deploy_token` metrics.
+const DEPLOY_TOKEN: u8 = 4;
 
 /// One push or repository delete as the ledger keeps it: 48 bytes, its id in the part's arena.
 ///
@@ -315,12 +317,13 @@ impl LoggedKeys {
 /// A repository push the ledger resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResolvedPush {
-    /// `CreateRepository` or `PushRepository`.
+    /// `CreateRepository` or `PushRepository`, by a user or a deploy token.
     pub event: TrackedEvent,
     pub time: Timestamp,
-    /// The user's identity hash (0 when the actor is not a user).
+    /// The actor's identity hash (0 when the actor is neither a user nor a deploy token).
     pub user: u64,
-    /// Whether it counts in a user metric: a user's, inside `--since`/`--until`.
+    /// Whether it counts in a metric: a user's or a deploy token's, inside
+    /// `--since`/`--until`.
     pub counted: bool,
 }
 
@@ -461,7 +464,8 @@ impl<'d> LedgerBuffer<'d> {
             id_len: id.len() as u32,
             step,
             flags: if record.user.is_some() { USER } else { 0 }
-                | if in_range { IN_RANGE } else { 0 },
+                | if in_range { IN_RANGE } else { 0 }
+                | if record.deploy_token { DEPLOY_TOKEN } else { 0 },
         });
         self.bytes = self.bytes + part.bytes() - before;
         self.spill_if_over()?;
@@ -688,12 +692,18 @@ fn apply(ledger: &mut RepositoryLedger, r: &RecordView) -> Option<ResolvedPush> 
         }
         Step::RepositoryPush => {
             let existed = ledger.push(key, time);
+            let event = if existed {
+                TrackedEvent::PushRepository
+            } else {
+                TrackedEvent::CreateRepository
+            };
+            let actor = if r.flags & DEPLOY_TOKEN != 0 {
+                ActorKind::DeployToken
+            } else {
+                ActorKind::User
+            };
             Some(ResolvedPush {
-                event: if existed {
-                    TrackedEvent::PushRepository
-                } else {
-                    TrackedEvent::CreateRepository
-                },
+                event: event.by(actor),
                 time,
                 user: r.user,
                 counted: r.flags & (USER | IN_RANGE) == USER | IN_RANGE,

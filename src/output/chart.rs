@@ -2,15 +2,16 @@
 
 use crate::aggregate::period::{Period, PeriodKind};
 use crate::aggregate::MetricRow;
-use crate::classify::{metric_names, short_name};
+use crate::classify::{metric_names, short_name, ActorKind, TrackedEvent, TOTAL_METRIC};
 use chrono::NaiveDate;
 use plotters::prelude::*;
 
 /// Width and height of the chart, in pixels: readable at 800 px wide.
 pub const CHART_SIZE: (u32, u32) = (800, 450);
 
-/// One color per line, in [`metric_names`] order: distinct in print and for the common forms
-/// of color blindness (Okabe and Ito's palette), the total in black.
+/// One color per users' line, in [`metric_names`] order: distinct in print and for the
+/// common forms of color blindness (Okabe and Ito's palette), the total in black. A deploy
+/// tokens' line has its event's color, lighter and thinner.
 const COLORS: [RGBColor; 6] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
@@ -20,8 +21,28 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(0, 0, 0),
 ];
 
+/// The color and width of a metric's line.
+fn style_of(metric: &str) -> (RGBColor, u32) {
+    let event = TrackedEvent::ALL.iter().find(|t| t.metric_name() == metric);
+    let Some(event) = event else {
+        return (COLORS[5], 3);
+    };
+    let color = COLORS[event.by(ActorKind::User).index() / 2];
+    match event.actor() {
+        ActorKind::User => (color, 2),
+        ActorKind::DeployToken => {
+            let lighter = |c: u8| c + (255 - c) / 2;
+            (
+                RGBColor(lighter(color.0), lighter(color.1), lighter(color.2)),
+                1,
+            )
+        }
+    }
+}
+
 /// The weeks that start in `since..until` (all when unbounded), and per metric its weekly
-/// unique users over them, zero where a week has no row.
+/// unique users over them, zero where a week has no row: the users' metrics and their total
+/// always, a deploy tokens' metric when it has a user in one of the weeks.
 pub fn weekly_users(
     rows: &[MetricRow],
     since: Option<NaiveDate>,
@@ -46,6 +67,9 @@ pub fn weekly_users(
                 })
                 .collect();
             (metric, values)
+        })
+        .filter(|(metric, values): &(&str, Vec<i64>)| {
+            !metric.ends_with("_deploy_token") || values.iter().any(|&v| v > 0)
         })
         .collect();
     (weeks, series)
@@ -96,9 +120,13 @@ pub fn weekly_chart(
             .y_desc("unique users")
             .label_style(("sans-serif", 13))
             .draw()?;
-        for (k, (metric, values)) in series.iter().enumerate() {
-            let color = COLORS[k % COLORS.len()];
-            let width = if k == COLORS.len() - 1 { 3 } else { 2 };
+        // The total last, on top.
+        let order = series
+            .iter()
+            .filter(|(m, _)| *m != TOTAL_METRIC)
+            .chain(series.iter().filter(|(m, _)| *m == TOTAL_METRIC));
+        for (metric, values) in order {
+            let (color, width) = style_of(metric);
             let points = values.iter().enumerate().map(|(i, v)| (i as i32, *v));
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(width)))?

@@ -55,6 +55,8 @@ pub fn schema() -> Schema {
         text("file", false),
         Field::new("line", DataType::Int64, false),
         Field::new("index", DataType::Int64, true),
+        // Last, so that the columns of files written before it keep their places.
+        text("deploy_token", true),
     ])
 }
 
@@ -92,7 +94,9 @@ pub fn each_row(
         let in_range = rows.since.is_none_or(|s| date >= s) && rows.until.is_none_or(|u| date < u);
         each(&DatasetRow {
             class: row.class(tracked),
-            counted: tracked.is_some() && row.user.is_some() && in_range,
+            counted: tracked.is_some()
+                && (row.user.is_some() || row.deploy_token.is_some())
+                && in_range,
             file: rows.files.get(spooled.input).map_or("", String::as_str),
             line: spooled.line,
             row,
@@ -127,7 +131,7 @@ impl Columns {
     fn new() -> Columns {
         Columns {
             time: TimestampMicrosecondBuilder::with_capacity(ROWS_PER_BATCH).with_timezone("UTC"),
-            text: (0..12).map(|_| StringBuilder::new()).collect(),
+            text: (0..13).map(|_| StringBuilder::new()).collect(),
             counted: BooleanBuilder::with_capacity(ROWS_PER_BATCH),
             line: Int64Builder::with_capacity(ROWS_PER_BATCH),
             index: Int64Builder::with_capacity(ROWS_PER_BATCH),
@@ -144,7 +148,7 @@ impl Columns {
             .saturating_add(i64::from(e.time.nanos / 1000));
         self.time.append_value(micros);
         let namespace = e.repository.split('/').next().unwrap_or(e.repository);
-        let texts: [Option<&str>; 12] = [
+        let texts: [Option<&str>; 13] = [
             Some(e.id),
             Some(e.action),
             r.class,
@@ -157,6 +161,7 @@ impl Columns {
             e.actor_name,
             e.actor_type,
             Some(r.file),
+            e.deploy_token,
         ];
         for (b, t) in self.text.iter_mut().zip(texts) {
             b.append_option(t);
@@ -174,13 +179,15 @@ impl Columns {
             .iter_mut()
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
-        let file = text.pop().expect("twelve text columns");
+        let deploy_token = text.pop().expect("thirteen text columns");
+        let file = text.pop().expect("thirteen text columns");
         let mut columns: Vec<ArrayRef> = vec![Arc::new(self.time.finish())];
         columns.extend(text);
         columns.push(Arc::new(self.counted.finish()));
         columns.push(file);
         columns.push(Arc::new(self.line.finish()));
         columns.push(Arc::new(self.index.finish()));
+        columns.push(deploy_token);
         self.len = 0;
         Ok(RecordBatch::try_new(Arc::new(schema()), columns)?)
     }

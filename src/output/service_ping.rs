@@ -75,8 +75,9 @@ impl ServicePing {
             }
             merged.estimate()
         };
-        let mut counters = BTreeMap::new();
+        let mut groups: BTreeMap<&'static str, BTreeMap<String, i64>> = BTreeMap::new();
         for metric in metric_names() {
+            let counters = groups.entry(group_of(metric)).or_default();
             counters.insert(counter_key(metric, true), users_over(metric, frames.weekly));
             counters.insert(
                 counter_key(metric, false),
@@ -86,17 +87,29 @@ impl ServicePing {
         ServicePing {
             as_of,
             time_frames: frames,
-            redis_hll_counters: BTreeMap::from([("user_container_registry", counters)]),
+            redis_hll_counters: groups,
         }
     }
 
     /// The counter of one tracked event (or of the total) for the weekly or monthly frame.
     pub fn counter(&self, metric: &str, weekly: bool) -> i64 {
         self.redis_hll_counters
-            .get("user_container_registry")
+            .get(group_of(metric))
             .and_then(|c| c.get(&counter_key(metric, weekly)))
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// The group of `redis_hll_counters` a metric's counters are in: users' events and their union
+/// in `user_container_registry` (GitLab's key paths since 15.9); deploy tokens' in
+/// `deploy_token_container_registry`, beside them as GitLab keeps `deploy_token_packages`
+/// beside `user_packages` (README, "Deploy tokens").
+fn group_of(metric: &str) -> &'static str {
+    if metric.ends_with("_deploy_token") {
+        "deploy_token_container_registry"
+    } else {
+        "user_container_registry"
     }
 }
 

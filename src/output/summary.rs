@@ -188,7 +188,10 @@ pub fn print_human<W: Write>(
         f.monthly.start,
         f.monthly.end.pred_opt().unwrap_or(f.monthly.end)
     )?;
-    for metric in metric_names() {
+    // Users' events and their total, then deploy tokens' (`_dt`).
+    let (tokens, users): (Vec<&str>, Vec<&str>) =
+        metric_names().partition(|m| m.ends_with("_deploy_token"));
+    for metric in users.into_iter().chain(tokens) {
         let label = short_name(metric);
         writeln!(
             w,

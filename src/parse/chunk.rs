@@ -3,9 +3,11 @@
 use super::{
     is_blank, parse_line_into, parse_value_into, value_end, Element, ParsedLine, RawEvent,
 };
-use crate::classify::{user_identity, EventKind};
-use crate::keys::{event_key, identity_coupon, identity_hash, repository_key, PassThroughHasher};
-use crate::parse::jwt::jwt_user_id;
+use crate::classify::{actor_identity, ActorKind, EventKind};
+use crate::keys::{
+    actor_key, event_key, identity_coupon, identity_hash, repository_key, PassThroughHasher,
+};
+use crate::parse::jwt::jwt_actor_id;
 use crate::read::{continues_record, Chunk, REJECT_TEXT_BYTES};
 use crate::records::row::{kind_code, EncodedRow};
 use crate::records::{Action, EventRecord, LineCounts, PathMap, Reject, ReportedUser};
@@ -416,19 +418,24 @@ impl ChunkOutput {
             self.ledger_paths.insert(repository, &event.repository);
         }
         let counts_for_users = kind.tracked().is_some() || kind == EventKind::RepositoryPush;
-        let identity = user_identity(event.user_type(), event.name());
-        let user = identity.as_ref().map(|identity| {
+        let actor = actor_identity(event.user_type(), event.name());
+        let user = actor.as_ref().map(|(identity, _)| {
             let hash = identity_hash(identity);
             if counts_for_users && self.reported.insert(hash) {
                 self.users.push((hash, identity_coupon(identity)));
             }
             hash
         });
-        if let (Some(reported), Some(hash), Some(name), true) =
-            (&mut self.gitlab_reported, user, &identity, counts_for_users)
+        let deploy_token = matches!(actor, Some((_, ActorKind::DeployToken)));
+        if let (Some(reported), Some(hash), Some((name, actor_kind)), true) =
+            (&mut self.gitlab_reported, user, &actor, counts_for_users)
         {
+            let hash = actor_key(hash, *actor_kind);
             let before = reported.get(&hash).copied();
-            let jwt_id = event.actor_user.decode().and_then(|t| jwt_user_id(&t));
+            let jwt_id = event
+                .actor_user
+                .decode()
+                .and_then(|t| jwt_actor_id(&t, *actor_kind));
             let smaller = match (before, jwt_id) {
                 (None, _) => true,
                 (Some(None), Some(_)) => true,
@@ -458,7 +465,12 @@ impl ChunkOutput {
                 tag: tag.as_deref(),
                 digest: digest.as_deref(),
                 media_type: media_type.as_deref(),
-                user: identity.as_deref(),
+                user: actor.as_ref().and_then(|(identity, kind)| {
+                    (*kind == ActorKind::User).then_some(identity.as_ref())
+                }),
+                deploy_token: actor.as_ref().and_then(|(identity, kind)| {
+                    (*kind == ActorKind::DeployToken).then_some(identity.as_ref())
+                }),
                 actor_name: event.name(),
                 actor_type: event.user_type(),
             };
@@ -471,6 +483,7 @@ impl ChunkOutput {
             action: Action::new(&event.action),
             kind,
             user,
+            deploy_token,
             repository,
             ledger_id: touches_ledger.then(|| (*event.id).into()),
         });
@@ -586,12 +599,15 @@ mod tests {
         assert_eq!(none.capacity(), 0);
     }
 
-    /// With the Redis export, each counted user is reported once per thread, and again by each
-    /// event whose JWT gives it a smaller id than reported; uncounted actors never.
+    /// With the Redis export, each counted user or deploy token is reported once per thread,
+    /// and again by each event whose JWT gives it a smaller id than reported; uncounted actors
+    /// never. A deploy token is reported apart from a user of its name, with the JWT's
+    /// `deploy_token_id`.
     #[test]
     fn gitlab_users_are_reported_once_and_again_with_an_id() {
         let jwt5 = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VyX2luZm8iOiB7InVzZXJfaWQiOiA1fX0.c2ln";
         let jwt6 = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VyX2luZm8iOiB7InVzZXJfaWQiOiA2fX0.c2ln";
+        let token9 = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VyX2luZm8iOiB7ImRlcGxveV90b2tlbl9pZCI6IDl9fQ.c2ln";
         let ev = |id: &str, name: &str, user_type: &str, jwt: Option<&str>| {
             let user = jwt.map_or(String::new(), |t| format!(r#","user":"{t}""#));
             format!(
@@ -605,6 +621,8 @@ mod tests {
             ev("4", "bob", "build", Some(jwt6)),
             ev("6", "bob", "build", Some(jwt5)),
             ev("5", "bot", "deploy_token", Some(jwt5)),
+            ev("7", "ANN", "deploy_token", Some(token9)),
+            ev("8", "eve", "other", Some(jwt5)),
         ]
         .join("\n");
         let rules = ParseRules {
@@ -621,13 +639,16 @@ mod tests {
             .map(|(h, u)| (*h, u.jwt_id, &*u.name))
             .collect();
         let (ann, bob) = (identity_hash("ann"), identity_hash("bob"));
+        let token = |name| actor_key(identity_hash(name), ActorKind::DeployToken);
         assert_eq!(
             got,
             [
                 (ann, None, "ann"),
                 (ann, Some(5), "ann"),
                 (bob, Some(6), "bob"),
-                (bob, Some(5), "bob")
+                (bob, Some(5), "bob"),
+                (token("bot"), None, "bot"),
+                (token("ann"), Some(9), "ann"),
             ]
         );
     }

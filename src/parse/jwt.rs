@@ -1,7 +1,10 @@
-//! The GitLab user id in the JWT newer registries forward in `actor.user`, for the Redis
-//! export: its payload's `user_info.user_id`, read without checking the signature (the id only
-//! names whose counter a replayed event goes to; GUIDE.md, "Repair GitLab's counters").
+//! The GitLab id in the JWT newer registries forward in `actor.user`, for the Redis export:
+//! its payload's `user_info.user_id`, or `user_info.deploy_token_id` for a deploy token (as
+//! GitLab's `ContainerRegistry::Event#get_origin_id` reads it), read without checking the
+//! signature (the id only names whose counter a replayed event goes to; GUIDE.md, "Repair
+//! GitLab's counters").
 
+use crate::classify::ActorKind;
 use base64::alphabet::URL_SAFE;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -18,6 +21,19 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
 /// The GitLab user id in a registry JWT (`actor.user`): its payload's `user_info.user_id`, a
 /// number or a string of digits. The signature is not checked.
 pub fn jwt_user_id(token: &str) -> Option<u64> {
+    jwt_id(token, "user_id")
+}
+
+/// The id of the actor of `kind` in a registry JWT: `user_info.user_id` for a user,
+/// `user_info.deploy_token_id` for a deploy token.
+pub fn jwt_actor_id(token: &str, kind: ActorKind) -> Option<u64> {
+    match kind {
+        ActorKind::User => jwt_id(token, "user_id"),
+        ActorKind::DeployToken => jwt_id(token, "deploy_token_id"),
+    }
+}
+
+fn jwt_id(token: &str, key: &str) -> Option<u64> {
     let mut parts = token.split('.');
     let (_header, payload) = (parts.next()?, parts.next()?);
     // Tokens are small; a huge one is not a registry's.
@@ -25,7 +41,7 @@ pub fn jwt_user_id(token: &str) -> Option<u64> {
         return None;
     }
     let json: serde_json::Value = serde_json::from_slice(&BASE64URL.decode(payload).ok()?).ok()?;
-    match &json.get("user_info")?.get("user_id")? {
+    match &json.get("user_info")?.get(key)? {
         serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => s.parse().ok(),
         _ => None,
@@ -71,5 +87,11 @@ mod tests {
         assert!(padded.contains('='));
         assert_eq!(jwt_user_id(&padded), Some(31));
         assert_eq!(BASE64URL.decode("aGl").unwrap(), b"hi");
+        // A deploy token's id, as GitLab's registry token service writes it.
+        let t = token(
+            r#"{"user_info":{"token_type":"deploy_token","username":"gitlab+deploy-token-3","deploy_token_id":3}}"#,
+        );
+        assert_eq!(jwt_actor_id(&t, ActorKind::DeployToken), Some(3));
+        assert_eq!(jwt_actor_id(&t, ActorKind::User), None);
     }
 }

@@ -23,7 +23,7 @@ pub mod scheduler;
 
 use crate::aggregate::users::UserCoupons;
 use crate::aggregate::{Aggregate, Fold};
-use crate::classify::TrackedEvent;
+use crate::classify::{ActorKind, TrackedEvent};
 use crate::config::{Prior, RunConfig};
 use crate::dedup::rows::{ChunkRows, DeferredFirsts, RowSpool};
 use crate::dedup::window::RecentIds;
@@ -173,7 +173,8 @@ pub fn run(
                 if push.counted {
                     sink.fold.resolved_push(push);
                 }
-                if want_creates && push.event == TrackedEvent::CreateRepository {
+                if want_creates && push.event.by(ActorKind::User) == TrackedEvent::CreateRepository
+                {
                     sink.creates.insert(event_key(id));
                 }
             },

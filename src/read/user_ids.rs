@@ -1,19 +1,33 @@
 //! `--user-ids FILE`, for the Redis export (`run --redis`): GitLab's live counters hold numeric
 //! ids where the registry's events hold names, and this CSV (`username,id`, as exported from
-//! GitLab's `users` table) maps one to the other. Users it does not name take the id of their
-//! events' JWT ([`crate::parse::jwt`]).
+//! GitLab's `users` table) maps one to the other. A deploy token's line names it
+//! `deploy_token:USERNAME` (its `username` in GitLab's `deploy_tokens` table, which the
+//! registry's events carry as `actor.name`): GitLab usernames cannot hold a colon. Users and
+//! deploy tokens it does not name take the id of their events' JWT ([`crate::parse::jwt`]).
 
-use crate::keys::{identity_hash, PassThroughHasher};
+use crate::classify::ActorKind;
+use crate::keys::{actor_key, identity_hash, PassThroughHasher};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
 
-/// GitLab ids by identity hash (SPEC §4: the lower-cased name).
+/// GitLab ids by actor key ([`actor_key`] of the identity hash, SPEC §4: the lower-cased name).
 pub type IdsByUser = HashMap<u64, u64, BuildHasherDefault<PassThroughHasher>>;
 
 /// The identity hash of a username, compared as SPEC §4 compares names.
 pub fn username_hash(name: &str) -> u64 {
     identity_hash(&name.to_lowercase())
+}
+
+/// The prefix that marks a deploy token's line.
+const DEPLOY_TOKEN_PREFIX: &str = "deploy_token:";
+
+/// The key of a `--user-ids` name: a user's, or a deploy token's after its prefix.
+pub fn name_key(name: &str) -> u64 {
+    match name.strip_prefix(DEPLOY_TOKEN_PREFIX) {
+        Some(token) => actor_key(username_hash(token), ActorKind::DeployToken),
+        None => username_hash(name),
+    }
 }
 
 /// Reads `--user-ids`: a CSV of `username,id` (more columns are ignored), with or without a
@@ -51,10 +65,10 @@ pub fn load(path: &Path) -> Result<IdsByUser, String> {
             }
             return Err(format!("{}: id {id:?} is not a number", at()));
         };
-        if name.is_empty() {
+        if name.is_empty() || name == DEPLOY_TOKEN_PREFIX {
             return Err(format!("{}: empty username", at()));
         }
-        let hash = username_hash(name);
+        let hash = name_key(name);
         if let Some(&before) = ids.get(&hash) {
             if before != id {
                 let (first, line) = &names[&hash];
@@ -106,11 +120,28 @@ mod tests {
         // A quote inside an unquoted field is a character of it, even on the last line.
         assert_eq!(ids.get(&username_hash("o\"neil")), Some(&8));
         assert_eq!(ids.len(), 4);
+        // Deploy tokens, apart from users of the same name.
+        std::fs::write(
+            &path,
+            "root,1\ndeploy_token:Root,5\ndeploy_token:gitlab+deploy-token-9,9\n",
+        )
+        .unwrap();
+        let ids = load(&path).unwrap();
+        assert_eq!(ids.get(&username_hash("root")), Some(&1));
+        assert_eq!(
+            ids.get(&actor_key(username_hash("root"), ActorKind::DeployToken)),
+            Some(&5)
+        );
+        assert_eq!(
+            ids.get(&name_key("deploy_token:GITLAB+deploy-token-9")),
+            Some(&9)
+        );
         for (text, why) in [
             ("root,1\nROOT,2\n", "line 1 gave root the id 1"),
             ("root,x\n", ":1: id \"x\" is not a number"),
             ("a,1\nusername,id\n", ":2: id \"id\" is not a number"),
             ("root\n", "wanted username,id"),
+            ("deploy_token:,3\n", ":1: empty username"),
             ("\"root,1\n", ":1: unbalanced quotes"),
             ("a,1\nb,\"", ":2: unbalanced quotes"),
             (",,\n", ":1: id \"\" is not a number"),

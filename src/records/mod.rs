@@ -55,8 +55,10 @@ pub struct EventRecord {
     pub time: Timestamp,
     pub action: Action,
     pub kind: EventKind,
-    /// The actor's identity hash when it is a user (SPEC §4).
+    /// The actor's identity hash when it is a user or a deploy token (SPEC §4).
     pub user: Option<u64>,
+    /// Whether that actor is a deploy token: its events count in the `_deploy_token` metrics.
+    pub deploy_token: bool,
     /// xxh3-128 of `target.repository`.
     pub repository: u128,
     /// The event id, kept only for events the ledger orders (pushes and repository deletes):

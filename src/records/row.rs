@@ -8,7 +8,7 @@
 //! the event's kind ([`kind_code`]), then the texts, each a `u32` length (`u32::MAX` for none)
 //! and its UTF-8 bytes. The writer reads a row in place, borrowing every text from its bytes.
 
-use crate::classify::{short_name, EventKind, TrackedEvent};
+use crate::classify::{EventKind, TrackedEvent};
 use crate::spill::codec::{put_u32, put_u64};
 use crate::timestamp::Timestamp;
 use chrono::Datelike;
@@ -56,6 +56,8 @@ pub struct EncodedRow<'a> {
     pub media_type: Option<&'a str>,
     /// The identity of SPEC §4, when the actor is a user.
     pub user: Option<&'a str>,
+    /// The identity of SPEC §4, when the actor is a deploy token.
+    pub deploy_token: Option<&'a str>,
     pub actor_name: Option<&'a str>,
     pub actor_type: Option<&'a str>,
 }
@@ -132,6 +134,7 @@ impl<'a> EncodedRow<'a> {
         put_str(out, self.digest);
         put_str(out, self.media_type);
         put_str(out, self.user);
+        put_str(out, self.deploy_token);
         put_str(out, self.actor_name);
         put_str(out, self.actor_type);
         let len = (out.len() - start - 4) as u32;
@@ -159,6 +162,7 @@ impl<'a> EncodedRow<'a> {
             digest: r.str()?,
             media_type: r.str()?,
             user: r.str()?,
+            deploy_token: r.str()?,
             actor_name: r.str()?,
             actor_type: r.str()?,
         };
@@ -195,7 +199,7 @@ impl<'a> EncodedRow<'a> {
     pub fn class(&self, tracked: Option<TrackedEvent>) -> Option<&'static str> {
         match self.kind {
             3 => Some("manifest_delete"),
-            _ => tracked.map(|t| short_name(t.metric_name())),
+            _ => tracked.map(TrackedEvent::class),
         }
     }
 
@@ -227,6 +231,7 @@ mod tests {
             digest: Some("sha256:1"),
             media_type: Some("m"),
             user: Some("root"),
+            deploy_token: None,
             actor_name: Some("Root"),
             actor_type: Some("build"),
         };
@@ -236,6 +241,7 @@ mod tests {
             index: Some(2),
             kind: kind_code(EventKind::Untracked),
             user: None,
+            deploy_token: Some("gitlab+deploy-token-1"),
             ..a.clone()
         };
         let mut out = Vec::new();
@@ -246,11 +252,12 @@ mod tests {
             EncodedRow::peek_len_and_time(&out).unwrap(),
             (out.len() - rest.len(), Timestamp { nanos: 0, ..a.time })
         );
+        let a_len = out.len() - rest.len();
         let (got_b, rest) = EncodedRow::decode(rest).unwrap();
         assert!(rest.is_empty());
         assert_eq!((got_a, got_b), (a, b));
         // A cut row is an error, not a panic.
-        for cut in 0..out.len() / 2 {
+        for cut in 0..a_len {
             assert!(EncodedRow::decode(&out[..cut]).is_err());
             assert!(cut < 12 || EncodedRow::peek_len_and_time(&out[..cut]).is_err());
         }
@@ -271,6 +278,7 @@ mod tests {
             digest: None,
             media_type: None,
             user: None,
+            deploy_token: None,
             actor_name: None,
             actor_type: None,
         };

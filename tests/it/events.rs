@@ -78,9 +78,14 @@ fn every_first_delivery_is_a_row_that_points_at_its_line() {
     assert_eq!((a.tag.as_deref(), a.index), (Some("v1"), None));
     assert_eq!((a.namespace.as_str(), a.month.as_str()), ("grp", "2023-01"));
     assert_eq!(a.time_micros, 1_672_653_600_000_000);
-    // A push without a tag to a repository that exists: push_repository, by no user.
+    // A push without a tag to a repository that exists: push_repository, by a deploy token,
+    // which counts in the deploy tokens' metric.
     assert_eq!(b.class.as_deref(), Some("push_repository"));
-    assert!(!b.counted);
+    assert!(b.counted);
+    assert_eq!(
+        (b.user.as_deref(), b.deploy_token.as_deref()),
+        (None, Some("deployer"))
+    );
     assert_eq!(
         (
             b.user.as_deref(),

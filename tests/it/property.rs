@@ -17,6 +17,7 @@ struct ModelEvent {
     has_tag: bool,
     has_digest: bool,
     user: Option<String>,
+    deploy_token: Option<String>,
 }
 
 const USERS: [&str; 8] = [
@@ -189,6 +190,8 @@ fn generate(seed: u64) -> Generated {
                                 has_tag,
                                 has_digest,
                                 user: is_user.then(|| name.to_lowercase()),
+                                deploy_token: (user_type == "deploy_token")
+                                    .then(|| name.to_lowercase()),
                             });
                             values.push(v);
                             continue;
@@ -220,13 +223,16 @@ fn generate(seed: u64) -> Generated {
 }
 
 /// The naive exact count: (metric, period label) -> (users, events), plus the accounting.
+type ModelRow = (Option<String>, bool, Option<String>, Option<String>);
+
 struct Model {
     cells: BTreeMap<(String, String), (BTreeSet<String>, i64)>,
     duplicates: u64,
     out_of_range: u64,
     repositories: BTreeSet<String>,
-    /// Each first delivery's row of the events dataset: id -> (class, counted, user).
-    rows: BTreeMap<String, (Option<String>, bool, Option<String>)>,
+    /// Each first delivery's row of the events dataset: id -> (class, counted, user, deploy
+    /// token).
+    rows: BTreeMap<String, ModelRow>,
 }
 
 fn model(g: &Generated, since: Option<NaiveDate>, until: Option<NaiveDate>) -> Model {
@@ -288,34 +294,49 @@ fn model(g: &Generated, since: Option<NaiveDate>, until: Option<NaiveDate>) -> M
                 c
             }
         });
-        let counted = in_range && e.user.is_some() && class.is_some_and(|c| c != "manifest");
+        let counted = in_range
+            && (e.user.is_some() || e.deploy_token.is_some())
+            && class.is_some_and(|c| c != "manifest");
         rows.insert(
             e.id.clone(),
-            (shown.map(str::to_owned), counted, e.user.clone()),
+            (
+                shown.map(str::to_owned),
+                counted,
+                e.user.clone(),
+                e.deploy_token.clone(),
+            ),
         );
         if !in_range {
             out_of_range += 1;
             continue;
         }
-        let (Some(class), Some(user)) = (class, &e.user) else {
+        let Some(class) = class.filter(|c| *c != "manifest") else {
             continue;
         };
-        if *class == "manifest" {
-            continue;
-        }
+        let (identity, metrics) = match (&e.user, &e.deploy_token) {
+            (Some(user), _) => (
+                user,
+                vec![
+                    format!("i_container_registry_{class}_user"),
+                    "user_container_registry_total".to_owned(),
+                ],
+            ),
+            (None, Some(token)) => (
+                token,
+                vec![format!("i_container_registry_{class}_deploy_token")],
+            ),
+            (None, None) => continue,
+        };
         let week = date.iso_week();
         let labels = [
             format!("{}-W{:02}", week.year(), week.week()),
             format!("{}-{:02}", date.year(), date.month()),
             date.format("%Y-%m-%d").to_string(),
         ];
-        for metric in [
-            format!("i_container_registry_{class}_user"),
-            "user_container_registry_total".to_owned(),
-        ] {
+        for metric in metrics {
             for label in &labels {
                 let c = cells.entry((metric.clone(), label.clone())).or_default();
-                c.0.insert(user.clone());
+                c.0.insert(identity.clone());
                 c.1 += 1;
             }
         }
@@ -339,17 +360,22 @@ fn cells_of_dataset(rows: &[EventRow]) -> BTreeMap<(String, String), (BTreeSet<S
             .date_naive();
         let week = date.iso_week();
         let class = r.class.as_deref().unwrap();
-        for metric in [
-            format!("i_container_registry_{class}_user"),
-            "user_container_registry_total".to_owned(),
-        ] {
+        let metrics = if r.user.is_some() {
+            vec![
+                format!("i_container_registry_{class}_user"),
+                "user_container_registry_total".to_owned(),
+            ]
+        } else {
+            vec![format!("i_container_registry_{class}_deploy_token")]
+        };
+        for metric in metrics {
             for label in [
                 format!("{}-W{:02}", week.year(), week.week()),
                 format!("{}-{:02}", date.year(), date.month()),
                 date.format("%Y-%m-%d").to_string(),
             ] {
                 let c = cells.entry((metric.clone(), label)).or_default();
-                c.0.insert(r.user.clone().unwrap());
+                c.0.insert(r.user.clone().or(r.deploy_token.clone()).unwrap());
                 c.1 += 1;
             }
         }
@@ -487,9 +513,17 @@ fn check(seed: u64) -> (Vec<String>, usize) {
         // The events dataset: one row per first delivery, classified as the model says, and
         // its counted rows are exactly the events and users behind aggregates.parquet.
         let events = read_events(&ws.path(&format!("{out}-events")));
-        let got: BTreeMap<String, (Option<String>, bool, Option<String>)> = events
+        let got: BTreeMap<String, ModelRow> = events
             .iter()
-            .map(|r| (r.id.clone(), (r.class.clone(), r.counted, r.user.clone())))
+            .map(|r| {
+                let row = (
+                    r.class.clone(),
+                    r.counted,
+                    r.user.clone(),
+                    r.deploy_token.clone(),
+                );
+                (r.id.clone(), row)
+            })
             .collect();
         assert_eq!(events.len(), got.len(), "seed {seed} {out}: one row per id");
         assert_eq!(got, m.rows, "seed {seed} {out}: events dataset");

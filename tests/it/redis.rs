@@ -388,6 +388,91 @@ fn two_nights_with_a_state_export_what_one_run_exports() {
     assert!(files("r1") == files("r3"), "nightly export differs");
 }
 
+/// Deploy tokens' events are exported to GitLab's `_deploy_token` keys with the deploy token's
+/// id (the JWT's `deploy_token_id`, or `--user-ids` `deploy_token:NAME,ID`), apart from the
+/// users of the same names, whose keys hold users' ids only.
+#[test]
+fn deploy_tokens_are_exported_with_their_ids_to_their_own_keys() {
+    let ws = Workspace::new();
+    let t = "2024-01-09T10:00:00Z"; // 2024-W02
+    let by_token = |id: &str, name: &str, jwt: Option<u64>| {
+        let mut v = Ev::new(id, t, "push", "g/r", name)
+            .actor(name, "deploy_token")
+            .tag("v1")
+            .value();
+        if let Some(token_id) = jwt {
+            v["actor"]["user"] = serde_json::json!(deploy_token_jwt(token_id));
+        }
+        v.to_string()
+    };
+    let lines = vec![
+        push("u1", t, "g/r", "alice", Some(1)),
+        // A user and a deploy token of one name: two actors.
+        push("u2", t, "g/r", "ci", Some(2)),
+        by_token("d1", "ci", Some(70)),
+        by_token("d2", "gitlab+deploy-token-71", None),
+        by_token("d3", "nobody-knows", None),
+    ];
+    ws.write_lines("logs/a.jsonl", &lines);
+    ws.write(
+        "ids.csv",
+        "username,id\ndeploy_token:gitlab+deploy-token-71,71\n",
+    );
+    let r = ws.run(
+        &["logs"],
+        "out",
+        &["--redis", &ws.s("r"), "--user-ids", &ws.s("ids.csv")],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let manifest = ws.json("r/manifest.json");
+    let keys: Vec<(String, u64)> = manifest["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key"].as_str().unwrap().to_owned(),
+                k["members"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (
+                "{hll_counters}_i_container_registry_push_tag_deploy_token-2024-02".to_owned(),
+                2
+            ),
+            (
+                "{hll_counters}_i_container_registry_push_tag_user-2024-02".to_owned(),
+                2
+            ),
+        ]
+    );
+    let value = |key: &str| {
+        let k = manifest["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key"] == key)
+            .unwrap();
+        let bytes = std::fs::read(ws.path(&format!("r/{}", k["file"].as_str().unwrap()))).unwrap();
+        RedisHll::from_dense(&bytes).unwrap()
+    };
+    assert_eq!(
+        value("{hll_counters}_i_container_registry_push_tag_deploy_token-2024-02"),
+        RedisHll::of_ids([70, 71])
+    );
+    assert_eq!(
+        value("{hll_counters}_i_container_registry_push_tag_user-2024-02"),
+        RedisHll::of_ids([1, 2])
+    );
+    // The token without an id is named, as users without one are.
+    let summary = ws.json("out/summary.json");
+    assert_eq!(summary["redis_unresolved_users"], 1, "{summary}");
+    assert_eq!(summary["redis_unresolved_first"][0], "nobody-knows");
+}
+
 /// GUIDE.md's walk-through, line by line, against this test's server: `redis-server` is
 /// this test's own, port 6379 is its port, `cargo run --release --` is the binary under test.
 #[test]

@@ -569,7 +569,7 @@ fn report_distinct_merges_the_days_of_any_range() {
             m["i_container_registry_create_repository_user"]["events"],
             0
         );
-        assert_eq!(m.as_object().unwrap().len(), 6);
+        assert_eq!(m.as_object().unwrap().len(), 11);
         // A sparse sketch of a few users: its interval is the estimate.
         for cell in m.as_object().unwrap().values() {
             assert_eq!(cell["unique_users_lower"], cell["unique_users"]);

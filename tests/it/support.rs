@@ -360,6 +360,7 @@ pub struct EventRow {
     pub digest: Option<String>,
     pub media_type: Option<String>,
     pub user: Option<String>,
+    pub deploy_token: Option<String>,
     pub actor_name: Option<String>,
     pub actor_type: Option<String>,
     pub counted: bool,
@@ -449,6 +450,7 @@ pub fn read_events(dir: &Path) -> Vec<EventRow> {
                 text("file"),
             );
             let (line, index) = (int("line"), int("index"));
+            let deploy_token = text("deploy_token");
             for i in 0..b.num_rows() {
                 rows.push(EventRow {
                     month: month.clone(),
@@ -462,6 +464,7 @@ pub fn read_events(dir: &Path) -> Vec<EventRow> {
                     digest: digest[i].clone(),
                     media_type: media_type[i].clone(),
                     user: user[i].clone(),
+                    deploy_token: deploy_token[i].clone(),
                     actor_name: actor_name[i].clone(),
                     actor_type: actor_type[i].clone(),
                     counted: counted.value(i),
@@ -540,6 +543,19 @@ pub fn jwt(user_id: u64) -> String {
     use base64::Engine;
     let payload =
         format!(r#"{{"user_info":{{"token_type":"personal_access_token","user_id":{user_id}}}}}"#);
+    format!(
+        "{}.{}.c2ln",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+        URL_SAFE_NO_PAD.encode(payload)
+    )
+}
+
+/// A token as newer registries forward it for a deploy token: `user_info.deploy_token_id`.
+pub fn deploy_token_jwt(token_id: u64) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let payload =
+        format!(r#"{{"user_info":{{"token_type":"deploy_token","deploy_token_id":{token_id}}}}}"#);
     format!(
         "{}.{}.c2ln",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
