@@ -10,6 +10,7 @@
 //! and left as it is.
 
 use crate::cmd::flags::{check_range, parse_date, usage};
+use crate::output::redis::connect::{connect, parse_target, redacted, Secrets, TlsFiles};
 use crate::output::redis::hll::RedisHll;
 use crate::output::redis::{read_manifest, ManifestKey, KEY_WEEKS};
 use anyhow::{Context, Result};
@@ -18,7 +19,6 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Flags of `regtally redis-merge`.
 #[derive(Debug, Args)]
@@ -26,9 +26,27 @@ pub struct RedisMergeArgs {
     /// A folder written by `regtally run --redis`.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// The Redis server GitLab counts in, e.g. redis://localhost:6379 (rediss:// for TLS is not built in).
+    /// The Redis GitLab counts in: redis://[USER[:PASSWORD]@]HOST:PORT[/DB] (rediss:// for TLS),
+    /// redis+sentinel://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...]/MASTER[/DB] or
+    /// redis+cluster://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...] (rediss+... for TLS).
     #[arg(long, value_name = "URL")]
     pub url: String,
+    /// Take the password (of the server, the master or the cluster's nodes) from this
+    /// environment variable instead of the URL.
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+    /// Take the sentinels' password from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub sentinel_password_env: Option<String>,
+    /// With TLS: trust this CA certificate (PEM) instead of the system's trust store.
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+    /// With TLS: present this client certificate (PEM); needs --redis-key.
+    #[arg(long, value_name = "FILE", requires = "redis_key")]
+    pub redis_cert: Option<PathBuf>,
+    /// With TLS: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "redis_cert")]
+    pub redis_key: Option<PathBuf>,
     /// Only weeks that start on or after this UTC day (YYYY-MM-DD).
     #[arg(long, value_name = "DATE", value_parser = parse_date)]
     pub since: Option<NaiveDate>,
@@ -99,14 +117,17 @@ pub fn redis_merge(args: RedisMergeArgs, now: DateTime<Utc>) -> Result<ExitCode>
                 && args.until.is_none_or(|u| k.week_start < u)
         })
         .collect();
-    let client =
-        redis::Client::open(args.url.as_str()).map_err(|e| anyhow::anyhow!("{}: {e}", args.url))?;
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.url))?;
-    con.set_read_timeout(Some(Duration::from_secs(60)))
-        .and_then(|()| con.set_write_timeout(Some(Duration::from_secs(60))))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.url))?;
+    let shown = redacted(&args.url);
+    let target = match parse_target(&args.url) {
+        Ok(t) => t,
+        Err(e) => return usage(format!("--url {shown}: {e}")),
+    };
+    let (tls, secrets) = match side_inputs(&args) {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let mut con = connect(&target, &tls, &secrets)
+        .map_err(|e| anyhow::anyhow!("cannot connect to {shown}: {e}"))?;
 
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -116,8 +137,8 @@ pub fn redis_merge(args: RedisMergeArgs, now: DateTime<Utc>) -> Result<ExitCode>
     )?;
     let mut refused = 0;
     for k in keys {
-        let outcome = merge_one(&mut con, &args, k, now)
-            .with_context(|| format!("{}: {}", args.url, k.key))?;
+        let outcome =
+            merge_one(&mut *con, &args, k, now).with_context(|| format!("{shown}: {}", k.key))?;
         let (numbers, what) = match &outcome {
             Outcome::Merged {
                 live,
@@ -160,8 +181,45 @@ pub fn redis_merge(args: RedisMergeArgs, now: DateTime<Utc>) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The TLS files and the secrets from the environment that the flags name.
+fn side_inputs(args: &RedisMergeArgs) -> std::result::Result<(TlsFiles, Secrets), String> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+    };
+    let env = |flag: &str, var: &String| {
+        std::env::var(var)
+            .map_err(|_| format!("{flag} {var}: the environment has no such variable"))
+    };
+    let tls = TlsFiles {
+        ca: args
+            .redis_ca
+            .as_ref()
+            .map(|p| read("--redis-ca", p))
+            .transpose()?,
+        client: match (&args.redis_cert, &args.redis_key) {
+            (Some(cert), Some(key)) => {
+                Some((read("--redis-cert", cert)?, read("--redis-key", key)?))
+            }
+            _ => None,
+        },
+    };
+    let secrets = Secrets {
+        password: args
+            .password_env
+            .as_ref()
+            .map(|v| env("--password-env", v))
+            .transpose()?,
+        sentinel_password: args
+            .sentinel_password_env
+            .as_ref()
+            .map(|v| env("--sentinel-password-env", v))
+            .transpose()?,
+    };
+    Ok((tls, secrets))
+}
+
 fn merge_one(
-    con: &mut redis::Connection,
+    con: &mut dyn redis::ConnectionLike,
     args: &RedisMergeArgs,
     k: &ManifestKey,
     now: DateTime<Utc>,
@@ -220,13 +278,14 @@ fn merge_one(
             .arg("PX")
             .arg(60_000)
             .query(con)?;
-        let counts: redis::RedisResult<(u64, u64)> = redis::pipe()
-            .cmd("PFCOUNT")
+        // Two commands, not a pipeline: a cluster's connection has none.
+        let counts = redis::cmd("PFCOUNT")
             .arg(&temp)
-            .cmd("PFCOUNT")
-            .arg(&k.key)
-            .arg(&temp)
-            .query(con);
+            .query::<u64>(con)
+            .and_then(|replayed| {
+                let after = redis::cmd("PFCOUNT").arg(&k.key).arg(&temp).query(con)?;
+                Ok((replayed, after))
+            });
         let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&temp).query(con);
         let (replayed, after) = counts?;
         return Ok(Outcome::DryRun {

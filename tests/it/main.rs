@@ -12,6 +12,7 @@ mod fuzz;
 mod objects;
 mod property;
 mod redis;
+mod redis_deployments;
 mod state;
 mod streaming;
 mod support;

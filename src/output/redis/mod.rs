@@ -3,6 +3,7 @@
 //! GitLab's key, and `manifest.json` listing key, week and member count; `regtally
 //! redis-merge` reads them back.
 
+pub mod connect;
 pub mod hll;
 
 use super::StagedOutputs;
