@@ -346,36 +346,43 @@ fn parse_into_with<'a>(
 }
 
 /// Where the JSON value that starts at `text[start]` (not whitespace) ends, found without
-/// parsing it: brackets are counted outside strings, and a string ends at a quote no backslash
-/// escapes. `None` when the text ends first: the value is cut short. A value that is not
-/// valid JSON still ends somewhere; its parse says what is wrong with it.
+/// parsing it: an object's braces (an array's brackets) are counted outside strings, and a
+/// string ends at a quote no backslash escapes. In valid JSON the other kind of bracket nests
+/// inside, so only the value's own kind needs counting, and memchr jumps from one to the next.
+/// `None` when the text ends first: the value is cut short. A value that is not valid JSON
+/// still ends somewhere; its parse says what is wrong with it.
 pub fn value_end(text: &[u8], start: usize) -> Option<usize> {
-    let mut pos = start;
-    let mut depth = 0usize;
+    let (open, close) = match *text.get(start)? {
+        b'"' => return string_end(text, start + 1),
+        b'{' => (b'{', b'}'),
+        b'[' => (b'[', b']'),
+        // A scalar, or a stray closing bracket: it runs to whitespace or a structural byte.
+        _ => {
+            let rest = &text[start..];
+            let len = rest
+                .iter()
+                .position(|b| b" \t\r\n{}[]\",:".contains(b))
+                .unwrap_or(rest.len());
+            return Some(start + len.max(1));
+        }
+    };
+    let mut pos = start + 1;
+    let mut depth = 1usize;
     loop {
-        match *text.get(pos)? {
+        pos += memchr::memchr3(b'"', open, close, &text[pos..])?;
+        match text[pos] {
             b'"' => pos = string_end(text, pos + 1)?,
-            b'{' | b'[' => {
+            b if b == open => {
                 depth += 1;
                 pos += 1;
             }
-            b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                pos += 1;
-            }
-            _ if depth > 0 => pos += 1,
-            // A scalar at the top: it runs to whitespace or a structural byte.
             _ => {
-                let rest = &text[pos..];
-                let len = rest
-                    .iter()
-                    .position(|b| b" \t\r\n{}[]\",:".contains(b))
-                    .unwrap_or(rest.len());
-                return Some(pos + len.max(1));
+                depth -= 1;
+                pos += 1;
+                if depth == 0 {
+                    return Some(pos);
+                }
             }
-        }
-        if depth == 0 {
-            return Some(pos);
         }
     }
 }
@@ -424,6 +431,26 @@ mod tests {
         match parse_line(line.as_bytes()) {
             ParsedLine::Single(e) => e,
             other => panic!("not a single event: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn value_ends_are_found_outside_strings() {
+        fn ends(text: &str) -> Option<&str> {
+            value_end(text.as_bytes(), 0).map(|e| &text[..e])
+        }
+        assert_eq!(
+            ends(r#"{"a":"}\"{","b":[{"c":"]"}]} {"#),
+            Some(r#"{"a":"}\"{","b":[{"c":"]"}]}"#)
+        );
+        assert_eq!(ends(r#"[1,[2],{"x":[]}]]"#), Some(r#"[1,[2],{"x":[]}]"#));
+        assert_eq!(ends(r#""a\\"b"#), Some(r#""a\\""#));
+        assert_eq!(ends("true,"), Some("true"));
+        assert_eq!(ends("-1.5e3}"), Some("-1.5e3"));
+        assert_eq!(ends("}{}"), Some("}"));
+        // Cut short: inside an object, inside a string, after a backslash.
+        for cut in [r#"{"a":{"b":1}"#, r#"{"a":"}"#, r#"["\"#, "\""] {
+            assert_eq!(ends(cut), None, "{cut}");
         }
     }
 
