@@ -42,7 +42,7 @@ pub struct Bounds {
 }
 
 /// How the bounds are computed, written into the Parquet metadata.
-pub const BOUNDS_METHOD: &str = "95% confidence interval: c ± 1.959964 σ, rounded, widened to hold the estimate n; dense sketch: c = n, σ = 1.04 n / √(2^precision) (HyperLogLog), or σ = √(m (e^t − t − 1)), t = n / m where n is linear counting over the m = 2^precision registers; sparse sketch of k codes: c = M ln(M / (M − k)), σ = √(M (e^t − t − 1)), t = c / M, M = 2^25";
+pub const BOUNDS_METHOD: &str = "95% confidence interval: c ± 1.959964 σ, rounded, widened to hold the estimate n; dense sketch: c = n, σ = 1.04 n / √m (HyperLogLog) over its m = 2^precision registers, or σ = √(m (e^t − t − 1)), t = n / m (linear counting) where n is at most the crate's linear-counting threshold; sparse sketch: k = 2^24 (1 − e^(−n / 2^24)) codes (the crate's linear counting inverted), c = M ln(M / (M − k)), σ = √(M (e^t − t − 1)), t = c / M, M = 2^25";
 
 /// The two-sided 95% quantile of the normal distribution: the bounds are the estimate plus and
 /// minus this many standard errors.
@@ -109,6 +109,10 @@ pub struct UserSketch {
     /// `count()` of a sparse sketch rewrites its whole sparse list even when nothing was
     /// added since, which every cell paid twice (its estimate, then its bytes).
     counted: Option<f64>,
+    /// Whether the crate holds registers rather than a sparse list, where known without
+    /// looking at its state (which [`UserSketch::bounds`] would otherwise serialize and read
+    /// back, for every row): a sketch built from codes, read from bytes, or dense and added to.
+    dense: Option<bool>,
 }
 
 impl UserSketch {
@@ -120,12 +124,15 @@ impl UserSketch {
             precision,
             hll,
             counted: None,
+            dense: Some(false),
         }
     }
 
     /// Adds one identity hash.
     pub fn insert(&mut self, identity_hash: u64) {
         self.counted = None;
+        // A sparse sketch may turn dense; a dense one stays so.
+        self.dense = self.dense.filter(|&d| d);
         self.hll.insert(&identity_hash);
     }
 
@@ -135,6 +142,10 @@ impl UserSketch {
             return Err(SketchError::Precision(self.precision, other.precision));
         }
         self.counted = None;
+        self.dense = match (self.dense, other.dense) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            _ => None,
+        };
         self.hll
             .merge(&other.hll)
             .map_err(|_| SketchError::Precision(self.precision, other.precision))
@@ -151,27 +162,32 @@ impl UserSketch {
     /// thousand, the bounds are the estimate).
     pub fn bounds(&mut self) -> Bounds {
         let estimate = self.count();
-        let layout = self.layout();
-        let (center, sigma) = match &layout.registers {
+        let dense = match self.dense {
+            Some(dense) => dense,
+            None => {
+                let dense = self.layout().registers.is_some();
+                *self.dense.insert(dense)
+            }
+        };
+        let (center, sigma) = if dense {
+            // The crate takes linear counting over the registers below its threshold (where
+            // some register is still zero): its error there, HyperLogLog's above.
+            let m = f64::from(1u32 << self.precision);
+            if estimate <= linear_counting_threshold(self.precision) {
+                (estimate, linear_counting_error(estimate, m))
+            } else {
+                (estimate, HLL_ERROR * estimate / m.sqrt())
+            }
+        } else {
             // A sparse sketch holds one code per 25-bit hash prefix (about 2^25 of them), but
             // the crate's linear counting takes 2^24 registers, which overstates the users by
             // about n²/2^26 (6 at 20,000): the interval is centred where linear counting over
-            // 2^25 puts it, and stretched to hold the estimate.
-            None => {
-                let cells = SPARSE_CELLS;
-                let codes = layout.sparse.count as f64;
-                let n = cells * (cells / (cells - codes)).ln();
-                (n, linear_counting_error(n, cells))
-            }
-            Some(registers) => {
-                let m = layout.counts.0 as f64;
-                let linear = m * (m / registers.zeros as f64).ln();
-                if registers.zeros != 0 && linear <= linear_counting_threshold(self.precision) {
-                    (estimate, linear_counting_error(estimate, m))
-                } else {
-                    (estimate, HLL_ERROR * estimate / m.sqrt())
-                }
-            }
+            // 2^25 puts the codes (their number, from the crate's estimate), and stretched to
+            // hold the estimate.
+            let registers = f64::from(1u32 << (PRIME_PRECISION - 1));
+            let codes = (registers * -(-estimate / registers).exp_m1()).round();
+            let n = SPARSE_CELLS * (SPARSE_CELLS / (SPARSE_CELLS - codes)).ln();
+            (n, linear_counting_error(n, SPARSE_CELLS))
         };
         let half = Z_95 * sigma;
         Bounds {
@@ -257,6 +273,7 @@ impl UserSketch {
             precision,
             hll,
             counted: None,
+            dense: Some(layout.registers.is_some()),
         })
     }
 
@@ -343,6 +360,7 @@ impl UserSketch {
             precision,
             hll,
             counted,
+            dense: Some(dense),
         }
     }
 }
@@ -1073,6 +1091,40 @@ mod tests {
             "the interval held the true count in {share:.3} of {cases} cases"
         );
         assert!(worst.0 >= 0.8, "worst: {worst:?}");
+    }
+
+    /// Whether a sketch is dense is tracked through inserts, merges, codes and bytes, so that
+    /// bounds need not read the crate's state back: the tracked answer is the state's.
+    #[test]
+    fn bounds_from_the_tracked_shape_are_those_of_the_state() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let hashes: Vec<u64> = (0..30_000).map(|_| rng.u64(..)).collect();
+        for precision in [8u8, 12, 14] {
+            for n in [0usize, 10, 900, 3_000, 12_000, 30_000] {
+                let mut inserted = UserSketch::new(precision);
+                hashes[..n].iter().for_each(|&h| inserted.insert(h));
+                let mut codes: Vec<u32> = hashes[..n]
+                    .iter()
+                    .map(|&h| sparse_code(precision, h))
+                    .collect();
+                codes.sort_unstable();
+                codes.dedup();
+                let of_codes = UserSketch::of_codes(precision, &codes);
+                let mut merged = UserSketch::new(precision);
+                let mut half = UserSketch::new(precision);
+                hashes[n / 2..n].iter().for_each(|&h| half.insert(h));
+                merged.merge(&of_codes).unwrap();
+                merged.merge(&half).unwrap();
+                let read = UserSketch::from_bytes(&of_codes.clone().to_bytes()).unwrap();
+                for mut s in [inserted, of_codes, merged, read] {
+                    let dense = s.layout().registers.is_some();
+                    assert!(s.dense.is_none_or(|d| d == dense), "{precision} {n}");
+                    let mut unknown = s.clone();
+                    unknown.dense = None;
+                    assert_eq!(s.bounds(), unknown.bounds(), "{precision} {n}");
+                }
+            }
+        }
     }
 
     #[test]
