@@ -220,7 +220,15 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                 } else {
                     let mut single = RawEvent::default();
                     let parsed = parse_line_into(line, &mut single);
-                    out.value(line_no, line, parsed, single);
+                    if matches!(&parsed, Some(ParsedLine::Malformed(r)) if r.starts_with(SEVERAL_VALUES))
+                    {
+                        // Values one after another on one line (bodies appended without a
+                        // newline): read as a record, each value on its own.
+                        out.counts.lines -= 1;
+                        out.record(line, max_line_bytes);
+                    } else {
+                        out.value(line_no, line, parsed, single);
+                    }
                 }
                 out.end_line(line_no);
                 if end == body.len() {
@@ -253,6 +261,10 @@ fn too_long(len: u64, lines: u64, max_line_bytes: usize) -> String {
         )
     }
 }
+
+/// How a line's parse says that a value ends before the line does: the start of another
+/// value, or anything else, which the record's reading then names.
+const SEVERAL_VALUES: &str = "invalid JSON: trailing characters";
 
 /// JSON's whitespace, which separates values and may fill a line.
 fn is_json_space(b: u8) -> bool {
@@ -811,10 +823,11 @@ mod tests {
             let out = parse_chunk(&Chunk::Lines(line.clone()), 1 << 20);
             let c = out.counts;
             assert_eq!(c.lines, 1, "{:?}", String::from_utf8_lossy(&line));
-            // A line is blank, malformed, or an object whose events are each valid or invalid.
+            // A line is blank, or values whose events are each valid or invalid, the last of
+            // them perhaps malformed (the rest of the line with it).
             let whole_line = c.blank_lines + c.malformed_lines;
             assert!(whole_line <= 1, "{:?}", String::from_utf8_lossy(&line));
-            if whole_line == 1 {
+            if c.blank_lines == 1 {
                 assert_eq!(c.events_seen + c.invalid_events, 0);
             }
             assert_eq!(out.events.len() as u64, c.events_seen);
@@ -919,5 +932,11 @@ mod tests {
         assert_eq!(out.counts.malformed_lines, 1);
         assert_eq!(out.rejects[0].line, 2);
         assert_eq!(out.counts.lines, 2);
+        // On a line of their own, followed by a line that begins a record; then a value
+        // followed by something that is not one.
+        let out = lines(&format!("{EV}{EV}\n{EV}\n{EV} x\n"));
+        assert_eq!(out.counts.events_seen, 4);
+        assert_eq!(out.counts.malformed_lines, 1);
+        assert_eq!((out.rejects[0].line, out.counts.lines), (3, 3));
     }
 }

@@ -46,6 +46,9 @@ fn bodies_in_every_form_give_the_outputs_of_one_value_a_line() {
     }
     // Gzipped, as rotated.
     ws.write("gz/all.log.gz", gzip(joined.as_bytes()));
+    // Compact bodies appended with nothing between them: one line.
+    let compact: String = jsonl.concat();
+    ws.write("compact/all.log", &compact);
     let base = ws.run(&["jsonl"], "out-jsonl", &[]);
     assert_eq!(base.code, 0, "{}", base.stderr);
     let expected = outputs(&ws, "out-jsonl");
@@ -56,16 +59,17 @@ fn bodies_in_every_form_give_the_outputs_of_one_value_a_line() {
         ("joined", &["-j", "1"][..]),
         ("files", &[][..]),
         ("gz", &["--chunk-bytes", "4096"][..]),
+        ("compact", &[][..]),
     ] {
         let out = format!("out-{input}-{}", extra.len());
         let r = ws.run(&[input], &out, extra);
         assert_eq!(r.code, 0, "{input} {extra:?}: {}", r.stderr);
         assert!(outputs(&ws, &out) == expected, "{input} {extra:?}");
         let summary = ws.json(&format!("{out}/summary.json"));
-        let text = if input == "files" {
-            bodies.iter().map(|b| pretty(b) + "\n").collect()
-        } else {
-            joined.clone()
+        let text = match input {
+            "files" => bodies.iter().map(|b| pretty(b) + "\n").collect(),
+            "compact" => compact.clone(),
+            _ => joined.clone(),
         };
         // Every line is counted; a file's last line needs no newline.
         assert_eq!(summary["lines"], text.lines().count() as u64, "{input}");
