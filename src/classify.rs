@@ -198,27 +198,25 @@ impl EventKind {
     }
 }
 
-/// The `actor.user_type` values that mark a GitLab user.
-const USER_TYPES: [&str; 3] = ["personal_access_token", "build", "gitlab_or_ldap"];
-
+/// The `actor.user_type` values that mark a GitLab user are matched in [`actor_identity`]:
+/// `personal_access_token`, `build`, `gitlab_or_ldap`.
 /// The `actor.user_type` of a deploy token (GitLab 16.5 and later count them).
 const DEPLOY_TOKEN_TYPE: &str = "deploy_token";
 
 /// The identity of an actor that counts (SPEC §4), and whether it is a user or a deploy
 /// token: its name lower-cased.
+#[inline]
 pub fn actor_identity<'a>(
     user_type: Option<&str>,
     name: Option<&'a str>,
 ) -> Option<(Cow<'a, str>, ActorKind)> {
-    let user_type = user_type?;
-    let name = name.filter(|n| !n.is_empty())?;
-    let kind = if USER_TYPES.contains(&user_type) {
-        ActorKind::User
-    } else if user_type == DEPLOY_TOKEN_TYPE {
-        ActorKind::DeployToken
-    } else {
-        return None;
+    // One match: the compiler tells the types apart by length first, then compares bytes.
+    let kind = match user_type? {
+        "personal_access_token" | "build" | "gitlab_or_ldap" => ActorKind::User,
+        DEPLOY_TOKEN_TYPE => ActorKind::DeployToken,
+        _ => return None,
     };
+    let name = name.filter(|n| !n.is_empty())?;
     // Most names are already lower-case ASCII: no allocation for those.
     if name
         .bytes()
