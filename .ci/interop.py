@@ -24,7 +24,8 @@ USER_TYPES = {"personal_access_token", "build", "gitlab_or_ldap"}
 QUARTER = (dt.date(2023, 1, 1), dt.date(2023, 4, 1))  # the GUIDE.md examples' quarter: 2023-Q1
 COLUMNS = [("event_name", pa.string()), ("period_kind", pa.string()), ("period", pa.string()),
            ("period_start", pa.date32()), ("period_end", pa.date32()), ("unique_users", pa.int64()),
-           ("events", pa.int64()), ("sketch", pa.binary()), ("hll_sketch", pa.binary())]
+           ("events", pa.int64()), ("sketch", pa.binary()), ("hll_sketch", pa.binary()),
+           ("unique_users_lower", pa.int64()), ("unique_users_upper", pa.int64())]
 # name -> (flags, precision, since, until); the two --state runs share one state folder.
 RUNS = {"out": (["--events", "{tmp}/events"], 14, None, None),
         "since_until": (["--since", "2023-01-02", "--until", "2023-01-16"], 14, "2023-01-02", "2023-01-16"),
@@ -35,7 +36,8 @@ EVENT_COLUMNS = [("time", pa.timestamp("us", tz="UTC")), ("id", pa.string()), ("
                  ("class", pa.string()), ("repository", pa.string()), ("namespace", pa.string()),
                  ("tag", pa.string()), ("digest", pa.string()), ("media_type", pa.string()),
                  ("user", pa.string()), ("actor_name", pa.string()), ("actor_type", pa.string()),
-                 ("counted", pa.bool_()), ("file", pa.string()), ("line", pa.int64()), ("index", pa.int64())]
+                 ("counted", pa.bool_()), ("file", pa.string()), ("line", pa.int64()), ("index", pa.int64()),
+                 ("deploy_token", pa.string())]
 PUSHES = {"push_tag", "create_repository", "push_repository"}
 
 
@@ -194,9 +196,9 @@ def first_deliveries(rejects_path):
     return out
 
 
-def identity(ev):
+def identity(ev, types=USER_TYPES):
     actor = ev.get("actor")
-    if (isinstance(actor, dict) and actor.get("user_type") in USER_TYPES
+    if (isinstance(actor, dict) and actor.get("user_type") in types
             and isinstance(actor.get("name"), str) and actor["name"]):
         return actor["name"].lower()
     return None
@@ -220,6 +222,7 @@ def expected_events(rejects_path, since=None, until=None):
         rows[ev["id"]] = {"id": ev["id"], "time": t.replace(microsecond=nanos // 1000), "order": (t, nanos, ev["id"].encode()),
                           "class": kind, "repository": target["repository"],
                           "namespace": target["repository"].split("/")[0], "user": identity(ev),
+                          "deploy_token": identity(ev, {"deploy_token"}),
                           "actor_type": actor.get("user_type") if isinstance(actor.get("user_type"), str) else None,
                           "in_range": in_range, "line": no, "index": index}
     existing = set()
@@ -231,7 +234,8 @@ def expected_events(rejects_path, since=None, until=None):
         elif r["class"] == "delete_repository":
             existing.discard(r["repository"])
     for r in rows.values():
-        r["counted"] = bool(r["in_range"] and r["user"] and r["class"] not in (None, "manifest_delete"))
+        r["counted"] = bool(r["in_range"] and (r["user"] or r["deploy_token"])
+                            and r["class"] not in (None, "manifest_delete"))
     return rows
 
 
@@ -239,7 +243,7 @@ def expected_cells(rejects_path, since=None, until=None):
     """{(period_kind, period): (set of identities, counted events)} for user_container_registry_total."""
     names, counts = defaultdict(set), defaultdict(int)
     for r in expected_events(rejects_path, since, until).values():
-        if not r["counted"]:
+        if not r["counted"] or not r["user"]:
             continue
         day = r["time"].date()
         year, week, _ = day.isocalendar()
@@ -278,7 +282,7 @@ def check_file(name, path, precision, since, until):
     problems += [f"metadata {k} is present but {k[9:]} was not given"
                  for k, given in (("regtally.since", since), ("regtally.until", until)) if not given and k in md]
     check(not problems, f"{name}/aggregates.parquet:\n  - " + "\n  - ".join(problems))
-    ok(f"{name}: schema (9 columns, hll_sketch binary) and key-value metadata (every value set, lg_k {precision})")
+    ok(f"{name}: schema (11 columns, hll_sketch binary) and key-value metadata (every value set, lg_k {precision})")
 
     table = pq.read_table(path)
     rows = sorted(tuple(r.values()) for r in table.drop_columns(["sketch"]).to_pylist())
@@ -306,12 +310,16 @@ def check_file(name, path, precision, since, until):
     for (kind, period), events in by_cell.items():
         union = ds.hll_union(precision)
         for ev, r in events.items():
-            if ev != TOTAL and r["hll_sketch"] is not None:
+            if ev.endswith("_user") and r["hll_sketch"] is not None:
                 union.update(ds.hll_sketch.deserialize(r["hll_sketch"]))
         check(TOTAL in events and round(union.get_estimate()) == estimate(events[TOTAL]["hll_sketch"]),
-              f"{name}: {period}: the union of the five events' hll_sketch cells differs from the total's")
-    ok(f"{name}: every hll_sketch is HLL_8 lg_k {precision}, estimates unique_users, and the five events' "
-       f"cells merge into the total's")
+              f"{name}: {period}: the union of the five users' events' hll_sketch cells differs from the total's")
+        for ev, r in events.items():
+            check(r["unique_users_lower"] == r["unique_users"] == r["unique_users_upper"],
+                  f"{name}: {ev} {period}: bounds [{r['unique_users_lower']}, {r['unique_users_upper']}] "
+                  f"around {r['unique_users']}: a sketch of so few users is exact")
+    ok(f"{name}: every hll_sketch is HLL_8 lg_k {precision}, estimates unique_users (its bounds equal), and the "
+       f"five users' events' cells merge into the total's")
     return table, by_cell
 
 
@@ -465,7 +473,8 @@ def utc_iso(t):
 
 def event_key(r):
     """What every engine must agree on for one row of the dataset."""
-    return (r["id"], r["class"], bool(r["counted"]), r["user"], r["month"], r["line"], r["index"], r["time"])
+    return (r["id"], r["class"], bool(r["counted"]), r["user"], r["deploy_token"], r["month"], r["line"],
+            r["index"], r["time"])
 
 
 def check_dataset(name, directory, expected):
@@ -494,7 +503,7 @@ def check_dataset(name, directory, expected):
           f"{sorted(set(arrow_rows) ^ set(want))[:5]}")
     check(pl_rows == want, f"{name}: polars reads other events than pyarrow")
     check(duck_rows == want, f"{name}: DuckDB reads other events than pyarrow")
-    ok(f"{name}: events dataset ({len(parts)} files, 16 columns and month) read by pyarrow, polars and DuckDB: "
+    ok(f"{name}: events dataset ({len(parts)} files, 17 columns and month) read by pyarrow, polars and DuckDB: "
        f"the {len(want)} first deliveries of samples/, each classified (repository pushes by the ledger) and "
        f"counted as computed here")
     return want
@@ -503,7 +512,8 @@ def check_dataset(name, directory, expected):
 def spark_dataset_check(spark, name, directory, want):
     try:
         df = spark.read.parquet(directory)
-        rows = df.selectExpr("id", "class", "counted", "user", "CAST(month AS STRING) AS month", "line", "index",
+        rows = df.selectExpr("id", "class", "counted", "user", "deploy_token", "CAST(month AS STRING) AS month",
+                             "line", "index",
                              "date_format(time, \"yyyy-MM-dd'T'HH:mm:ss.SSSSSS\") AS time").collect()
     except Exception as e:  # noqa: BLE001
         raise Fail(f"{name}: Spark cannot read the events dataset: {spark_error(e)}")
@@ -521,7 +531,7 @@ def duckdb_answers(expected):
     rows = list(expected.values())
     cells = defaultdict(lambda: (set(), [0]))
     for r in rows:
-        if r["counted"]:
+        if r["counted"] and r["user"]:
             users, n = cells[(r["namespace"], r["time"].strftime("%Y-%m"))]
             users.add(r["user"])
             n[0] += 1
