@@ -308,17 +308,23 @@ impl ChunkOutput {
     #[cold]
     fn record(&mut self, text: &[u8], max_line_bytes: usize) {
         let first = self.counts.lines + 1;
-        let lines = memchr::memchr_iter(b'\n', text).count() as u64 + 1;
-        self.counts.lines += lines;
         let len = text.strip_suffix(b"\r").unwrap_or(text).len();
+        // Lines found by memchr (a split with a closure went byte by byte, a third of the time
+        // of reading bodies); a line of only whitespace is blank wherever it stands, as in one
+        // value a line, and a line's first bytes tell it is not.
+        let (mut lines, mut blank, mut start) = (0u64, 0u64, 0);
+        for end in memchr::memchr_iter(b'\n', text).chain([text.len()]) {
+            lines += 1;
+            blank += u64::from(is_blank(&text[start..end]));
+            start = end + 1;
+        }
+        self.counts.lines += lines;
         if len > max_line_bytes {
             self.malformed(first, text, too_long(len as u64, lines, max_line_bytes));
             self.end_line(first);
             return;
         }
-        // A line of only whitespace is blank wherever it stands, as in one value a line.
-        let blank = text.split(|&b| b == b'\n').filter(|l| is_blank(l)).count();
-        self.counts.blank_lines += blank as u64;
+        self.counts.blank_lines += blank;
         let mut pos = 0;
         let mut line_no = first;
         loop {

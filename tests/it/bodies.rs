@@ -49,6 +49,13 @@ fn bodies_in_every_form_give_the_outputs_of_one_value_a_line() {
     // Compact bodies appended with nothing between them: one line.
     let compact: String = jsonl.concat();
     ws.write("compact/all.log", &compact);
+    // One value a line and bodies mixed in one file, as a sink that changed its format.
+    let mixed: String = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if i % 2 == 0 { b.to_string() } else { pretty(b) } + "\n")
+        .collect();
+    ws.write("mixed/all.log", &mixed);
     let base = ws.run(&["jsonl"], "out-jsonl", &[]);
     assert_eq!(base.code, 0, "{}", base.stderr);
     let expected = outputs(&ws, "out-jsonl");
@@ -60,6 +67,7 @@ fn bodies_in_every_form_give_the_outputs_of_one_value_a_line() {
         ("files", &[][..]),
         ("gz", &["--chunk-bytes", "4096"][..]),
         ("compact", &[][..]),
+        ("mixed", &["--chunk-bytes", "1000"][..]),
     ] {
         let out = format!("out-{input}-{}", extra.len());
         let r = ws.run(&[input], &out, extra);
@@ -69,6 +77,7 @@ fn bodies_in_every_form_give_the_outputs_of_one_value_a_line() {
         let text = match input {
             "files" => bodies.iter().map(|b| pretty(b) + "\n").collect(),
             "compact" => compact.clone(),
+            "mixed" => mixed.clone(),
             _ => joined.clone(),
         };
         // Every line is counted; a file's last line needs no newline.
