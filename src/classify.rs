@@ -235,6 +235,16 @@ pub fn user_identity<'a>(user_type: Option<&str>, name: Option<&'a str>) -> Opti
         .map(|(identity, _)| identity)
 }
 
+/// The key of an actor in the tables of GitLab ids (the Redis export's, `--user-ids`): a user
+/// and a deploy token of one name are two actors with two ids.
+pub fn actor_key(identity_hash: u64, kind: ActorKind) -> u64 {
+    match kind {
+        ActorKind::User => identity_hash,
+        // Any fixed odd constant: it only moves deploy tokens away from users.
+        ActorKind::DeployToken => identity_hash ^ 0x9E37_79B9_7F4A_7C15,
+    }
+}
+
 /// The identity hash of the actor when it is a user.
 pub fn user_hash(user_type: Option<&str>, name: Option<&str>) -> Option<u64> {
     user_identity(user_type, name).map(|id| identity_hash(&id))

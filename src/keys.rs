@@ -13,16 +13,6 @@ pub fn identity_hash(identity: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
 }
 
-/// The key of an actor in the tables of GitLab ids (the Redis export's, `--user-ids`): a user
-/// and a deploy token of one name are two actors with two ids.
-pub fn actor_key(identity_hash: u64, kind: crate::classify::ActorKind) -> u64 {
-    match kind {
-        crate::classify::ActorKind::User => identity_hash,
-        // Any fixed odd constant: it only moves deploy tokens away from users.
-        crate::classify::ActorKind::DeployToken => identity_hash ^ 0x9E37_79B9_7F4A_7C15,
-    }
-}
-
 /// Where a user identity (already lower-cased, never empty) lands in an `hll_sketch`, the
 /// Apache DataSketches HLL sketch.
 ///

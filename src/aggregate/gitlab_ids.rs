@@ -4,8 +4,7 @@
 
 use super::period::Period;
 use super::users::Aggregate;
-use crate::classify::TrackedEvent;
-use crate::keys::actor_key;
+use crate::classify::{actor_key, TrackedEvent};
 use crate::read::user_ids::IdsByUser;
 use crate::records::ReportedUser;
 use chrono::NaiveDate;

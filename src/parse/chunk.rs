@@ -3,10 +3,8 @@
 use super::{
     is_blank, parse_line_into, parse_value_into, value_end, Element, ParsedLine, RawEvent,
 };
-use crate::classify::{actor_identity, ActorKind, EventKind};
-use crate::keys::{
-    actor_key, event_key, identity_coupon, identity_hash, repository_key, PassThroughHasher,
-};
+use crate::classify::{actor_identity, actor_key, ActorKind, EventKind};
+use crate::keys::{event_key, identity_coupon, identity_hash, repository_key, PassThroughHasher};
 use crate::parse::jwt::jwt_actor_id;
 use crate::read::{continues_record, Chunk, REJECT_TEXT_BYTES};
 use crate::records::row::{kind_code, EncodedRow};

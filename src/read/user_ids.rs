@@ -5,8 +5,8 @@
 //! registry's events carry as `actor.name`): GitLab usernames cannot hold a colon. Users and
 //! deploy tokens it does not name take the id of their events' JWT ([`crate::parse::jwt`]).
 
-use crate::classify::ActorKind;
-use crate::keys::{actor_key, identity_hash, PassThroughHasher};
+use crate::classify::{actor_key, ActorKind};
+use crate::keys::{identity_hash, PassThroughHasher};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
