@@ -1,6 +1,6 @@
-//! Classifying: which tracked event a de-duplicated valid event is, and whether its actor is a user.
+//! Classifying: which tracked event a de-duplicated valid event is, and whether its actor is a
+//! user or a deploy token.
 
-use crate::keys::identity_hash;
 use std::borrow::Cow;
 
 /// The ten tracked events of SPEC §5: five for users and the same five for deploy tokens, in
@@ -228,13 +228,6 @@ pub fn actor_identity<'a>(
     }
 }
 
-/// The user identity of an actor (SPEC §4): its name lower-cased, when the actor is a user.
-pub fn user_identity<'a>(user_type: Option<&str>, name: Option<&'a str>) -> Option<Cow<'a, str>> {
-    actor_identity(user_type, name)
-        .filter(|(_, kind)| *kind == ActorKind::User)
-        .map(|(identity, _)| identity)
-}
-
 /// The key of an actor in the tables of GitLab ids (the Redis export's, `--user-ids`): a user
 /// and a deploy token of one name are two actors with two ids.
 pub fn actor_key(identity_hash: u64, kind: ActorKind) -> u64 {
@@ -245,14 +238,10 @@ pub fn actor_key(identity_hash: u64, kind: ActorKind) -> u64 {
     }
 }
 
-/// The identity hash of the actor when it is a user.
-pub fn user_hash(user_type: Option<&str>, name: Option<&str>) -> Option<u64> {
-    user_identity(user_type, name).map(|id| identity_hash(&id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::identity_hash;
 
     #[test]
     fn classification_follows_spec_order() {
@@ -272,20 +261,22 @@ mod tests {
     }
 
     #[test]
-    fn only_users_with_names_count() {
+    fn only_users_and_deploy_tokens_with_names_count() {
+        let user = |user_type, name| {
+            actor_identity(user_type, name)
+                .filter(|(_, kind)| *kind == ActorKind::User)
+                .map(|(identity, _)| identity)
+        };
+        assert_eq!(user(Some("build"), Some("Root")).as_deref(), Some("root"));
         assert_eq!(
-            user_identity(Some("build"), Some("Root")).as_deref(),
-            Some("root")
-        );
-        assert_eq!(
-            user_identity(Some("gitlab_or_ldap"), Some("ÉLODIE")).as_deref(),
+            user(Some("gitlab_or_ldap"), Some("ÉLODIE")).as_deref(),
             Some("élodie")
         );
         assert_eq!(
-            user_identity(Some("personal_access_token"), Some("a")).as_deref(),
+            user(Some("personal_access_token"), Some("a")).as_deref(),
             Some("a")
         );
-        assert_eq!(user_identity(Some("deploy_token"), Some("root")), None);
+        assert_eq!(user(Some("deploy_token"), Some("root")), None);
         assert_eq!(
             actor_identity(Some("deploy_token"), Some("GitLab+Deploy-Token-7")),
             Some((
@@ -294,12 +285,13 @@ mod tests {
             ))
         );
         assert_eq!(actor_identity(Some("deploy_token"), Some("")), None);
-        assert_eq!(user_identity(Some("build"), Some("")), None);
-        assert_eq!(user_identity(Some("build"), None), None);
-        assert_eq!(user_identity(None, Some("root")), None);
+        assert_eq!(user(Some("build"), Some("")), None);
+        assert_eq!(user(Some("build"), None), None);
+        assert_eq!(user(None, Some("root")), None);
+        assert_eq!(actor_identity(Some("other"), Some("root")), None);
         assert_eq!(
-            user_hash(Some("build"), Some("ROOT")),
-            user_hash(Some("build"), Some("root"))
+            user(Some("build"), Some("ROOT")).map(|id| identity_hash(&id)),
+            user(Some("build"), Some("root")).map(|id| identity_hash(&id))
         );
     }
 

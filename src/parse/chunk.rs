@@ -552,10 +552,7 @@ mod tests {
         assert_eq!(out.rejects[0].text, "not json");
         assert_eq!(out.events.len(), 3);
         assert_eq!(out.events[0].kind, EventKind::PushTag);
-        assert_eq!(
-            out.events[0].user,
-            crate::classify::user_hash(Some("build"), Some("root"))
-        );
+        assert_eq!(out.events[0].user, Some(identity_hash("root")));
         assert_eq!(
             out.events[0].ledger_id.as_ref().map(LedgerId::as_str),
             Some("e1")

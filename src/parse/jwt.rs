@@ -18,14 +18,9 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(true),
 );
 
-/// The GitLab user id in a registry JWT (`actor.user`): its payload's `user_info.user_id`, a
-/// number or a string of digits. The signature is not checked.
-pub fn jwt_user_id(token: &str) -> Option<u64> {
-    jwt_id(token, "user_id")
-}
-
-/// The id of the actor of `kind` in a registry JWT: `user_info.user_id` for a user,
-/// `user_info.deploy_token_id` for a deploy token.
+/// The id of the actor of `kind` in a registry JWT (`actor.user`): `user_info.user_id` for a
+/// user, `user_info.deploy_token_id` for a deploy token, a number or a string of digits. The
+/// signature is not checked.
 pub fn jwt_actor_id(token: &str, kind: ActorKind) -> Option<u64> {
     match kind {
         ActorKind::User => jwt_id(token, "user_id"),
@@ -66,9 +61,9 @@ mod tests {
         let t = token(
             r#"{"user_info":{"token_type":"personal_access_token","username":"root","user_id":1}}"#,
         );
-        assert_eq!(jwt_user_id(&t), Some(1));
+        assert_eq!(jwt_actor_id(&t, ActorKind::User), Some(1));
         let t = token(r#"{"user_info":{"user_id":"4711"},"x":"é"}"#);
-        assert_eq!(jwt_user_id(&t), Some(4711));
+        assert_eq!(jwt_actor_id(&t, ActorKind::User), Some(4711));
         for bad in [
             token(r#"{"user_info":{"user_id":-1}}"#),
             token(r#"{"user_info":{}}"#),
@@ -76,7 +71,7 @@ mod tests {
             "no dots".to_owned(),
             "a.%%%.b".to_owned(),
         ] {
-            assert_eq!(jwt_user_id(&bad), None, "{bad}");
+            assert_eq!(jwt_actor_id(&bad, ActorKind::User), None, "{bad}");
         }
         // Padded, and with spare bits set in the last character (`aGl` for `aGk`), it is read.
         let hi = r#"{"user_info":{"user_id":31}}"#;
@@ -85,7 +80,7 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE.encode(hi)
         );
         assert!(padded.contains('='));
-        assert_eq!(jwt_user_id(&padded), Some(31));
+        assert_eq!(jwt_actor_id(&padded, ActorKind::User), Some(31));
         assert_eq!(BASE64URL.decode("aGl").unwrap(), b"hi");
         // A deploy token's id, as GitLab's registry token service writes it.
         let t = token(
