@@ -26,14 +26,6 @@ fn moto_server() -> PathBuf {
     PathBuf::from("moto_server")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A moto S3 server of this test's own.
 struct S3Server {
     child: Child,

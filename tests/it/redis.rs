@@ -4,7 +4,6 @@
 
 use crate::support::*;
 use regtally::output::redis::hll::RedisHll;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,11 +16,7 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -81,7 +76,8 @@ macro_rules! q {
     }};
 }
 
-fn pfadd(con: &mut redis::Connection, key: &str, ids: &[u64]) {
+/// `PFADD` of `ids` to `key`, a thousand at a time.
+pub(crate) fn pfadd(con: &mut dyn redis::ConnectionLike, key: &str, ids: &[u64]) {
     for batch in ids.chunks(1000) {
         let mut cmd = redis::cmd("PFADD");
         cmd.arg(key);
@@ -124,7 +120,7 @@ fn regtallys_value_counts_exactly_as_pfadd_of_the_same_ids() {
 }
 
 /// This week's Monday, UTC, and the keys of its push_tag and create_repository counters.
-fn this_week() -> (chrono::NaiveDate, String, String) {
+pub(crate) fn this_week() -> (chrono::NaiveDate, String, String) {
     use chrono::Datelike;
     let today = chrono::Utc::now().date_naive();
     let monday = today - chrono::Days::new(u64::from(today.weekday().num_days_from_monday()));
@@ -338,11 +334,7 @@ fn a_server_that_does_not_answer_is_named_and_exits_1() {
     ws.write_lines("logs/a.jsonl", &[push("e", &t, "g/r", "alice", Some(5))]);
     let r = ws.run(&["logs"], "out", &["--redis", &ws.s("redis")]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let r = regtally(&["redis-merge", &ws.s("redis"), "--url", &url]);
     assert_eq!(r.code, 1, "{}", r.stderr);

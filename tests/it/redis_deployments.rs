@@ -4,19 +4,11 @@
 //! counting what `PFADD` of the union counts; a wrong password or an untrusted certificate is
 //! exit 1 naming the URL without its secret.
 
+use crate::redis::{pfadd, this_week};
 use crate::support::*;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server process of this test's own, killed when dropped.
 struct Server(Child);
@@ -158,15 +150,7 @@ impl Certificates {
 /// This week's push_tag key, and an export in `ws/redis` of 40 users with GitLab ids
 /// 5000..5040 who pushed tags this week.
 fn export(ws: &Workspace) -> String {
-    use chrono::Datelike;
-    let today = chrono::Utc::now().date_naive();
-    let monday = today - chrono::Days::new(u64::from(today.weekday().num_days_from_monday()));
-    let w = monday.iso_week();
-    let key = format!(
-        "{{hll_counters}}_i_container_registry_push_tag_user-{:04}-{:02}",
-        w.year(),
-        w.week()
-    );
+    let (monday, key, _) = this_week();
     let t = monday.format("%Y-%m-%dT00:30:00Z").to_string();
     let lines: Vec<String> = (0..40u64)
         .map(|u| {
@@ -188,16 +172,8 @@ fn export(ws: &Workspace) -> String {
 /// GitLab's live counter before the merge: ids 5000..5010 and one of its own; and beside it
 /// (same hash tag, so the same cluster slot) `PFADD` of the union the merge must give.
 fn seed(con: &mut dyn redis::ConnectionLike, key: &str) {
-    let add = |con: &mut dyn redis::ConnectionLike, key: &str, ids: &[u64]| {
-        let mut cmd = redis::cmd("PFADD");
-        cmd.arg(key);
-        for id in ids {
-            cmd.arg(id.to_string());
-        }
-        let _: i64 = cmd.query(con).unwrap();
-    };
-    add(con, key, &(5000..5010).chain([77]).collect::<Vec<_>>());
-    add(
+    pfadd(con, key, &(5000..5010).chain([77]).collect::<Vec<_>>());
+    pfadd(
         con,
         "{hll_counters}_expected",
         &(5000..5040).chain([77]).collect::<Vec<_>>(),

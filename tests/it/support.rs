@@ -537,12 +537,12 @@ pub fn regtally_with(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     }
 }
 
-/// A token as newer registries forward it in `actor.user`: only its payload is read.
-pub fn jwt(user_id: u64) -> String {
+/// A token as newer registries forward it in `actor.user`, with this `user_info`: only its
+/// payload is read.
+fn registry_jwt(user_info: &str) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
-    let payload =
-        format!(r#"{{"user_info":{{"token_type":"personal_access_token","user_id":{user_id}}}}}"#);
+    let payload = format!(r#"{{"user_info":{{{user_info}}}}}"#);
     format!(
         "{}.{}.c2ln",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
@@ -550,17 +550,27 @@ pub fn jwt(user_id: u64) -> String {
     )
 }
 
-/// A token as newer registries forward it for a deploy token: `user_info.deploy_token_id`.
+/// A user's token: `user_info.user_id`.
+pub fn jwt(user_id: u64) -> String {
+    registry_jwt(&format!(
+        r#""token_type":"personal_access_token","user_id":{user_id}"#
+    ))
+}
+
+/// A deploy token's: `user_info.deploy_token_id`.
 pub fn deploy_token_jwt(token_id: u64) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    let payload =
-        format!(r#"{{"user_info":{{"token_type":"deploy_token","deploy_token_id":{token_id}}}}}"#);
-    format!(
-        "{}.{}.c2ln",
-        URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
-        URL_SAFE_NO_PAD.encode(payload)
-    )
+    registry_jwt(&format!(
+        r#""token_type":"deploy_token","deploy_token_id":{token_id}"#
+    ))
+}
+
+/// A local port no one listens on now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A push of a tag by `user` at `time`, with a JWT for `jwt_id`.
