@@ -200,8 +200,7 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                 // A line the next one continues (the first of a pretty-printed body, or one
                 // followed by blank lines) is read with them as one record.
                 if end < body.len() && body.get(end + 1).is_none_or(|&b| continues_record(b)) {
-                    let record_end = record_end(body, end);
-                    out.record(&body[start..record_end], max_line_bytes);
+                    let record_end = out.record(body, start, end, max_line_bytes);
                     if record_end == body.len() {
                         break;
                     }
@@ -223,7 +222,7 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                         // Values one after another on one line (bodies appended without a
                         // newline): read as a record, each value on its own.
                         out.counts.lines -= 1;
-                        out.record(line, max_line_bytes);
+                        out.record(body, start, end, max_line_bytes);
                     } else {
                         out.value(line_no, line, parsed, &mut single);
                     }
@@ -234,18 +233,6 @@ fn parse_into(chunk: &Chunk, max_line_bytes: usize, out: &mut ChunkOutput) {
                 }
                 start = end + 1;
             }
-        }
-    }
-}
-
-/// The end of the record whose first line ends at `body[end]`, a newline the next line
-/// continues: the end of the last line before one that begins a record.
-fn record_end(body: &[u8], mut end: usize) -> usize {
-    loop {
-        let start = end + 1;
-        end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |p| start + p);
-        if end == body.len() || body.get(end + 1).is_some_and(|&b| !continues_record(b)) {
-            return end;
         }
     }
 }
@@ -299,28 +286,42 @@ impl ChunkOutput {
         }
     }
 
-    /// A record of several lines (without the last one's newline): a stream of JSON values,
-    /// each placed on the line it starts on (SPEC §1, "Bodies as the registry sent them").
-    /// A value that is broken or cut short is one malformed record with the rest of the
-    /// lines, and reading goes on at the next record.
+    /// The record that begins at `body[start]`, whose first line ends at `end`, read as a
+    /// stream of JSON values, each placed on the line it starts on (SPEC §1, "Bodies as the
+    /// registry sent them"); returns where the record ends (its last line's end). A value that
+    /// is broken or cut short is one malformed record with the rest of the lines, and reading
+    /// goes on at the next record.
     #[cold]
-    fn record(&mut self, text: &[u8], max_line_bytes: usize) {
+    fn record(
+        &mut self,
+        body: &[u8],
+        start: usize,
+        mut end: usize,
+        max_line_bytes: usize,
+    ) -> usize {
+        // One walk over the record's lines, by memchr, finds where it ends (before a line that
+        // begins a record) and counts its lines and its blank ones: a line of only whitespace
+        // is blank wherever it stands, as in one value a line, and its first bytes tell it is
+        // not. (A split with a closure went byte by byte, a third of the time of reading
+        // bodies.)
+        let (mut lines, mut blank, mut line_start) = (0u64, 0u64, start);
+        loop {
+            lines += 1;
+            blank += u64::from(is_blank(&body[line_start..end]));
+            if end == body.len() || body.get(end + 1).is_some_and(|&b| !continues_record(b)) {
+                break;
+            }
+            line_start = end + 1;
+            end = memchr::memchr(b'\n', &body[line_start..]).map_or(body.len(), |p| line_start + p);
+        }
+        let text = &body[start..end];
         let first = self.counts.lines + 1;
         let len = text.strip_suffix(b"\r").unwrap_or(text).len();
-        // Lines found by memchr (a split with a closure went byte by byte, a third of the time
-        // of reading bodies); a line of only whitespace is blank wherever it stands, as in one
-        // value a line, and a line's first bytes tell it is not.
-        let (mut lines, mut blank, mut start) = (0u64, 0u64, 0);
-        for end in memchr::memchr_iter(b'\n', text).chain([text.len()]) {
-            lines += 1;
-            blank += u64::from(is_blank(&text[start..end]));
-            start = end + 1;
-        }
         self.counts.lines += lines;
         if len > max_line_bytes {
             self.malformed(first, text, too_long(len as u64, lines, max_line_bytes));
             self.end_line(first);
-            return;
+            return end;
         }
         self.counts.blank_lines += blank;
         let mut pos = 0;
@@ -331,9 +332,9 @@ impl ChunkOutput {
                 pos += 1;
             }
             if pos == text.len() {
-                return;
+                return end;
             }
-            let Some(end) = value_end(text, pos) else {
+            let Some(stop) = value_end(text, pos) else {
                 let rest = &text[pos..];
                 let reason = format!(
                     "JSON value cut short: it does not end before line {}, which begins a new record",
@@ -341,19 +342,19 @@ impl ChunkOutput {
                 );
                 self.malformed(line_no, rest, reason);
                 self.end_line(line_no);
-                return;
+                return end;
             };
-            let value = &text[pos..end];
+            let value = &text[pos..stop];
             let mut single = RawEvent::default();
             let parsed = parse_value_into(value, line_no, &mut single);
             let broken = matches!(parsed, Some(ParsedLine::Malformed(_)));
             self.value(line_no, value, parsed, &mut single);
             self.end_line(line_no);
             if broken {
-                return;
+                return end;
             }
             line_no += memchr::memchr_iter(b'\n', value).count() as u64;
-            pos = end;
+            pos = stop;
         }
     }
 
