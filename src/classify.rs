@@ -140,6 +140,11 @@ pub fn short_name(metric: &str) -> &'static str {
         .map_or("?", |t| t.short_name())
 }
 
+/// Whether a metric name is one of the deploy tokens' events (outputs list them apart).
+pub fn is_deploy_token_metric(metric: &str) -> bool {
+    metric.ends_with("_deploy_token")
+}
+
 /// The static name of a metric read back from a file, if it is one regtally writes.
 pub fn known_metric(name: &str) -> Option<&'static str> {
     metric_names().find(|m| *m == name)

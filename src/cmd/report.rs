@@ -5,7 +5,7 @@
 use crate::aggregate::period::PeriodKind;
 use crate::aggregate::sketch::Bounds;
 use crate::aggregate::{DistinctUsers, MetricRow, MetricTable};
-use crate::classify::{metric_names, short_name};
+use crate::classify::{is_deploy_token_metric, metric_names, short_name};
 use crate::cmd::flags::{check_range, parse_date, usage};
 use crate::ledger::PriorLedger;
 use crate::output::aggregates::read_aggregates;
@@ -130,7 +130,7 @@ fn print_table<W: Write>(
         since.is_none_or(|s| r.period.start >= s) && until.is_none_or(|u| r.period.start < u)
     };
     let (tokens, users): (Vec<&str>, Vec<&str>) =
-        metric_names().partition(|m| m.ends_with("_deploy_token"));
+        metric_names().partition(|m| is_deploy_token_metric(m));
     let any_token = rows
         .iter()
         .any(|r| r.events > 0 && tokens.contains(&r.metric) && in_range(r));

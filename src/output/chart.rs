@@ -2,7 +2,7 @@
 
 use crate::aggregate::period::{Period, PeriodKind};
 use crate::aggregate::MetricRow;
-use crate::classify::{metric_names, short_name, ActorKind, TrackedEvent, TOTAL_METRIC};
+use crate::classify::{is_deploy_token_metric, metric_names, short_name, ActorKind, TrackedEvent};
 use chrono::NaiveDate;
 use plotters::prelude::*;
 
@@ -69,7 +69,7 @@ pub fn weekly_users(
             (metric, values)
         })
         .filter(|(metric, values): &(&str, Vec<i64>)| {
-            !metric.ends_with("_deploy_token") || values.iter().any(|&v| v > 0)
+            !is_deploy_token_metric(metric) || values.iter().any(|&v| v > 0)
         })
         .collect();
     (weeks, series)
@@ -120,12 +120,8 @@ pub fn weekly_chart(
             .y_desc("unique users")
             .label_style(("sans-serif", 13))
             .draw()?;
-        // The total last, on top.
-        let order = series
-            .iter()
-            .filter(|(m, _)| *m != TOTAL_METRIC)
-            .chain(series.iter().filter(|(m, _)| *m == TOTAL_METRIC));
-        for (metric, values) in order {
+        // In metric_names order: the total last, on top.
+        for (metric, values) in &series {
             let (color, width) = style_of(metric);
             let points = values.iter().enumerate().map(|(i, v)| (i as i32, *v));
             chart

@@ -7,7 +7,7 @@
 use crate::aggregate::period::{monday_of, Period, PeriodKind};
 use crate::aggregate::sketch::UserSketch;
 use crate::aggregate::MetricRow;
-use crate::classify::{metric_names, TOTAL_METRIC};
+use crate::classify::{is_deploy_token_metric, metric_names, TOTAL_METRIC};
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -106,7 +106,7 @@ impl ServicePing {
 /// `deploy_token_container_registry`, beside them as GitLab keeps `deploy_token_packages`
 /// beside `user_packages` (README, "Deploy tokens").
 fn group_of(metric: &str) -> &'static str {
-    if metric.ends_with("_deploy_token") {
+    if is_deploy_token_metric(metric) {
         "deploy_token_container_registry"
     } else {
         "user_container_registry"

@@ -1,6 +1,6 @@
 //! `summary.json` and the short human summary printed at the end of a run.
 
-use crate::classify::{metric_names, short_name};
+use crate::classify::{is_deploy_token_metric, metric_names, short_name};
 use crate::output::events::DatasetReport;
 use crate::output::redis::RedisReport;
 use crate::output::service_ping::ServicePing;
@@ -190,7 +190,7 @@ pub fn print_human<W: Write>(
     )?;
     // Users' events and their total, then deploy tokens' (`_dt`).
     let (tokens, users): (Vec<&str>, Vec<&str>) =
-        metric_names().partition(|m| m.ends_with("_deploy_token"));
+        metric_names().partition(|m| is_deploy_token_metric(m));
     for metric in users.into_iter().chain(tokens) {
         let label = short_name(metric);
         writeln!(
