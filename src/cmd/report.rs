@@ -2,7 +2,7 @@
 //! the distinct users over any range of days, from stored sketches (a state or an
 //! `aggregates.parquet`), without reading any log.
 
-use crate::aggregate::period::PeriodKind;
+use crate::aggregate::period::{Period, PeriodKind};
 use crate::aggregate::sketch::Bounds;
 use crate::aggregate::{DistinctUsers, MetricRow, MetricTable};
 use crate::classify::{is_deploy_token_metric, metric_names, short_name};
@@ -134,39 +134,24 @@ fn print_table<W: Write>(
     let any_token = rows
         .iter()
         .any(|r| r.events > 0 && tokens.contains(&r.metric) && in_range(r));
-    for (block, metrics) in [("users", users), ("deploy tokens", tokens)] {
-        if block == "deploy tokens" {
-            if !any_token {
-                writeln!(w, "(no events by deploy tokens)")?;
-                continue;
-            }
-            writeln!(w)?;
-        }
-        write!(w, "{:<10}", "period")?;
-        for m in &metrics {
-            write!(w, " {:>22}", short_name(m))?;
-        }
+    // Weeks, then months, each in order: the lines of both blocks.
+    let mut periods = Vec::new();
+    for kind in [PeriodKind::Week, PeriodKind::Month] {
+        let mut of_kind: Vec<_> = rows
+            .iter()
+            .filter(|r| r.period.kind == kind && in_range(r))
+            .map(|r| r.period)
+            .collect();
+        of_kind.sort();
+        of_kind.dedup();
+        periods.extend(of_kind);
+    }
+    print_block(rows, &users, &periods, w)?;
+    if any_token {
         writeln!(w)?;
-        for kind in [PeriodKind::Week, PeriodKind::Month] {
-            let mut periods: Vec<_> = rows
-                .iter()
-                .filter(|r| r.period.kind == kind && in_range(r))
-                .map(|r| r.period)
-                .collect();
-            periods.sort();
-            periods.dedup();
-            for period in periods {
-                write!(w, "{:<10}", period.to_string())?;
-                for m in &metrics {
-                    let cell = rows.iter().find(|r| r.metric == *m && r.period == period);
-                    let text = cell.map_or("0/0".to_owned(), |r| {
-                        format!("{}/{}", with_margin(r.unique_users, r.bounds), r.events)
-                    });
-                    write!(w, " {text:>22}")?;
-                }
-                writeln!(w)?;
-            }
-        }
+        print_block(rows, &tokens, &periods, w)?;
+    } else {
+        writeln!(w, "(no events by deploy tokens)")?;
     }
     writeln!(
         w,
@@ -185,6 +170,32 @@ fn print_table<W: Write>(
                 sparkline(values)
             )?;
         }
+    }
+    Ok(())
+}
+
+/// A header of `metrics` and one line per period, one `users/events` column per metric.
+fn print_block<W: Write>(
+    rows: &[MetricRow],
+    metrics: &[&str],
+    periods: &[Period],
+    w: &mut W,
+) -> Result<()> {
+    write!(w, "{:<10}", "period")?;
+    for m in metrics {
+        write!(w, " {:>22}", short_name(m))?;
+    }
+    writeln!(w)?;
+    for &period in periods {
+        write!(w, "{:<10}", period.to_string())?;
+        for m in metrics {
+            let cell = rows.iter().find(|r| r.metric == *m && r.period == period);
+            let text = cell.map_or("0/0".to_owned(), |r| {
+                format!("{}/{}", with_margin(r.unique_users, r.bounds), r.events)
+            });
+            write!(w, " {text:>22}")?;
+        }
+        writeln!(w)?;
     }
     Ok(())
 }
