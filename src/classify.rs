@@ -179,6 +179,33 @@ impl EventKind {
         }
     }
 
+    /// The kind as one byte, for records that leave the process (a Spark task's rows):
+    /// [`EventKind::from_code`] reads it back.
+    pub fn code(self) -> u8 {
+        match self {
+            EventKind::Untracked => 0,
+            EventKind::PushTag => 1,
+            EventKind::DeleteTag => 2,
+            EventKind::ManifestDelete => 3,
+            EventKind::DeleteRepository => 4,
+            EventKind::RepositoryPush => 5,
+            EventKind::Resolved(t) => 16 + t.index() as u8,
+        }
+    }
+
+    /// The kind [`EventKind::code`] gave `code`, if it gave it.
+    pub fn from_code(code: u8) -> Option<EventKind> {
+        Some(match code {
+            0 => EventKind::Untracked,
+            1 => EventKind::PushTag,
+            2 => EventKind::DeleteTag,
+            3 => EventKind::ManifestDelete,
+            4 => EventKind::DeleteRepository,
+            5 => EventKind::RepositoryPush,
+            c => EventKind::Resolved(*TrackedEvent::ALL.get(usize::from(c.checked_sub(16)?))?),
+        })
+    }
+
     /// True for pushes of any kind: they make their repository exist (SPEC §6).
     pub fn is_push(self) -> bool {
         matches!(

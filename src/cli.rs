@@ -26,9 +26,15 @@ pub enum Command {
     RedisMerge(redis_merge::RedisMergeArgs),
 }
 
+/// Today (UTC): what [`run`] takes for today, and a run an engine drives (the Spark driver of
+/// `python/`) too.
+pub fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
 /// Runs a parsed command line; the exit status is SPEC §10's.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    // The clock is read here and nowhere else.
+    // The clock is read here and by `today` only.
     let now = chrono::Utc::now();
     match cli.command {
         Command::Run(args) => run::run(args, now.date_naive()),

@@ -10,7 +10,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 ///
 /// Seconds are kept as `i64` beside the nanoseconds so that every year RFC 3339 can spell
 /// (0000 to 9999) is representable, which an `i64` of nanoseconds is not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Timestamp {
     /// Seconds since 1970-01-01T00:00:00Z.
     pub secs: i64,

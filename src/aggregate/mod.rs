@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 /// order (a log that names a new action in every event must not fill memory); the rest are
 /// counted together under [`OTHER_ACTIONS`]. Which names are kept does not depend on the
 /// order events come in.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ActionCounts {
     known: [u64; 4],
     other: BTreeMap<Box<str>, u64>,
@@ -102,7 +102,7 @@ impl ActionCounts {
 }
 
 /// Counts of de-duplicated events that the summary reports, folded beside the [`Aggregate`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EventCounts {
     pub out_of_range: u64,
     pub manifest_deletes: u64,
@@ -114,7 +114,8 @@ pub struct EventCounts {
 }
 
 impl EventCounts {
-    fn merge(&mut self, o: EventCounts) {
+    /// Adds everything `o` counted (counts made apart, by the tasks of an engine, merge so).
+    pub fn merge(&mut self, o: EventCounts) {
         self.out_of_range += o.out_of_range;
         self.manifest_deletes += o.manifest_deletes;
         self.by_action.merge(o.by_action);

@@ -335,6 +335,20 @@ impl Aggregate {
         to
     }
 
+    /// Each day cell's tracked event, day, events and distinct users (sorted), for an aggregate
+    /// that keeps every cell a list (made without `densify_at`): what a Spark task hands on
+    /// to the tasks that build the cells' sketches.
+    pub fn into_day_lists(self) -> Vec<(TrackedEvent, NaiveDate, u64, Vec<u64>)> {
+        self.cells
+            .into_iter()
+            .filter(|((_, period), _)| period.kind == PeriodKind::Day)
+            .map(|((event, day), cell)| {
+                debug_assert!(cell.dense.is_none(), "a day held as sketches has no list");
+                (event, day.start, cell.events, cell.distinct_users())
+            })
+            .collect()
+    }
+
     /// Learns where users land in the `hll_sketch` column.
     pub fn learn_users(&mut self, users: impl IntoIterator<Item = (u64, Coupon)>) {
         self.coupons.insert_all(users);

@@ -129,6 +129,8 @@ struct RunPlan {
     /// The run's folder of temporary files, created (and what killed runs left removed) before
     /// any log is read.
     spill: SpillDir,
+    /// The day the run takes for today (UTC).
+    today: NaiveDate,
 }
 
 /// The URL a flag's value names, if it names object storage.
@@ -334,6 +336,7 @@ impl RunPlan {
                     run: new_run_id(),
                     rows: args.events.is_some(),
                     gitlab_users: args.redis.is_some(),
+                    identities: false,
                 },
                 chunk_bytes: args.chunk_bytes as usize,
                 progress: !args.quiet && std::io::stderr().is_terminal(),
@@ -368,6 +371,7 @@ impl RunPlan {
             redis: args.redis.map(|dir| (dir, args.redis_key_format)),
             spill,
             _state_lock: state_lock,
+            today,
         })
     }
 }
@@ -384,11 +388,80 @@ pub fn run(args: RunArgs, today: NaiveDate) -> Result<ExitCode> {
     }
     let pool = pool.build().context("cannot start worker threads")?;
     // Everything parallel in the run, writing included, stays within --threads.
-    pool.install(|| run_planned(plan, started))
+    let clean = pool.install(|| run_planned(plan, started, pipeline::run))?;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-/// The run once its plan is checked, inside the worker pool.
-fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
+/// A `run` whose logs an engine reads (the Spark driver of `python/`): its flags checked and
+/// its inputs found as `regtally run` finds them, then its outputs written from the [`Tally`]
+/// the engine's tasks computed, as `regtally run` writes them.
+pub struct PlannedRun {
+    plan: RunPlan,
+    started: Instant,
+}
+
+/// What computes a run's [`Tally`] once the plan is checked: [`pipeline::run`] on this machine,
+/// or what gathers an engine's results. Rejects go to the writer as they are found.
+pub type Compute<'a> =
+    dyn FnOnce(&RunConfig, Prior, &SpillDir, &mut (dyn Write + Send)) -> Result<Tally> + 'a;
+
+impl PlannedRun {
+    /// Checks a `run`'s flags (exit status 2 for what is wrong, as `regtally run`): those a
+    /// Spark run does not offer are refused.
+    pub fn new(args: RunArgs, today: NaiveDate) -> Result<PlannedRun> {
+        for (given, flag) in [
+            (args.state.is_some(), "--state"),
+            (args.redis.is_some(), "--redis"),
+            (args.events.is_some(), "--events"),
+            (
+                args.inputs.iter().any(|p| p.as_os_str() == "-"),
+                "- (standard input)",
+            ),
+        ] {
+            if given {
+                return usage(format!(
+                    "{flag} is not offered by the Spark driver; use regtally run"
+                ));
+            }
+        }
+        let started = Instant::now();
+        Ok(PlannedRun {
+            plan: RunPlan::from_args(args, today)?,
+            started,
+        })
+    }
+
+    /// What the run is asked, its inputs in input order.
+    pub fn config(&self) -> &RunConfig {
+        &self.plan.config
+    }
+
+    /// The day the run takes for today.
+    pub fn today(&self) -> NaiveDate {
+        self.plan.today
+    }
+
+    /// `--memory-limit`.
+    pub fn memory_limit(&self) -> u64 {
+        self.plan.flags.memory_limit
+    }
+
+    /// Computes the tally with `compute` and writes every output; whether the run was clean
+    /// (exit status 0) or not (1), as `regtally run` decides.
+    pub fn finish(self, compute: Box<Compute<'_>>) -> Result<bool> {
+        run_planned(self.plan, self.started, compute)
+    }
+}
+
+/// The run once its plan is checked, inside the worker pool; whether it was clean.
+fn run_planned<F>(mut plan: RunPlan, started: Instant, compute: F) -> Result<bool>
+where
+    F: FnOnce(&RunConfig, Prior, &SpillDir, &mut (dyn Write + Send)) -> Result<Tally>,
+{
     let prior = match &mut plan.state {
         // The ledger comes back in the tally, moved on by this run.
         Some((_, state)) => Prior {
@@ -402,7 +475,7 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     };
     let mut staged = StagedOutputs::new(plan.spill.staged_suffix());
     let mut rejects = staged.open(&plan.out.join(output::REJECTS))?;
-    let mut tally = pipeline::run(&plan.config, prior, &plan.spill, &mut rejects)?;
+    let mut tally = compute(&plan.config, prior, &plan.spill, &mut rejects)?;
 
     let mut problems: Vec<String> = tally
         .failures()
@@ -476,7 +549,7 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     }
     stdout.flush()?;
     if problems.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(true);
     }
     for p in &problems {
         eprintln!("regtally: {p}");
@@ -489,7 +562,7 @@ fn run_planned(mut plan: RunPlan, started: Instant) -> Result<ExitCode> {
     } else {
         eprintln!("regtally: no output was replaced");
     }
-    Ok(ExitCode::FAILURE)
+    Ok(false)
 }
 
 /// Stages every output but the rejects (already staged, as they were found), then renames them

@@ -55,6 +55,10 @@ pub struct ChunkOutput {
     /// its thread parsed it in (the run's table of coupons learns them before the chunk is
     /// folded, so every such user's coupon is known when its events are).
     pub users: Vec<(u64, Coupon)>,
+    /// With [`ParseRules::identities`]: the same users' identities, in the same order (a Spark
+    /// task hands identities on, and the cell that counts a user computes its coupon).
+    pub identities: Vec<(u64, Box<str>)>,
+    keep_identities: bool,
     /// The users this chunk's thread has reported in this run, lent by [`REPORTED`].
     reported: IdentitySeen,
     /// Bytes of text the chunk held.
@@ -113,6 +117,8 @@ pub struct ParseRules {
     pub rows: bool,
     /// Report counted users with the GitLab id their JWT gives, for the Redis export.
     pub gitlab_users: bool,
+    /// Report each counted user's identity beside its coupon ([`ChunkOutput::identities`]).
+    pub identities: bool,
 }
 
 /// [`parse_chunk_into`] with no limit on times, for tests of the other rules.
@@ -123,6 +129,7 @@ pub fn parse_chunk(chunk: &Chunk, max_line_bytes: usize) -> ChunkOutput {
         run: new_run_id(),
         rows: false,
         gitlab_users: false,
+        identities: false,
     };
     parse_chunk_into(chunk, &rules, Vec::new())
 }
@@ -157,6 +164,7 @@ pub fn parse_chunk_into(
         events,
         times: rules.times,
         keep_rows: rules.rows,
+        keep_identities: rules.identities,
         reported,
         gitlab_reported,
         ..ChunkOutput::default()
@@ -441,6 +449,9 @@ impl ChunkOutput {
             let hash = identity_hash(identity);
             if counts_for_users && self.reported.insert(hash) {
                 self.users.push((hash, identity_coupon(identity)));
+                if self.keep_identities {
+                    self.identities.push((hash, identity.as_ref().into()));
+                }
             }
             hash
         });
@@ -646,6 +657,7 @@ mod tests {
             run: new_run_id(),
             rows: false,
             gitlab_users: true,
+            identities: false,
         };
         let out = parse_chunk_into(&Chunk::Lines(text.into_bytes()), &rules, Vec::new());
         let got: Vec<(u64, Option<u64>, &str)> = out
@@ -709,6 +721,7 @@ mod tests {
             run: new_run_id(),
             rows: true,
             gitlab_users: false,
+            identities: false,
         };
         let out = parse_chunk_into(&Chunk::Lines(text.into_bytes()), &rules, Vec::new());
         let (a, rest) = EncodedRow::decode(&out.rows).unwrap();

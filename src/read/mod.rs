@@ -33,7 +33,7 @@ pub const REJECT_TEXT_BYTES: usize = 1024;
 /// Its name in rejects and the summary is that path relative to the current folder when the
 /// file is inside it, else the canonical path itself: neither depends on how it was named. An
 /// object is known and named by its URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InputPath {
     File { canonical: PathBuf, name: String },
     Object(object::ListedObject),
@@ -76,7 +76,7 @@ impl InputPath {
 }
 
 /// How one input was read.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct InputReport {
     pub path: String,
     pub compression: Option<Compression>,
@@ -269,7 +269,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 /// The compression an input was found to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Plain,

@@ -158,7 +158,7 @@ fn store(base: &Url) -> Result<Arc<dyn ObjectStore>, String> {
 }
 
 /// An object listed as an input.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListedObject {
     pub url: String,
     pub size: u64,

@@ -188,7 +188,7 @@ pub struct Reject {
 }
 
 /// The line and event counts of SPEC §9's summary that parsing alone decides.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LineCounts {
     pub lines: u64,
     pub blank_lines: u64,
