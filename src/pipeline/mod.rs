@@ -19,6 +19,7 @@
 //! - After reading: the spilled ids are de-duplicated, the ledger replays, the folds merge and
 //!   the sketches are built; the [`Tally`] holds what every output is written from.
 
+pub mod distributed;
 pub mod scheduler;
 
 use crate::aggregate::users::UserCoupons;

@@ -1,0 +1,1071 @@
+//! The run's stages as tasks of an engine that schedules, shuffles and retries them itself
+//! (Apache Spark, through the Python package of `python/`). Each function here is the work of
+//! one task, over Arrow record batches, wiring the stage code [`super::run`] wires on one
+//! machine; the engine does what needs all the data at once: the order of inputs, the choice of
+//! each id's first delivery, and the grouping by repository and by cell.
+//!
+//! The plan (`python/regtally/spark.py`):
+//!
+//! 1. [`InputTask`], once per input: its valid events, each stamped with its input and its
+//!    position in it ([`READ_SCHEMA`]), then the input's accounting and rejects.
+//! 2. The engine keeps, per id, the delivery with the smallest (input, position): SPEC §3's
+//!    first in input order.
+//! 3. [`known_repositories`] seeds the ledger: its rows travel with their repository's events.
+//! 4. [`PartitionTask`], once per partition of repositories: the repository ledger replays the
+//!    partition's pushes and deletes in (time, id) order, and the first deliveries are folded
+//!    as [`super::run`] folds them. Out come, per tracked event and day, the events and the
+//!    users, each put in the day, week and month (and the users' union) it counts in
+//!    ([`CELL_SCHEMA`]), the partition's repositories, and its counts.
+//! 5. [`CellTask`], over those rows grouped and sorted by (metric, period): both sketches of
+//!    each cell, built from its users' codes as `Aggregate::into_table` builds them.
+//! 6. [`Gathered::into_tally`], on the driver: the inputs' accounting, the rejects, the counts,
+//!    the repositories and the cells make the [`Tally`] every output is written from.
+
+use crate::aggregate::period::{Period, PeriodKind};
+use crate::aggregate::sketch::{sparse_code, UserSketch, WarehouseSketch};
+use crate::aggregate::users::UserCoupons;
+use crate::aggregate::{Aggregate, EventCounts, Fold, MetricTable, TableCell};
+use crate::classify::{ActorKind, EventKind, TrackedEvent, TOTAL_METRIC};
+use crate::config::RunConfig;
+use crate::keys::{identity_coupon, repository_key};
+use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
+use crate::ledger::{PriorLedger, ReplayedLedger, RepositoryLedger};
+use crate::output::rejects::write_reject;
+use crate::parse::chunk::{new_run_id, parse_chunk_into, ParseRules};
+use crate::read::{open_input, Chunk, Chunker, InputPath, InputReport};
+use crate::records::{Action, EventRecord, FileReject, LedgerId, LineCounts, PathMap, Reject};
+use crate::spill::{MemoryBudget, SpillDir};
+use crate::tally::{Phases, Tally};
+use crate::timestamp::{DateCache, TimeWindow, Timestamp};
+use anyhow::{anyhow, bail, Context, Result};
+use arrow_array::builder::{
+    ArrayBuilder, BinaryBuilder, BooleanBuilder, Date32Builder, Int32Builder, Int64Builder,
+    Int8Builder, StringBuilder,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use chrono::NaiveDate;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, LazyLock};
+
+/// What every task of a run is told: the run's flags that reading, folding and building cells
+/// obey, as the driver checked them ([`TaskConfig::of`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TaskConfig {
+    pub since: Option<NaiveDate>,
+    pub until: Option<NaiveDate>,
+    pub precision: u8,
+    pub max_line_bytes: usize,
+    pub chunk_bytes: usize,
+    /// The driver's today: event times after the day after it are invalid (SPEC §2).
+    pub today: NaiveDate,
+    /// `--memory-limit`, for each partition's ledger.
+    pub memory_limit: u64,
+}
+
+impl TaskConfig {
+    /// The tasks' part of a planned run.
+    pub fn of(cfg: &RunConfig, today: NaiveDate, memory_limit: u64) -> TaskConfig {
+        TaskConfig {
+            since: cfg.since,
+            until: cfg.until,
+            precision: cfg.precision,
+            max_line_bytes: cfg.rules.max_line_bytes,
+            chunk_bytes: cfg.chunk_bytes,
+            today,
+            memory_limit,
+        }
+    }
+
+    /// The config a task's stages take: no inputs, no state, no export.
+    fn run_config(&self) -> RunConfig {
+        RunConfig {
+            inputs: Vec::new(),
+            since: self.since,
+            until: self.until,
+            precision: self.precision,
+            rules: ParseRules {
+                max_line_bytes: self.max_line_bytes,
+                times: TimeWindow::until_day_after(self.today),
+                // A task reports each user it meets once, whatever the worker ran before.
+                run: new_run_id(),
+                rows: false,
+                gitlab_users: false,
+                identities: true,
+            },
+            chunk_bytes: self.chunk_bytes,
+            progress: false,
+            keep_event_ids: None,
+            hash_inputs: false,
+            budget: MemoryBudget::new(self.memory_limit),
+            user_ids: None,
+        }
+    }
+}
+
+/// One input in the manifest the driver hands out: where it is in input order, and where it
+/// lives.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ManifestEntry {
+    pub index: u32,
+    pub input: InputPath,
+}
+
+/// What a row of [`READ_SCHEMA`] holds.
+pub mod rec {
+    /// A valid event.
+    pub const EVENT: i8 = 0;
+    /// An input's accounting, as JSON in `text` ([`InputAccounting`]).
+    pub const INPUT: i8 = 1;
+    /// A line of `rejects.jsonl` in `text`; `pos` orders an input's rejects.
+    pub const REJECT: i8 = 2;
+    /// A repository of `--known-repositories`: `repository` and `path`.
+    pub const KNOWN: i8 = 3;
+}
+
+fn field(name: &str, t: DataType, nullable: bool) -> Field {
+    Field::new(name, t, nullable)
+}
+
+/// The rows of the read tasks: events, accounting, rejects and known repositories. Only the
+/// types Spark maps to its own (no unsigned integers): hashes are their bits as `int64`.
+pub static READ_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        field("rec", DataType::Int8, false),
+        field("input", DataType::Int32, false),
+        field("pos", DataType::Int64, false),
+        // xxh3-128 of the event id, big-endian: what de-duplication compares (SPEC §3).
+        field("id", DataType::Binary, true),
+        field("secs", DataType::Int64, true),
+        field("nanos", DataType::Int32, true),
+        field("action", DataType::Utf8, true),
+        field("kind", DataType::Int8, true),
+        // The actor's identity hash, and the identity itself for the users who count.
+        field("user", DataType::Int64, true),
+        field("identity", DataType::Utf8, true),
+        field("deploy_token", DataType::Boolean, true),
+        // xxh3-128 of the repository path, big-endian: what the partitions are cut by.
+        field("repository", DataType::Binary, true),
+        field("path", DataType::Utf8, true),
+        field("ledger_id", DataType::Utf8, true),
+        field("text", DataType::Utf8, true),
+    ]))
+});
+
+/// What a partition task yields: per-period events and users, the partition's repositories
+/// (`text`) and its counts (JSON in `text`).
+pub mod part {
+    /// A cell's events (`user` null) or one of its users.
+    pub const CELL: i8 = 0;
+    /// A repository that exists after the replay.
+    pub const REPOSITORY: i8 = 1;
+    /// The partition's [`super::PartitionCounts`].
+    pub const COUNTS: i8 = 2;
+}
+
+/// Rows of the partition tasks, and the cells' input. `metric` is a [`TrackedEvent`] index, or
+/// [`TOTAL_INDEX`]; `period_kind` 0, 1, 2 for day, week, month.
+pub static CELL_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        field("part", DataType::Int8, false),
+        field("metric", DataType::Int8, true),
+        field("period_kind", DataType::Int8, true),
+        field("start", DataType::Date32, true),
+        field("user", DataType::Int64, true),
+        field("identity", DataType::Utf8, true),
+        field("events", DataType::Int64, true),
+        field("text", DataType::Utf8, true),
+    ]))
+});
+
+/// The built cells: both sketches and the events of each metric and period.
+pub static SKETCH_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        field("metric", DataType::Int8, false),
+        field("period_kind", DataType::Int8, false),
+        field("start", DataType::Date32, false),
+        field("events", DataType::Int64, false),
+        field("sketch", DataType::Binary, false),
+        field("hll_sketch", DataType::Binary, false),
+    ]))
+});
+
+/// The metric index of the users' union.
+pub const TOTAL_INDEX: i8 = TrackedEvent::ALL.len() as i8;
+
+fn metric_name(index: i8) -> Result<&'static str> {
+    if index == TOTAL_INDEX {
+        return Ok(TOTAL_METRIC);
+    }
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| TrackedEvent::ALL.get(i))
+        .map(|t| t.metric_name())
+        .ok_or_else(|| anyhow!("no metric has index {index}"))
+}
+
+fn period_code(kind: PeriodKind) -> i8 {
+    match kind {
+        PeriodKind::Day => 0,
+        PeriodKind::Week => 1,
+        PeriodKind::Month => 2,
+    }
+}
+
+fn period_of(code: i8, start: NaiveDate) -> Result<Period> {
+    let period = match code {
+        0 => Period::day_of(start),
+        1 => Period::week_of(start),
+        2 => Period::month_of(start),
+        _ => bail!("no period kind has code {code}"),
+    };
+    anyhow::ensure!(period.start == start, "{start} does not start a period");
+    Ok(period)
+}
+
+const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+
+fn days_since_epoch(date: NaiveDate) -> i32 {
+    (date - EPOCH).num_days() as i32
+}
+
+fn date_of(days: i32) -> Result<NaiveDate> {
+    EPOCH
+        .checked_add_signed(chrono::Duration::days(i64::from(days)))
+        .ok_or_else(|| anyhow!("day {days} is out of range"))
+}
+
+/// An input's accounting, as a read task ends it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct InputAccounting {
+    pub report: InputReport,
+    pub counts: LineCounts,
+}
+
+/// Builders of [`READ_SCHEMA`]'s columns.
+struct ReadRows {
+    rec: Int8Builder,
+    input: Int32Builder,
+    pos: Int64Builder,
+    id: BinaryBuilder,
+    secs: Int64Builder,
+    nanos: Int32Builder,
+    action: StringBuilder,
+    kind: Int8Builder,
+    user: Int64Builder,
+    identity: StringBuilder,
+    deploy_token: BooleanBuilder,
+    repository: BinaryBuilder,
+    path: StringBuilder,
+    ledger_id: StringBuilder,
+    text: StringBuilder,
+}
+
+impl ReadRows {
+    fn new() -> ReadRows {
+        ReadRows {
+            rec: Int8Builder::new(),
+            input: Int32Builder::new(),
+            pos: Int64Builder::new(),
+            id: BinaryBuilder::new(),
+            secs: Int64Builder::new(),
+            nanos: Int32Builder::new(),
+            action: StringBuilder::new(),
+            kind: Int8Builder::new(),
+            user: Int64Builder::new(),
+            identity: StringBuilder::new(),
+            deploy_token: BooleanBuilder::new(),
+            repository: BinaryBuilder::new(),
+            path: StringBuilder::new(),
+            ledger_id: StringBuilder::new(),
+            text: StringBuilder::new(),
+        }
+    }
+
+    /// A row of `rec` with only `text` (and for a known repository, its key and path).
+    fn other(&mut self, rec: i8, input: i32, pos: i64, text: Option<&str>) {
+        self.rec.append_value(rec);
+        self.input.append_value(input);
+        self.pos.append_value(pos);
+        self.id.append_null();
+        self.secs.append_null();
+        self.nanos.append_null();
+        self.action.append_null();
+        self.kind.append_null();
+        self.user.append_null();
+        self.identity.append_null();
+        self.deploy_token.append_null();
+        if rec == rec::KNOWN {
+            let path = text.unwrap_or_default();
+            self.repository
+                .append_value(repository_key(path).to_be_bytes());
+            self.path.append_value(path);
+            self.text.append_null();
+        } else {
+            self.repository.append_null();
+            self.path.append_null();
+            self.text.append_option(text);
+        }
+        self.ledger_id.append_null();
+    }
+
+    fn event(
+        &mut self,
+        input: i32,
+        pos: i64,
+        r: &EventRecord,
+        identity: Option<&str>,
+        path: Option<&str>,
+    ) {
+        self.rec.append_value(rec::EVENT);
+        self.input.append_value(input);
+        self.pos.append_value(pos);
+        self.id.append_value(r.id_key.to_be_bytes());
+        self.secs.append_value(r.time.secs);
+        self.nanos.append_value(r.time.nanos as i32);
+        self.action.append_value(r.action.as_str());
+        self.kind.append_value(r.kind.code() as i8);
+        self.user.append_option(r.user.map(|u| u as i64));
+        self.identity.append_option(identity);
+        self.deploy_token.append_value(r.deploy_token);
+        self.repository.append_value(r.repository.to_be_bytes());
+        self.path.append_option(path);
+        self.ledger_id
+            .append_option(r.ledger_id.as_ref().map(LedgerId::as_str));
+        self.text.append_null();
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.rec.finish()),
+            Arc::new(self.input.finish()),
+            Arc::new(self.pos.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.secs.finish()),
+            Arc::new(self.nanos.finish()),
+            Arc::new(self.action.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.user.finish()),
+            Arc::new(self.identity.finish()),
+            Arc::new(self.deploy_token.finish()),
+            Arc::new(self.repository.finish()),
+            Arc::new(self.path.finish()),
+            Arc::new(self.ledger_id.finish()),
+            Arc::new(self.text.finish()),
+        ];
+        Ok(RecordBatch::try_new(READ_SCHEMA.clone(), columns)?)
+    }
+}
+
+/// One read task: an input, read and parsed a chunk at a time, its rows handed out a batch per
+/// chunk. The last batch holds its accounting.
+pub struct InputTask {
+    index: i32,
+    name: String,
+    cfg: RunConfig,
+    /// `None` once the input has ended.
+    reading: Option<Reading>,
+    report: InputReport,
+    counts: LineCounts,
+    lines_before: u64,
+    events: i64,
+    rejects: i64,
+    /// The identity of each counted user this task has met.
+    identities: HashMap<u64, Box<str>>,
+    done: bool,
+}
+
+struct Reading {
+    chunker: Chunker<Box<dyn Read + Send>>,
+    raw_bytes: Option<Arc<crate::read::RawBytes>>,
+}
+
+impl InputTask {
+    pub fn new(config: &TaskConfig, entry: ManifestEntry) -> InputTask {
+        let cfg = config.run_config();
+        let mut report = InputReport::new(&entry.input);
+        let reading = match open_input(&entry.input, None, false) {
+            Ok(opened) => {
+                report.compression = Some(opened.compression);
+                Some(Reading {
+                    chunker: Chunker::new(opened.stream, cfg.chunk_bytes, cfg.rules.max_line_bytes),
+                    raw_bytes: opened.raw_bytes,
+                })
+            }
+            Err(e) => {
+                report.error = Some(format!("cannot open: {e}"));
+                None
+            }
+        };
+        InputTask {
+            index: entry.index as i32,
+            name: entry.input.name().to_owned(),
+            cfg,
+            reading,
+            report,
+            counts: LineCounts::default(),
+            lines_before: 0,
+            events: 0,
+            rejects: 0,
+            identities: HashMap::new(),
+            done: false,
+        }
+    }
+
+    /// The rows of the next chunk; after the last, the input's accounting; then `None`.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut rows = ReadRows::new();
+        if let Some(reading) = &mut self.reading {
+            match reading.chunker.next_chunk() {
+                Ok(Some(chunk)) => {
+                    self.chunk_rows(&chunk, &mut rows)?;
+                    return rows.finish().map(Some);
+                }
+                Ok(None) => self.end(None),
+                Err(e) => self.end(Some(e)),
+            }
+        } else {
+            self.report.lines_read(0, None);
+        }
+        let accounting = InputAccounting {
+            report: self.report.clone(),
+            counts: self.counts,
+        };
+        rows.other(
+            rec::INPUT,
+            self.index,
+            0,
+            Some(&serde_json::to_string(&accounting)?),
+        );
+        self.done = true;
+        rows.finish().map(Some)
+    }
+
+    fn end(&mut self, error: Option<std::io::Error>) {
+        if let Some(reading) = self.reading.take() {
+            self.report.read_to_end(
+                &reading.chunker,
+                reading.raw_bytes.as_deref(),
+                error.is_some(),
+            );
+            self.report.lines_read(self.lines_before, error);
+        }
+    }
+
+    fn chunk_rows(&mut self, chunk: &Chunk, rows: &mut ReadRows) -> Result<()> {
+        let mut out = parse_chunk_into(chunk, &self.cfg.rules, Vec::new());
+        self.counts.merge(&out.counts);
+        out.offset_lines(self.lines_before);
+        self.lines_before += out.counts.lines;
+        for reject in &out.rejects {
+            let mut line = Vec::new();
+            write_reject(&self.name, reject, &mut line)?;
+            let text = std::str::from_utf8(&line)?.trim_end_matches('\n');
+            rows.other(rec::REJECT, self.index, self.rejects, Some(text));
+            self.rejects += 1;
+        }
+        self.identities.extend(std::mem::take(&mut out.identities));
+        for r in &out.events {
+            let identity = r.user.and_then(|u| self.identities.get(&u)).map(|s| &**s);
+            let path = r
+                .touches_ledger()
+                .then(|| out.ledger_paths.get(&r.repository))
+                .flatten();
+            rows.event(self.index, self.events, r, identity, path);
+            self.events += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of `--known-repositories`, read from `source` (a path or a URL every task can
+/// read), a row per repository.
+pub fn known_repositories(source: &std::path::Path) -> Result<RecordBatch> {
+    let bytes = crate::read::read_side_file(source)
+        .map_err(|e| anyhow!("cannot read --known-repositories {e}"))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("cannot read --known-repositories {}", source.display()))?;
+    let mut rows = ReadRows::new();
+    let paths = text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty());
+    for (i, path) in paths.enumerate() {
+        rows.other(rec::KNOWN, -1, i as i64, Some(path));
+    }
+    rows.finish()
+}
+
+/// A partition's counts, which the driver adds up.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct PartitionCounts {
+    /// First deliveries folded.
+    pub firsts: u64,
+    pub events: EventCounts,
+    pub late_events: u64,
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| anyhow!("the batch has no column {name} of the expected type"))
+}
+
+fn key_of(bytes: &[u8]) -> Result<u128> {
+    Ok(u128::from_be_bytes(bytes.try_into().map_err(|_| {
+        anyhow!("a key of {} bytes, not 16", bytes.len())
+    })?))
+}
+
+/// One partition task: the first deliveries of a partition of repositories, and the known
+/// repositories among them, folded and replayed as `regtally run` does.
+pub struct PartitionTask {
+    cfg: RunConfig,
+    /// Kept until the ledger is replayed; its folder holds what the ledger spills.
+    spill: SpillDir,
+    known: Vec<String>,
+    records: Vec<EventRecord>,
+    paths: PathMap,
+    identities: HashMap<u64, Box<str>>,
+}
+
+impl PartitionTask {
+    /// A task spilling into a folder of its own under `temp` (the executor's temporary folder).
+    pub fn new(config: &TaskConfig, temp: &std::path::Path) -> Result<PartitionTask> {
+        Ok(PartitionTask {
+            cfg: config.run_config(),
+            spill: SpillDir::create(temp, &[]).with_context(|| {
+                format!("cannot create a temporary folder in {}", temp.display())
+            })?,
+            known: Vec::new(),
+            records: Vec::new(),
+            paths: PathMap::default(),
+            identities: HashMap::new(),
+        })
+    }
+
+    /// Takes a batch of [`READ_SCHEMA`] rows: first deliveries and known repositories.
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let recs = column::<arrow_array::Int8Array>(batch, "rec")?;
+        let id = column::<arrow_array::BinaryArray>(batch, "id")?;
+        let secs = column::<arrow_array::Int64Array>(batch, "secs")?;
+        let nanos = column::<arrow_array::Int32Array>(batch, "nanos")?;
+        let action = column::<arrow_array::StringArray>(batch, "action")?;
+        let kind = column::<arrow_array::Int8Array>(batch, "kind")?;
+        let user = column::<arrow_array::Int64Array>(batch, "user")?;
+        let identity = column::<arrow_array::StringArray>(batch, "identity")?;
+        let deploy_token = column::<arrow_array::BooleanArray>(batch, "deploy_token")?;
+        let repository = column::<arrow_array::BinaryArray>(batch, "repository")?;
+        let path = column::<arrow_array::StringArray>(batch, "path")?;
+        let ledger_id = column::<arrow_array::StringArray>(batch, "ledger_id")?;
+        for i in 0..batch.num_rows() {
+            match recs.value(i) {
+                rec::EVENT => {}
+                rec::KNOWN => {
+                    self.known.push(path.value(i).to_owned());
+                    continue;
+                }
+                other => bail!("a partition was handed a row of kind {other}"),
+            }
+            let user_hash = user.is_valid(i).then(|| user.value(i) as u64);
+            if let (Some(hash), true) = (user_hash, identity.is_valid(i)) {
+                self.identities
+                    .entry(hash)
+                    .or_insert_with(|| identity.value(i).into());
+            }
+            let repository_key = key_of(repository.value(i))?;
+            if path.is_valid(i) {
+                self.paths.insert(repository_key, path.value(i));
+            }
+            let kind_code = kind.value(i) as u8;
+            self.records.push(EventRecord {
+                id_key: key_of(id.value(i))?,
+                time: Timestamp {
+                    secs: secs.value(i),
+                    nanos: nanos.value(i) as u32,
+                },
+                action: Action::new(action.value(i)),
+                kind: EventKind::from_code(kind_code)
+                    .ok_or_else(|| anyhow!("no event kind has code {kind_code}"))?,
+                user: user_hash,
+                deploy_token: deploy_token.value(i),
+                repository: repository_key,
+                ledger_id: ledger_id
+                    .is_valid(i)
+                    .then(|| LedgerId::from(ledger_id.value(i))),
+            });
+        }
+        Ok(())
+    }
+
+    /// Replays the ledger and folds every first delivery: the partition's cells (each day's
+    /// events and users, put in every period they count in), repositories and counts.
+    pub fn finish(self) -> Result<RecordBatch> {
+        let PartitionTask {
+            cfg,
+            spill,
+            known,
+            records,
+            paths,
+            identities,
+        } = self;
+        let coupons = Arc::new(UserCoupons::default());
+        // Lists, never sketches: the cells are built from every partition's users together.
+        let new_fold = || Fold {
+            aggregate: Aggregate::new(coupons.clone(), None),
+            ..Fold::default()
+        };
+        let mut fold = new_fold();
+        let mut ledger = LedgerBuffer::new(
+            PriorLedger::seeded(known.iter().map(String::as_str)),
+            false,
+            cfg.budget,
+            &spill,
+        );
+        let mut dates = DateCache::default();
+        for r in &records {
+            let date = dates.date(r.time);
+            let in_range = cfg.in_range(date);
+            fold.first_delivery(r, in_range, date);
+            ledger
+                .push(r, in_range, &paths)
+                .context("cannot keep the ledger's events")?;
+        }
+        let firsts = records.len() as u64;
+        drop(records);
+        let replayed = ledger
+            .replay(
+                new_fold,
+                |sink: &mut Fold, push: ResolvedPush, _id: &[u8]| {
+                    if push.counted {
+                        sink.resolved_push(push);
+                    }
+                },
+            )
+            .context("cannot replay the repository ledger")?;
+        for sink in replayed.sinks {
+            fold = fold.merge(sink);
+        }
+        let mut rows = CellRows::default();
+        for (event, day, events, users) in fold.aggregate.into_day_lists() {
+            let metrics: &[i8] = if event.actor() == ActorKind::User {
+                &[event.index() as i8, TOTAL_INDEX]
+            } else {
+                &[event.index() as i8]
+            };
+            for period in [
+                Period::day_of(day),
+                Period::week_of(day),
+                Period::month_of(day),
+            ] {
+                for &metric in metrics {
+                    rows.cell(metric, period, None, None, events as i64);
+                    for &u in &users {
+                        let identity = identities.get(&u).map(|s| &**s);
+                        rows.cell(metric, period, Some(u as i64), identity, 0);
+                    }
+                }
+            }
+        }
+        let mut repositories = Vec::new();
+        crate::output::write_repositories(&replayed.ledger, &mut repositories)?;
+        for path in std::str::from_utf8(&repositories)?.lines() {
+            rows.other(part::REPOSITORY, path);
+        }
+        let counts = PartitionCounts {
+            firsts,
+            events: fold.counts,
+            late_events: replayed.late_events,
+        };
+        rows.other(part::COUNTS, &serde_json::to_string(&counts)?);
+        rows.finish()
+    }
+}
+
+/// Builders of [`CELL_SCHEMA`]'s columns.
+#[derive(Default)]
+struct CellRows {
+    part: Int8Builder,
+    metric: Int8Builder,
+    period_kind: Int8Builder,
+    start: Date32Builder,
+    user: Int64Builder,
+    identity: StringBuilder,
+    events: Int64Builder,
+    text: StringBuilder,
+}
+
+impl CellRows {
+    fn cell(
+        &mut self,
+        metric: i8,
+        period: Period,
+        user: Option<i64>,
+        identity: Option<&str>,
+        events: i64,
+    ) {
+        self.part.append_value(part::CELL);
+        self.metric.append_value(metric);
+        self.period_kind.append_value(period_code(period.kind));
+        self.start.append_value(days_since_epoch(period.start));
+        self.user.append_option(user);
+        self.identity.append_option(identity);
+        self.events.append_value(events);
+        self.text.append_null();
+    }
+
+    fn other(&mut self, part: i8, text: &str) {
+        self.part.append_value(part);
+        self.metric.append_null();
+        self.period_kind.append_null();
+        self.start.append_null();
+        self.user.append_null();
+        self.identity.append_null();
+        self.events.append_null();
+        self.text.append_value(text);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.part.finish()),
+            Arc::new(self.metric.finish()),
+            Arc::new(self.period_kind.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.user.finish()),
+            Arc::new(self.identity.finish()),
+            Arc::new(self.events.finish()),
+            Arc::new(self.text.finish()),
+        ];
+        Ok(RecordBatch::try_new(CELL_SCHEMA.clone(), columns)?)
+    }
+}
+
+/// One cell task: [`CELL_SCHEMA`] rows of cells, sorted by (metric, period kind, start), in;
+/// each cell's sketches out, built as `Aggregate::into_table` builds them: from the sorted,
+/// distinct codes of its users.
+pub struct CellTask {
+    precision: u8,
+    current: Option<(i8, i8, i32)>,
+    events: u64,
+    codes: Vec<u32>,
+    identities: Vec<Box<str>>,
+    built: SketchRows,
+}
+
+impl CellTask {
+    pub fn new(config: &TaskConfig) -> CellTask {
+        CellTask {
+            precision: config.precision,
+            current: None,
+            events: 0,
+            codes: Vec::new(),
+            identities: Vec::new(),
+            built: SketchRows::default(),
+        }
+    }
+
+    /// Takes a batch of cell rows; returns the cells it completed (those whose last row came
+    /// before this batch's last key).
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let parts = column::<arrow_array::Int8Array>(batch, "part")?;
+        let metric = column::<arrow_array::Int8Array>(batch, "metric")?;
+        let kind = column::<arrow_array::Int8Array>(batch, "period_kind")?;
+        let start = column::<arrow_array::Date32Array>(batch, "start")?;
+        let user = column::<arrow_array::Int64Array>(batch, "user")?;
+        let identity = column::<arrow_array::StringArray>(batch, "identity")?;
+        let events = column::<arrow_array::Int64Array>(batch, "events")?;
+        for i in 0..batch.num_rows() {
+            if parts.value(i) != part::CELL {
+                bail!("a cell task was handed a row of kind {}", parts.value(i));
+            }
+            let key = (metric.value(i), kind.value(i), start.value(i));
+            if self.current.is_some_and(|c| c != key) {
+                self.build()?;
+            }
+            self.current = Some(key);
+            self.events += events.value(i) as u64;
+            if user.is_valid(i) {
+                self.codes
+                    .push(sparse_code(self.precision, user.value(i) as u64));
+                if identity.is_valid(i) {
+                    self.identities.push(identity.value(i).into());
+                }
+            }
+        }
+        if self.built.len() == 0 {
+            return Ok(None);
+        }
+        self.built.finish().map(Some)
+    }
+
+    /// The last cell.
+    pub fn finish(mut self) -> Result<Option<RecordBatch>> {
+        if self.current.is_some() {
+            self.build()?;
+        }
+        if self.built.len() == 0 {
+            return Ok(None);
+        }
+        self.built.finish().map(Some)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let Some((metric, kind, start)) = self.current.take() else {
+            return Ok(());
+        };
+        self.codes.sort_unstable();
+        self.codes.dedup();
+        self.identities.sort_unstable();
+        self.identities.dedup();
+        let mut coupons: Vec<_> = self.identities.iter().map(|i| identity_coupon(i)).collect();
+        coupons.sort_unstable();
+        coupons.dedup();
+        let mut sketch = UserSketch::of_codes(self.precision, &self.codes);
+        let hll = WarehouseSketch::of_users(self.precision, &coupons);
+        self.built.metric.append_value(metric);
+        self.built.period_kind.append_value(kind);
+        self.built.start.append_value(start);
+        self.built.events.append_value(self.events as i64);
+        self.built.sketch.append_value(sketch.to_bytes());
+        self.built.hll_sketch.append_value(hll.to_bytes());
+        self.events = 0;
+        self.codes.clear();
+        self.identities.clear();
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct SketchRows {
+    metric: Int8Builder,
+    period_kind: Int8Builder,
+    start: Date32Builder,
+    events: Int64Builder,
+    sketch: BinaryBuilder,
+    hll_sketch: BinaryBuilder,
+}
+
+impl SketchRows {
+    fn len(&self) -> usize {
+        self.metric.len()
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.metric.finish()),
+            Arc::new(self.period_kind.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.events.finish()),
+            Arc::new(self.sketch.finish()),
+            Arc::new(self.hll_sketch.finish()),
+        ];
+        Ok(RecordBatch::try_new(SKETCH_SCHEMA.clone(), columns)?)
+    }
+}
+
+/// What the driver gathers from the tasks: every input's accounting (in input order), the
+/// rejects (in input order, then as each input found them), each partition's counts and
+/// repositories, and the built cells.
+#[derive(Default)]
+pub struct Gathered {
+    pub inputs: Vec<InputAccounting>,
+    pub rejects: Vec<String>,
+    pub partitions: Vec<PartitionCounts>,
+    pub repositories: Vec<String>,
+    pub cells: Vec<RecordBatch>,
+    pub phases: Vec<(&'static str, f64)>,
+}
+
+impl Gathered {
+    /// Takes rows of [`READ_SCHEMA`] that are accounting or rejects, sorted by (input, pos).
+    pub fn add_read_rows(&mut self, batch: &RecordBatch) -> Result<()> {
+        let recs = column::<arrow_array::Int8Array>(batch, "rec")?;
+        let text = column::<arrow_array::StringArray>(batch, "text")?;
+        for i in 0..batch.num_rows() {
+            match recs.value(i) {
+                rec::INPUT => self.inputs.push(serde_json::from_str(text.value(i))?),
+                rec::REJECT => self.rejects.push(text.value(i).to_owned()),
+                other => bail!("the driver was handed a read row of kind {other}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes rows of [`CELL_SCHEMA`] that are repositories or counts.
+    pub fn add_partition_rows(&mut self, batch: &RecordBatch) -> Result<()> {
+        let parts = column::<arrow_array::Int8Array>(batch, "part")?;
+        let text = column::<arrow_array::StringArray>(batch, "text")?;
+        for i in 0..batch.num_rows() {
+            match parts.value(i) {
+                part::REPOSITORY => self.repositories.push(text.value(i).to_owned()),
+                part::COUNTS => self.partitions.push(serde_json::from_str(text.value(i))?),
+                other => bail!("the driver was handed a partition row of kind {other}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's [`Tally`]; the rejects are written to `rejects` as `regtally run` writes them.
+    pub fn into_tally(self, cfg: &RunConfig, rejects: &mut (dyn Write + Send)) -> Result<Tally> {
+        let mut phases = Phases::start();
+        anyhow::ensure!(
+            self.inputs.len() == cfg.inputs.len(),
+            "{} of {} inputs were read",
+            self.inputs.len(),
+            cfg.inputs.len()
+        );
+        let mut counts = LineCounts::default();
+        let mut reports = Vec::with_capacity(self.inputs.len());
+        for input in self.inputs {
+            counts.merge(&input.counts);
+            reports.push(input.report);
+        }
+        let mut first_rejects = Vec::new();
+        for line in &self.rejects {
+            rejects.write_all(line.as_bytes())?;
+            rejects.write_all(b"\n")?;
+            if first_rejects.len() < 5 {
+                first_rejects.push(file_reject(line)?);
+            }
+        }
+        let mut events = EventCounts::default();
+        let (mut firsts, mut late_events) = (0, 0);
+        for p in self.partitions {
+            events.merge(p.events);
+            firsts += p.firsts;
+            late_events += p.late_events;
+        }
+        let mut metrics = MetricTable::new(cfg.precision);
+        for batch in &self.cells {
+            add_cells(&mut metrics, batch)?;
+        }
+        let ledger = RepositoryLedger::seeded(self.repositories.iter().map(String::as_str));
+        phases.lap("gather");
+        let mut phase_seconds = self.phases;
+        phase_seconds.extend(phases.laps);
+        Ok(Tally {
+            inputs: reports,
+            counts,
+            duplicate_events: counts.events_seen.saturating_sub(firsts),
+            out_of_range_events: events.out_of_range,
+            manifest_deletes: events.manifest_deletes,
+            events_by_action: events.by_action.into_map(),
+            counted_events: TrackedEvent::ALL
+                .iter()
+                .map(|t| (t.metric_name(), events.counted[t.index()]))
+                .collect(),
+            first_event: events.first,
+            last_event: events.last,
+            first_rejects,
+            metrics,
+            ledger: ReplayedLedger::whole(&ledger, false),
+            late_events,
+            event_ids: Vec::new(),
+            spilled: Vec::new(),
+            dataset: None,
+            redis: None,
+            phase_seconds,
+        })
+    }
+}
+
+/// A line of `rejects.jsonl` read back, for the message of a run with too many.
+fn file_reject(line: &str) -> Result<FileReject> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        file: String,
+        line: u64,
+        index: Option<u32>,
+        reason: String,
+        #[serde(default)]
+        text: String,
+    }
+    let l: Line = serde_json::from_str(line)?;
+    Ok(FileReject {
+        file: l.file,
+        reject: Reject {
+            line: l.line,
+            index: l.index,
+            reason: l.reason,
+            text: l.text,
+        },
+    })
+}
+
+/// Adds [`SKETCH_SCHEMA`] rows to the table.
+fn add_cells(table: &mut MetricTable, batch: &RecordBatch) -> Result<()> {
+    let metric = column::<arrow_array::Int8Array>(batch, "metric")?;
+    let kind = column::<arrow_array::Int8Array>(batch, "period_kind")?;
+    let start = column::<arrow_array::Date32Array>(batch, "start")?;
+    let events = column::<arrow_array::Int64Array>(batch, "events")?;
+    let sketch = column::<arrow_array::BinaryArray>(batch, "sketch")?;
+    let hll = column::<arrow_array::BinaryArray>(batch, "hll_sketch")?;
+    for i in 0..batch.num_rows() {
+        let period = period_of(kind.value(i), date_of(start.value(i))?)?;
+        let cell = TableCell {
+            sketch: UserSketch::from_bytes(sketch.value(i))?,
+            hll_sketch: Some(WarehouseSketch::from_bytes(hll.value(i))?),
+            events: events.value(i) as u64,
+        };
+        table.add_cell(metric_name(metric.value(i))?, period, cell)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_survive_their_codes() {
+        let kinds = [
+            EventKind::Untracked,
+            EventKind::PushTag,
+            EventKind::DeleteTag,
+            EventKind::ManifestDelete,
+            EventKind::DeleteRepository,
+            EventKind::RepositoryPush,
+        ]
+        .into_iter()
+        .chain(TrackedEvent::ALL.map(EventKind::Resolved));
+        for kind in kinds {
+            assert_eq!(EventKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(EventKind::from_code(6), None);
+        assert_eq!(EventKind::from_code(26), None);
+    }
+
+    #[test]
+    fn periods_survive_their_codes() {
+        let day = NaiveDate::from_ymd_opt(2021, 1, 3).unwrap();
+        for p in [
+            Period::day_of(day),
+            Period::week_of(day),
+            Period::month_of(day),
+        ] {
+            let back = period_of(
+                period_code(p.kind),
+                date_of(days_since_epoch(p.start)).unwrap(),
+            );
+            assert_eq!(back.unwrap(), p);
+        }
+        assert!(period_of(1, day).is_err(), "2021-01-03 is a Sunday");
+        assert!(period_of(3, day).is_err());
+    }
+
+    #[test]
+    fn an_empty_cell_is_the_empty_sketches() {
+        let mut built = UserSketch::of_codes(14, &[]);
+        let mut empty = TableCell::empty(14);
+        assert_eq!(built.to_bytes(), empty.sketch.to_bytes());
+        assert_eq!(
+            WarehouseSketch::of_users(14, &[]).to_bytes(),
+            empty.hll_sketch.unwrap().to_bytes()
+        );
+    }
+}
