@@ -1,0 +1,319 @@
+//! `regtally._native`: the library's task functions (`regtally::pipeline::distributed`) for
+//! Python, record batches in and out as Arrow IPC streams (which pyarrow reads and writes
+//! without touching a row). Nothing here decides anything a run computes: every rule is the
+//! library's.
+
+use anyhow::Context;
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+use clap::Parser;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use regtally::cli::{today, Cli, Command};
+use regtally::cmd::flags::UsageError as FlagError;
+use regtally::cmd::run::PlannedRun;
+use regtally::pipeline::distributed::{
+    known_repositories as read_known, CellTask, Gathered, InputTask, ManifestEntry, PartitionTask,
+    TaskConfig, CELL_SCHEMA, READ_SCHEMA, SKETCH_SCHEMA,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+create_exception!(
+    _native,
+    UsageError,
+    PyException,
+    "A flag `regtally run` refuses (exit status 2)."
+);
+
+fn runtime(e: anyhow::Error) -> PyErr {
+    PyRuntimeError::new_err(format!("{e:#}"))
+}
+
+/// The batches as one IPC stream.
+fn to_ipc(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+fn batch_bytes<'py>(py: Python<'py>, batch: &RecordBatch) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = to_ipc(&batch.schema(), std::slice::from_ref(batch)).map_err(runtime)?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// The batches of an IPC stream.
+fn from_ipc(bytes: &[u8]) -> PyResult<Vec<RecordBatch>> {
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| PyValueError::new_err(format!("not an Arrow IPC stream: {e}")))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PyValueError::new_err(format!("not an Arrow IPC stream: {e}")))
+}
+
+fn config_of(json: &str) -> PyResult<TaskConfig> {
+    serde_json::from_str(json).map_err(|e| PyValueError::new_err(format!("task config: {e}")))
+}
+
+/// An empty IPC stream of one of the schemas: `read`, `cell` or `sketch`.
+#[pyfunction]
+fn schema<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let schema = match name {
+        "read" => READ_SCHEMA.clone(),
+        "cell" => CELL_SCHEMA.clone(),
+        "sketch" => SKETCH_SCHEMA.clone(),
+        _ => return Err(PyValueError::new_err(format!("no schema is called {name}"))),
+    };
+    let bytes = to_ipc(&schema, &[]).map_err(runtime)?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+// Every class holds its state boxed: Python aligns an object to 16 bytes, and the tasks hold
+// buffers aligned to cache lines (64), which PyO3 would place misaligned in the object itself.
+
+/// A `regtally run` planned on the driver: flags checked, inputs found, then finished from
+/// what the tasks gathered.
+#[pyclass(unsendable)]
+struct Job {
+    planned: Option<Box<PlannedRun>>,
+    gathered: Box<Gathered>,
+}
+
+#[pymethods]
+impl Job {
+    /// `argv`: the arguments of `regtally run` (inputs and flags). Raises `UsageError` for
+    /// what `regtally run` would refuse with exit status 2.
+    #[new]
+    fn new(argv: Vec<String>) -> PyResult<Job> {
+        let words = ["regtally".to_owned(), "run".to_owned()]
+            .into_iter()
+            .chain(argv);
+        let cli = Cli::try_parse_from(words).map_err(|e| UsageError::new_err(e.to_string()))?;
+        let Command::Run(args) = cli.command else {
+            return Err(UsageError::new_err("not a run"));
+        };
+        let planned = PlannedRun::new(args, today()).map_err(|e| {
+            if e.is::<FlagError>() {
+                UsageError::new_err(format!("{e:#}"))
+            } else {
+                runtime(e)
+            }
+        })?;
+        Ok(Job {
+            planned: Some(Box::new(planned)),
+            gathered: Box::default(),
+        })
+    }
+
+    /// The inputs in input order, each as the JSON a read task takes.
+    fn manifest(&self) -> PyResult<Vec<String>> {
+        let planned = self.planned()?;
+        planned
+            .config()
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(index, input)| {
+                let entry = ManifestEntry {
+                    index: index as u32,
+                    input: input.clone(),
+                };
+                serde_json::to_string(&entry).map_err(|e| runtime(e.into()))
+            })
+            .collect()
+    }
+
+    /// What every task is told, as JSON.
+    fn task_config(&self) -> PyResult<String> {
+        let planned = self.planned()?;
+        let config = TaskConfig::of(planned.config(), planned.today(), planned.memory_limit());
+        serde_json::to_string(&config).map_err(|e| runtime(e.into()))
+    }
+
+    /// Read tasks' accounting and reject rows, sorted by (input, rec, pos).
+    fn add_read_rows(&mut self, ipc: &[u8]) -> PyResult<()> {
+        for b in from_ipc(ipc)? {
+            self.gathered.add_read_rows(&b).map_err(runtime)?;
+        }
+        Ok(())
+    }
+
+    /// Partition tasks' repository and count rows.
+    fn add_partition_rows(&mut self, ipc: &[u8]) -> PyResult<()> {
+        for b in from_ipc(ipc)? {
+            self.gathered.add_partition_rows(&b).map_err(runtime)?;
+        }
+        Ok(())
+    }
+
+    /// Built cells.
+    fn add_cells(&mut self, ipc: &[u8]) -> PyResult<()> {
+        self.gathered.cells.extend(from_ipc(ipc)?);
+        Ok(())
+    }
+
+    /// Writes every output as `regtally run` does; whether the run was clean (exit status 0).
+    fn finish(&mut self, py: Python<'_>) -> PyResult<bool> {
+        let planned = self
+            .planned
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the job has finished"))?;
+        let gathered = *std::mem::take(&mut self.gathered);
+        py.allow_threads(move || {
+            planned.finish(Box::new(move |cfg, _prior, _spill, rejects| {
+                gathered.into_tally(cfg, rejects)
+            }))
+        })
+        .map_err(runtime)
+    }
+}
+
+impl Job {
+    fn planned(&self) -> PyResult<&PlannedRun> {
+        self.planned
+            .as_deref()
+            .ok_or_else(|| PyRuntimeError::new_err("the job has finished"))
+    }
+}
+
+/// A read task: one input of the manifest, a batch of rows per chunk.
+#[pyclass(unsendable)]
+struct InputReader {
+    task: Box<InputTask>,
+}
+
+#[pymethods]
+impl InputReader {
+    #[new]
+    fn new(config: &str, entry: &str) -> PyResult<InputReader> {
+        let entry: ManifestEntry = serde_json::from_str(entry)
+            .map_err(|e| PyValueError::new_err(format!("manifest entry: {e}")))?;
+        Ok(InputReader {
+            task: Box::new(InputTask::new(&config_of(config)?, entry)),
+        })
+    }
+
+    /// The next batch of rows (an IPC stream), or `None` once the input's accounting was given.
+    fn next_batch<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let task = &mut self.task;
+        let batch = py.allow_threads(|| task.next_batch()).map_err(runtime)?;
+        batch.map(|b| batch_bytes(py, &b)).transpose()
+    }
+}
+
+/// The rows of `--known-repositories` (a path or URL the task can read).
+#[pyfunction]
+fn known_repositories<'py>(py: Python<'py>, source: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let batch = read_known(Path::new(source))
+        .with_context(|| "known repositories".to_owned())
+        .map_err(runtime)?;
+    batch_bytes(py, &batch)
+}
+
+/// A partition task: its rows added batch by batch, its cells, repositories and counts out.
+#[pyclass(unsendable)]
+struct PartitionFolder {
+    task: Option<Box<PartitionTask>>,
+}
+
+#[pymethods]
+impl PartitionFolder {
+    /// `temp`: where the ledger may spill (the executor's temporary folder).
+    #[new]
+    fn new(config: &str, temp: &str) -> PyResult<PartitionFolder> {
+        let task = PartitionTask::new(&config_of(config)?, Path::new(temp)).map_err(runtime)?;
+        Ok(PartitionFolder {
+            task: Some(Box::new(task)),
+        })
+    }
+
+    fn add(&mut self, ipc: &[u8]) -> PyResult<()> {
+        let task = self.task()?;
+        for b in from_ipc(ipc)? {
+            task.add(&b).map_err(runtime)?;
+        }
+        Ok(())
+    }
+
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the partition has finished"))?;
+        let batch = py.allow_threads(|| task.finish()).map_err(runtime)?;
+        batch_bytes(py, &batch)
+    }
+}
+
+impl PartitionFolder {
+    fn task(&mut self) -> PyResult<&mut PartitionTask> {
+        self.task
+            .as_deref_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the partition has finished"))
+    }
+}
+
+/// A cell task: rows sorted by (metric, period kind, start) in, each cell's sketches out.
+#[pyclass(unsendable)]
+struct CellBuilder {
+    task: Option<Box<CellTask>>,
+}
+
+#[pymethods]
+impl CellBuilder {
+    #[new]
+    fn new(config: &str) -> PyResult<CellBuilder> {
+        Ok(CellBuilder {
+            task: Some(Box::new(CellTask::new(&config_of(config)?))),
+        })
+    }
+
+    /// Adds rows; the cells they completed, if any.
+    fn add<'py>(&mut self, py: Python<'py>, ipc: &[u8]) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let task = self
+            .task
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the cells have finished"))?;
+        let mut built = Vec::new();
+        for b in from_ipc(ipc)? {
+            built.extend(task.add(&b).map_err(runtime)?);
+        }
+        if built.is_empty() {
+            return Ok(None);
+        }
+        let bytes = to_ipc(&Arc::clone(&SKETCH_SCHEMA), &built).map_err(runtime)?;
+        Ok(Some(PyBytes::new(py, &bytes)))
+    }
+
+    /// The last cell, if any.
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the cells have finished"))?;
+        task.finish()
+            .map_err(runtime)?
+            .map(|b| batch_bytes(py, &b))
+            .transpose()
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("UsageError", m.py().get_type::<UsageError>())?;
+    m.add_function(wrap_pyfunction!(schema, m)?)?;
+    m.add_function(wrap_pyfunction!(known_repositories, m)?)?;
+    m.add_class::<Job>()?;
+    m.add_class::<InputReader>()?;
+    m.add_class::<PartitionFolder>()?;
+    m.add_class::<CellBuilder>()?;
+    Ok(())
+}
