@@ -1,0 +1,222 @@
+"""The Spark driver gives exactly what `regtally run` gives, on random logs.
+
+    python python/tests/spark_equivalence.py --bin target/debug/regtally [--cases N]
+        [--deployments local1,local3,local7,standalone]
+
+Each case writes a random archive (redeliveries across files, repositories created and deleted
+in every partition, deploy tokens, mixed-case users, malformed lines, pretty-printed bodies,
+gzip, envelopes, events out of --since/--until, a --known-repositories file), runs
+`regtally run` on it, then `python -m regtally.spark run` with the same flags on each
+deployment: Spark `local[2]` with 1, 3 and 7 shuffle partitions, and a standalone cluster (a
+master and two one-core workers started here on free ports, stopped after). Every output must
+be byte-identical but `summary.json`, whose counts must be equal; so must the exit status.
+
+Needs the package installed in this Python (`pip install ./python`), PySpark, pandas and Java 17.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+USER_TYPES = ["personal_access_token", "build", "gitlab_or_ldap"]
+
+
+def event(rng: random.Random, eid: str, repos: list[str]) -> dict:
+    action = rng.choices(["push", "delete", "pull", "mount", "rename"], [8, 4, 3, 1, 1])[0]
+    target = {"repository": rng.choice(repos), "mediaType": "application/json"}
+    shape = rng.random()
+    if shape < 0.4:
+        target["tag"] = f"v{rng.randrange(5)}"
+    # Neither tag nor digest (shape >= 0.85): a delete is a delete_repository.
+    if 0.25 < shape < 0.85:
+        target["digest"] = f"sha256:{rng.randrange(1000):04x}"
+    who = rng.random()
+    if who < 0.6:
+        actor = {"name": rng.choice(["Root", "root", "alice", "Bob", "bob", "carol", "dave"] + [f"u{i}" for i in range(40)]),
+                 "user_type": rng.choice(USER_TYPES)}
+    elif who < 0.8:
+        actor = {"name": rng.choice(["gitlab+deploy-token-1", "GitLab+Deploy-Token-2", "dt3"]),
+                 "user_type": "deploy_token"}
+    elif who < 0.9:
+        actor = {"name": "ci", "user_type": "something_else"}
+    else:
+        actor = {}
+    day = rng.randrange(0, 70)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1672531200 + day * 86400 + rng.randrange(86400)))
+    frac = "" if rng.random() < 0.5 else f".{rng.randrange(10**6):06d}"
+    offset = rng.choice(["Z", "Z", "+02:00", "-05:30"])
+    return {"id": eid, "timestamp": stamp + frac + offset, "action": action, "target": target, "actor": actor}
+
+
+def archive(rng: random.Random, folder: Path) -> None:
+    repos = [f"group{g}/project{p}" for g in range(4) for p in range(rng.randrange(3, 12))]
+    ids = [f"{rng.getrandbits(64):016x}-{i}" for i in range(rng.randrange(200, 900))]
+    files = rng.randrange(2, 6)
+    sent: list[list[str]] = [[] for _ in range(files)]
+    for eid in ids:
+        value = event(rng, eid, repos)
+        for _ in range(1 if rng.random() < 0.8 else rng.randrange(2, 4)):
+            # A redelivery: the same id in any file, sometimes changed (the first counts).
+            if rng.random() < 0.2:
+                value = dict(value, action=rng.choice(["push", "delete"]))
+            f = rng.randrange(files)
+            if rng.random() < 0.15:
+                text = json.dumps({"events": [value, event(rng, f"{eid}-b", repos)]})
+            elif rng.random() < 0.15:
+                text = json.dumps({"events": [value]}, indent=3)
+            else:
+                text = json.dumps(value, separators=(",", ":"))
+            sent[f].append(text)
+    for f, lines in enumerate(sent):
+        for _ in range(rng.randrange(0, 4)):
+            lines.insert(rng.randrange(len(lines) + 1), rng.choice(['{"id": ', "not json", "", '{"id":"x"}']))
+        body = "\n".join(lines) + "\n"
+        name = folder / f"part-{f:02d}.jsonl"
+        if rng.random() < 0.3:
+            name.with_suffix(".jsonl.gz").write_bytes(gzip.compress(body.encode()))
+        else:
+            name.write_text(body)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def standalone(workers: int = 2):
+    """A Spark master and `workers` one-core workers on free local ports."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    spark_class = home / "bin" / "spark-class"
+    env = dict(os.environ, SPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable)
+    port, ui = free_port(), free_port()
+    logs = Path(tempfile.mkdtemp(prefix="regtally-spark-logs-"))
+    procs = [subprocess.Popen(
+        [str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+         "--port", str(port), "--webui-port", str(ui)],
+        env=env, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT)]
+    url = f"spark://127.0.0.1:{port}"
+    try:
+        for w in range(workers):
+            procs.append(subprocess.Popen(
+                [str(spark_class), "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
+                 "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
+                 "--work-dir", str(logs / f"work{w}")],
+                env=env, stdout=open(logs / f"worker{w}.log", "w"), stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as r:
+                    if json.load(r).get("aliveworkers", 0) >= workers:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standalone cluster did not start: see {logs}")
+            time.sleep(1)
+        yield url
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def run_spark(args: list[str], master: str, partitions: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable,
+               PYSPARK_SUBMIT_ARGS=f"--conf spark.sql.shuffle.partitions={partitions} "
+                                   "--conf spark.ui.enabled=false --driver-memory 1g pyspark-shell")
+    return subprocess.run([sys.executable, "-m", "regtally.spark", "run", *args, "--master", master],
+                          env=env, capture_output=True, text=True)
+
+
+SUMMARY_TIMES = {"elapsed_seconds", "phase_seconds", "write_seconds"}
+
+
+def summary_counts(path: Path) -> dict:
+    s = json.loads(path.read_text())
+    return {k: v for k, v in s.items() if k not in SUMMARY_TIMES}
+
+
+def compare(ref: Path, got: Path, label: str) -> list[str]:
+    problems = []
+    for name in ["aggregates.parquet", "service_ping.json", "repositories.txt", "rejects.jsonl"]:
+        a, b = ref / name, got / name
+        if a.exists() != b.exists():
+            problems.append(f"{label}: {name} exists in one output only")
+        elif a.exists() and a.read_bytes() != b.read_bytes():
+            problems.append(f"{label}: {name} differs")
+    if (ref / "summary.json").exists():
+        a, b = summary_counts(ref / "summary.json"), summary_counts(got / "summary.json")
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                problems.append(f"{label}: summary.json {key}: {a.get(key)!r} != {b.get(key)!r}")
+    return problems
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin", required=True)
+    p.add_argument("--cases", type=int, default=int(os.environ.get("REGTALLY_SPARK_CASES", "3")))
+    p.add_argument("--seed", type=int, default=int(os.environ.get("REGTALLY_SPARK_SEED", "26")))
+    p.add_argument("--deployments", default="local1,local3,local7,standalone")
+    args = p.parse_args()
+    deployments = args.deployments.split(",")
+    problems: list[str] = []
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(standalone()) if "standalone" in deployments else None
+        for case in range(args.cases):
+            rng = random.Random(args.seed * 1000 + case)
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regtally-spark-")))
+            logs = work / "logs"
+            logs.mkdir()
+            archive(rng, logs)
+            known = work / "known.txt"
+            known.write_text("group0/project0\ngroup9/old\n\n")
+            flags = ["--as-of", "2023-03-01", "--known-repositories", str(known),
+                     "--max-bad-ratio", "1"]
+            if case % 2 == 1:
+                flags += ["--since", "2023-01-10", "--until", "2023-02-20", "--precision", "10"]
+            ref = work / "ref"
+            want = subprocess.run([args.bin, "run", str(logs), "-o", str(ref), "--quiet", *flags],
+                                  capture_output=True, text=True)
+            for d in deployments:
+                if d == "standalone":
+                    master, partitions = cluster, 3
+                else:
+                    master, partitions = "local[2]", int(d.removeprefix("local"))
+                out = work / f"out-{d}"
+                got = run_spark([str(logs), "-o", str(out), *flags], master, partitions)
+                label = f"case {case} ({d})"
+                print(f"{label}: exit {got.returncode} (regtally run: {want.returncode})", flush=True)
+                if got.returncode != want.returncode:
+                    problems.append(f"{label}: exit {got.returncode}, regtally run {want.returncode}\n{got.stderr[-3000:]}")
+                    continue
+                problems += compare(ref, out, label)
+    for problem in problems:
+        print("FAIL", problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
