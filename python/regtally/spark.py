@@ -9,15 +9,20 @@ The plan, each step a Spark stage whose work is the library's (`regtally::pipeli
 1. The driver checks the flags and finds the inputs as `regtally run` does (exit status 2 for
    what it refuses), and hands out the manifest of inputs in input order.
 2. Read tasks (`mapInArrow`) read and parse inputs: valid events stamped with (input,
-   position), and each input's accounting and rejects.
-3. De-duplication keeps, per event id, the delivery with the smallest (input, position): a
-   window over the ids, Spark's shuffle.
-4. The first deliveries (and the known repositories) are repartitioned by repository; each
-   partition's task replays the repository ledger in (time, id) order and folds its events into
-   per-period users.
-5. Those rows are repartitioned by (metric, period) and sorted; cell tasks build both sketches.
-6. The driver gathers only each input's accounting, the rejects, each partition's counts and
+   position), in Arrow batches by the bucket of their id; and each input's accounting and
+   rejects.
+3. The id shuffle: each bucket's task keeps, per event id, the delivery with the smallest
+   (input, position), and hands its first deliveries on by the bucket of their repository.
+4. The repository shuffle (the known repositories join it): each bucket's task replays the
+   repository ledger in (time, id) order and folds its events into per-period users.
+5. The cell shuffle: each bucket's task sorts its rows by (metric, period) and builds both
+   sketches of each cell.
+6. The driver gathers only each input's accounting, the rejects, each bucket's counts and
    repositories, and the cells, and writes the outputs `regtally run` writes.
+
+Spark shuffles whole Arrow batches (a row of `BLOBS` each, a bucket of rows in it), not a row
+per event: a row through Spark costs more than reading the event did. A bucket is a shuffle
+partition (`spark.sql.shuffle.partitions`).
 
 No event reaches the driver. The executors need this package (and pyarrow) installed; see the
 GUIDE's "Beyond one machine".
@@ -68,41 +73,88 @@ def _spark_schema(name: str):
     return from_arrow_schema(pa.ipc.open_stream(pa.py_buffer(_native.schema(name))).schema)
 
 
-def _read_task(config: str):
+# A shuffle's rows: a batch of READ_SCHEMA rows of one bucket as an Arrow IPC stream. Spark
+# moves a few large values instead of a row per event, and never looks inside them.
+BLOBS = "bucket int, input int, payload binary"
+
+
+def _blobs(pairs, labels: List[int], input_index: int = -1) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array([labels[b] if b >= 0 else -1 for b, _ in pairs], pa.int32()),
+         pa.array([input_index] * len(pairs), pa.int32()),
+         pa.array([d for _, d in pairs], pa.binary())],
+        names=["bucket", "input", "payload"])
+
+
+def _labels(spark, n: int) -> List[int]:
+    """For each of `n` buckets, a value that `repartition(n, column)` puts in the partition of
+    the same number: Spark's hash partitioning is pmod(hash(value), n), whose hash SQL's
+    `hash` is, so each bucket gets a partition of its own."""
+    from pyspark.sql import functions as F
+
+    values = spark.range(0, 64 * n).select(
+        F.col("id").cast("int").alias("value"),
+        F.expr(f"pmod(hash(cast(id as int)), {n})").alias("partition"),
+    )
+    found = {r["partition"]: r["value"] for r in values.groupBy("partition").agg(F.min("value").alias("value")).collect()}
+    if len(found) < n:
+        raise RuntimeError(f"no value for each of {n} partitions")
+    return [found[p] for p in range(n)]
+
+
+def _read_task(config: str, buckets: int, labels: List[int]):
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from regtally import _native as native
 
         for batch in batches:
-            for entry in batch.column("entry").to_pylist():
+            for index, entry in zip(batch.column("index").to_pylist(), batch.column("entry").to_pylist()):
                 reader = native.InputReader(config, entry)
                 while True:
-                    data = reader.next_batch()
-                    if data is None:
+                    pairs = reader.next_blobs(buckets)
+                    if pairs is None:
                         break
-                    yield from _batches(data)
+                    yield _blobs(pairs, labels, index)
 
     return read
 
 
-def _known_task(source: str):
+def _firsts_task(buckets: int, labels: List[int]):
+    def firsts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from regtally import _native as native
+
+        task = native.FirstsFinder()
+        for batch in batches:
+            for payload in batch.column("payload").to_pylist():
+                task.add(payload)
+        pairs = task.finish(buckets)
+        if pairs:
+            yield _blobs(pairs, labels)
+
+    return firsts
+
+
+def _known_task(source: str, buckets: int, labels: List[int]):
     def known(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from regtally import _native as native
 
         for _ in batches:
             pass
-        yield from _batches(native.known_repositories(source))
+        pairs = native.split(native.known_repositories(source), "repository", buckets)
+        if pairs:
+            yield _blobs(pairs, labels)
 
     return known
 
 
-def _partition_task(config: str):
+def _partition_task(config: str, buckets: int, labels: List[int]):
     def fold(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from regtally import _native as native
 
         task = native.PartitionFolder(config, tempfile.gettempdir())
         for batch in batches:
-            task.add(_ipc(batch))
-        yield from _batches(task.finish())
+            for payload in batch.column("payload").to_pylist():
+                task.add(payload)
+        yield _blobs(task.finish_blobs(buckets), labels)
 
     return fold
 
@@ -111,8 +163,15 @@ def _cell_task(config: str):
     def build(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from regtally import _native as native
 
+        rows = [b for batch in batches for payload in batch.column("payload").to_pylist()
+                for b in _batches(payload)]
+        if not rows:
+            return
+        # A cell's users, together: what the cell task takes.
+        rows = pa.Table.from_batches(rows).sort_by(
+            [("metric", "ascending"), ("period_kind", "ascending"), ("start", "ascending")])
         task = native.CellBuilder(config)
-        for batch in batches:
+        for batch in rows.to_batches(max_chunksize=1 << 16):
             data = task.add(_ipc(batch))
             if data is not None:
                 yield from _batches(data)
@@ -137,37 +196,50 @@ def run_job(spark, job, known_repositories: Optional[str]) -> bool:
     config = job.task_config()
     manifest = job.manifest()
     sc = spark.sparkContext
-    # A task per input up to a few per core: an input is read by one task, in order.
-    slices = max(1, min(len(manifest), 4 * sc.defaultParallelism))
+    # As many buckets as shuffle partitions, so that each partition gets about one.
+    buckets = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    labels = _labels(spark, buckets)
+    # A read task per core: each task costs Spark a Python worker's start (a quarter of a
+    # second here), more than reading 100 MB; an input is read by one task, in order.
+    slices = max(1, min(len(manifest), sc.defaultParallelism))
     entries = sc.parallelize(list(enumerate(manifest)), slices).toDF("index int, entry string")
 
-    read = entries.mapInArrow(_read_task(config), _spark_schema("read"))
-    # Read once: the events go on, the accounting and rejects to the driver.
-    read = read.persist(StorageLevel.MEMORY_AND_DISK)
-    events = read.filter(F.col("rec") == 0)
-    first = Window.partitionBy("id").orderBy("input", "pos")
-    firsts = events.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
-    if known_repositories is not None:
-        known = spark.range(1).mapInArrow(_known_task(known_repositories), _spark_schema("read"))
-        firsts = firsts.unionByName(known)
-    parts = firsts.repartition("repository").mapInArrow(
-        _partition_task(config), _spark_schema("cell")
+    # Read twice, once for the events and once for each input's accounting and rejects (bucket
+    # -1): caching the batches costs Spark more than reading them again.
+    read = entries.mapInArrow(_read_task(config, buckets, labels), BLOBS)
+    firsts = (
+        read.filter(F.col("bucket") >= 0)
+        .repartition(buckets, "bucket")
+        .mapInArrow(_firsts_task(buckets, labels), BLOBS)
     )
+    if known_repositories is not None:
+        known = spark.range(1).mapInArrow(_known_task(known_repositories, buckets, labels), BLOBS)
+        firsts = firsts.unionByName(known)
+    parts = firsts.repartition(buckets, "bucket").mapInArrow(
+        _partition_task(config, buckets, labels), BLOBS
+    )
+    # The cells go on, each partition's repositories and counts (bucket -1) to the driver.
     parts = parts.persist(StorageLevel.MEMORY_AND_DISK)
     cells = (
-        parts.filter(F.col("part") == 0)
-        .repartition("metric", "period_kind", "start")
-        .sortWithinPartitions("metric", "period_kind", "start")
+        parts.filter(F.col("bucket") >= 0)
+        .repartition(buckets, "bucket")
         .mapInArrow(_cell_task(config), _spark_schema("sketch"))
     )
 
-    for batch in _collect(read.filter(F.col("rec") != 0).orderBy("input", "rec", "pos")):
-        job.add_read_rows(_ipc(batch))
-    for batch in _collect(parts.filter(F.col("part") != 0)):
-        job.add_partition_rows(_ipc(batch))
+    accounting = [
+        b for blob in _collect(read.filter(F.col("bucket") < 0))
+        for payload in blob.column("payload").to_pylist() for b in _batches(payload)
+    ]
+    if accounting:
+        rows = pa.Table.from_batches(accounting).sort_by(
+            [("input", "ascending"), ("rec", "ascending"), ("pos", "ascending")])
+        for batch in rows.to_batches():
+            job.add_read_rows(_ipc(batch))
+    for blob in _collect(parts.filter(F.col("bucket") < 0)):
+        for payload in blob.column("payload").to_pylist():
+            job.add_partition_rows(payload)
     for batch in _collect(cells):
         job.add_cells(_ipc(batch))
-    read.unpersist()
     parts.unpersist()
     return job.finish()
 

@@ -16,8 +16,8 @@ use regtally::cli::{today, Cli, Command};
 use regtally::cmd::flags::UsageError as FlagError;
 use regtally::cmd::run::PlannedRun;
 use regtally::pipeline::distributed::{
-    known_repositories as read_known, CellTask, Gathered, InputTask, ManifestEntry, PartitionTask,
-    TaskConfig, CELL_SCHEMA, READ_SCHEMA, SKETCH_SCHEMA,
+    known_repositories as read_known, split_cells, Buckets, CellTask, FirstsTask, Gathered,
+    InputTask, ManifestEntry, PartitionTask, TaskConfig, CELL_SCHEMA, READ_SCHEMA, SKETCH_SCHEMA,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -184,10 +184,24 @@ impl Job {
     }
 }
 
+/// (bucket, IPC stream) pairs: a shuffle's rows, -1 for rows without a bucket.
+type Blobs<'py> = Vec<(i64, Bound<'py, PyBytes>)>;
+
+/// Batches by bucket, as [`Blobs`].
+fn bucket_blobs<'py>(
+    py: Python<'py>,
+    held: Vec<(Option<u32>, RecordBatch)>,
+) -> PyResult<Blobs<'py>> {
+    held.into_iter()
+        .map(|(bucket, batch)| Ok((bucket.map_or(-1, i64::from), batch_bytes(py, &batch)?)))
+        .collect()
+}
+
 /// A read task: one input of the manifest, a batch of rows per chunk.
 #[pyclass(unsendable)]
 struct InputReader {
     task: Box<InputTask>,
+    buckets: Option<Box<Buckets>>,
 }
 
 #[pymethods]
@@ -198,7 +212,32 @@ impl InputReader {
             .map_err(|e| PyValueError::new_err(format!("manifest entry: {e}")))?;
         Ok(InputReader {
             task: Box::new(InputTask::new(&config_of(config)?, entry)),
+            buckets: None,
         })
+    }
+
+    /// The next rows for the id shuffle: (bucket of the id among `buckets`, IPC stream) pairs,
+    /// a few large batches at a time, and the input's accounting and rejects under bucket -1;
+    /// `None` once all were given.
+    fn next_blobs<'py>(&mut self, py: Python<'py>, buckets: u32) -> PyResult<Option<Blobs<'py>>> {
+        let task = &mut self.task;
+        let held = self
+            .buckets
+            .get_or_insert_with(|| Box::new(Buckets::new("id", buckets)));
+        let held = py
+            .allow_threads(|| -> anyhow::Result<_> {
+                while let Some(batch) = task.next_batch()? {
+                    if held.add(&batch)? {
+                        return held.take();
+                    }
+                }
+                held.take()
+            })
+            .map_err(runtime)?;
+        if held.is_empty() {
+            return Ok(None);
+        }
+        bucket_blobs(py, held).map(Some)
     }
 
     /// The next batch of rows (an IPC stream), or `None` once the input's accounting was given.
@@ -216,6 +255,58 @@ fn known_repositories<'py>(py: Python<'py>, source: &str) -> PyResult<Bound<'py,
         .with_context(|| "known repositories".to_owned())
         .map_err(runtime)?;
     batch_bytes(py, &batch)
+}
+
+/// The rows of an IPC stream split by the bucket of `column` among `buckets`.
+#[pyfunction]
+fn split<'py>(py: Python<'py>, ipc: &[u8], column: &str, buckets: u32) -> PyResult<Blobs<'py>> {
+    let column = match column {
+        "id" => "id",
+        "repository" => "repository",
+        _ => return Err(PyValueError::new_err(format!("cannot split by {column}"))),
+    };
+    let mut held = Buckets::new(column, buckets);
+    for b in from_ipc(ipc)? {
+        held.add(&b).map_err(runtime)?;
+    }
+    bucket_blobs(py, held.take().map_err(runtime)?)
+}
+
+/// A first-delivery task: the events of some id buckets in, the first delivery of each id out,
+/// split by the bucket of its repository.
+#[pyclass(unsendable)]
+struct FirstsFinder {
+    task: Option<Box<FirstsTask>>,
+}
+
+#[pymethods]
+impl FirstsFinder {
+    #[new]
+    fn new() -> FirstsFinder {
+        FirstsFinder {
+            task: Some(Box::default()),
+        }
+    }
+
+    fn add(&mut self, ipc: &[u8]) -> PyResult<()> {
+        let task = self
+            .task
+            .as_deref_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the first deliveries were given"))?;
+        for b in from_ipc(ipc)? {
+            task.add(b).map_err(runtime)?;
+        }
+        Ok(())
+    }
+
+    fn finish<'py>(&mut self, py: Python<'py>, buckets: u32) -> PyResult<Blobs<'py>> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the first deliveries were given"))?;
+        let held = py.allow_threads(|| task.finish(buckets)).map_err(runtime)?;
+        bucket_blobs(py, held)
+    }
 }
 
 /// A partition task: its rows added batch by batch, its cells, repositories and counts out.
@@ -250,6 +341,19 @@ impl PartitionFolder {
             .ok_or_else(|| PyRuntimeError::new_err("the partition has finished"))?;
         let batch = py.allow_threads(|| task.finish()).map_err(runtime)?;
         batch_bytes(py, &batch)
+    }
+
+    /// As `finish`, split for the cells' shuffle: each cell's rows under the bucket of its
+    /// (metric, period) among `buckets`, the repositories and counts under -1.
+    fn finish_blobs<'py>(&mut self, py: Python<'py>, buckets: u32) -> PyResult<Blobs<'py>> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the partition has finished"))?;
+        let held = py
+            .allow_threads(|| split_cells(&task.finish()?, buckets))
+            .map_err(runtime)?;
+        bucket_blobs(py, held)
     }
 }
 
@@ -311,8 +415,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UsageError", m.py().get_type::<UsageError>())?;
     m.add_function(wrap_pyfunction!(schema, m)?)?;
     m.add_function(wrap_pyfunction!(known_repositories, m)?)?;
+    m.add_function(wrap_pyfunction!(split, m)?)?;
     m.add_class::<Job>()?;
     m.add_class::<InputReader>()?;
+    m.add_class::<FirstsFinder>()?;
     m.add_class::<PartitionFolder>()?;
     m.add_class::<CellBuilder>()?;
     Ok(())

@@ -7,17 +7,20 @@
 //! The plan (`python/regtally/spark.py`):
 //!
 //! 1. [`InputTask`], once per input: its valid events, each stamped with its input and its
-//!    position in it ([`READ_SCHEMA`]), then the input's accounting and rejects.
-//! 2. The engine keeps, per id, the delivery with the smallest (input, position): SPEC §3's
-//!    first in input order.
+//!    position in it ([`READ_SCHEMA`]), then the input's accounting and rejects. [`Buckets`]
+//!    gathers the events by the bucket of their id, so that the engine shuffles a few large
+//!    batches rather than a row per event (a row costs Spark more than reading its event).
+//! 2. [`FirstsTask`], once per id bucket: per id, the delivery with the smallest (input,
+//!    position), SPEC §3's first in input order, then split by the bucket of its repository.
 //! 3. [`known_repositories`] seeds the ledger: its rows travel with their repository's events.
-//! 4. [`PartitionTask`], once per partition of repositories: the repository ledger replays the
-//!    partition's pushes and deletes in (time, id) order, and the first deliveries are folded
+//! 4. [`PartitionTask`], once per repository bucket: the repository ledger replays the
+//!    bucket's pushes and deletes in (time, id) order, and the first deliveries are folded
 //!    as [`super::run`] folds them. Out come, per tracked event and day, the events and the
 //!    users, each put in the day, week and month (and the users' union) it counts in
-//!    ([`CELL_SCHEMA`]), the partition's repositories, and its counts.
-//! 5. [`CellTask`], over those rows grouped and sorted by (metric, period): both sketches of
-//!    each cell, built from its users' codes as `Aggregate::into_table` builds them.
+//!    ([`CELL_SCHEMA`], split by [`split_cells`] for the next shuffle), the bucket's
+//!    repositories, and its counts.
+//! 5. [`CellTask`], over a cell bucket's rows sorted by (metric, period): both sketches of each
+//!    cell, built from its users' codes as `Aggregate::into_table` builds them.
 //! 6. [`Gathered::into_tally`], on the driver: the inputs' accounting, the rejects, the counts,
 //!    the repositories and the cells make the [`Tally`] every output is written from.
 
@@ -522,6 +525,173 @@ fn key_of(bytes: &[u8]) -> Result<u128> {
     })?))
 }
 
+/// Which of `buckets` a row goes to by a 16-byte key (an id's or a repository's hash, evenly
+/// spread already): what the engine shuffles on, a bucket's rows travelling as one record batch
+/// rather than a row each.
+pub fn bucket_of(key: &[u8], buckets: u32) -> u32 {
+    let mut head = [0u8; 8];
+    let n = key.len().min(8);
+    head[..n].copy_from_slice(&key[..n]);
+    (u64::from_be_bytes(head) % u64::from(buckets.max(1))) as u32
+}
+
+/// Rows gathered by bucket until enough are held, then handed out as one batch per bucket: a
+/// shuffle of a few large batches instead of a row per event. Rows whose key is null (an
+/// input's accounting and rejects) are bucket `None`.
+pub struct Buckets {
+    column: &'static str,
+    buckets: u32,
+    held: Vec<(Option<u32>, RecordBatch)>,
+    rows: usize,
+}
+
+/// Rows a [`Buckets`] holds before it hands them out.
+const BUCKET_ROWS: usize = 1 << 16;
+
+impl Buckets {
+    pub fn new(column: &'static str, buckets: u32) -> Buckets {
+        Buckets {
+            column,
+            buckets: buckets.max(1),
+            held: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Takes a batch; whether enough rows are held for [`Buckets::take`].
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<bool> {
+        let keys = column::<arrow_array::BinaryArray>(batch, self.column)?;
+        let mut of: Vec<Option<u32>> = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            of.push(
+                keys.is_valid(i)
+                    .then(|| bucket_of(keys.value(i), self.buckets)),
+            );
+        }
+        self.held.extend(split_rows(batch, &of)?);
+        self.rows += batch.num_rows();
+        Ok(self.rows >= BUCKET_ROWS)
+    }
+
+    /// What is held, one batch per bucket, in bucket order (`None` first).
+    pub fn take(&mut self) -> Result<Vec<(Option<u32>, RecordBatch)>> {
+        let mut held = std::mem::take(&mut self.held);
+        self.rows = 0;
+        held.sort_by_key(|(b, _)| *b);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < held.len() {
+            let bucket = held[i].0;
+            let j = i + held[i..].iter().take_while(|(b, _)| *b == bucket).count();
+            let schema = held[i].1.schema();
+            let parts = held[i..j].iter().map(|(_, b)| b);
+            out.push((
+                bucket,
+                arrow_select::concat::concat_batches(&schema, parts)?,
+            ));
+            i = j;
+        }
+        Ok(out)
+    }
+}
+
+/// The rows of `batch` by their bucket `of[row]`, a batch per bucket, in bucket order.
+fn split_rows(batch: &RecordBatch, of: &[Option<u32>]) -> Result<Vec<(Option<u32>, RecordBatch)>> {
+    let mut seen: Vec<Option<u32>> = of.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.into_iter()
+        .map(|bucket| {
+            let mask: arrow_array::BooleanArray = of.iter().map(|b| Some(*b == bucket)).collect();
+            Ok((
+                bucket,
+                arrow_select::filter::filter_record_batch(batch, &mask)?,
+            ))
+        })
+        .collect()
+}
+
+/// A partition task's rows ([`CELL_SCHEMA`]) for the cells' shuffle: the users of each cell
+/// under the bucket of its (metric, period) among `buckets`, so that a cell's users meet in one
+/// task; the repositories and counts, for the driver, under `None`.
+pub fn split_cells(batch: &RecordBatch, buckets: u32) -> Result<Vec<(Option<u32>, RecordBatch)>> {
+    let part = column::<arrow_array::Int8Array>(batch, "part")?;
+    let metric = column::<arrow_array::Int8Array>(batch, "metric")?;
+    let kind = column::<arrow_array::Int8Array>(batch, "period_kind")?;
+    let start = column::<arrow_array::Date32Array>(batch, "start")?;
+    let of: Vec<Option<u32>> = (0..batch.num_rows())
+        .map(|i| {
+            (part.value(i) == part::CELL).then(|| {
+                let key = (u64::from(metric.value(i) as u8) << 40)
+                    | (u64::from(kind.value(i) as u8) << 32)
+                    | u64::from(start.value(i) as u32);
+                // A multiplicative hash: neighbouring days go to different buckets.
+                let mixed = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                ((mixed >> 32) % u64::from(buckets.max(1))) as u32
+            })
+        })
+        .collect();
+    split_rows(batch, &of)
+}
+
+/// One first-delivery task, over the events of some id buckets: keeps, per id, the delivery
+/// with the smallest (input, position), SPEC §3's first in input order, whatever order the
+/// engine delivered them in.
+#[derive(Default)]
+pub struct FirstsTask {
+    batches: Vec<RecordBatch>,
+    /// Per id: the first delivery's (input, position) and where it is (batch, row).
+    first: HashMap<u128, (i32, i64, u32, u32)>,
+}
+
+impl FirstsTask {
+    pub fn new() -> FirstsTask {
+        FirstsTask::default()
+    }
+
+    /// Takes a batch of [`READ_SCHEMA`] event rows.
+    pub fn add(&mut self, batch: RecordBatch) -> Result<()> {
+        let id = column::<arrow_array::BinaryArray>(&batch, "id")?;
+        let input = column::<arrow_array::Int32Array>(&batch, "input")?;
+        let pos = column::<arrow_array::Int64Array>(&batch, "pos")?;
+        let b = u32::try_from(self.batches.len())?;
+        for i in 0..batch.num_rows() {
+            if id.is_null(i) {
+                bail!("an event row without an id");
+            }
+            let here = (input.value(i), pos.value(i), b, i as u32);
+            self.first
+                .entry(key_of(id.value(i))?)
+                .and_modify(|f| {
+                    if (here.0, here.1) < (f.0, f.1) {
+                        *f = here;
+                    }
+                })
+                .or_insert(here);
+        }
+        self.batches.push(batch);
+        Ok(())
+    }
+
+    /// The first deliveries, split by the bucket of their repository for the ledger's shuffle.
+    pub fn finish(self, buckets: u32) -> Result<Vec<(Option<u32>, RecordBatch)>> {
+        let mut keep: Vec<Vec<bool>> = self
+            .batches
+            .iter()
+            .map(|b| vec![false; b.num_rows()])
+            .collect();
+        for (_, _, b, i) in self.first.into_values() {
+            keep[b as usize][i as usize] = true;
+        }
+        let mut out = Buckets::new("repository", buckets);
+        for (batch, keep) in self.batches.iter().zip(keep) {
+            let mask: arrow_array::BooleanArray = keep.into_iter().map(Some).collect();
+            out.add(&arrow_select::filter::filter_record_batch(batch, &mask)?)?;
+        }
+        out.take()
+    }
+}
+
 /// One partition task: the first deliveries of a partition of repositories, and the known
 /// repositories among them, folded and replayed as `regtally run` does.
 pub struct PartitionTask {
@@ -1020,6 +1190,131 @@ fn add_cells(table: &mut MetricTable, batch: &RecordBatch) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::{BinaryArray, Int32Array, Int64Array};
+
+    /// Event rows with only what first deliveries read: (id, input, pos, repository).
+    fn deliveries(rows: &[(u8, i32, i64, u8)]) -> RecordBatch {
+        let key = |b: u8| {
+            let mut k = [0u8; 16];
+            k[0] = b;
+            k[15] = b;
+            k
+        };
+        let ids: Vec<[u8; 16]> = rows.iter().map(|r| key(r.0)).collect();
+        let repos: Vec<[u8; 16]> = rows.iter().map(|r| key(r.3)).collect();
+        RecordBatch::try_from_iter(vec![
+            (
+                "id",
+                Arc::new(BinaryArray::from_iter_values(ids.iter())) as ArrayRef,
+            ),
+            (
+                "input",
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "pos",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ),
+            (
+                "repository",
+                Arc::new(BinaryArray::from_iter_values(repos.iter())),
+            ),
+        ])
+        .unwrap()
+    }
+
+    fn rows_of(out: &[(Option<u32>, RecordBatch)]) -> Vec<(u8, i32, i64)> {
+        let mut rows = Vec::new();
+        for (_, b) in out {
+            let id = column::<BinaryArray>(b, "id").unwrap();
+            let input = column::<Int32Array>(b, "input").unwrap();
+            let pos = column::<Int64Array>(b, "pos").unwrap();
+            for i in 0..b.num_rows() {
+                rows.push((id.value(i)[0], input.value(i), pos.value(i)));
+            }
+        }
+        rows.sort_unstable();
+        rows
+    }
+
+    #[test]
+    fn the_first_delivery_is_the_first_in_input_order_whatever_order_it_arrives_in() {
+        let mut task = FirstsTask::new();
+        // Id 1 arrives last in input order first; id 2 twice in one input.
+        task.add(deliveries(&[(1, 3, 0, 7), (2, 1, 9, 8), (1, 2, 5, 7)]))
+            .unwrap();
+        task.add(deliveries(&[(1, 0, 40, 7), (2, 1, 4, 8), (3, 0, 1, 7)]))
+            .unwrap();
+        let out = task.finish(4).unwrap();
+        assert_eq!(rows_of(&out), vec![(1, 0, 40), (2, 1, 4), (3, 0, 1)]);
+        // One batch per repository bucket, each holding only its bucket's repositories.
+        for (bucket, batch) in &out {
+            let repos = column::<BinaryArray>(batch, "repository").unwrap();
+            for i in 0..batch.num_rows() {
+                assert_eq!(Some(bucket_of(repos.value(i), 4)), *bucket);
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_hand_out_a_batch_per_bucket_and_rows_without_a_key_apart() {
+        let mut buckets = Buckets::new("id", 3);
+        let batch = deliveries(&[(1, 0, 0, 1), (2, 0, 1, 1), (1, 0, 2, 1), (5, 0, 3, 1)]);
+        assert!(!buckets.add(&batch).unwrap());
+        assert!(!buckets.add(&batch).unwrap());
+        let out = buckets.take().unwrap();
+        let mut seen: Vec<Option<u32>> = out.iter().map(|(b, _)| *b).collect();
+        seen.dedup();
+        assert_eq!(seen.len(), out.len(), "one batch per bucket");
+        assert_eq!(out.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 8);
+        for (bucket, b) in &out {
+            let id = column::<BinaryArray>(b, "id").unwrap();
+            for i in 0..b.num_rows() {
+                assert_eq!(Some(bucket_of(id.value(i), 3)), *bucket);
+            }
+        }
+        assert!(buckets.take().unwrap().is_empty());
+
+        let mut rows = ReadRows::new();
+        rows.other(rec::INPUT, 0, 0, Some("{}"));
+        let mut buckets = Buckets::new("id", 3);
+        buckets.add(&rows.finish().unwrap()).unwrap();
+        let out = buckets.take().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, None);
+    }
+
+    #[test]
+    fn a_cells_users_share_a_bucket_and_the_counts_go_apart() {
+        let mut rows = CellRows::default();
+        let day = |d: u32| NaiveDate::from_ymd_opt(2023, 1, d).unwrap();
+        for d in 1..=20 {
+            for user in 0..3 {
+                rows.cell(2, Period::day_of(day(d)), Some(user), None, 1);
+                rows.cell(5, Period::day_of(day(d)), Some(user), None, 1);
+            }
+        }
+        rows.other(part::COUNTS, "{}");
+        let batch = rows.finish().unwrap();
+        let out = split_cells(&batch, 4).unwrap();
+        assert_eq!(out[0].0, None);
+        assert_eq!(out[0].1.num_rows(), 1);
+        let mut where_: HashMap<(i8, i32), u32> = HashMap::new();
+        for (bucket, b) in &out[1..] {
+            let metric = column::<arrow_array::Int8Array>(b, "metric").unwrap();
+            let start = column::<arrow_array::Date32Array>(b, "start").unwrap();
+            for i in 0..b.num_rows() {
+                let at = *where_
+                    .entry((metric.value(i), start.value(i)))
+                    .or_insert(bucket.unwrap());
+                assert_eq!(Some(at), *bucket);
+            }
+        }
+        assert_eq!(where_.len(), 40);
+        // Forty cells spread over the buckets, not all in one.
+        let used: std::collections::HashSet<u32> = where_.values().copied().collect();
+        assert!(used.len() > 1);
+    }
 
     #[test]
     fn event_kinds_survive_their_codes() {
