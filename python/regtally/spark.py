@@ -78,9 +78,16 @@ def _spark_schema(name: str):
 BLOBS = "bucket int, input int, payload binary"
 
 
-def _blobs(pairs, labels: List[int], input_index: int = -1) -> pa.RecordBatch:
+# Buckets of the rows that go to the driver, not to a task of the next stage: each input's
+# accounting and rejects, and each partition's repositories and counts. Every task passes them
+# on, so the driver finds them all in the last stage's output.
+ACCOUNTING = -1
+COUNTS = -2
+
+
+def _blobs(pairs, labels: List[int], input_index: int = -1, apart: int = ACCOUNTING) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
-        [pa.array([labels[b] if b >= 0 else -1 for b, _ in pairs], pa.int32()),
+        [pa.array([labels[b] if b >= 0 else apart for b, _ in pairs], pa.int32()),
          pa.array([input_index] * len(pairs), pa.int32()),
          pa.array([d for _, d in pairs], pa.binary())],
         names=["bucket", "input", "payload"])
@@ -118,12 +125,23 @@ def _read_task(config: str, buckets: int, labels: List[int]):
     return read
 
 
+def _apart(batch: pa.RecordBatch):
+    """The rows for the driver, and the others."""
+    import pyarrow.compute as pc
+
+    apart = pc.less(batch.column("bucket"), 0)
+    return batch.filter(apart), batch.filter(pc.invert(apart))
+
+
 def _firsts_task(buckets: int, labels: List[int]):
     def firsts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from regtally import _native as native
 
         task = native.FirstsFinder()
         for batch in batches:
+            apart, batch = _apart(batch)
+            if apart.num_rows:
+                yield apart
             for payload in batch.column("payload").to_pylist():
                 task.add(payload)
         pairs = task.finish(buckets)
@@ -152,9 +170,12 @@ def _partition_task(config: str, buckets: int, labels: List[int]):
 
         task = native.PartitionFolder(config, tempfile.gettempdir())
         for batch in batches:
+            apart, batch = _apart(batch)
+            if apart.num_rows:
+                yield apart
             for payload in batch.column("payload").to_pylist():
                 task.add(payload)
-        yield _blobs(task.finish_blobs(buckets), labels)
+        yield _blobs(task.finish_blobs(buckets), labels, apart=COUNTS)
 
     return fold
 
@@ -190,7 +211,6 @@ def _collect(df) -> List[pa.RecordBatch]:
 def run_job(spark, job, known_repositories: Optional[str]) -> bool:
     """Runs a planned job on `spark`; whether it was clean (exit status 0)."""
     from pyspark import StorageLevel
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     config = job.task_config()
@@ -204,21 +224,15 @@ def run_job(spark, job, known_repositories: Optional[str]) -> bool:
     slices = max(1, min(len(manifest), sc.defaultParallelism))
     entries = sc.parallelize(list(enumerate(manifest)), slices).toDF("index int, entry string")
 
-    # Read twice, once for the events and once for each input's accounting and rejects (bucket
-    # -1): caching the batches costs Spark more than reading them again.
     read = entries.mapInArrow(_read_task(config, buckets, labels), BLOBS)
-    firsts = (
-        read.filter(F.col("bucket") >= 0)
-        .repartition(buckets, "bucket")
-        .mapInArrow(_firsts_task(buckets, labels), BLOBS)
-    )
+    firsts = read.repartition(buckets, "bucket").mapInArrow(_firsts_task(buckets, labels), BLOBS)
     if known_repositories is not None:
         known = spark.range(1).mapInArrow(_known_task(known_repositories, buckets, labels), BLOBS)
         firsts = firsts.unionByName(known)
     parts = firsts.repartition(buckets, "bucket").mapInArrow(
         _partition_task(config, buckets, labels), BLOBS
     )
-    # The cells go on, each partition's repositories and counts (bucket -1) to the driver.
+    # The cells go on, the accounting, rejects, repositories and counts to the driver.
     parts = parts.persist(StorageLevel.MEMORY_AND_DISK)
     cells = (
         parts.filter(F.col("bucket") >= 0)
@@ -226,18 +240,18 @@ def run_job(spark, job, known_repositories: Optional[str]) -> bool:
         .mapInArrow(_cell_task(config), _spark_schema("sketch"))
     )
 
-    accounting = [
-        b for blob in _collect(read.filter(F.col("bucket") < 0))
-        for payload in blob.column("payload").to_pylist() for b in _batches(payload)
-    ]
+    accounting = []
+    for blob in _collect(parts.filter(F.col("bucket") < 0)):
+        for bucket, payload in zip(blob.column("bucket").to_pylist(), blob.column("payload").to_pylist()):
+            if bucket == ACCOUNTING:
+                accounting.extend(_batches(payload))
+            else:
+                job.add_partition_rows(payload)
     if accounting:
         rows = pa.Table.from_batches(accounting).sort_by(
             [("input", "ascending"), ("rec", "ascending"), ("pos", "ascending")])
         for batch in rows.to_batches():
             job.add_read_rows(_ipc(batch))
-    for blob in _collect(parts.filter(F.col("bucket") < 0)):
-        for payload in blob.column("payload").to_pylist():
-            job.add_partition_rows(payload)
     for batch in _collect(cells):
         job.add_cells(_ipc(batch))
     parts.unpersist()
