@@ -545,8 +545,10 @@ pub struct Buckets {
     rows: usize,
 }
 
-/// Rows a [`Buckets`] holds before it hands them out.
+/// Rows a [`Buckets`] holds before it hands them out, at least; and per bucket on average, so
+/// that with thousands of buckets each still travels as a batch of hundreds of rows.
 const BUCKET_ROWS: usize = 1 << 16;
+const ROWS_PER_BUCKET: usize = 256;
 
 impl Buckets {
     pub fn new(column: &'static str, buckets: u32) -> Buckets {
@@ -570,7 +572,7 @@ impl Buckets {
         }
         self.held.extend(split_rows(batch, &of)?);
         self.rows += batch.num_rows();
-        Ok(self.rows >= BUCKET_ROWS)
+        Ok(self.rows >= BUCKET_ROWS.max(ROWS_PER_BUCKET * self.buckets as usize))
     }
 
     /// What is held, one batch per bucket, in bucket order (`None` first).
@@ -595,20 +597,27 @@ impl Buckets {
     }
 }
 
-/// The rows of `batch` by their bucket `of[row]`, a batch per bucket, in bucket order.
+/// The rows of `batch` by their bucket `of[row]`, a batch per bucket, in bucket order: one
+/// `take` of the rows sorted by bucket, then a slice per bucket, whatever the number of buckets.
 fn split_rows(batch: &RecordBatch, of: &[Option<u32>]) -> Result<Vec<(Option<u32>, RecordBatch)>> {
-    let mut seen: Vec<Option<u32>> = of.to_vec();
-    seen.sort_unstable();
-    seen.dedup();
-    seen.into_iter()
-        .map(|bucket| {
-            let mask: arrow_array::BooleanArray = of.iter().map(|b| Some(*b == bucket)).collect();
-            Ok((
-                bucket,
-                arrow_select::filter::filter_record_batch(batch, &mask)?,
-            ))
-        })
-        .collect()
+    let mut order: Vec<u32> = (0..u32::try_from(of.len())?).collect();
+    order.sort_by_key(|&i| of[i as usize]);
+    let sorted = arrow_select::take::take_record_batch(
+        batch,
+        &arrow_array::UInt32Array::from(order.clone()),
+    )?;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let bucket = of[order[start] as usize];
+        let len = order[start..]
+            .iter()
+            .take_while(|&&i| of[i as usize] == bucket)
+            .count();
+        out.push((bucket, sorted.slice(start, len)));
+        start += len;
+    }
+    Ok(out)
 }
 
 /// A partition task's rows ([`CELL_SCHEMA`]) for the cells' shuffle: the users of each cell
