@@ -179,8 +179,8 @@ impl EventKind {
         }
     }
 
-    /// The kind as one byte, for records that leave the process (a Spark task's rows):
-    /// [`EventKind::from_code`] reads it back.
+    /// The kind as one byte, for records that leave memory (de-duplication's spilled events,
+    /// a Spark task's rows): [`EventKind::from_code`] reads it back.
     pub fn code(self) -> u8 {
         match self {
             EventKind::Untracked => 0,
@@ -189,7 +189,7 @@ impl EventKind {
             EventKind::ManifestDelete => 3,
             EventKind::DeleteRepository => 4,
             EventKind::RepositoryPush => 5,
-            EventKind::Resolved(t) => 16 + t.index() as u8,
+            EventKind::Resolved(t) => 6 + t.index() as u8,
         }
     }
 
@@ -202,7 +202,7 @@ impl EventKind {
             3 => EventKind::ManifestDelete,
             4 => EventKind::DeleteRepository,
             5 => EventKind::RepositoryPush,
-            c => EventKind::Resolved(*TrackedEvent::ALL.get(usize::from(c.checked_sub(16)?))?),
+            c => EventKind::Resolved(*TrackedEvent::ALL.get(usize::from(c.checked_sub(6)?))?),
         })
     }
 

@@ -133,17 +133,22 @@ def _apart(batch: pa.RecordBatch):
     return batch.filter(apart), batch.filter(pc.invert(apart))
 
 
+def _payloads(batches: Iterator[pa.RecordBatch], add) -> Iterator[pa.RecordBatch]:
+    """Hands each payload for this task to `add`; yields the rows for the driver."""
+    for batch in batches:
+        apart, batch = _apart(batch)
+        if apart.num_rows:
+            yield apart
+        for payload in batch.column("payload").to_pylist():
+            add(payload)
+
+
 def _firsts_task(buckets: int, labels: List[int]):
     def firsts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from regtally import _native as native
 
         task = native.FirstsFinder()
-        for batch in batches:
-            apart, batch = _apart(batch)
-            if apart.num_rows:
-                yield apart
-            for payload in batch.column("payload").to_pylist():
-                task.add(payload)
+        yield from _payloads(batches, task.add)
         pairs = task.finish(buckets)
         if pairs:
             yield _blobs(pairs, labels)
@@ -169,12 +174,7 @@ def _partition_task(config: str, buckets: int, labels: List[int]):
         from regtally import _native as native
 
         task = native.PartitionFolder(config, tempfile.gettempdir())
-        for batch in batches:
-            apart, batch = _apart(batch)
-            if apart.num_rows:
-                yield apart
-            for payload in batch.column("payload").to_pylist():
-                task.add(payload)
+        yield from _payloads(batches, task.add)
         yield _blobs(task.finish_blobs(buckets), labels, apart=COUNTS)
 
     return fold

@@ -10,7 +10,7 @@
 //! after de-duplication (aggregation, the ledger's replay in time order) is indifferent to
 //! that, so outputs do not change when a run spills.
 
-use crate::classify::{EventKind, TrackedEvent};
+use crate::classify::EventKind;
 use crate::records::{Action, EventRecord};
 use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
 use crate::timestamp::Timestamp;
@@ -68,30 +68,6 @@ impl Deferred {
     }
 }
 
-fn kind_code(kind: EventKind) -> u8 {
-    match kind {
-        EventKind::Untracked => 0,
-        EventKind::PushTag => 1,
-        EventKind::DeleteTag => 2,
-        EventKind::ManifestDelete => 3,
-        EventKind::DeleteRepository => 4,
-        EventKind::RepositoryPush => 5,
-        EventKind::Resolved(t) => 6 + t.index() as u8,
-    }
-}
-
-fn kind_of(code: u8) -> Option<EventKind> {
-    Some(match code {
-        0 => EventKind::Untracked,
-        1 => EventKind::PushTag,
-        2 => EventKind::DeleteTag,
-        3 => EventKind::ManifestDelete,
-        4 => EventKind::DeleteRepository,
-        5 => EventKind::RepositoryPush,
-        c => EventKind::Resolved(*TrackedEvent::ALL.get(usize::from(c.checked_sub(6)?))?),
-    })
-}
-
 fn action_code(action: &Action) -> u8 {
     match action {
         Action::Push => 0,
@@ -117,7 +93,7 @@ impl SpillRecord for Deferred {
         if let Action::Other(name) = &r.action {
             codec::put_bytes(out, name.as_bytes());
         }
-        out.push(kind_code(r.kind));
+        out.push(r.kind.code());
         match r.user {
             Some(u) => {
                 out.push(1 + u8::from(r.deploy_token));
@@ -160,7 +136,8 @@ impl SpillRecord for Deferred {
             4 => Action::Other(codec::get_string(input, "text")?.into()),
             _ => return Err(codec::corrupt("action")),
         };
-        let kind = kind_of(codec::get_u8(input)?).ok_or_else(|| codec::corrupt("kind"))?;
+        let kind =
+            EventKind::from_code(codec::get_u8(input)?).ok_or_else(|| codec::corrupt("kind"))?;
         let actor = codec::get_u8(input)?;
         let user = match actor {
             0 => None,
