@@ -73,9 +73,10 @@ def _spark_schema(name: str):
     return from_arrow_schema(pa.ipc.open_stream(pa.py_buffer(_native.schema(name))).schema)
 
 
-# A shuffle's rows: a batch of READ_SCHEMA rows of one bucket as an Arrow IPC stream. Spark
-# moves a few large values instead of a row per event, and never looks inside them.
-BLOBS = "bucket int, input int, payload binary"
+# A shuffle's rows: one bucket's rows (of the library's READ_SCHEMA or CELL_SCHEMA) as an Arrow
+# IPC stream. Spark moves a few large values instead of a row per event, and never looks
+# inside them.
+BLOBS = "bucket int, payload binary"
 
 
 # Buckets of the rows that go to the driver, not to a task of the next stage: each input's
@@ -85,12 +86,13 @@ ACCOUNTING = -1
 COUNTS = -2
 
 
-def _blobs(pairs, labels: List[int], input_index: int = -1, apart: int = ACCOUNTING) -> pa.RecordBatch:
+def _blobs(pairs, labels: List[int], apart: int = ACCOUNTING) -> pa.RecordBatch:
+    """(bucket, IPC stream) pairs of a task as BLOBS rows: a bucket as the label of its
+    partition, the rows for the driver (bucket -1 from the library) as `apart`."""
     return pa.RecordBatch.from_arrays(
         [pa.array([labels[b] if b >= 0 else apart for b, _ in pairs], pa.int32()),
-         pa.array([input_index] * len(pairs), pa.int32()),
          pa.array([d for _, d in pairs], pa.binary())],
-        names=["bucket", "input", "payload"])
+        names=["bucket", "payload"])
 
 
 def _labels(spark, n: int) -> List[int]:
@@ -114,13 +116,13 @@ def _read_task(config: str, buckets: int, labels: List[int]):
         from regtally import _native as native
 
         for batch in batches:
-            for index, entry in zip(batch.column("index").to_pylist(), batch.column("entry").to_pylist()):
+            for entry in batch.column("entry").to_pylist():
                 reader = native.InputReader(config, entry)
                 while True:
                     pairs = reader.next_blobs(buckets)
                     if pairs is None:
                         break
-                    yield _blobs(pairs, labels, index)
+                    yield _blobs(pairs, labels)
 
     return read
 
@@ -222,7 +224,8 @@ def run_job(spark, job, known_repositories: Optional[str]) -> bool:
     # A read task per core: each task costs Spark a Python worker's start (a quarter of a
     # second here), more than reading 100 MB; an input is read by one task, in order.
     slices = max(1, min(len(manifest), sc.defaultParallelism))
-    entries = sc.parallelize(list(enumerate(manifest)), slices).toDF("index int, entry string")
+    # Each entry names its place in input order itself.
+    entries = sc.parallelize([(e,) for e in manifest], slices).toDF("entry string")
 
     read = entries.mapInArrow(_read_task(config, buckets, labels), BLOBS)
     firsts = read.repartition(buckets, "bucket").mapInArrow(_firsts_task(buckets, labels), BLOBS)
