@@ -396,6 +396,11 @@ fn into_a_three_node_cluster() {
                 &[
                     "--port".into(),
                     p.to_string(),
+                    // A free port of its own for the cluster bus: the default, the port plus
+                    // 10000, is past 65535 for a fifth of the ports the system hands out, and
+                    // the node would not start.
+                    "--cluster-port".into(),
+                    free_port().to_string(),
                     "--cluster-enabled".into(),
                     "yes".into(),
                     "--cluster-config-file".into(),
