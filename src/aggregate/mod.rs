@@ -125,6 +125,14 @@ impl EventCounts {
         self.first = self.first.into_iter().chain(o.first).min();
         self.last = self.last.into_iter().chain(o.last).max();
     }
+
+    /// Counted events by tracked event's metric name, as the summary reports them.
+    pub fn counted_by_metric(&self) -> BTreeMap<&'static str, u64> {
+        TrackedEvent::ALL
+            .iter()
+            .map(|t| (t.metric_name(), self.counted[t.index()]))
+            .collect()
+    }
 }
 
 /// The fold of first deliveries: who did what in which period, and the summary's counts.

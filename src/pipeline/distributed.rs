@@ -1133,11 +1133,9 @@ impl Gathered {
             duplicate_events: counts.events_seen.saturating_sub(firsts),
             out_of_range_events: events.out_of_range,
             manifest_deletes: events.manifest_deletes,
+            // Before by_action moves out of the counts.
+            counted_events: events.counted_by_metric(),
             events_by_action: events.by_action.into_map(),
-            counted_events: TrackedEvent::ALL
-                .iter()
-                .map(|t| (t.metric_name(), events.counted[t.index()]))
-                .collect(),
             first_event: events.first,
             last_event: events.last,
             first_rejects,

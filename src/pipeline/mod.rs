@@ -222,11 +222,9 @@ pub fn run(
         duplicate_events,
         out_of_range_events: events.out_of_range,
         manifest_deletes: events.manifest_deletes,
+        // Before by_action moves out of the counts.
+        counted_events: events.counted_by_metric(),
         events_by_action: events.by_action.into_map(),
-        counted_events: TrackedEvent::ALL
-            .iter()
-            .map(|t| (t.metric_name(), events.counted[t.index()]))
-            .collect(),
         first_event: events.first,
         last_event: events.last,
         first_rejects: rejects.into_first(),
