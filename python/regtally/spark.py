@@ -117,9 +117,9 @@ def _read_task(config: str, buckets: int, labels: List[int]):
 
         for batch in batches:
             for entry in batch.column("entry").to_pylist():
-                reader = native.InputReader(config, entry)
+                reader = native.InputReader(config, entry, buckets)
                 while True:
-                    pairs = reader.next_blobs(buckets)
+                    pairs = reader.next_blobs()
                     if pairs is None:
                         break
                     yield _blobs(pairs, labels)

@@ -197,33 +197,31 @@ fn bucket_blobs<'py>(
         .collect()
 }
 
-/// A read task: one input of the manifest, a batch of rows per chunk.
+/// A read task: one input of the manifest, its events by the bucket of their id.
 #[pyclass(unsendable)]
 struct InputReader {
     task: Box<InputTask>,
-    buckets: Option<Box<Buckets>>,
+    buckets: Box<Buckets>,
 }
 
 #[pymethods]
 impl InputReader {
+    /// `buckets`: how many buckets of ids the events are shuffled into.
     #[new]
-    fn new(config: &str, entry: &str) -> PyResult<InputReader> {
+    fn new(config: &str, entry: &str, buckets: u32) -> PyResult<InputReader> {
         let entry: ManifestEntry = serde_json::from_str(entry)
             .map_err(|e| PyValueError::new_err(format!("manifest entry: {e}")))?;
         Ok(InputReader {
             task: Box::new(InputTask::new(&config_of(config)?, entry)),
-            buckets: None,
+            buckets: Box::new(Buckets::new("id", buckets)),
         })
     }
 
-    /// The next rows for the id shuffle: (bucket of the id among `buckets`, IPC stream) pairs,
-    /// a few large batches at a time, and the input's accounting and rejects under bucket -1;
-    /// `None` once all were given.
-    fn next_blobs<'py>(&mut self, py: Python<'py>, buckets: u32) -> PyResult<Option<Blobs<'py>>> {
-        let task = &mut self.task;
-        let held = self
-            .buckets
-            .get_or_insert_with(|| Box::new(Buckets::new("id", buckets)));
+    /// The next rows for the id shuffle: (bucket of the id, IPC stream) pairs, a few large
+    /// batches at a time, and the input's accounting and rejects under bucket -1; `None` once
+    /// all were given.
+    fn next_blobs<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Blobs<'py>>> {
+        let (task, held) = (&mut self.task, &mut self.buckets);
         let held = py
             .allow_threads(|| -> anyhow::Result<_> {
                 while let Some(batch) = task.next_batch()? {
@@ -238,13 +236,6 @@ impl InputReader {
             return Ok(None);
         }
         bucket_blobs(py, held).map(Some)
-    }
-
-    /// The next batch of rows (an IPC stream), or `None` once the input's accounting was given.
-    fn next_batch<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let task = &mut self.task;
-        let batch = py.allow_threads(|| task.next_batch()).map_err(runtime)?;
-        batch.map(|b| batch_bytes(py, &b)).transpose()
     }
 }
 
