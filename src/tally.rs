@@ -42,8 +42,8 @@ pub struct Tally {
     pub event_ids: Vec<(u128, Timestamp)>,
     /// What went to temporary files because it passed the memory budget.
     pub spilled: Vec<&'static str>,
-    /// The events dataset's rows, when asked for (`--events`).
-    pub dataset: Option<DatasetRows>,
+    /// The events dataset, when asked for (`--events`).
+    pub dataset: Option<Dataset>,
     /// GitLab ids per tracked event and week, with the Redis export.
     pub redis: Option<RedisExport>,
     /// Wall seconds of each step, in order.
@@ -100,6 +100,19 @@ pub struct Resolution {
     pub creates: IdKeys,
     /// Set once de-duplication spilled.
     pub deferred: Option<DeferredFirsts>,
+}
+
+/// The events dataset of a run.
+#[derive(Debug)]
+pub enum Dataset {
+    /// Rows for the run to write.
+    Rows(DatasetRows),
+    /// Files an engine's tasks wrote, each (staged path, final path), for the run to rename
+    /// with its other outputs.
+    Staged {
+        files: Vec<(PathBuf, PathBuf)>,
+        rows: u64,
+    },
 }
 
 /// A run's rows of the events dataset, ready to be written.

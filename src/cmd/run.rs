@@ -6,7 +6,7 @@ use crate::config::{Prior, RunConfig};
 use crate::dedup::window::IdWindow;
 use crate::ledger::PriorLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
-use crate::output::events::{stage_dataset, DatasetReport};
+use crate::output::events::{existing_parts, stage_dataset, DatasetReport};
 use crate::output::redis::{check_key_format, stage_redis, RedisReport};
 use crate::output::service_ping::ServicePing;
 use crate::output::summary::{self, print_human, write_summary, RunFlags};
@@ -19,8 +19,8 @@ use crate::spill::{exit_cleanly_on_signals, MemoryBudget, SpillDir};
 use crate::state::{
     legacy_moved_header, InputSelection, RunState, StateLock, LEGACY_STATE_FILE, STATE_FILE,
 };
-use crate::tally::DatasetRows;
 use crate::tally::Tally;
+use crate::tally::{Dataset, DatasetRows};
 use crate::timestamp::TimeWindow;
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
@@ -450,6 +450,22 @@ impl PlannedRun {
         self.plan.flags.memory_limit
     }
 
+    /// `--events`, absolute: the folder the engine's tasks write the dataset's files in, which
+    /// they must see at the same path as the driver.
+    pub fn events_dir(&self) -> Result<Option<PathBuf>> {
+        self.plan
+            .events
+            .as_deref()
+            .map(|d| std::path::absolute(d).with_context(|| format!("--events {}", d.display())))
+            .transpose()
+    }
+
+    /// The suffix of the run's staged outputs, which the tasks' staged files end in too, so
+    /// that what a killed run left is recognised by the next (see [`SpillDir::staged_suffix`]).
+    pub fn staged_suffix(&self) -> String {
+        self.plan.spill.staged_suffix()
+    }
+
     /// Computes the tally with `compute` and writes every output; whether the run was clean
     /// (exit status 0) or not (1), as `regtally run` decides.
     pub fn finish(self, compute: Box<Compute<'_>>) -> Result<bool> {
@@ -601,11 +617,45 @@ fn write_outputs(
         .clone()
         .or_else(|| plan.events.as_ref().map(|d| d.display().to_string()));
     let dataset = match (&plan.events, &tally.dataset) {
-        (Some(dir), Some(rows)) if state.is_some() || plan.flags.state.is_none() => {
+        (Some(dir), Some(Dataset::Rows(rows))) if state.is_some() || plan.flags.state.is_none() => {
             let mut report =
                 stage_events(dir, rows, tally, plan.flags.state.is_some(), &mut staged)?;
             report.dir = events_name.clone().unwrap_or_default();
             Some(report)
+        }
+        // Written by an engine's tasks, for a run without a state: its files replace the
+        // dataset.
+        (Some(dir), Some(Dataset::Staged { files, rows })) => {
+            let finals: Vec<&PathBuf> = files.iter().map(|(_, f)| f).collect();
+            for old in existing_parts(dir) {
+                if !finals.contains(&&old) {
+                    staged.remove_on_commit(old);
+                }
+            }
+            for (temp, fin) in files {
+                staged.adopt(temp.clone(), fin.clone());
+            }
+            // What attempts of tasks that failed or were retried staged is nobody's.
+            // (Each task's files have names of their own, so names tell them apart.)
+            let temps: Vec<_> = files.iter().filter_map(|(t, _)| t.file_name()).collect();
+            let suffix = staged.suffix().to_owned();
+            for month in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                for file in std::fs::read_dir(month.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let name = file.file_name();
+                    if name.to_string_lossy().ends_with(&suffix) && !temps.contains(&&*name) {
+                        let _ = std::fs::remove_file(file.path());
+                    }
+                }
+            }
+            Some(DatasetReport {
+                dir: events_name.clone().unwrap_or_default(),
+                files: files.len() as u64,
+                rows: *rows,
+            })
         }
         (Some(_), _) => {
             eprintln!(

@@ -14,6 +14,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -87,21 +88,42 @@ pub fn each_row(
                 return Ok(());
             }
         }
-        let row = spooled.row;
-        let created = row.is_repository_push() && resolution.creates.contains(&row.id_key);
+        let created =
+            spooled.row.is_repository_push() && resolution.creates.contains(&spooled.row.id_key);
+        let file = rows.files.get(spooled.input).map_or("", String::as_str);
+        each(&DatasetRow::of(
+            spooled.row,
+            created,
+            file,
+            spooled.line,
+            (rows.since, rows.until),
+        ))
+    })
+}
+
+impl<'a> DatasetRow<'a> {
+    /// A first delivery's row: `created` says whether a repository push created its
+    /// repository; `range` is `--since` and `--until`.
+    pub fn of(
+        row: EncodedRow<'a>,
+        created: bool,
+        file: &'a str,
+        line: u64,
+        range: (Option<NaiveDate>, Option<NaiveDate>),
+    ) -> DatasetRow<'a> {
         let tracked = row.tracked(created);
         let date = row.time.date();
-        let in_range = rows.since.is_none_or(|s| date >= s) && rows.until.is_none_or(|u| date < u);
-        each(&DatasetRow {
+        let in_range = range.0.is_none_or(|s| date >= s) && range.1.is_none_or(|u| date < u);
+        DatasetRow {
             class: row.class(tracked),
             counted: tracked.is_some()
                 && (row.user.is_some() || row.deploy_token.is_some())
                 && in_range,
-            file: rows.files.get(spooled.input).map_or("", String::as_str),
-            line: spooled.line,
+            file,
+            line,
             row,
-        })
-    })
+        }
+    }
 }
 
 /// The name of a month's folder.
@@ -210,33 +232,49 @@ fn properties() -> Result<WriterProperties> {
         .build())
 }
 
-/// One month's parts being written.
-struct MonthWriter<'s> {
-    staged: &'s mut StagedOutputs,
+/// One month's parts being written, staged in the [`StagedOutputs`] each call is given.
+struct MonthWriter {
     folder: PathBuf,
-    prefix: &'s str,
+    prefix: String,
     part: u32,
     writer: Option<ArrowWriter<super::StagedFile>>,
     rows_in_part: u64,
     columns: Columns,
-    written: Vec<PathBuf>,
+    /// Each part's final path and rows, once it is closed.
+    written: Vec<(PathBuf, u64)>,
     rows: u64,
 }
 
-impl MonthWriter<'_> {
-    fn push(&mut self, row: &DatasetRow<'_>) -> Result<()> {
+impl MonthWriter {
+    /// Parts named `<prefix><n>.parquet` in `dir`'s folder of `month` (created if missing).
+    fn new(dir: &Path, month: Month, prefix: &str) -> Result<MonthWriter> {
+        let folder = dir.join(month_folder(month));
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+        Ok(MonthWriter {
+            folder,
+            prefix: prefix.to_owned(),
+            part: 0,
+            writer: None,
+            rows_in_part: 0,
+            columns: Columns::new(),
+            written: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, staged: &mut StagedOutputs, row: &DatasetRow<'_>) -> Result<()> {
         if self.writer.is_none() {
             let path = self
                 .folder
                 .join(format!("{}{:05}.parquet", self.prefix, self.part));
             self.part += 1;
-            let file = self.staged.open(&path)?;
+            let file = staged.open(&path)?;
             self.writer = Some(ArrowWriter::try_new(
                 file,
                 Arc::new(schema()),
                 Some(properties()?),
             )?);
-            self.written.push(path);
         }
         self.columns.push(row);
         self.rows_in_part += 1;
@@ -245,7 +283,7 @@ impl MonthWriter<'_> {
             self.flush()?;
         }
         if self.rows_in_part == ROWS_PER_FILE {
-            self.close_part()?;
+            self.close_part(staged)?;
         }
         Ok(())
     }
@@ -260,14 +298,79 @@ impl MonthWriter<'_> {
         Ok(())
     }
 
-    fn close_part(&mut self) -> Result<()> {
+    fn close_part(&mut self, staged: &mut StagedOutputs) -> Result<()> {
         self.flush()?;
         if let Some(w) = self.writer.take() {
             let file = w.into_inner()?;
-            self.staged.close(file)?;
+            staged.close(file)?;
+            let path = self
+                .folder
+                .join(format!("{}{:05}.parquet", self.prefix, self.part - 1));
+            self.written.push((path, self.rows_in_part));
         }
         self.rows_in_part = 0;
         Ok(())
+    }
+}
+
+/// The dataset's files of whole months whose rows come one month after another, each in input
+/// order: what one task of an engine writes (`pipeline::distributed::DatasetTask`). The files
+/// are the ones [`stage_dataset`] writes for the same rows, byte for byte.
+pub struct DatasetWriter {
+    dir: PathBuf,
+    prefix: String,
+    staged: StagedOutputs,
+    month: Option<(Month, MonthWriter)>,
+    written: Vec<(PathBuf, u64)>,
+}
+
+impl DatasetWriter {
+    /// Stages files in `dir` under names ending in `suffix`, which [`DatasetWriter::finish`]
+    /// hands over for the run to rename.
+    pub fn new(dir: &Path, prefix: &str, suffix: &str) -> DatasetWriter {
+        DatasetWriter {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_owned(),
+            staged: StagedOutputs::new(suffix),
+            month: None,
+            written: Vec::new(),
+        }
+    }
+
+    /// Writes a row of `month`: a month's rows must come together.
+    pub fn push(&mut self, month: Month, row: &DatasetRow<'_>) -> Result<()> {
+        if self.month.as_ref().is_none_or(|(m, _)| *m != month) {
+            self.end_month()?;
+            self.month = Some((month, MonthWriter::new(&self.dir, month, &self.prefix)?));
+        }
+        if let Some((_, w)) = &mut self.month {
+            w.push(&mut self.staged, row)?;
+        }
+        Ok(())
+    }
+
+    fn end_month(&mut self) -> Result<()> {
+        if let Some((_, mut w)) = self.month.take() {
+            w.close_part(&mut self.staged)?;
+            self.written.append(&mut w.written);
+        }
+        Ok(())
+    }
+
+    /// The staged files, each (staged path, final path, rows), synced and left for the run to
+    /// rename.
+    pub fn finish(mut self) -> Result<Vec<(PathBuf, PathBuf, u64)>> {
+        self.end_month()?;
+        // The staged files are those written, in the same order.
+        let DatasetWriter {
+            staged, written, ..
+        } = self;
+        Ok(staged
+            .release()
+            .into_iter()
+            .zip(written)
+            .map(|((temp, fin), (_, rows))| (temp, fin, rows))
+            .collect())
     }
 }
 
@@ -309,32 +412,19 @@ pub fn stage_dataset(
         .par_iter()
         .map(|(month, spooled)| {
             let mut own = StagedOutputs::new(suffix.clone());
-            let folder = dir.join(month_folder(*month));
-            std::fs::create_dir_all(&folder)
-                .with_context(|| format!("cannot create {}", folder.display()))?;
-            let mut w = MonthWriter {
-                staged: &mut own,
-                folder,
-                prefix,
-                part: 0,
-                writer: None,
-                rows_in_part: 0,
-                columns: Columns::new(),
-                written: Vec::new(),
-                rows: 0,
-            };
+            let mut w = MonthWriter::new(dir, *month, prefix)?;
             let mut failed = None;
             each_row(rows, spooled, |row| {
-                w.push(row).map_err(|e| {
+                w.push(&mut own, row).map_err(|e| {
                     failed = Some(e);
                     io::Error::other("events dataset")
                 })
             })
             .map_err(|e| failed.take().unwrap_or_else(|| e.into()))
             .context("cannot write the events dataset")?;
-            w.close_part()?;
-            let (written, n) = (std::mem::take(&mut w.written), w.rows);
-            Ok((own, written, n))
+            w.close_part(&mut own)?;
+            let written = w.written.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+            Ok((own, written, w.rows))
         })
         .collect::<Result<_>>()?;
     let mut report = DatasetReport {

@@ -145,6 +145,23 @@ impl StagedOutputs {
         self.mirrors.append(&mut other.mirrors);
     }
 
+    /// Hands over the staged files, each (staged path, final path), to be renamed by another
+    /// process's [`StagedOutputs::adopt`]: an engine's task stages, its driver commits.
+    pub fn release(mut self) -> Vec<(PathBuf, PathBuf)> {
+        let staged = std::mem::take(&mut self.staged);
+        for (temp, _) in &staged {
+            keep_on_signal(temp);
+        }
+        staged
+    }
+
+    /// Takes a file another process staged and synced ([`StagedOutputs::release`]), to be
+    /// renamed to `final_path` after those staged so far.
+    pub fn adopt(&mut self, temp: PathBuf, final_path: PathBuf) {
+        remove_on_signal(&temp);
+        self.staged.push((temp, final_path));
+    }
+
     /// The suffix of the staged files' names.
     pub fn suffix(&self) -> &str {
         &self.suffix

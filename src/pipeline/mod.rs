@@ -39,7 +39,7 @@ use crate::read::{
 };
 use crate::records::{EventRecord, LineCounts, PathMap, ReportedUser};
 use crate::spill::SpillDir;
-use crate::tally::{DatasetRows, IdKeys, Phases, Resolution, Tally};
+use crate::tally::{Dataset, DatasetRows, IdKeys, Phases, Resolution, Tally};
 use anyhow::{Context, Result};
 use scheduler::{Piece, Schedule, Start};
 use std::io::{Read, Write};
@@ -195,7 +195,7 @@ pub fn run(
     phases.lap("aggregate");
     let dataset = match rows {
         None => None,
-        Some(spool) => Some(DatasetRows {
+        Some(spool) => Some(Dataset::Rows(DatasetRows {
             months: spool
                 .finish()
                 .context("cannot keep the events dataset's rows")?,
@@ -206,7 +206,7 @@ pub fn run(
             files: reports.iter().map(|r| r.path.clone()).collect(),
             since: cfg.since,
             until: cfg.until,
-        }),
+        })),
     };
 
     let redis = cfg
