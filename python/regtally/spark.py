@@ -2,7 +2,7 @@
 
     python -m regtally.spark run INPUT... -o OUT [--known-repositories FILE] [--as-of DATE]
         [--since DATE] [--until DATE] [--precision P] [--max-bad-ratio F] [--keep-going]
-        [--max-line-bytes N] [--memory-limit SIZE] [--master URL]
+        [--max-line-bytes N] [--memory-limit SIZE] [--events DIR] [--master URL]
 
 The plan, each step a Spark stage whose work is the library's (`regtally::pipeline::distributed`):
 
@@ -17,8 +17,13 @@ The plan, each step a Spark stage whose work is the library's (`regtally::pipeli
    repository ledger in (time, id) order and folds its events into per-period users.
 5. The cell shuffle: each bucket's task sorts its rows by (metric, period) and builds both
    sketches of each cell.
-6. The driver gathers only each input's accounting, the rejects, each bucket's counts and
-   repositories, and the cells, and writes the outputs `regtally run` writes.
+6. With `--events`: the dataset's rows (each first delivery's, with whether a repository push
+   created its repository, which only the ledger's replay knows) are shuffled by month and
+   sorted by (input, position) by Spark; a task per month writes its files, as `regtally run`
+   does, staged in the `--events` folder (which every executor must see at the driver's path).
+7. The driver gathers only each input's accounting, the rejects, each bucket's counts and
+   repositories, the cells and the names of the dataset's staged files, and writes the outputs
+   `regtally run` writes, renaming the dataset's files with them.
 
 Spark shuffles whole Arrow batches (a row of `BLOBS` each, a bucket of rows in it), not a row
 per event: a row through Spark costs more than reading the event did. A bucket is a shuffle
@@ -53,6 +58,7 @@ FLAGS = {
     "--max-line-bytes": True,
     "--memory-limit": True,
     "--keep-going": False,
+    "--events": True,
 }
 
 
@@ -84,13 +90,19 @@ BLOBS = "bucket int, payload binary"
 # on, so the driver finds them all in the last stage's output.
 ACCOUNTING = -1
 COUNTS = -2
+# A partition's rows of the events dataset, on their way to the tasks that write them.
+EVENTS = -3
 
 
 def _blobs(pairs, labels: List[int], apart: int = ACCOUNTING) -> pa.RecordBatch:
     """(bucket, IPC stream) pairs of a task as BLOBS rows: a bucket as the label of its
-    partition, the rows for the driver (bucket -1 from the library) as `apart`."""
+    partition, the rows for the driver (bucket -1 from the library) as `apart`, and the
+    events dataset's rows (-3) as EVENTS."""
+    def label(b: int) -> int:
+        return labels[b] if b >= 0 else apart if b == ACCOUNTING else b
+
     return pa.RecordBatch.from_arrays(
-        [pa.array([labels[b] if b >= 0 else apart for b, _ in pairs], pa.int32()),
+        [pa.array([label(b) for b, _ in pairs], pa.int32()),
          pa.array([d for _, d in pairs], pa.binary())],
         names=["bucket", "payload"])
 
@@ -205,6 +217,30 @@ def _cell_task(config: str):
     return build
 
 
+def _dataset_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The events dataset's rows out of their BLOBS rows, so that Spark sorts them (spilling
+    as it needs to)."""
+    for batch in batches:
+        for payload in batch.column("payload").to_pylist():
+            yield from _batches(payload)
+
+
+def _dataset_task(config: str, names: List[str], events_dir: str, suffix: str):
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import uuid
+
+        from regtally import _native as native
+
+        # A name of its own for each attempt: a retried task never writes over another's
+        # files, and the driver renames only those of the attempts that succeeded.
+        task = native.DatasetWriter(config, names, events_dir, f"-{uuid.uuid4().hex}{suffix}")
+        for batch in batches:
+            task.add(_ipc(batch))
+        yield from _batches(task.finish())
+
+    return write
+
+
 def _collect(df) -> List[pa.RecordBatch]:
     """The rows of a small result, as Arrow batches (both 3.5 and 4 have this)."""
     return df._collect_as_arrow()
@@ -235,7 +271,8 @@ def run_job(spark, job, known_repositories: Optional[str]) -> bool:
     parts = firsts.repartition(buckets, "bucket").mapInArrow(
         _partition_task(config, buckets, labels), BLOBS
     )
-    # The cells go on, the accounting, rejects, repositories and counts to the driver.
+    # The cells go on, the accounting, rejects, repositories and counts to the driver, and the
+    # events dataset's rows to the tasks that write them.
     parts = parts.persist(StorageLevel.MEMORY_AND_DISK)
     cells = (
         parts.filter(F.col("bucket") >= 0)
@@ -243,8 +280,24 @@ def run_job(spark, job, known_repositories: Optional[str]) -> bool:
         .mapInArrow(_cell_task(config), _spark_schema("sketch"))
     )
 
+    events_dir = job.events_dir()
+    if events_dir is not None:
+        # Each month's rows in one task, in input order: the files `regtally run` writes.
+        files = (
+            parts.filter(F.col("bucket") == EVENTS)
+            .mapInArrow(_dataset_rows, _spark_schema("dataset_rows"))
+            .repartition(buckets, "month")
+            .sortWithinPartitions("month", "input", "pos")
+            .mapInArrow(
+                _dataset_task(config, job.input_names(), events_dir, job.staged_suffix()),
+                _spark_schema("dataset_files"),
+            )
+        )
+        for batch in _collect(files):
+            job.add_dataset_files(_ipc(batch))
+
     accounting = []
-    for blob in _collect(parts.filter(F.col("bucket") < 0)):
+    for blob in _collect(parts.filter(F.col("bucket").isin(ACCOUNTING, COUNTS))):
         for bucket, payload in zip(blob.column("bucket").to_pylist(), blob.column("payload").to_pylist()):
             if bucket == ACCOUNTING:
                 accounting.extend(_batches(payload))

@@ -16,8 +16,9 @@ use regtally::cli::{today, Cli, Command};
 use regtally::cmd::flags::UsageError as FlagError;
 use regtally::cmd::run::PlannedRun;
 use regtally::pipeline::distributed::{
-    known_repositories as read_known, split_cells, Buckets, CellTask, FirstsTask, Gathered,
-    InputTask, ManifestEntry, PartitionTask, TaskConfig, CELL_SCHEMA, READ_SCHEMA, SKETCH_SCHEMA,
+    known_repositories as read_known, split_cells, Buckets, CellTask, DatasetTask, FirstsTask,
+    Gathered, InputTask, ManifestEntry, PartitionTask, TaskConfig, CELL_SCHEMA,
+    DATASET_FILES_SCHEMA, DATASET_ROWS_SCHEMA, READ_SCHEMA, SKETCH_SCHEMA,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -63,13 +64,16 @@ fn config_of(json: &str) -> PyResult<TaskConfig> {
     serde_json::from_str(json).map_err(|e| PyValueError::new_err(format!("task config: {e}")))
 }
 
-/// An empty IPC stream of one of the schemas: `read`, `cell` or `sketch`.
+/// An empty IPC stream of one of the schemas: `read`, `cell`, `sketch`, `dataset_rows` or
+/// `dataset_files`.
 #[pyfunction]
 fn schema<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
     let schema = match name {
         "read" => READ_SCHEMA.clone(),
         "cell" => CELL_SCHEMA.clone(),
         "sketch" => SKETCH_SCHEMA.clone(),
+        "dataset_rows" => DATASET_ROWS_SCHEMA.clone(),
+        "dataset_files" => DATASET_FILES_SCHEMA.clone(),
         _ => return Err(PyValueError::new_err(format!("no schema is called {name}"))),
     };
     let bytes = to_ipc(&schema, &[]).map_err(runtime)?;
@@ -131,6 +135,28 @@ impl Job {
             .collect()
     }
 
+    /// The inputs' names in input order, as the events dataset's `file` column gives them.
+    fn input_names(&self) -> PyResult<Vec<String>> {
+        let planned = self.planned()?;
+        Ok(planned
+            .config()
+            .inputs
+            .iter()
+            .map(|i| i.name().to_owned())
+            .collect())
+    }
+
+    /// `--events` as an absolute path, or `None`.
+    fn events_dir(&self) -> PyResult<Option<String>> {
+        let dir = self.planned()?.events_dir().map_err(runtime)?;
+        Ok(dir.map(|d| d.to_string_lossy().into_owned()))
+    }
+
+    /// What the names of the run's staged files end in.
+    fn staged_suffix(&self) -> PyResult<String> {
+        Ok(self.planned()?.staged_suffix())
+    }
+
     /// What every task is told, as JSON.
     fn task_config(&self) -> PyResult<String> {
         let planned = self.planned()?;
@@ -155,6 +181,14 @@ impl Job {
     }
 
     /// Built cells.
+    /// Takes what a dataset task staged (an IPC stream of `dataset_files` rows).
+    fn add_dataset_files(&mut self, ipc: &[u8]) -> PyResult<()> {
+        for b in from_ipc(ipc)? {
+            self.gathered.add_dataset_files(&b).map_err(runtime)?;
+        }
+        Ok(())
+    }
+
     fn add_cells(&mut self, ipc: &[u8]) -> PyResult<()> {
         self.gathered.cells.extend(from_ipc(ipc)?);
         Ok(())
@@ -184,7 +218,8 @@ impl Job {
     }
 }
 
-/// (bucket, IPC stream) pairs: a shuffle's rows, -1 for rows without a bucket.
+/// (bucket, IPC stream) pairs: a shuffle's rows, -1 for rows without a bucket (and -3 for a
+/// partition's rows of the events dataset).
 type Blobs<'py> = Vec<(i64, Bound<'py, PyBytes>)>;
 
 /// Batches by bucket, as [`Blobs`].
@@ -325,26 +360,25 @@ impl PartitionFolder {
         Ok(())
     }
 
-    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| PyRuntimeError::new_err("the partition has finished"))?;
-        let batch = py.allow_threads(|| task.finish()).map_err(runtime)?;
-        batch_bytes(py, &batch)
-    }
-
-    /// As `finish`, split for the cells' shuffle: each cell's rows under the bucket of its
-    /// (metric, period) among `buckets`, the repositories and counts under -1.
+    /// The partition's rows, split for the cells' shuffle: each cell's rows under the bucket of
+    /// its (metric, period) among `buckets`, the repositories and counts under -1, and with
+    /// `--events` its rows of the dataset under -3.
     fn finish_blobs<'py>(&mut self, py: Python<'py>, buckets: u32) -> PyResult<Blobs<'py>> {
         let task = self
             .task
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("the partition has finished"))?;
-        let held = py
-            .allow_threads(|| split_cells(&task.finish()?, buckets))
+        let (held, dataset) = py
+            .allow_threads(|| -> anyhow::Result<_> {
+                let (cells, dataset) = task.finish()?;
+                Ok((split_cells(&cells, buckets)?, dataset))
+            })
             .map_err(runtime)?;
-        bucket_blobs(py, held)
+        let mut blobs = bucket_blobs(py, held)?;
+        if let Some(rows) = dataset {
+            blobs.push((-3, batch_bytes(py, &rows)?));
+        }
+        Ok(blobs)
     }
 }
 
@@ -401,6 +435,46 @@ impl CellBuilder {
     }
 }
 
+/// A dataset task: rows sorted by (month, input, pos), each month's all here, in; the files it
+/// staged out.
+#[pyclass(unsendable)]
+struct DatasetWriter {
+    task: Option<Box<DatasetTask>>,
+}
+
+#[pymethods]
+impl DatasetWriter {
+    /// `names`: the inputs' names in input order; `dir`: `--events` as every task sees it;
+    /// `suffix`: what this task's staged names end in, its own.
+    #[new]
+    fn new(config: &str, names: Vec<String>, dir: &str, suffix: &str) -> PyResult<DatasetWriter> {
+        let task = DatasetTask::new(&config_of(config)?, names, Path::new(dir), suffix);
+        Ok(DatasetWriter {
+            task: Some(Box::new(task)),
+        })
+    }
+
+    fn add(&mut self, py: Python<'_>, ipc: &[u8]) -> PyResult<()> {
+        let task = self
+            .task
+            .as_deref_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the dataset task has finished"))?;
+        let batches = from_ipc(ipc)?;
+        py.allow_threads(|| batches.iter().try_for_each(|b| task.add(b)))
+            .map_err(runtime)
+    }
+
+    /// The staged files: an IPC stream of `dataset_files` rows.
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the dataset task has finished"))?;
+        let batch = py.allow_threads(|| task.finish()).map_err(runtime)?;
+        batch_bytes(py, &batch)
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UsageError", m.py().get_type::<UsageError>())?;
@@ -412,5 +486,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FirstsFinder>()?;
     m.add_class::<PartitionFolder>()?;
     m.add_class::<CellBuilder>()?;
+    m.add_class::<DatasetWriter>()?;
     Ok(())
 }

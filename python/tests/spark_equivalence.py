@@ -9,7 +9,9 @@ gzip, envelopes, events out of --since/--until, a --known-repositories file), ru
 `regtally run` on it, then `python -m regtally.spark run` with the same flags on each
 deployment: Spark `local[2]` with 1, 3 and 7 shuffle partitions, and a standalone cluster (a
 master and two one-core workers started here on free ports, stopped after). Every output must
-be byte-identical but `summary.json`, whose counts must be equal; so must the exit status.
+be byte-identical but `summary.json`, whose counts must be equal; so must the exit status. Two
+cases of three also write the events dataset, whose files must be the same, byte for byte, with
+no staged file left, and a stale part removed.
 
 Needs the package installed in this Python (`pip install ./python`), PySpark, pandas and Java 17.
 """
@@ -30,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 USER_TYPES = ["personal_access_token", "build", "gitlab_or_ldap"]
 
@@ -155,11 +158,25 @@ SUMMARY_TIMES = {"elapsed_seconds", "phase_seconds", "write_seconds"}
 
 def summary_counts(path: Path) -> dict:
     s = json.loads(path.read_text())
+    if "events_dataset" in s:
+        s["events_dataset"].pop("dir")
     return {k: v for k, v in s.items() if k not in SUMMARY_TIMES}
 
 
-def compare(ref: Path, got: Path, label: str) -> list[str]:
+def dataset_files(folder: Path) -> dict:
+    """Every file under the events dataset's folder (staged leftovers included), by relative
+    path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def compare(ref: Path, got: Path, label: str, events: Optional[tuple] = None) -> list[str]:
     problems = []
+    if events is not None:
+        a, b = dataset_files(events[0]), dataset_files(events[1])
+        if sorted(a) != sorted(b):
+            problems.append(f"{label}: the events dataset's files differ: {sorted(a)} != {sorted(b)}")
+        else:
+            problems += [f"{label}: events dataset {name} differs" for name in a if a[name] != b[name]]
     for name in ["aggregates.parquet", "service_ping.json", "repositories.txt", "rejects.jsonl"]:
         a, b = ref / name, got / name
         if a.exists() != b.exists():
@@ -174,6 +191,23 @@ def compare(ref: Path, got: Path, label: str) -> list[str]:
     return problems
 
 
+def refusals(work: Path) -> list[str]:
+    """What the driver does not offer is refused with exit status 2, before Spark starts."""
+    problems = []
+    (work / "in.jsonl").write_text("")
+    for flags, says in [
+        (["--state", str(work / "state")], "--state"),
+        (["--events", "s3://bucket/events"], "--events in object storage"),
+        (["--redis", str(work / "redis")], "--redis"),
+    ]:
+        got = subprocess.run(
+            [sys.executable, "-m", "regtally.spark", "run", str(work / "in.jsonl"), "-o",
+             str(work / "out"), *flags], capture_output=True, text=True)
+        if got.returncode != 2 or says not in got.stderr:
+            problems.append(f"{flags}: exit {got.returncode}, {got.stderr[-500:]!r}")
+    return problems
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True)
@@ -183,6 +217,8 @@ def main() -> int:
     args = p.parse_args()
     deployments = args.deployments.split(",")
     problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="regtally-spark-") as work:
+        problems += refusals(Path(work))
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(standalone()) if "standalone" in deployments else None
         for case in range(args.cases):
@@ -197,8 +233,11 @@ def main() -> int:
                      "--max-bad-ratio", "1"]
             if case % 2 == 1:
                 flags += ["--since", "2023-01-10", "--until", "2023-02-20", "--precision", "10"]
+            # The events dataset in two cases of three, one of them with --since/--until.
+            with_events = case % 3 != 2
             ref = work / "ref"
-            want = subprocess.run([args.bin, "run", str(logs), "-o", str(ref), "--quiet", *flags],
+            events = ["--events", str(work / "events-ref")] if with_events else []
+            want = subprocess.run([args.bin, "run", str(logs), "-o", str(ref), "--quiet", *flags, *events],
                                   capture_output=True, text=True)
             for d in deployments:
                 if d == "standalone":
@@ -206,13 +245,19 @@ def main() -> int:
                 else:
                     master, partitions = "local[2]", int(d.removeprefix("local"))
                 out = work / f"out-{d}"
-                got = run_spark([str(logs), "-o", str(out), *flags], master, partitions)
+                events = ["--events", str(work / f"events-{d}")] if with_events else []
+                # A stale part in the dataset's folder, which the run must remove.
+                if with_events:
+                    (work / f"events-{d}" / "month=2020-01").mkdir(parents=True)
+                    (work / f"events-{d}" / "month=2020-01" / "part-00000.parquet").write_bytes(b"old")
+                got = run_spark([str(logs), "-o", str(out), *flags, *events], master, partitions)
                 label = f"case {case} ({d})"
                 print(f"{label}: exit {got.returncode} (regtally run: {want.returncode})", flush=True)
                 if got.returncode != want.returncode:
                     problems.append(f"{label}: exit {got.returncode}, regtally run {want.returncode}\n{got.stderr[-3000:]}")
                     continue
-                problems += compare(ref, out, label)
+                dirs = (work / "events-ref", work / f"events-{d}") if with_events else None
+                problems += compare(ref, out, label, dirs)
     for problem in problems:
         print("FAIL", problem)
     return 1 if problems else 0

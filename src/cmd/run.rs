@@ -416,7 +416,10 @@ impl PlannedRun {
         for (given, flag) in [
             (args.state.is_some(), "--state"),
             (args.redis.is_some(), "--redis"),
-            (args.events.is_some(), "--events"),
+            (
+                args.events.as_deref().and_then(url_of).is_some(),
+                "--events in object storage",
+            ),
             (
                 args.inputs.iter().any(|p| p.as_os_str() == "-"),
                 "- (standard input)",

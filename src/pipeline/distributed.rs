@@ -21,8 +21,13 @@
 //!    repositories, and its counts.
 //! 5. [`CellTask`], over a cell bucket's rows sorted by (metric, period): both sketches of each
 //!    cell, built from its users' codes as `Aggregate::into_table` builds them.
-//! 6. [`Gathered::into_tally`], on the driver: the inputs' accounting, the rejects, the counts,
-//!    the repositories and the cells make the [`Tally`] every output is written from.
+//! 6. With `--events`, [`DatasetTask`], over a group of months' rows of the dataset
+//!    ([`DATASET_ROWS_SCHEMA`], which the partition tasks yield once the replay said which
+//!    pushes created their repository) sorted by (month, input, position): each month's files,
+//!    as `regtally run` writes them, staged for the driver to rename.
+//! 7. [`Gathered::into_tally`], on the driver: the inputs' accounting, the rejects, the counts,
+//!    the repositories, the cells and the dataset's staged files make the [`Tally`] every
+//!    output is written from.
 
 use crate::aggregate::period::{Period, PeriodKind};
 use crate::aggregate::sketch::{sparse_code, UserSketch, WarehouseSketch};
@@ -30,15 +35,17 @@ use crate::aggregate::users::UserCoupons;
 use crate::aggregate::{Aggregate, EventCounts, Fold, MetricTable, TableCell};
 use crate::classify::{ActorKind, EventKind, TrackedEvent, TOTAL_METRIC};
 use crate::config::RunConfig;
-use crate::keys::{identity_coupon, repository_key};
+use crate::keys::{event_key, identity_coupon, repository_key};
 use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::{PriorLedger, ReplayedLedger, RepositoryLedger};
+use crate::output::events::{DatasetRow, DatasetWriter};
 use crate::output::rejects::write_reject;
 use crate::parse::chunk::{new_run_id, parse_chunk_into, ParseRules};
 use crate::read::{open_input, Chunk, Chunker, InputPath, InputReport};
+use crate::records::row::{month_of, EncodedRow, Month};
 use crate::records::{Action, EventRecord, FileReject, LedgerId, LineCounts, PathMap, Reject};
 use crate::spill::{MemoryBudget, SpillDir};
-use crate::tally::{Phases, Tally};
+use crate::tally::{Dataset, IdKeys, Phases, Tally};
 use crate::timestamp::{DateCache, TimeWindow, Timestamp};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::builder::{
@@ -50,6 +57,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::NaiveDate;
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 /// What every task of a run is told: the run's flags that reading, folding and building cells
@@ -65,6 +73,9 @@ pub struct TaskConfig {
     pub today: NaiveDate,
     /// `--memory-limit`, for each partition's ledger.
     pub memory_limit: u64,
+    /// `--events`: the read tasks carry each event's row of the dataset.
+    #[serde(default)]
+    pub rows: bool,
 }
 
 impl TaskConfig {
@@ -78,6 +89,7 @@ impl TaskConfig {
             chunk_bytes: cfg.chunk_bytes,
             today,
             memory_limit,
+            rows: cfg.rules.rows,
         }
     }
 
@@ -93,7 +105,7 @@ impl TaskConfig {
                 times: TimeWindow::until_day_after(self.today),
                 // A task reports each user it meets once, whatever the worker ran before.
                 run: new_run_id(),
-                rows: false,
+                rows: self.rows,
                 gitlab_users: false,
                 identities: true,
             },
@@ -153,6 +165,9 @@ pub static READ_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         field("path", DataType::Utf8, true),
         field("ledger_id", DataType::Utf8, true),
         field("text", DataType::Utf8, true),
+        // With `--events`: the event's row of the dataset ([`EncodedRow`]), its line counted
+        // from the start of the input.
+        field("row", DataType::Binary, true),
     ]))
 });
 
@@ -263,6 +278,7 @@ struct ReadRows {
     path: StringBuilder,
     ledger_id: StringBuilder,
     text: StringBuilder,
+    row: BinaryBuilder,
 }
 
 impl ReadRows {
@@ -283,6 +299,7 @@ impl ReadRows {
             path: StringBuilder::new(),
             ledger_id: StringBuilder::new(),
             text: StringBuilder::new(),
+            row: BinaryBuilder::new(),
         }
     }
 
@@ -311,6 +328,7 @@ impl ReadRows {
             self.text.append_option(text);
         }
         self.ledger_id.append_null();
+        self.row.append_null();
     }
 
     fn event(
@@ -320,6 +338,7 @@ impl ReadRows {
         r: &EventRecord,
         identity: Option<&str>,
         path: Option<&str>,
+        row: Option<&[u8]>,
     ) {
         self.rec.append_value(rec::EVENT);
         self.input.append_value(input);
@@ -337,6 +356,7 @@ impl ReadRows {
         self.ledger_id
             .append_option(r.ledger_id.as_ref().map(LedgerId::as_str));
         self.text.append_null();
+        self.row.append_option(row);
     }
 
     fn finish(&mut self) -> Result<RecordBatch> {
@@ -356,6 +376,7 @@ impl ReadRows {
             Arc::new(self.path.finish()),
             Arc::new(self.ledger_id.finish()),
             Arc::new(self.text.finish()),
+            Arc::new(self.row.finish()),
         ];
         Ok(RecordBatch::try_new(READ_SCHEMA.clone(), columns)?)
     }
@@ -462,7 +483,8 @@ impl InputTask {
     fn chunk_rows(&mut self, chunk: &Chunk, rows: &mut ReadRows) -> Result<()> {
         let mut out = parse_chunk_into(chunk, &self.cfg.rules, Vec::new());
         self.counts.merge(&out.counts);
-        out.offset_lines(self.lines_before);
+        let lines_before = self.lines_before;
+        out.offset_lines(lines_before);
         self.lines_before += out.counts.lines;
         for reject in &out.rejects {
             let mut line = Vec::new();
@@ -472,13 +494,26 @@ impl InputTask {
             self.rejects += 1;
         }
         self.identities.extend(std::mem::take(&mut out.identities));
+        // A row per valid event, in the events' order (empty without `--events`).
+        let mut encoded = &out.rows[..];
+        let mut row = Vec::new();
         for r in &out.events {
             let identity = r.user.and_then(|u| self.identities.get(&u)).map(|s| &**s);
             let path = r
                 .touches_ledger()
                 .then(|| out.ledger_paths.get(&r.repository))
                 .flatten();
-            rows.event(self.index, self.events, r, identity, path);
+            let row = if self.cfg.rules.rows {
+                let (mut decoded, rest) = EncodedRow::decode(encoded)?;
+                encoded = rest;
+                decoded.line += lines_before;
+                row.clear();
+                decoded.encode(&mut row);
+                Some(&row[..])
+            } else {
+                None
+            };
+            rows.event(self.index, self.events, r, identity, path, row);
             self.events += 1;
         }
         Ok(())
@@ -711,6 +746,8 @@ pub struct PartitionTask {
     records: Vec<EventRecord>,
     paths: PathMap,
     identities: HashMap<u64, Box<str>>,
+    /// With `--events`: the first deliveries' `input`, `pos`, `id` and `row` columns.
+    rows: Vec<RecordBatch>,
 }
 
 impl PartitionTask {
@@ -725,6 +762,7 @@ impl PartitionTask {
             records: Vec::new(),
             paths: PathMap::default(),
             identities: HashMap::new(),
+            rows: Vec::new(),
         })
     }
 
@@ -742,6 +780,12 @@ impl PartitionTask {
         let repository = column::<arrow_array::BinaryArray>(batch, "repository")?;
         let path = column::<arrow_array::StringArray>(batch, "path")?;
         let ledger_id = column::<arrow_array::StringArray>(batch, "ledger_id")?;
+        if self.cfg.rules.rows {
+            let schema = batch.schema();
+            let at = |name: &str| schema.index_of(name);
+            self.rows
+                .push(batch.project(&[at("input")?, at("pos")?, at("id")?, at("row")?])?);
+        }
         for i in 0..batch.num_rows() {
             match recs.value(i) {
                 rec::EVENT => {}
@@ -783,8 +827,9 @@ impl PartitionTask {
     }
 
     /// Replays the ledger and folds every first delivery: the partition's cells (each day's
-    /// events and users, put in every period they count in), repositories and counts.
-    pub fn finish(self) -> Result<RecordBatch> {
+    /// events and users, put in every period they count in), repositories and counts; and with
+    /// `--events`, its rows of the dataset ([`DATASET_ROWS_SCHEMA`]).
+    pub fn finish(self) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let PartitionTask {
             cfg,
             spill,
@@ -792,7 +837,9 @@ impl PartitionTask {
             records,
             paths,
             identities,
+            rows: dataset,
         } = self;
+        let want_creates = cfg.rules.rows;
         let coupons = Arc::new(UserCoupons::default());
         // Lists, never sketches: the cells are built from every partition's users together.
         let new_fold = || Fold {
@@ -819,16 +866,24 @@ impl PartitionTask {
         drop(records);
         let replayed = ledger
             .replay(
-                new_fold,
-                |sink: &mut Fold, push: ResolvedPush, _id: &[u8]| {
+                || (new_fold(), IdKeys::default()),
+                |(sink, creates): &mut (Fold, IdKeys), push: ResolvedPush, id: &[u8]| {
                     if push.counted {
                         sink.resolved_push(push);
+                    }
+                    // As `regtally run` learns which pushes created their repository.
+                    if want_creates
+                        && push.event.by(ActorKind::User) == TrackedEvent::CreateRepository
+                    {
+                        creates.insert(event_key(id));
                     }
                 },
             )
             .context("cannot replay the repository ledger")?;
-        for sink in replayed.sinks {
+        let mut creates = IdKeys::default();
+        for (sink, created) in replayed.sinks {
             fold = fold.merge(sink);
+            creates.extend(created);
         }
         let mut rows = CellRows::default();
         for (event, day, events, users) in fold.aggregate.into_day_lists() {
@@ -862,7 +917,148 @@ impl PartitionTask {
             late_events: replayed.late_events,
         };
         rows.other(part::COUNTS, &serde_json::to_string(&counts)?);
-        rows.finish()
+        let dataset = match want_creates {
+            true => Some(dataset_rows(&dataset, &creates)?),
+            false => None,
+        };
+        Ok((rows.finish()?, dataset))
+    }
+}
+
+/// Rows of the events dataset on their way to the task that writes their month: `month` is
+/// `year * 100 + month`; sorted by (month, input, pos), a month's rows are in input order.
+pub static DATASET_ROWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        field("month", DataType::Int32, false),
+        field("input", DataType::Int32, false),
+        field("pos", DataType::Int64, false),
+        // Whether a repository push created its repository (the ledger's replay says).
+        field("created", DataType::Boolean, false),
+        field("row", DataType::Binary, false),
+    ]))
+});
+
+fn month_code(month: Month) -> i32 {
+    month.0 * 100 + month.1 as i32
+}
+
+/// A partition's rows of the dataset: each first delivery's row with what the replay said of
+/// it.
+fn dataset_rows(batches: &[RecordBatch], creates: &IdKeys) -> Result<RecordBatch> {
+    let (mut month, mut input, mut pos) = (
+        Int32Builder::new(),
+        Int32Builder::new(),
+        Int64Builder::new(),
+    );
+    let (mut created, mut row) = (BooleanBuilder::new(), BinaryBuilder::new());
+    for batch in batches {
+        let inputs = column::<arrow_array::Int32Array>(batch, "input")?;
+        let positions = column::<arrow_array::Int64Array>(batch, "pos")?;
+        let rows = column::<arrow_array::BinaryArray>(batch, "row")?;
+        for i in 0..batch.num_rows() {
+            // Known repositories have none.
+            if rows.is_null(i) {
+                continue;
+            }
+            let (decoded, _) = EncodedRow::decode(rows.value(i))?;
+            month.append_value(month_code(month_of(decoded.time)));
+            input.append_value(inputs.value(i));
+            pos.append_value(positions.value(i));
+            created.append_value(decoded.is_repository_push() && creates.contains(&decoded.id_key));
+            row.append_value(rows.value(i));
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(month.finish()),
+        Arc::new(input.finish()),
+        Arc::new(pos.finish()),
+        Arc::new(created.finish()),
+        Arc::new(row.finish()),
+    ];
+    Ok(RecordBatch::try_new(DATASET_ROWS_SCHEMA.clone(), columns)?)
+}
+
+/// One dataset task, over rows of [`DATASET_ROWS_SCHEMA`] sorted by (month, input, pos) with
+/// each month's rows all in this task: the month's files, as `regtally run` writes them,
+/// staged in the `--events` folder for the driver to rename.
+pub struct DatasetTask {
+    since: Option<NaiveDate>,
+    until: Option<NaiveDate>,
+    /// The inputs' names, by position.
+    files: Vec<String>,
+    writer: DatasetWriter,
+    /// The last row's (month, input, pos).
+    last: Option<(i32, i32, i64)>,
+}
+
+/// What a dataset task staged: a row per file.
+pub static DATASET_FILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        field("staged", DataType::Utf8, false),
+        field("path", DataType::Utf8, false),
+        field("rows", DataType::Int64, false),
+    ]))
+});
+
+impl DatasetTask {
+    /// Writes in `dir` (as every task and the driver see it), under staged names ending in
+    /// `suffix`, which must be this task's alone.
+    pub fn new(
+        config: &TaskConfig,
+        files: Vec<String>,
+        dir: &std::path::Path,
+        suffix: &str,
+    ) -> DatasetTask {
+        DatasetTask {
+            since: config.since,
+            until: config.until,
+            files,
+            writer: DatasetWriter::new(dir, "part-", suffix),
+            last: None,
+        }
+    }
+
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let month = column::<arrow_array::Int32Array>(batch, "month")?;
+        let input = column::<arrow_array::Int32Array>(batch, "input")?;
+        let pos = column::<arrow_array::Int64Array>(batch, "pos")?;
+        let created = column::<arrow_array::BooleanArray>(batch, "created")?;
+        let rows = column::<arrow_array::BinaryArray>(batch, "row")?;
+        for i in 0..batch.num_rows() {
+            let here = (month.value(i), input.value(i), pos.value(i));
+            if self.last.is_some_and(|last| last >= here) {
+                bail!("the dataset's rows came out of (month, input, position) order");
+            }
+            self.last = Some(here);
+            let (row, _) = EncodedRow::decode(rows.value(i))?;
+            let file = usize::try_from(here.1)
+                .ok()
+                .and_then(|i| self.files.get(i))
+                .ok_or_else(|| anyhow!("no input has position {}", here.1))?;
+            let line = row.line;
+            let month = month_of(row.time);
+            let row = DatasetRow::of(row, created.value(i), file, line, (self.since, self.until));
+            self.writer.push(month, &row)?;
+        }
+        Ok(())
+    }
+
+    /// The staged files ([`DATASET_FILES_SCHEMA`]), left for the driver to rename.
+    pub fn finish(self) -> Result<RecordBatch> {
+        let mut staged = StringBuilder::new();
+        let mut path = StringBuilder::new();
+        let mut rows = Int64Builder::new();
+        for (temp, fin, n) in self.writer.finish()? {
+            staged.append_value(temp.to_string_lossy());
+            path.append_value(fin.to_string_lossy());
+            rows.append_value(n as i64);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(staged.finish()),
+            Arc::new(path.finish()),
+            Arc::new(rows.finish()),
+        ];
+        Ok(RecordBatch::try_new(DATASET_FILES_SCHEMA.clone(), columns)?)
     }
 }
 
@@ -1058,6 +1254,8 @@ pub struct Gathered {
     pub repositories: Vec<String>,
     pub cells: Vec<RecordBatch>,
     pub phases: Vec<(&'static str, f64)>,
+    /// With `--events`: the files the dataset tasks staged, (staged path, final path, rows).
+    pub dataset: Option<Vec<(PathBuf, PathBuf, u64)>>,
 }
 
 impl Gathered {
@@ -1085,6 +1283,22 @@ impl Gathered {
                 part::COUNTS => self.partitions.push(serde_json::from_str(text.value(i))?),
                 other => bail!("the driver was handed a partition row of kind {other}"),
             }
+        }
+        Ok(())
+    }
+
+    /// Takes rows of [`DATASET_FILES_SCHEMA`].
+    pub fn add_dataset_files(&mut self, batch: &RecordBatch) -> Result<()> {
+        let staged = column::<arrow_array::StringArray>(batch, "staged")?;
+        let path = column::<arrow_array::StringArray>(batch, "path")?;
+        let rows = column::<arrow_array::Int64Array>(batch, "rows")?;
+        let files = self.dataset.get_or_insert_default();
+        for i in 0..batch.num_rows() {
+            files.push((
+                PathBuf::from(staged.value(i)),
+                PathBuf::from(path.value(i)),
+                u64::try_from(rows.value(i))?,
+            ));
         }
         Ok(())
     }
@@ -1144,7 +1358,15 @@ impl Gathered {
             late_events,
             event_ids: Vec::new(),
             spilled: Vec::new(),
-            dataset: None,
+            dataset: cfg.rules.rows.then(|| {
+                let mut files = self.dataset.unwrap_or_default();
+                // Renamed in path order, whichever task wrote them.
+                files.sort_by(|a, b| a.1.cmp(&b.1));
+                Dataset::Staged {
+                    rows: files.iter().map(|f| f.2).sum(),
+                    files: files.into_iter().map(|(t, f, _)| (t, f)).collect(),
+                }
+            }),
             redis: None,
             phase_seconds,
         })
@@ -1370,5 +1592,113 @@ mod tests {
             WarehouseSketch::of_users(14, &[]).to_bytes(),
             empty.hll_sketch.unwrap().to_bytes()
         );
+    }
+
+    /// Rows of [`DATASET_ROWS_SCHEMA`]: (month, input, pos, created, row).
+    fn dataset_batch(rows: &[(Timestamp, i32, i64, EventKind, bool)]) -> RecordBatch {
+        let (mut month, mut input, mut pos) = (
+            Int32Builder::new(),
+            Int32Builder::new(),
+            Int64Builder::new(),
+        );
+        let (mut created, mut row) = (BooleanBuilder::new(), BinaryBuilder::new());
+        for (i, &(time, inp, p, kind, c)) in rows.iter().enumerate() {
+            let id = format!("event-{i}");
+            let encoded = EncodedRow {
+                time,
+                id_key: event_key(&id),
+                line: p as u64 + 1,
+                index: None,
+                kind: kind.code(),
+                id: &id,
+                action: "push",
+                repository: "g/r",
+                tag: None,
+                digest: Some("sha256:1"),
+                media_type: None,
+                user: Some("alice"),
+                deploy_token: None,
+                actor_name: Some("alice"),
+                actor_type: None,
+            };
+            let mut bytes = Vec::new();
+            encoded.encode(&mut bytes);
+            month.append_value(month_code(month_of(time)));
+            input.append_value(inp);
+            pos.append_value(p);
+            created.append_value(c);
+            row.append_value(bytes);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(month.finish()),
+            Arc::new(input.finish()),
+            Arc::new(pos.finish()),
+            Arc::new(created.finish()),
+            Arc::new(row.finish()),
+        ];
+        RecordBatch::try_new(DATASET_ROWS_SCHEMA.clone(), columns).unwrap()
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp { secs, nanos: 0 }
+    }
+
+    #[test]
+    fn a_dataset_task_stages_each_months_files_for_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TaskConfig {
+            since: None,
+            until: None,
+            precision: 14,
+            max_line_bytes: 1 << 20,
+            chunk_bytes: 1 << 20,
+            today: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
+            memory_limit: 1 << 30,
+            rows: true,
+        };
+        let names = vec!["a.jsonl".to_owned(), "b.jsonl".to_owned()];
+        // 2023-01-25 and 2023-02-02.
+        let (jan, feb) = (at(1_674_658_000), at(1_675_330_000));
+        let mut task = DatasetTask::new(&config, names.clone(), dir.path(), ".tmp-run-x");
+        task.add(&dataset_batch(&[
+            (jan, 0, 0, EventKind::RepositoryPush, true),
+            (jan, 1, 3, EventKind::PushTag, false),
+        ]))
+        .unwrap();
+        task.add(&dataset_batch(&[(
+            feb,
+            0,
+            1,
+            EventKind::RepositoryPush,
+            false,
+        )]))
+        .unwrap();
+        let files = task.finish().unwrap();
+        let staged = column::<arrow_array::StringArray>(&files, "staged").unwrap();
+        let path = column::<arrow_array::StringArray>(&files, "path").unwrap();
+        let rows = column::<Int64Array>(&files, "rows").unwrap();
+        assert_eq!(files.num_rows(), 2);
+        for (i, (month, n)) in [("month=2023-01", 2), ("month=2023-02", 1)]
+            .iter()
+            .enumerate()
+        {
+            let fin = dir.path().join(month).join("part-00000.parquet");
+            assert_eq!(path.value(i), fin.to_string_lossy());
+            assert_eq!(rows.value(i), *n);
+            // Staged, synced and left in place; the final name is the driver's to give.
+            assert!(staged.value(i).ends_with(".tmp-run-x"));
+            assert!(std::path::Path::new(staged.value(i)).exists());
+            assert!(!fin.exists());
+        }
+
+        // Rows out of (month, input, pos) order are the plan's mistake, never written.
+        let mut task = DatasetTask::new(&config, names, dir.path(), ".tmp-run-y");
+        let err = task
+            .add(&dataset_batch(&[
+                (jan, 1, 0, EventKind::PushTag, false),
+                (jan, 0, 5, EventKind::PushTag, false),
+            ]))
+            .unwrap_err();
+        assert!(err.to_string().contains("out of"), "{err}");
     }
 }
