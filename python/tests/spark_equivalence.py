@@ -11,7 +11,9 @@ deployment: Spark `local[2]` with 1, 3 and 7 shuffle partitions, and a standalon
 master and two one-core workers started here on free ports, stopped after). Every output must
 be byte-identical but `summary.json`, whose counts must be equal; so must the exit status. Two
 cases of three also write the events dataset, whose files must be the same, byte for byte, with
-no staged file left, and a stale part removed.
+no staged file left, and a stale part removed. One more case reads its archive (a prefix) and
+known repositories from object storage, a moto S3 server started here, on `local[2]` and on the
+standalone cluster, whose executors get the credentials through `spark.executorEnv`.
 
 Needs the package installed in this Python (`pip install ./python`), PySpark, pandas and Java 17.
 """
@@ -145,9 +147,12 @@ def standalone(workers: int = 2):
         shutil.rmtree(logs, ignore_errors=True)
 
 
-def run_spark(args: list[str], master: str, partitions: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable,
-               PYSPARK_SUBMIT_ARGS=f"--conf spark.sql.shuffle.partitions={partitions} "
+def run_spark(args: list[str], master: str, partitions: int,
+              executor_env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """The driver on `master`; `executor_env` goes to the driver and to every executor."""
+    confs = "".join(f"--conf spark.executorEnv.{k}={v} " for k, v in (executor_env or {}).items())
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **(executor_env or {}),
+               PYSPARK_SUBMIT_ARGS=f"--conf spark.sql.shuffle.partitions={partitions} {confs}"
                                    "--conf spark.ui.enabled=false --driver-memory 1g pyspark-shell")
     return subprocess.run([sys.executable, "-m", "regtally.spark", "run", *args, "--master", master],
                           env=env, capture_output=True, text=True)
@@ -208,13 +213,106 @@ def refusals(work: Path) -> list[str]:
     return problems
 
 
+@contextlib.contextmanager
+def s3_server():
+    """A moto S3 server on a free local port, and the environment that points regtally (and
+    every executor, through `spark.executorEnv`) at it."""
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not listen")
+                time.sleep(0.1)
+        yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true",
+               "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+               "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def put(endpoint: str, key: str, body: bytes) -> None:
+    """An unsigned PUT, which moto takes: a bucket (`key` without a slash) or an object."""
+    # Not urllib's default form type, which moto's server tries to parse as a form.
+    request = urllib.request.Request(f"{endpoint}/{key}", data=body, method="PUT",
+                                     headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        r.read()
+
+
+def check_case(bin_: str, case: int, work: Path, deployments: list[str], cluster: Optional[str],
+               s3: Optional[dict] = None) -> list[str]:
+    """Writes case `case`'s archive and compares each deployment's outputs with `regtally
+    run`'s; with `s3`, the archive and the known repositories are read from object storage."""
+    problems = []
+    rng = random.Random(SEED * 1000 + case)
+    logs = work / "logs"
+    logs.mkdir()
+    archive(rng, logs)
+    known = work / "known.txt"
+    known.write_text("group0/project0\ngroup9/old\n\n")
+    inputs, known_at, env = [str(logs)], str(known), None
+    if s3 is not None:
+        endpoint = s3["AWS_ENDPOINT_URL"]
+        put(endpoint, "logs", b"")
+        put(endpoint, "logs/known.txt", known.read_bytes())
+        for f in sorted(logs.iterdir()):
+            put(endpoint, f"logs/archive/{f.name}", f.read_bytes())
+        # A prefix: the driver lists it as regtally run does.
+        inputs, known_at, env = ["s3://logs/archive/"], "s3://logs/known.txt", s3
+    flags = ["--as-of", "2023-03-01", "--known-repositories", known_at, "--max-bad-ratio", "1"]
+    if case % 2 == 1:
+        flags += ["--since", "2023-01-10", "--until", "2023-02-20", "--precision", "10"]
+    # The events dataset in two cases of three, one of them with --since/--until.
+    with_events = case % 3 != 2
+    ref = work / "ref"
+    events = ["--events", str(work / "events-ref")] if with_events else []
+    want = subprocess.run([bin_, "run", *inputs, "-o", str(ref), "--quiet", *flags, *events],
+                          capture_output=True, text=True, env=dict(os.environ, **(env or {})))
+    if want.returncode not in (0, 1):
+        return [f"case {case}: regtally run: exit {want.returncode}\n{want.stderr[-3000:]}"]
+    for d in deployments:
+        if d == "standalone":
+            master, partitions = cluster, 3
+        else:
+            master, partitions = "local[2]", int(d.removeprefix("local"))
+        out = work / f"out-{d}"
+        events = ["--events", str(work / f"events-{d}")] if with_events else []
+        # A stale part in the dataset's folder, which the run must remove.
+        if with_events:
+            (work / f"events-{d}" / "month=2020-01").mkdir(parents=True)
+            (work / f"events-{d}" / "month=2020-01" / "part-00000.parquet").write_bytes(b"old")
+        got = run_spark([*inputs, "-o", str(out), *flags, *events], master, partitions, env)
+        label = f"case {case}{' (s3)' if s3 else ''} ({d})"
+        print(f"{label}: exit {got.returncode} (regtally run: {want.returncode})", flush=True)
+        if got.returncode != want.returncode:
+            problems.append(f"{label}: exit {got.returncode}, regtally run {want.returncode}\n{got.stderr[-3000:]}")
+            continue
+        dirs = (work / "events-ref", work / f"events-{d}") if with_events else None
+        problems += compare(ref, out, label, dirs)
+    return problems
+
+
+SEED = int(os.environ.get("REGTALLY_SPARK_SEED", "26"))
+
+
 def main() -> int:
+    global SEED
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True)
     p.add_argument("--cases", type=int, default=int(os.environ.get("REGTALLY_SPARK_CASES", "3")))
-    p.add_argument("--seed", type=int, default=int(os.environ.get("REGTALLY_SPARK_SEED", "26")))
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--deployments", default="local1,local3,local7,standalone")
+    p.add_argument("--no-s3", action="store_true", help="skip the case read from object storage")
     args = p.parse_args()
+    SEED = args.seed
     deployments = args.deployments.split(",")
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="regtally-spark-") as work:
@@ -222,42 +320,15 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(standalone()) if "standalone" in deployments else None
         for case in range(args.cases):
-            rng = random.Random(args.seed * 1000 + case)
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regtally-spark-")))
-            logs = work / "logs"
-            logs.mkdir()
-            archive(rng, logs)
-            known = work / "known.txt"
-            known.write_text("group0/project0\ngroup9/old\n\n")
-            flags = ["--as-of", "2023-03-01", "--known-repositories", str(known),
-                     "--max-bad-ratio", "1"]
-            if case % 2 == 1:
-                flags += ["--since", "2023-01-10", "--until", "2023-02-20", "--precision", "10"]
-            # The events dataset in two cases of three, one of them with --since/--until.
-            with_events = case % 3 != 2
-            ref = work / "ref"
-            events = ["--events", str(work / "events-ref")] if with_events else []
-            want = subprocess.run([args.bin, "run", str(logs), "-o", str(ref), "--quiet", *flags, *events],
-                                  capture_output=True, text=True)
-            for d in deployments:
-                if d == "standalone":
-                    master, partitions = cluster, 3
-                else:
-                    master, partitions = "local[2]", int(d.removeprefix("local"))
-                out = work / f"out-{d}"
-                events = ["--events", str(work / f"events-{d}")] if with_events else []
-                # A stale part in the dataset's folder, which the run must remove.
-                if with_events:
-                    (work / f"events-{d}" / "month=2020-01").mkdir(parents=True)
-                    (work / f"events-{d}" / "month=2020-01" / "part-00000.parquet").write_bytes(b"old")
-                got = run_spark([str(logs), "-o", str(out), *flags, *events], master, partitions)
-                label = f"case {case} ({d})"
-                print(f"{label}: exit {got.returncode} (regtally run: {want.returncode})", flush=True)
-                if got.returncode != want.returncode:
-                    problems.append(f"{label}: exit {got.returncode}, regtally run {want.returncode}\n{got.stderr[-3000:]}")
-                    continue
-                dirs = (work / "events-ref", work / f"events-{d}") if with_events else None
-                problems += compare(ref, out, label, dirs)
+            problems += check_case(args.bin, case, work, deployments, cluster)
+        if not args.no_s3:
+            # One more case, its inputs and known repositories in moto's S3: on one local and the
+            # standalone deployment, whose executors get the credentials as a cluster's would.
+            s3 = stack.enter_context(s3_server())
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regtally-spark-")))
+            on = [d for d in deployments if d in ("local3", "standalone")] or deployments[:1]
+            problems += check_case(args.bin, args.cases, work, on, cluster, s3)
     for problem in problems:
         print("FAIL", problem)
     return 1 if problems else 0
