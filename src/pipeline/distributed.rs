@@ -35,7 +35,7 @@ use crate::aggregate::users::UserCoupons;
 use crate::aggregate::{Aggregate, EventCounts, Fold, MetricTable, TableCell};
 use crate::classify::{ActorKind, EventKind, TrackedEvent, TOTAL_METRIC};
 use crate::config::RunConfig;
-use crate::keys::{event_key, identity_coupon, repository_key};
+use crate::keys::{event_key, identity_coupon, repository_key, KeyHasher};
 use crate::ledger::replay::{LedgerBuffer, ResolvedPush};
 use crate::ledger::{PriorLedger, ReplayedLedger, RepositoryLedger};
 use crate::output::events::{DatasetRow, DatasetWriter};
@@ -55,6 +55,7 @@ use arrow_array::builder::{
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::NaiveDate;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -680,13 +681,22 @@ pub fn split_cells(batch: &RecordBatch, buckets: u32) -> Result<Vec<(Option<u32>
 
 /// One first-delivery task, over the events of some id buckets: keeps, per id, the delivery
 /// with the smallest (input, position), SPEC §3's first in input order, whatever order the
-/// engine delivered them in.
+/// engine delivered them in. It holds only the rows that are first deliveries so far: a row
+/// that loses is dropped as it comes, one that is beaten later is dropped when enough are, so
+/// that a bucket's memory is its distinct ids' rows however often each was delivered.
 #[derive(Default)]
 pub struct FirstsTask {
-    batches: Vec<RecordBatch>,
+    /// Rows that were first deliveries when they came, and which of them still are.
+    batches: Vec<(RecordBatch, Vec<bool>)>,
     /// Per id: the first delivery's (input, position) and where it is (batch, row).
-    first: HashMap<u128, (i32, i64, u32, u32)>,
+    first: HashMap<u128, (i32, i64, u32, u32), KeyHasher>,
+    /// Rows held, and those of them beaten since.
+    held: usize,
+    beaten: usize,
 }
+
+/// Beaten rows a [`FirstsTask`] holds before it drops them, at least.
+const BEATEN_ROWS: usize = 1 << 16;
 
 impl FirstsTask {
     pub fn new() -> FirstsTask {
@@ -699,38 +709,98 @@ impl FirstsTask {
         let input = column::<arrow_array::Int32Array>(&batch, "input")?;
         let pos = column::<arrow_array::Int64Array>(&batch, "pos")?;
         let b = u32::try_from(self.batches.len())?;
+        let mut keep = vec![false; batch.num_rows()];
+        let mut keys = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             if id.is_null(i) {
                 bail!("an event row without an id");
             }
+            let key = key_of(id.value(i))?;
+            keys.push(key);
             let here = (input.value(i), pos.value(i), b, i as u32);
-            self.first
-                .entry(key_of(id.value(i))?)
-                .and_modify(|f| {
-                    if (here.0, here.1) < (f.0, f.1) {
-                        *f = here;
+            match self.first.entry(key) {
+                Entry::Occupied(mut e) => {
+                    let f = e.get_mut();
+                    if (here.0, here.1) >= (f.0, f.1) {
+                        continue;
                     }
-                })
-                .or_insert(here);
+                    // Beaten: a row of this batch, or one held.
+                    if f.2 == b {
+                        keep[f.3 as usize] = false;
+                    } else {
+                        self.batches[f.2 as usize].1[f.3 as usize] = false;
+                        self.beaten += 1;
+                    }
+                    *f = here;
+                }
+                Entry::Vacant(e) => {
+                    e.insert(here);
+                }
+            }
+            keep[i] = true;
         }
-        self.batches.push(batch);
+        let kept = keep.iter().filter(|&&k| k).count();
+        if kept == 0 {
+            return Ok(());
+        }
+        let batch = if kept == batch.num_rows() {
+            batch
+        } else {
+            let mask: arrow_array::BooleanArray = keep.iter().map(|&k| Some(k)).collect();
+            // The kept rows' places in the filtered batch.
+            for (row, i) in (0..keep.len()).filter(|&i| keep[i]).enumerate() {
+                if let Some(f) = self.first.get_mut(&keys[i]) {
+                    f.3 = row as u32;
+                }
+            }
+            arrow_select::filter::filter_record_batch(&batch, &mask)?
+        };
+        self.held += kept;
+        self.batches.push((batch, vec![true; kept]));
+        if self.beaten >= BEATEN_ROWS && self.beaten * 2 >= self.held {
+            self.drop_beaten()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the rows beaten since they came, and points the ids at the rows' new places.
+    fn drop_beaten(&mut self) -> Result<()> {
+        let held = std::mem::take(&mut self.batches);
+        for (batch, live) in held {
+            let kept = live.iter().filter(|&&l| l).count();
+            if kept == 0 {
+                continue;
+            }
+            let batch = if kept == batch.num_rows() {
+                batch
+            } else {
+                let mask: arrow_array::BooleanArray = live.into_iter().map(Some).collect();
+                arrow_select::filter::filter_record_batch(&batch, &mask)?
+            };
+            let b = u32::try_from(self.batches.len())?;
+            let id = column::<arrow_array::BinaryArray>(&batch, "id")?;
+            for i in 0..batch.num_rows() {
+                if let Some(f) = self.first.get_mut(&key_of(id.value(i))?) {
+                    (f.2, f.3) = (b, i as u32);
+                }
+            }
+            self.batches.push((batch, vec![true; kept]));
+        }
+        self.held -= self.beaten;
+        self.beaten = 0;
         Ok(())
     }
 
     /// The first deliveries, split by the bucket of their repository for the ledger's shuffle.
     pub fn finish(self, buckets: u32) -> Result<Vec<(Option<u32>, RecordBatch)>> {
-        let mut keep: Vec<Vec<bool>> = self
-            .batches
-            .iter()
-            .map(|b| vec![false; b.num_rows()])
-            .collect();
-        for (_, _, b, i) in self.first.into_values() {
-            keep[b as usize][i as usize] = true;
-        }
         let mut out = Buckets::new("repository", buckets);
-        for (batch, keep) in self.batches.iter().zip(keep) {
-            let mask: arrow_array::BooleanArray = keep.into_iter().map(Some).collect();
-            out.add(&arrow_select::filter::filter_record_batch(batch, &mask)?)?;
+        for (batch, live) in self.batches {
+            if live.iter().all(|&l| l) {
+                out.add(&batch)?;
+            } else {
+                let mask: arrow_array::BooleanArray = live.into_iter().map(Some).collect();
+                out.add(&arrow_select::filter::filter_record_batch(&batch, &mask)?)?;
+            }
         }
         out.take()
     }
@@ -1483,6 +1553,31 @@ mod tests {
                 assert_eq!(Some(bucket_of(repos.value(i), 4)), *bucket);
             }
         }
+    }
+
+    #[test]
+    fn a_first_delivery_task_holds_only_what_may_still_be_first() {
+        // Each round delivers ids 0..200 again, earlier in input order than the round before,
+        // each id twice (the later copy loses at once): every round beats every row held.
+        let mut task = FirstsTask::new();
+        let rounds = 1000i64;
+        for round in 0..rounds {
+            let pos = (rounds - round) * 2;
+            let rows: Vec<(u8, i32, i64, u8)> = (0..200u8)
+                .flat_map(|id| [(id, 0, pos, id % 5), (id, 0, pos + 1, id % 5)])
+                .collect();
+            task.add(deliveries(&rows)).unwrap();
+            assert!(
+                task.held <= BEATEN_ROWS + 400,
+                "round {round}: {} rows held",
+                task.held
+            );
+        }
+        let out = task.finish(3).unwrap();
+        let mut got = rows_of(&out);
+        got.sort();
+        let want: Vec<(u8, i32, i64)> = (0..200u8).map(|id| (id, 0, 2)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
