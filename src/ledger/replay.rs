@@ -26,6 +26,7 @@ use crate::spill::{codec, merge, MemoryBudget, RunFile, SpillDir, SpillRecord};
 use crate::timestamp::Timestamp;
 use rayon::prelude::*;
 use std::io::{self, BufRead};
+use std::ops::Deref;
 
 /// What the ledger does with an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -336,8 +337,10 @@ pub struct Replayed<S> {
     pub sinks: Vec<S>,
 }
 
-/// The ledger's events of one run, kept for the replay.
-pub struct LedgerBuffer<'d> {
+/// The ledger's events of one run, kept for the replay. `D` holds the folder it spills into:
+/// a run lends its own (`&SpillDir`); an engine's task, which outlives no call, gives it one
+/// it owns.
+pub struct LedgerBuffer<D: Deref<Target = SpillDir>> {
     /// The ledger earlier runs left (or the seed), cut into the parts.
     prior: Vec<PriorPart>,
     /// Keep, for a state, the time of the last event applied to each repository and the
@@ -347,13 +350,13 @@ pub struct LedgerBuffer<'d> {
     logged: LoggedKeys,
     bytes: usize,
     budget: MemoryBudget,
-    dir: &'d SpillDir,
+    dir: D,
 }
 
-impl<'d> LedgerBuffer<'d> {
+impl<D: Deref<Target = SpillDir>> LedgerBuffer<D> {
     /// Starts from the ledger earlier runs left (or the seed), spilling into `dir`; `times`
     /// keeps what a state needs (the time of the last event applied to each repository).
-    pub fn new(ledger: PriorLedger, times: bool, budget: MemoryBudget, dir: &'d SpillDir) -> Self {
+    pub fn new(ledger: PriorLedger, times: bool, budget: MemoryBudget, dir: D) -> Self {
         LedgerBuffer {
             prior: ledger.into_parts(),
             times,
@@ -363,6 +366,13 @@ impl<'d> LedgerBuffer<'d> {
             budget,
             dir,
         }
+    }
+
+    /// Starts from `ledger` instead of the one given to [`LedgerBuffer::new`]: what an engine's
+    /// task learns only once its rows have all come (the known repositories travel with them).
+    /// The earlier ledger is read only by the replay.
+    pub fn seed(&mut self, ledger: PriorLedger) {
+        self.prior = ledger.into_parts();
     }
 
     /// Logs the path of a repository (looked up by `path` only then), unless it was logged
@@ -494,7 +504,7 @@ impl<'d> LedgerBuffer<'d> {
     /// buffer's lock, and a parallel loop here would let this thread run another fold task
     /// while it waits, which would block on that same lock for good.
     fn spill(&mut self) -> io::Result<()> {
-        let dir = self.dir;
+        let dir = &*self.dir;
         for (i, part) in self.parts.iter_mut().enumerate() {
             if !part.records.is_empty() {
                 part.sort();
@@ -549,6 +559,7 @@ impl<'d> LedgerBuffer<'d> {
             dir,
             ..
         } = self;
+        let dir: &SpillDir = &dir;
         // Each part's repositories, once replayed, stay in memory while all parts' together
         // take at most half the ledger's share of the budget (whose records are gone by then).
         let keep_in_memory = budget.ledger_bytes() / 2 / PARTS;

@@ -807,30 +807,58 @@ impl FirstsTask {
 }
 
 /// One partition task: the first deliveries of a partition of repositories, and the known
-/// repositories among them, folded and replayed as `regtally run` does.
+/// repositories among them, folded and replayed as `regtally run` does. Rows are folded as
+/// they come, and the ledger's records spill past `--memory-limit` as a run's do, so a
+/// partition with one huge repository is not held whole.
 pub struct PartitionTask {
     cfg: RunConfig,
-    /// Kept until the ledger is replayed; its folder holds what the ledger spills.
-    spill: SpillDir,
+    /// The folder the ledger spills into, kept until the task is dropped: the replayed
+    /// ledger's spilled repositories are read after the replay.
+    _spill: Arc<SpillDir>,
     known: Vec<String>,
-    records: Vec<EventRecord>,
-    paths: PathMap,
+    coupons: Arc<UserCoupons>,
+    fold: Fold,
+    ledger: LedgerBuffer<Arc<SpillDir>>,
+    dates: DateCache,
+    firsts: u64,
     identities: HashMap<u64, Box<str>>,
     /// With `--events`: the first deliveries' `input`, `pos`, `id` and `row` columns.
     rows: Vec<RecordBatch>,
 }
 
+/// A fold of first deliveries into lists of users, never sketches: the cells are built from
+/// every partition's users together.
+fn list_fold(coupons: &Arc<UserCoupons>) -> Fold {
+    Fold {
+        aggregate: Aggregate::new(coupons.clone(), None),
+        ..Fold::default()
+    }
+}
+
 impl PartitionTask {
     /// A task spilling into a folder of its own under `temp` (the executor's temporary folder).
     pub fn new(config: &TaskConfig, temp: &std::path::Path) -> Result<PartitionTask> {
-        Ok(PartitionTask {
-            cfg: config.run_config(),
-            spill: SpillDir::create(temp, &[]).with_context(|| {
+        let cfg = config.run_config();
+        let spill =
+            Arc::new(SpillDir::create(temp, &[]).with_context(|| {
                 format!("cannot create a temporary folder in {}", temp.display())
-            })?,
+            })?);
+        let coupons = Arc::new(UserCoupons::default());
+        Ok(PartitionTask {
+            // The known repositories are seeded once they have all come (`finish`).
+            ledger: LedgerBuffer::new(
+                PriorLedger::seeded(std::iter::empty()),
+                false,
+                cfg.budget,
+                spill.clone(),
+            ),
+            _spill: spill,
+            fold: list_fold(&coupons),
+            coupons,
+            cfg,
             known: Vec::new(),
-            records: Vec::new(),
-            paths: PathMap::default(),
+            dates: DateCache::default(),
+            firsts: 0,
             identities: HashMap::new(),
             rows: Vec::new(),
         })
@@ -856,6 +884,13 @@ impl PartitionTask {
             self.rows
                 .push(batch.project(&[at("input")?, at("pos")?, at("id")?, at("row")?])?);
         }
+        // The paths of this batch's repositories: a row that touches the ledger carries its own.
+        let mut paths = PathMap::default();
+        for i in 0..batch.num_rows() {
+            if recs.value(i) == rec::EVENT && path.is_valid(i) {
+                paths.insert(key_of(repository.value(i))?, path.value(i));
+            }
+        }
         for i in 0..batch.num_rows() {
             match recs.value(i) {
                 rec::EVENT => {}
@@ -871,12 +906,8 @@ impl PartitionTask {
                     .entry(hash)
                     .or_insert_with(|| identity.value(i).into());
             }
-            let repository_key = key_of(repository.value(i))?;
-            if path.is_valid(i) {
-                self.paths.insert(repository_key, path.value(i));
-            }
             let kind_code = kind.value(i) as u8;
-            self.records.push(EventRecord {
+            let r = EventRecord {
                 id_key: key_of(id.value(i))?,
                 time: Timestamp {
                     secs: secs.value(i),
@@ -887,11 +918,18 @@ impl PartitionTask {
                     .ok_or_else(|| anyhow!("no event kind has code {kind_code}"))?,
                 user: user_hash,
                 deploy_token: deploy_token.value(i),
-                repository: repository_key,
+                repository: key_of(repository.value(i))?,
                 ledger_id: ledger_id
                     .is_valid(i)
                     .then(|| LedgerId::from(ledger_id.value(i))),
-            });
+            };
+            let date = self.dates.date(r.time);
+            let in_range = self.cfg.in_range(date);
+            self.fold.first_delivery(&r, in_range, date);
+            self.ledger
+                .push(&r, in_range, &paths)
+                .context("cannot keep the ledger's events")?;
+            self.firsts += 1;
         }
         Ok(())
     }
@@ -902,41 +940,21 @@ impl PartitionTask {
     pub fn finish(self) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let PartitionTask {
             cfg,
-            spill,
+            _spill,
             known,
-            records,
-            paths,
+            coupons,
+            mut fold,
+            mut ledger,
+            firsts,
             identities,
             rows: dataset,
+            ..
         } = self;
         let want_creates = cfg.rules.rows;
-        let coupons = Arc::new(UserCoupons::default());
-        // Lists, never sketches: the cells are built from every partition's users together.
-        let new_fold = || Fold {
-            aggregate: Aggregate::new(coupons.clone(), None),
-            ..Fold::default()
-        };
-        let mut fold = new_fold();
-        let mut ledger = LedgerBuffer::new(
-            PriorLedger::seeded(known.iter().map(String::as_str)),
-            false,
-            cfg.budget,
-            &spill,
-        );
-        let mut dates = DateCache::default();
-        for r in &records {
-            let date = dates.date(r.time);
-            let in_range = cfg.in_range(date);
-            fold.first_delivery(r, in_range, date);
-            ledger
-                .push(r, in_range, &paths)
-                .context("cannot keep the ledger's events")?;
-        }
-        let firsts = records.len() as u64;
-        drop(records);
+        ledger.seed(PriorLedger::seeded(known.iter().map(String::as_str)));
         let replayed = ledger
             .replay(
-                || (new_fold(), IdKeys::default()),
+                || (list_fold(&coupons), IdKeys::default()),
                 |(sink, creates): &mut (Fold, IdKeys), push: ResolvedPush, id: &[u8]| {
                     if push.counted {
                         sink.resolved_push(push);
@@ -1578,6 +1596,80 @@ mod tests {
         got.sort();
         let want: Vec<(u8, i32, i64)> = (0..200u8).map(|id| (id, 0, 2)).collect();
         assert_eq!(got, want);
+    }
+
+    /// What a partition task gives for many repositories' pushes and deletes, with `limit`
+    /// as `--memory-limit`; and whether its ledger spilled before the replay.
+    fn partition_output(limit: u64) -> (RecordBatch, bool) {
+        let temp = tempfile::tempdir().unwrap();
+        let config = TaskConfig {
+            since: None,
+            until: None,
+            precision: 14,
+            max_line_bytes: 1 << 20,
+            chunk_bytes: 1 << 20,
+            today: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
+            memory_limit: limit,
+            rows: false,
+        };
+        let mut task = PartitionTask::new(&config, temp.path()).unwrap();
+        let mut known = ReadRows::new();
+        known.other(rec::KNOWN, 0, 0, Some("g/r7"));
+        task.add(&known.finish().unwrap()).unwrap();
+        for chunk in 0..20u64 {
+            let mut rows = ReadRows::new();
+            for i in 0..2_000u64 {
+                let n = chunk * 2_000 + i;
+                let path = format!("g/r{}", n % 3_000);
+                let id = format!("{n:08}-0000-0000-0000-000000000000");
+                let kind = match n % 7 {
+                    0 => EventKind::DeleteRepository,
+                    _ => EventKind::RepositoryPush,
+                };
+                let r = EventRecord {
+                    id_key: event_key(&id),
+                    // Out of time order across chunks, as a shuffle delivers them.
+                    time: Timestamp {
+                        secs: 1_674_000_000 + ((n * 7_919) % 40_000) as i64 * 60,
+                        nanos: 0,
+                    },
+                    action: Action::new(if kind == EventKind::DeleteRepository {
+                        "delete"
+                    } else {
+                        "push"
+                    }),
+                    kind,
+                    user: Some(n % 50),
+                    deploy_token: false,
+                    repository: repository_key(&path),
+                    ledger_id: Some(LedgerId::from(id.as_str())),
+                };
+                let identity = format!("user{}", n % 50);
+                rows.event(0, n as i64, &r, Some(&identity), Some(&path), None);
+            }
+            task.add(&rows.finish().unwrap()).unwrap();
+        }
+        let spilled = std::fs::read_dir(temp.path())
+            .unwrap()
+            .flatten()
+            .flat_map(|run| {
+                std::fs::read_dir(run.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .any(|f| f.file_name().to_string_lossy().starts_with("ledger-part-"));
+        (task.finish().unwrap().0, spilled)
+    }
+
+    #[test]
+    fn a_partition_task_spills_its_ledger_and_gives_the_same_answer() {
+        let (held, held_spilled) = partition_output(1 << 30);
+        let (spilled, did_spill) = partition_output(1 << 20);
+        assert!(!held_spilled && did_spill);
+        assert_eq!(held, spilled);
+        let part = column::<arrow_array::Int8Array>(&held, "part").unwrap();
+        assert!((0..held.num_rows()).any(|i| part.value(i) == part::REPOSITORY));
     }
 
     #[test]

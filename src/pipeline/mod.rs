@@ -293,7 +293,7 @@ struct Shared<'r> {
     /// Folds of first deliveries, one taken by each fold task (they merge at the end).
     folds: Mutex<Vec<AfterDedup<'r>>>,
     /// The ledger's events, appended a chunk at a time by the fold tasks.
-    ledger: Mutex<LedgerBuffer<'r>>,
+    ledger: Mutex<LedgerBuffer<&'r SpillDir>>,
     /// Why a task stopped the run (a spill that failed).
     failed: Mutex<Option<anyhow::Error>>,
 }
