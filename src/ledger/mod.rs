@@ -10,6 +10,7 @@ pub mod replay;
 use crate::keys::{repository_key, KeyHasher};
 use crate::spill::{codec, merge, RunFile, SealedRuns, SpillRecord};
 use crate::timestamp::Timestamp;
+use rayon::slice::ParallelSliceMut;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead};
@@ -387,6 +388,23 @@ impl ReplayedLedger {
             .any(|p| matches!(p, PartEntries::Spilled(_)))
     }
 
+    /// The paths of the existing repositories, sorted, when every part is in memory (`None`
+    /// when one was spilled: [`ReplayedLedger::entries`] merges those from disk). A sort of
+    /// references on all cores: the merge of the parts compares every path about log2(parts)
+    /// times on one, a fifth of a second for half a million repositories.
+    pub fn existing_paths_in_memory(&self) -> Option<Vec<&str>> {
+        let mut paths = Vec::with_capacity(self.existing);
+        for part in &self.parts {
+            let PartEntries::Memory(entries) = part else {
+                return None;
+            };
+            paths.extend(entries.iter().filter(|e| e.exists).map(|e| e.path.as_str()));
+        }
+        // Paths are distinct, so an unstable sort gives the one order.
+        paths.par_sort_unstable();
+        Some(paths)
+    }
+
     /// Every repository the ledger keeps, sorted by path: the existing ones and, when the
     /// replay kept times (for a state), the deleted ones with the time of their last event.
     /// Parts in memory are lent, not copied.
@@ -425,6 +443,35 @@ mod tests {
             .filter(|e| e.exists)
             .map(|e| e.path.clone())
             .collect()
+    }
+
+    #[test]
+    fn existing_paths_in_memory_are_the_merge_of_the_parts() {
+        // Parts as the replay leaves them: each sorted by path, their paths interleaved.
+        let parts: Vec<Vec<LedgerEntry>> = (0..5)
+            .map(|p| {
+                let mut entries: Vec<LedgerEntry> = (0..300)
+                    .map(|i| LedgerEntry {
+                        path: format!("g{}/r{}", (i * 7 + p) % 13, i * 5 + p),
+                        exists: (i + p) % 3 != 0,
+                        last_applied: None,
+                    })
+                    .collect();
+                entries.sort();
+                entries
+            })
+            .collect();
+        let all: usize = parts.iter().map(Vec::len).sum();
+        let existing = parts.iter().flatten().filter(|e| e.exists).count();
+        let ledger = ReplayedLedger {
+            existing,
+            len: all,
+            parts: parts.into_iter().map(PartEntries::Memory).collect(),
+            buffer: 0,
+        };
+        let sorted = ledger.existing_paths_in_memory().unwrap();
+        assert_eq!(sorted.len(), existing);
+        assert_eq!(sorted, existing_paths(&ledger));
     }
 
     #[test]

@@ -271,6 +271,13 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
 
 /// Writes `repositories.txt`: one path a line, sorted.
 pub fn write_repositories<W: Write>(ledger: &ReplayedLedger, w: &mut W) -> Result<()> {
+    if let Some(paths) = ledger.existing_paths_in_memory() {
+        for path in paths {
+            w.write_all(path.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
     for entry in ledger.entries()? {
         let entry = entry?;
         if entry.exists {
