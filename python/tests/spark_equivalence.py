@@ -148,14 +148,14 @@ def standalone(workers: int = 2):
 
 
 def run_spark(args: list[str], master: str, partitions: int,
-              executor_env: Optional[dict] = None) -> subprocess.CompletedProcess:
+              executor_env: Optional[dict] = None, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     """The driver on `master`; `executor_env` goes to the driver and to every executor."""
     confs = "".join(f"--conf spark.executorEnv.{k}={v} " for k, v in (executor_env or {}).items())
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **(executor_env or {}),
                PYSPARK_SUBMIT_ARGS=f"--conf spark.sql.shuffle.partitions={partitions} {confs}"
                                    "--conf spark.ui.enabled=false --driver-memory 1g pyspark-shell")
     return subprocess.run([sys.executable, "-m", "regtally.spark", "run", *args, "--master", master],
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, cwd=cwd)
 
 
 SUMMARY_TIMES = {"elapsed_seconds", "phase_seconds", "write_seconds"}
@@ -274,8 +274,11 @@ def check_case(bin_: str, case: int, work: Path, deployments: list[str], cluster
     with_events = case % 3 != 2
     ref = work / "ref"
     events = ["--events", str(work / "events-ref")] if with_events else []
+    # In the work folder, as the driver runs: inputs under the current folder are named
+    # relative to it.
     want = subprocess.run([bin_, "run", *inputs, "-o", str(ref), "--quiet", *flags, *events],
-                          capture_output=True, text=True, env=dict(os.environ, **(env or {})))
+                          capture_output=True, text=True, env=dict(os.environ, **(env or {})),
+                          cwd=work)
     if want.returncode not in (0, 1):
         return [f"case {case}: regtally run: exit {want.returncode}\n{want.stderr[-3000:]}"]
     for d in deployments:
@@ -284,12 +287,16 @@ def check_case(bin_: str, case: int, work: Path, deployments: list[str], cluster
         else:
             master, partitions = "local[2]", int(d.removeprefix("local"))
         out = work / f"out-{d}"
-        events = ["--events", str(work / f"events-{d}")] if with_events else []
-        # A stale part in the dataset's folder, which the run must remove.
+        # Relative on one deployment (the run's folder is the work folder): the tasks write
+        # at the absolute path, and the parts found there must be those same files.
+        events_dir = f"events-{d}" if d == "local1" else str(work / f"events-{d}")
+        events = ["--events", events_dir] if with_events else []
         if with_events:
-            (work / f"events-{d}" / "month=2020-01").mkdir(parents=True)
-            (work / f"events-{d}" / "month=2020-01" / "part-00000.parquet").write_bytes(b"old")
-        got = run_spark([*inputs, "-o", str(out), *flags, *events], master, partitions, env)
+            # A stale part, which the run must remove, and a part it rewrites.
+            for month in ["month=2020-01", "month=2023-01"]:
+                (work / f"events-{d}" / month).mkdir(parents=True)
+                (work / f"events-{d}" / month / "part-00000.parquet").write_bytes(b"old")
+        got = run_spark([*inputs, "-o", str(out), *flags, *events], master, partitions, env, cwd=work)
         label = f"case {case}{' (s3)' if s3 else ''} ({d})"
         print(f"{label}: exit {got.returncode} (regtally run: {want.returncode})", flush=True)
         if got.returncode != want.returncode:
@@ -313,6 +320,8 @@ def main() -> int:
     p.add_argument("--no-s3", action="store_true", help="skip the case read from object storage")
     args = p.parse_args()
     SEED = args.seed
+    # The runs start in their work folders.
+    args.bin = str(Path(args.bin).resolve())
     deployments = args.deployments.split(",")
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="regtally-spark-") as work:

@@ -629,6 +629,10 @@ fn write_outputs(
         // Written by an engine's tasks, for a run without a state: its files replace the
         // dataset.
         (Some(dir), Some(Dataset::Staged { files, rows })) => {
+            // The tasks name files by the absolute path (`PlannedRun::events_dir`): so must
+            // the parts found here, or a part this run rewrites would be removed after it.
+            let dir =
+                &std::path::absolute(dir).with_context(|| format!("--events {}", dir.display()))?;
             let finals: Vec<&PathBuf> = files.iter().map(|(_, f)| f).collect();
             for old in existing_parts(dir) {
                 if !finals.contains(&&old) {
