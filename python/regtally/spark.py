@@ -362,7 +362,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     try:
         clean = run_job(spark, job, args.known_repositories)
-    except RuntimeError as e:
+    except Exception as e:
+        # Nothing of a failed job stays: the dataset's staged files go (the outputs were not
+        # touched).
+        job.discard()
+        if not isinstance(e, RuntimeError):
+            raise
         print(f"regtally: {e}", file=sys.stderr)
         return 1
     finally:

@@ -180,7 +180,6 @@ impl Job {
         Ok(())
     }
 
-    /// Built cells.
     /// Takes what a dataset task staged (an IPC stream of `dataset_files` rows).
     fn add_dataset_files(&mut self, ipc: &[u8]) -> PyResult<()> {
         for b in from_ipc(ipc)? {
@@ -189,9 +188,17 @@ impl Job {
         Ok(())
     }
 
+    /// Built cells.
     fn add_cells(&mut self, ipc: &[u8]) -> PyResult<()> {
         self.gathered.cells.extend(from_ipc(ipc)?);
         Ok(())
+    }
+
+    /// Gives the run up (the engine failed): removes what its tasks staged.
+    fn discard(&mut self) {
+        if let Some(planned) = self.planned.take() {
+            planned.discard();
+        }
     }
 
     /// Writes every output as `regtally run` does; whether the run was clean (exit status 0).
@@ -207,6 +214,15 @@ impl Job {
             }))
         })
         .map_err(runtime)
+    }
+}
+
+impl Drop for Job {
+    /// A job dropped unfinished (the Spark job failed) leaves no staged file behind.
+    fn drop(&mut self) {
+        if let Some(planned) = self.planned.take() {
+            planned.discard();
+        }
     }
 }
 

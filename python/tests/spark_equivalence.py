@@ -196,6 +196,25 @@ def compare(ref: Path, got: Path, label: str, events: Optional[tuple] = None) ->
     return problems
 
 
+def failed_run(work: Path) -> list[str]:
+    """A run over the --max-bad-ratio exits 1 and leaves nothing: no output, and none of the
+    events dataset's files its tasks staged."""
+    logs = work / "bad"
+    logs.mkdir()
+    event = {"id": "e1", "timestamp": "2023-01-02T03:04:05Z", "action": "push",
+             "target": {"repository": "g/r", "tag": "v1"},
+             "actor": {"name": "alice", "user_type": "personal_access_token"}}
+    (logs / "a.jsonl").write_text(json.dumps(event) + "\nnot json\n" * 3)
+    events = work / "bad-events"
+    got = run_spark([str(logs), "-o", str(work / "bad-out"), "--events", str(events),
+                     "--max-bad-ratio", "0.1", "--as-of", "2023-03-01"], "local[2]", 2)
+    left = sorted(str(p.relative_to(work)) for p in work.rglob("*")
+                  if p.is_file() and p.is_relative_to(events) or p.parent == work / "bad-out")
+    if got.returncode != 1 or left:
+        return [f"a failed run: exit {got.returncode}, left {left}\n{got.stderr[-2000:]}"]
+    return []
+
+
 def refusals(work: Path) -> list[str]:
     """What the driver does not offer is refused with exit status 2, before Spark starts."""
     problems = []
@@ -326,6 +345,7 @@ def main() -> int:
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="regtally-spark-") as work:
         problems += refusals(Path(work))
+        problems += failed_run(Path(work))
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(standalone()) if "standalone" in deployments else None
         for case in range(args.cases):

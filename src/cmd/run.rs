@@ -6,7 +6,7 @@ use crate::config::{Prior, RunConfig};
 use crate::dedup::window::IdWindow;
 use crate::ledger::PriorLedger;
 use crate::output::aggregates::{write_aggregates, AggregatesMetadata};
-use crate::output::events::{existing_parts, stage_dataset, DatasetReport};
+use crate::output::events::{existing_parts, remove_staged_parts, stage_dataset, DatasetReport};
 use crate::output::redis::{check_key_format, stage_redis, RedisReport};
 use crate::output::service_ping::ServicePing;
 use crate::output::summary::{self, print_human, write_summary, RunFlags};
@@ -470,9 +470,30 @@ impl PlannedRun {
     }
 
     /// Computes the tally with `compute` and writes every output; whether the run was clean
-    /// (exit status 0) or not (1), as `regtally run` decides.
+    /// (exit status 0) or not (1), as `regtally run` decides. Whatever happens, no file the
+    /// tasks staged for the events dataset is left: renamed into place, or removed.
     pub fn finish(self, compute: Box<Compute<'_>>) -> Result<bool> {
-        run_planned(self.plan, self.started, compute)
+        let staged = self.staged_dataset();
+        let result = run_planned(self.plan, self.started, compute);
+        if let Some((dir, suffix)) = staged {
+            remove_staged_parts(&dir, &suffix);
+        }
+        result
+    }
+
+    /// Removes what the tasks staged for the events dataset: for a run given up before
+    /// [`PlannedRun::finish`] (the engine failed).
+    pub fn discard(self) {
+        if let Some((dir, suffix)) = self.staged_dataset() {
+            remove_staged_parts(&dir, &suffix);
+        }
+    }
+
+    /// Where the tasks stage the dataset's files, and what their names end in. Attempts of
+    /// tasks that failed or were retried stage files too, which no run renames.
+    fn staged_dataset(&self) -> Option<(PathBuf, String)> {
+        let dir = self.events_dir().ok().flatten()?;
+        Some((dir, self.staged_suffix()))
     }
 }
 
@@ -641,22 +662,6 @@ fn write_outputs(
             }
             for (temp, fin) in files {
                 staged.adopt(temp.clone(), fin.clone());
-            }
-            // What attempts of tasks that failed or were retried staged is nobody's.
-            // (Each task's files have names of their own, so names tell them apart.)
-            let temps: Vec<_> = files.iter().filter_map(|(t, _)| t.file_name()).collect();
-            let suffix = staged.suffix().to_owned();
-            for month in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                for file in std::fs::read_dir(month.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let name = file.file_name();
-                    if name.to_string_lossy().ends_with(&suffix) && !temps.contains(&&*name) {
-                        let _ = std::fs::remove_file(file.path());
-                    }
-                }
             }
             Some(DatasetReport {
                 dir: events_name.clone().unwrap_or_default(),

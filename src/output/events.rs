@@ -374,6 +374,27 @@ impl DatasetWriter {
     }
 }
 
+/// Removes the files staged in `dir`'s month folders under names ending in `suffix` (a run's):
+/// what an engine's tasks staged for a run that renamed them not, or not all.
+pub fn remove_staged_parts(dir: &Path, suffix: &str) {
+    for month in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !month.file_name().to_string_lossy().starts_with("month=") {
+            continue;
+        }
+        for file in std::fs::read_dir(month.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.file_name().to_string_lossy().ends_with(suffix) {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
+        // A month folder the run made and left empty goes too.
+        let _ = std::fs::remove_dir(month.path());
+    }
+}
+
 /// The part files of the dataset in `dir`, as a run left them.
 pub fn existing_parts(dir: &Path) -> Vec<PathBuf> {
     let mut parts = Vec::new();
