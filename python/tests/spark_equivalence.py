@@ -237,8 +237,13 @@ def s3_server():
     """A moto S3 server on a free local port, and the environment that points regtally (and
     every executor, through `spark.executorEnv`) at it."""
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # This Python's, or the one CI installs into target/interop-venv (the Spark 3.5 venv has
+    # none of its own).
+    candidates = [Path(sys.executable).parent / "moto_server",
+                  Path(__file__).resolve().parents[2] / "target/interop-venv/bin/moto_server"]
+    moto = next((c for c in candidates if c.exists()), Path("moto_server"))
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
