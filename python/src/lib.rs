@@ -238,14 +238,39 @@ impl Job {
 /// partition's rows of the events dataset).
 type Blobs<'py> = Vec<(i64, Bound<'py, PyBytes>)>;
 
+/// Rows of one blob at most: Spark holds a row's value whole, more than once, on the JVM's heap,
+/// and a partition's first deliveries or dataset rows in one value ran a 2 GB driver out of it.
+const BLOB_ROWS: usize = 1 << 15;
+
+/// `batch` as blobs of [`BLOB_ROWS`] rows at most, under `bucket`.
+fn push_blobs<'py>(
+    py: Python<'py>,
+    bucket: i64,
+    batch: &RecordBatch,
+    blobs: &mut Blobs<'py>,
+) -> PyResult<()> {
+    let rows = batch.num_rows();
+    let mut offset = 0;
+    loop {
+        let len = BLOB_ROWS.min(rows - offset);
+        blobs.push((bucket, batch_bytes(py, &batch.slice(offset, len))?));
+        offset += len;
+        if offset >= rows {
+            return Ok(());
+        }
+    }
+}
+
 /// Batches by bucket, as [`Blobs`].
 fn bucket_blobs<'py>(
     py: Python<'py>,
     held: Vec<(Option<u32>, RecordBatch)>,
 ) -> PyResult<Blobs<'py>> {
-    held.into_iter()
-        .map(|(bucket, batch)| Ok((bucket.map_or(-1, i64::from), batch_bytes(py, &batch)?)))
-        .collect()
+    let mut blobs = Vec::with_capacity(held.len());
+    for (bucket, batch) in held {
+        push_blobs(py, bucket.map_or(-1, i64::from), &batch, &mut blobs)?;
+    }
+    Ok(blobs)
 }
 
 /// A read task: one input of the manifest, its events by the bucket of their id.
@@ -392,7 +417,7 @@ impl PartitionFolder {
             .map_err(runtime)?;
         let mut blobs = bucket_blobs(py, held)?;
         if let Some(rows) = dataset {
-            blobs.push((-3, batch_bytes(py, &rows)?));
+            push_blobs(py, -3, &rows, &mut blobs)?;
         }
         Ok(blobs)
     }
