@@ -374,45 +374,49 @@ impl DatasetWriter {
     }
 }
 
+/// The files of each of `dir`'s month folders, with the folder.
+fn month_files(dir: &Path) -> Vec<(PathBuf, Vec<std::fs::DirEntry>)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|month| month.file_name().to_string_lossy().starts_with("month="))
+        .map(|month| {
+            let files = std::fs::read_dir(month.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .collect();
+            (month.path(), files)
+        })
+        .collect()
+}
+
 /// Removes the files staged in `dir`'s month folders under names ending in `suffix` (a run's):
 /// what an engine's tasks staged for a run that renamed them not, or not all.
 pub fn remove_staged_parts(dir: &Path, suffix: &str) {
-    for month in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if !month.file_name().to_string_lossy().starts_with("month=") {
-            continue;
-        }
-        for file in std::fs::read_dir(month.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+    for (folder, files) in month_files(dir) {
+        for file in files {
             if file.file_name().to_string_lossy().ends_with(suffix) {
                 let _ = std::fs::remove_file(file.path());
             }
         }
         // A month folder the run made and left empty goes too.
-        let _ = std::fs::remove_dir(month.path());
+        let _ = std::fs::remove_dir(folder);
     }
 }
 
 /// The part files of the dataset in `dir`, as a run left them.
 pub fn existing_parts(dir: &Path) -> Vec<PathBuf> {
-    let mut parts = Vec::new();
-    for month in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if !month.file_name().to_string_lossy().starts_with("month=") {
-            continue;
-        }
-        for file in std::fs::read_dir(month.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+    let mut parts: Vec<PathBuf> = month_files(dir)
+        .into_iter()
+        .flat_map(|(_, files)| files)
+        .filter(|file| {
             let name = file.file_name().to_string_lossy().into_owned();
-            if name.starts_with("part-") && name.ends_with(".parquet") {
-                parts.push(file.path());
-            }
-        }
-    }
+            name.starts_with("part-") && name.ends_with(".parquet")
+        })
+        .map(|file| file.path())
+        .collect();
     parts.sort();
     parts
 }
