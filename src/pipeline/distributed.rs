@@ -743,18 +743,15 @@ impl FirstsTask {
         if kept == 0 {
             return Ok(());
         }
-        let batch = if kept == batch.num_rows() {
-            batch
-        } else {
-            let mask: arrow_array::BooleanArray = keep.iter().map(|&k| Some(k)).collect();
+        if kept < batch.num_rows() {
             // The kept rows' places in the filtered batch.
             for (row, i) in (0..keep.len()).filter(|&i| keep[i]).enumerate() {
                 if let Some(f) = self.first.get_mut(&keys[i]) {
                     f.3 = row as u32;
                 }
             }
-            arrow_select::filter::filter_record_batch(&batch, &mask)?
-        };
+        }
+        let batch = live_rows(batch, &keep)?;
         self.held += kept;
         self.batches.push((batch, vec![true; kept]));
         if self.beaten >= BEATEN_ROWS && self.beaten * 2 >= self.held {
@@ -771,12 +768,7 @@ impl FirstsTask {
             if kept == 0 {
                 continue;
             }
-            let batch = if kept == batch.num_rows() {
-                batch
-            } else {
-                let mask: arrow_array::BooleanArray = live.into_iter().map(Some).collect();
-                arrow_select::filter::filter_record_batch(&batch, &mask)?
-            };
+            let batch = live_rows(batch, &live)?;
             let b = u32::try_from(self.batches.len())?;
             let id = column::<arrow_array::BinaryArray>(&batch, "id")?;
             for i in 0..batch.num_rows() {
@@ -795,15 +787,19 @@ impl FirstsTask {
     pub fn finish(self, buckets: u32) -> Result<Vec<(Option<u32>, RecordBatch)>> {
         let mut out = Buckets::new("repository", buckets);
         for (batch, live) in self.batches {
-            if live.iter().all(|&l| l) {
-                out.add(&batch)?;
-            } else {
-                let mask: arrow_array::BooleanArray = live.into_iter().map(Some).collect();
-                out.add(&arrow_select::filter::filter_record_batch(&batch, &mask)?)?;
-            }
+            out.add(&live_rows(batch, &live)?)?;
         }
         out.take()
     }
+}
+
+/// The rows of `batch` that `live` marks, the batch itself when it marks them all.
+fn live_rows(batch: RecordBatch, live: &[bool]) -> Result<RecordBatch> {
+    if live.iter().all(|&l| l) {
+        return Ok(batch);
+    }
+    let mask: arrow_array::BooleanArray = live.iter().map(|&l| Some(l)).collect();
+    Ok(arrow_select::filter::filter_record_batch(&batch, &mask)?)
 }
 
 /// One partition task: the first deliveries of a partition of repositories, and the known
@@ -822,7 +818,7 @@ pub struct PartitionTask {
     dates: DateCache,
     firsts: u64,
     identities: HashMap<u64, Box<str>>,
-    /// With `--events`: the first deliveries' `input`, `pos`, `id` and `row` columns.
+    /// With `--events`: the first deliveries' `input`, `pos` and `row` columns.
     rows: Vec<RecordBatch>,
 }
 
@@ -882,7 +878,7 @@ impl PartitionTask {
             let schema = batch.schema();
             let at = |name: &str| schema.index_of(name);
             self.rows
-                .push(batch.project(&[at("input")?, at("pos")?, at("id")?, at("row")?])?);
+                .push(batch.project(&[at("input")?, at("pos")?, at("row")?])?);
         }
         // The paths of this batch's repositories: a row that touches the ledger carries its own.
         let mut paths = PathMap::default();
@@ -1781,17 +1777,14 @@ mod tests {
         );
     }
 
-    /// Rows of [`DATASET_ROWS_SCHEMA`]: (month, input, pos, created, row).
+    /// Rows of [`DATASET_ROWS_SCHEMA`] as a partition task yields them, from (time, input,
+    /// pos, kind, whether the replay found the push created its repository).
     fn dataset_batch(rows: &[(Timestamp, i32, i64, EventKind, bool)]) -> RecordBatch {
-        let (mut month, mut input, mut pos) = (
-            Int32Builder::new(),
-            Int32Builder::new(),
-            Int64Builder::new(),
-        );
-        let (mut created, mut row) = (BooleanBuilder::new(), BinaryBuilder::new());
-        for (i, &(time, inp, p, kind, c)) in rows.iter().enumerate() {
+        let mut creates = IdKeys::default();
+        let mut encoded = Vec::new();
+        for (i, &(time, _, p, kind, created)) in rows.iter().enumerate() {
             let id = format!("event-{i}");
-            let encoded = EncodedRow {
+            let row = EncodedRow {
                 time,
                 id_key: event_key(&id),
                 line: p as u64 + 1,
@@ -1809,21 +1802,28 @@ mod tests {
                 actor_type: None,
             };
             let mut bytes = Vec::new();
-            encoded.encode(&mut bytes);
-            month.append_value(month_code(month_of(time)));
-            input.append_value(inp);
-            pos.append_value(p);
-            created.append_value(c);
-            row.append_value(bytes);
+            row.encode(&mut bytes);
+            encoded.push(bytes);
+            if created {
+                creates.insert(row.id_key);
+            }
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(month.finish()),
-            Arc::new(input.finish()),
-            Arc::new(pos.finish()),
-            Arc::new(created.finish()),
-            Arc::new(row.finish()),
-        ];
-        RecordBatch::try_new(DATASET_ROWS_SCHEMA.clone(), columns).unwrap()
+        let read = RecordBatch::try_from_iter(vec![
+            (
+                "input",
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef,
+            ),
+            (
+                "pos",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ),
+            (
+                "row",
+                Arc::new(BinaryArray::from_iter_values(encoded.iter())),
+            ),
+        ])
+        .unwrap();
+        dataset_rows(&[read], &creates).unwrap()
     }
 
     fn at(secs: i64) -> Timestamp {
