@@ -7,7 +7,7 @@ use crate::classify::{actor_identity, actor_key, ActorKind, EventKind};
 use crate::keys::{event_key, identity_coupon, identity_hash, repository_key, PassThroughHasher};
 use crate::parse::jwt::jwt_actor_id;
 use crate::read::{continues_record, Chunk, REJECT_TEXT_BYTES};
-use crate::records::row::{kind_code, EncodedRow};
+use crate::records::row::EncodedRow;
 use crate::records::{Action, EventRecord, LineCounts, PathMap, Reject, ReportedUser};
 use crate::timestamp::TimeWindow;
 use datasketches::hll::Coupon;
@@ -487,7 +487,7 @@ impl ChunkOutput {
                 id_key,
                 line: line_no,
                 index,
-                kind: kind_code(kind),
+                kind: kind.code(),
                 id: &event.id,
                 action: &event.action,
                 repository: &event.repository,

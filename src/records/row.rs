@@ -5,8 +5,9 @@
 //! A row is little-endian fields of fixed width after its length, as the spilled records are
 //! ([`crate::spill::codec`], which says why not postcard): the time (seconds, nanoseconds),
 //! the id's key, the line within its chunk, the position in an envelope (`u64::MAX` for none),
-//! the event's kind ([`kind_code`]), then the texts, each a `u32` length (`u32::MAX` for none)
-//! and its UTF-8 bytes. The writer reads a row in place, borrowing every text from its bytes.
+//! the event's kind ([`EventKind::code`]), then the texts, each a `u32` length (`u32::MAX`
+//! for none) and its UTF-8 bytes. The writer reads a row in place, borrowing every text from
+//! its bytes.
 
 use crate::classify::{EventKind, TrackedEvent};
 use crate::spill::codec::{put_u32, put_u64};
@@ -23,18 +24,6 @@ pub fn month_of(time: Timestamp) -> Month {
     (d.year(), d.month())
 }
 
-/// How a row spells its event's kind (see [`EventKind`]); a repository push is resolved later.
-pub fn kind_code(kind: EventKind) -> u8 {
-    match kind {
-        EventKind::PushTag => 1,
-        EventKind::DeleteTag => 2,
-        EventKind::ManifestDelete => 3,
-        EventKind::DeleteRepository => 4,
-        EventKind::RepositoryPush => 5,
-        EventKind::Untracked | EventKind::Resolved(_) => 0,
-    }
-}
-
 /// The length of a null string.
 const NULL: u32 = u32::MAX;
 
@@ -46,7 +35,7 @@ pub struct EncodedRow<'a> {
     /// Line within its chunk.
     pub line: u64,
     pub index: Option<u32>,
-    /// The event's kind, as [`kind_code`] spells it.
+    /// The event's kind, as [`EventKind::code`] spells it.
     pub kind: u8,
     pub id: &'a str,
     pub action: &'a str,
@@ -184,12 +173,12 @@ impl<'a> EncodedRow<'a> {
     /// The row's tracked event, once the ledger has said whether a repository push created its
     /// repository.
     pub fn tracked(&self, created_repository: bool) -> Option<TrackedEvent> {
-        match self.kind {
-            1 => Some(TrackedEvent::PushTag),
-            2 => Some(TrackedEvent::DeleteTag),
-            4 => Some(TrackedEvent::DeleteRepository),
-            5 if created_repository => Some(TrackedEvent::CreateRepository),
-            5 => Some(TrackedEvent::PushRepository),
+        match EventKind::from_code(self.kind)? {
+            EventKind::PushTag => Some(TrackedEvent::PushTag),
+            EventKind::DeleteTag => Some(TrackedEvent::DeleteTag),
+            EventKind::DeleteRepository => Some(TrackedEvent::DeleteRepository),
+            EventKind::RepositoryPush if created_repository => Some(TrackedEvent::CreateRepository),
+            EventKind::RepositoryPush => Some(TrackedEvent::PushRepository),
             _ => None,
         }
     }
@@ -197,15 +186,15 @@ impl<'a> EncodedRow<'a> {
     /// The dataset's `class` of the row: its tracked event's short name (`push_tag`, ...),
     /// `manifest_delete`, or none.
     pub fn class(&self, tracked: Option<TrackedEvent>) -> Option<&'static str> {
-        match self.kind {
-            3 => Some("manifest_delete"),
+        match EventKind::from_code(self.kind) {
+            Some(EventKind::ManifestDelete) => Some("manifest_delete"),
             _ => tracked.map(TrackedEvent::class),
         }
     }
 
     /// Whether the row's event is a repository push, whose class the ledger decides.
     pub fn is_repository_push(&self) -> bool {
-        self.kind == kind_code(EventKind::RepositoryPush)
+        self.kind == EventKind::RepositoryPush.code()
     }
 }
 
@@ -223,7 +212,7 @@ mod tests {
             id_key: 7,
             line: 3,
             index: None,
-            kind: kind_code(EventKind::RepositoryPush),
+            kind: EventKind::RepositoryPush.code(),
             id: "eé",
             action: "push",
             repository: "g/r",
@@ -239,7 +228,7 @@ mod tests {
             id_key: 8,
             line: 4,
             index: Some(2),
-            kind: kind_code(EventKind::Untracked),
+            kind: EventKind::Untracked.code(),
             user: None,
             deploy_token: Some("gitlab+deploy-token-1"),
             ..a.clone()
@@ -270,7 +259,7 @@ mod tests {
             id_key: 0,
             line: 1,
             index: None,
-            kind: kind_code(kind),
+            kind: kind.code(),
             id: "",
             action: "",
             repository: "",
