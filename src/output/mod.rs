@@ -11,6 +11,7 @@ pub mod summary;
 use crate::ledger::ReplayedLedger;
 use crate::spill::{keep_on_signal, remove_on_signal};
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,9 @@ pub struct Mirror {
     /// run replaces whole).
     pub replace: bool,
 }
+
+/// What writes one file of [`StagedOutputs::stage_together`].
+pub type StageWrite<'a> = Box<dyn FnOnce(&mut BufWriter<File>) -> Result<()> + Send + 'a>;
 
 /// A staged output filled while the run goes on ([`StagedOutputs::open`]).
 pub struct StagedFile {
@@ -108,6 +112,24 @@ impl StagedOutputs {
         let mut w = BufWriter::with_capacity(1 << 20, file);
         write(&mut w).with_context(|| format!("cannot write {}", temp_path.display()))?;
         Self::sync(w, &temp_path)
+    }
+
+    /// [`StagedOutputs::stage`] of several files, written and synced on all cores at once
+    /// (one file's serial steps, its encoding's last pass, its writes and its sync, overlap
+    /// another's), renamed in the order given.
+    pub fn stage_together(&mut self, files: Vec<(PathBuf, StageWrite<'_>)>) -> Result<()> {
+        let created = files
+            .into_iter()
+            .map(|(path, write)| Ok((self.create(&path)?, write)))
+            .collect::<Result<Vec<_>>>()?;
+        created
+            .into_par_iter()
+            .map(|((file, temp_path), write)| {
+                let mut w = BufWriter::with_capacity(1 << 20, file);
+                write(&mut w).with_context(|| format!("cannot write {}", temp_path.display()))?;
+                Self::sync(w, &temp_path)
+            })
+            .collect()
     }
 
     /// Starts a staged file that the run fills as it goes; [`StagedOutputs::close`] ends it.
