@@ -90,41 +90,35 @@ impl RepositoryLedger {
         self.entries_with(true)
     }
 
-    /// The existing repositories, sorted by path, and with `times` (for a state) the deleted
+    /// The existing repositories, in no order, and with `times` (for a state) the deleted
     /// ones an event was applied to, each with the time of that event. The paths are moved
-    /// out, not copied: what each part of a replay leaves.
+    /// out, not copied: what each part of a replay leaves. Only what reads them in order sorts
+    /// them ([`sorted_entries`]): a run without a state sorts the existing paths once, for
+    /// `repositories.txt`, and a sort of each part before that was a quarter of the ledger's
+    /// phase over half a million repositories.
     fn into_entries(self, times: bool) -> Vec<LedgerEntry> {
         let RepositoryLedger {
             existing,
             paths,
             last_applied,
         } = self;
-        let mut out: Vec<Option<LedgerEntry>> = Vec::with_capacity(paths.len());
+        let mut out = Vec::with_capacity(paths.len());
         out.extend(
             paths
                 .into_iter()
                 .filter(|(k, _)| existing.contains(k) || (times && last_applied.contains_key(k)))
-                .map(|(k, p)| {
-                    Some(LedgerEntry {
-                        path: p.into_string(),
-                        exists: existing.contains(&k),
-                        last_applied: last_applied.get(&k).copied().filter(|_| times),
-                    })
+                .map(|(k, p)| LedgerEntry {
+                    path: p.into_string(),
+                    exists: existing.contains(&k),
+                    last_applied: last_applied.get(&k).copied().filter(|_| times),
                 }),
         );
-        let order = {
-            let paths: Vec<&str> = out
-                .iter()
-                .map(|e| e.as_ref().map_or("", |e| &e.path))
-                .collect();
-            path_order::sorted_order(&paths)
-        };
-        order.into_iter().filter_map(|i| out[i].take()).collect()
+        out
     }
 
-    /// [`RepositoryLedger::into_entries`] of a copy, for what keeps the ledger.
+    /// [`RepositoryLedger::into_entries`] of a copy, sorted by path, for what keeps the ledger.
     fn entries_with(&self, times: bool) -> Vec<LedgerEntry> {
-        self.clone().into_entries(times)
+        sorted_entries(self.clone().into_entries(times))
     }
 
     /// Whether an event at `time` comes before the last one already applied to the repository:
@@ -338,17 +332,27 @@ impl PriorPart {
     }
 }
 
-/// One part's repositories after the replay, sorted by path.
+/// Entries sorted by path.
+fn sorted_entries(entries: Vec<LedgerEntry>) -> Vec<LedgerEntry> {
+    let order = path_order::sorted_order(&entries.iter().map(|e| &*e.path).collect::<Vec<_>>());
+    let mut entries: Vec<Option<LedgerEntry>> = entries.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|i| entries[i].take())
+        .collect()
+}
+
+/// One part's repositories after the replay.
 enum PartEntries {
+    /// In no order.
     Memory(Vec<LedgerEntry>),
-    /// One run in a temporary file, when the parts together would pass their share of the
-    /// memory budget.
+    /// One run in a temporary file, sorted by path, when the parts together would pass their
+    /// share of the memory budget.
     Spilled(SealedRuns),
 }
 
-/// The ledger a run's replay left, part by part: each part's repositories sorted by path,
-/// in memory or (past the budget) in a temporary file, read merged in path order by the
-/// outputs. No step after the replay needs the repositories in memory at once: a run over
+/// The ledger a run's replay left, part by part: each part's repositories in memory or (past
+/// the budget) sorted by path in a temporary file, read merged in path order by the outputs. No step after the replay needs the repositories in memory at once: a run over
 /// millions of repositories writes `repositories.txt` from the merge.
 pub struct ReplayedLedger {
     parts: Vec<PartEntries>,
@@ -425,7 +429,11 @@ impl ReplayedLedger {
         for part in &self.parts {
             match part {
                 PartEntries::Memory(entries) => {
-                    sources.push(Box::new(entries.iter().map(|e| Ok(Cow::Borrowed(e)))))
+                    let paths: Vec<&str> = entries.iter().map(|e| &*e.path).collect();
+                    let order = path_order::sorted_order(&paths);
+                    sources.push(Box::new(
+                        order.into_iter().map(|i| Ok(Cow::Borrowed(&entries[i]))),
+                    ))
                 }
                 PartEntries::Spilled(runs) => {
                     for reader in runs.readers::<LedgerEntry>(self.buffer)? {
@@ -455,32 +463,36 @@ mod tests {
     }
 
     #[test]
-    fn existing_paths_in_memory_are_the_merge_of_the_parts() {
-        // Parts as the replay leaves them: each sorted by path, their paths interleaved.
+    fn parts_in_memory_are_read_in_path_order() {
+        // Parts as the replay leaves them in memory: each in no order, their paths interleaved.
         let parts: Vec<Vec<LedgerEntry>> = (0..5)
             .map(|p| {
-                let mut entries: Vec<LedgerEntry> = (0..300)
+                (0..300)
                     .map(|i| LedgerEntry {
                         path: format!("g{}/r{}", (i * 7 + p) % 13, i * 5 + p),
                         exists: (i + p) % 3 != 0,
                         last_applied: None,
                     })
-                    .collect();
-                entries.sort();
-                entries
+                    .collect()
             })
             .collect();
-        let all: usize = parts.iter().map(Vec::len).sum();
-        let existing = parts.iter().flatten().filter(|e| e.exists).count();
+        let mut want: Vec<LedgerEntry> = parts.iter().flatten().cloned().collect();
+        want.sort();
+        let existing = want.iter().filter(|e| e.exists).count();
         let ledger = ReplayedLedger {
             existing,
-            len: all,
+            len: want.len(),
             parts: parts.into_iter().map(PartEntries::Memory).collect(),
             buffer: 0,
         };
-        let sorted = ledger.existing_paths_in_memory().unwrap();
-        assert_eq!(sorted.len(), existing);
-        assert_eq!(sorted, existing_paths(&ledger));
+        let entries: Vec<LedgerEntry> = ledger
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().into_owned())
+            .collect();
+        assert_eq!(entries, want);
+        let want: Vec<&str> = want.iter().filter(|e| e.exists).map(|e| &*e.path).collect();
+        assert_eq!(ledger.existing_paths_in_memory().unwrap(), want);
     }
 
     #[test]

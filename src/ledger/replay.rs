@@ -17,8 +17,8 @@
 //! their repositories in maps.
 
 use super::{
-    part_of, LedgerEntry, PartEntries, PriorLedger, PriorPart, ReplayedLedger, RepositoryLedger,
-    PARTS,
+    part_of, sorted_entries, LedgerEntry, PartEntries, PriorLedger, PriorPart, ReplayedLedger,
+    RepositoryLedger, PARTS,
 };
 use crate::classify::{ActorKind, EventKind, TrackedEvent};
 use crate::records::{EventRecord, LedgerId, PathMap};
@@ -623,7 +623,7 @@ impl<D: Deref<Target = SpillDir>> LedgerBuffer<D> {
                 let entries = if bytes > keep_in_memory {
                     let mut file =
                         RunFile::create(dir, &format!("ledger-repositories-{i:02}.runs"))?;
-                    file.write_run(&entries)?;
+                    file.write_run(&sorted_entries(entries))?;
                     PartEntries::Spilled(file.seal()?)
                 } else {
                     PartEntries::Memory(entries)
