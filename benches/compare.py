@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Two regtally binaries side by side on archives already on disk.
+
+    python3 benches/compare.py BASE NEW ARCHIVE... [--rounds K] [--flags='--memory-limit 256M']
+
+Each round runs `BASE run ARCHIVE` and `NEW run ARCHIVE` once (every other round in the
+reverse order), `-j 2`, page cache warm after the first. For each archive it prints each
+binary's best and median wall time, the median share of the wall time spent after reading
+(the phases `summary.json` reports after `read_and_parse`), the highest peak resident set, the
+median of the rounds' own ratios BASE/NEW (a spell that slows a whole round leaves its ratio
+alone), and whether the two wrote the same aggregates, Service Ping, repositories and rejects.
+
+A lever of issue 27 is measured so: the binary of the commit before it against the binary with
+it (`git worktree` and `cargo build --release` of each), on archives of more than one shape
+(`gen_logs N FILES`, `gen_logs N FILES --repositories 1000000`).
+"""
+
+import argparse
+import filecmp
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import tempfile
+import time
+
+AFTER_READING = ("deduplicate", "repository_ledger", "aggregate", "sketches", "write")
+COMPARED = ("aggregates.parquet", "service_ping.json", "repositories.txt", "rejects.jsonl")
+
+
+def run(binary, archive, out, extra):
+    """One run: wall seconds, peak RSS in MiB, share of the wall time after reading."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [binary, "run", archive, "-o", out, "--quiet", "--as-of", "2023-03-01", "-j", "2", *extra],
+        stdout=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{binary} run {archive} failed")
+    with open(os.path.join(out, "summary.json")) as f:
+        phases = dict(json.load(f)["phase_seconds"])
+    after = sum(phases.get(p, 0.0) for p in AFTER_READING)
+    return wall, usage.ru_maxrss / 1024, after / wall
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("base")
+    ap.add_argument("new")
+    ap.add_argument("archives", nargs="+")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--flags", default="", help="flags of `run` added to both binaries' runs")
+    opts = ap.parse_args()
+    extra = shlex.split(opts.flags)
+    bins = {"base": opts.base, "new": opts.new}
+    with tempfile.TemporaryDirectory(prefix="regtally-compare-") as tmp:
+        for archive in opts.archives:
+            walls = {k: [] for k in bins}
+            shares = {k: [] for k in bins}
+            peaks = {k: 0.0 for k in bins}
+            for r in range(opts.rounds):
+                for k in (list(bins) if r % 2 == 0 else list(reversed(bins))):
+                    wall, peak, share = run(bins[k], archive, os.path.join(tmp, k), extra)
+                    walls[k].append(wall)
+                    shares[k].append(share)
+                    peaks[k] = max(peaks[k], peak)
+            ratio = statistics.median(b / n for b, n in zip(walls["base"], walls["new"]))
+            same = all(
+                filecmp.cmp(os.path.join(tmp, "base", f), os.path.join(tmp, "new", f), shallow=False)
+                for f in COMPARED
+            )
+            print(archive)
+            for k in bins:
+                print(
+                    f"  {k}: best {min(walls[k]):.3f} s, median {statistics.median(walls[k]):.3f} s, "
+                    f"after reading {100 * statistics.median(shares[k]):.1f}%, peak {peaks[k]:.0f} MiB"
+                )
+            print(f"  median ratio base/new {ratio:.3f}, outputs {'the same' if same else 'DIFFERENT'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
