@@ -93,9 +93,8 @@ impl RepositoryLedger {
     /// The existing repositories, in no order, and with `times` (for a state) the deleted
     /// ones an event was applied to, each with the time of that event. The paths are moved
     /// out, not copied: what each part of a replay leaves. Only what reads them in order sorts
-    /// them ([`sorted_entries`]): a run without a state sorts the existing paths once, for
-    /// `repositories.txt`, and a sort of each part before that was a quarter of the ledger's
-    /// phase over half a million repositories.
+    /// them ([`sorted_entries`]), so that a run without a state sorts its paths once, all
+    /// parts together, for `repositories.txt`.
     fn into_entries(self, times: bool) -> Vec<LedgerEntry> {
         let RepositoryLedger {
             existing,
@@ -352,8 +351,9 @@ enum PartEntries {
 }
 
 /// The ledger a run's replay left, part by part: each part's repositories in memory or (past
-/// the budget) sorted by path in a temporary file, read merged in path order by the outputs. No step after the replay needs the repositories in memory at once: a run over
-/// millions of repositories writes `repositories.txt` from the merge.
+/// the budget) sorted by path in a temporary file, read merged in path order by the outputs.
+/// No step after the replay needs the repositories in memory at once: a run over millions of
+/// repositories writes `repositories.txt` from the merge.
 pub struct ReplayedLedger {
     parts: Vec<PartEntries>,
     existing: usize,
@@ -403,9 +403,8 @@ impl ReplayedLedger {
     }
 
     /// The paths of the existing repositories, sorted, when every part is in memory (`None`
-    /// when one was spilled: [`ReplayedLedger::entries`] merges those from disk). Sorted again on
-    /// all cores ([`path_order`]): the merge of the parts compares every path about
-    /// log2(parts) times on one core, a fifth of a second for half a million repositories.
+    /// when one was spilled: [`ReplayedLedger::entries`] merges those from disk), sorted on all
+    /// cores at once ([`path_order`]).
     pub fn existing_paths_in_memory(&self) -> Option<Vec<&str>> {
         let mut paths = Vec::with_capacity(self.existing);
         for part in &self.parts {

@@ -1,11 +1,11 @@
 //! Repository paths put in byte order without comparing them through pointers.
 //!
-//! A run over a million repositories sorts their paths twice (each ledger part's entries, then
-//! `repositories.txt`), and a comparison sort of strings follows two pointers per comparison,
-//! each to a path of its own somewhere in the heap: half a million paths took 85 to 100 ms on
-//! two cores, most of it in `memcmp` waiting for memory. Here each path is read once per
-//! level into an 8-byte key held beside its index, the keys are sorted as integers, and only
-//! the paths that share their first 8·k bytes are read again, for their next 8 (a most
+//! A run over a million repositories sorts their paths for `repositories.txt` (and, with a
+//! state, each ledger part's). A comparison sort of strings follows two pointers per
+//! comparison, each to a path of its own somewhere in the heap: half a million paths took 85 to
+//! 100 ms on two cores, most of it in `memcmp` waiting for memory. Here each path is read once
+//! per level into an 8-byte key held beside its index, the keys are sorted as integers, and
+//! only the paths that share their first 8·k bytes are read again, for their next 8 (a most
 //! significant digit first radix sort whose digits are 8 bytes, each level a sort of integers).
 
 use rayon::prelude::*;
