@@ -331,9 +331,15 @@ impl PriorPart {
     }
 }
 
+/// Where each of `entries` goes when they are sorted by path ([`path_order::sorted_order`]).
+fn order_by_path(entries: &[LedgerEntry]) -> Vec<usize> {
+    let paths: Vec<&str> = entries.iter().map(|e| &*e.path).collect();
+    path_order::sorted_order(&paths)
+}
+
 /// Entries sorted by path.
 fn sorted_entries(entries: Vec<LedgerEntry>) -> Vec<LedgerEntry> {
-    let order = path_order::sorted_order(&entries.iter().map(|e| &*e.path).collect::<Vec<_>>());
+    let order = order_by_path(&entries);
     let mut entries: Vec<Option<LedgerEntry>> = entries.into_iter().map(Some).collect();
     order
         .into_iter()
@@ -376,7 +382,8 @@ impl std::fmt::Debug for ReplayedLedger {
 impl ReplayedLedger {
     /// A ledger held whole, as one part (what a run that replays nothing leaves, and tests).
     pub fn whole(ledger: &RepositoryLedger, times: bool) -> ReplayedLedger {
-        let entries = ledger.entries_with(times);
+        // In no order, as a part in memory is: what reads it sorts it.
+        let entries = ledger.clone().into_entries(times);
         ReplayedLedger {
             existing: entries.iter().filter(|e| e.exists).count(),
             len: entries.len(),
@@ -427,13 +434,11 @@ impl ReplayedLedger {
         let mut sources: Vec<Source<'_>> = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
             match part {
-                PartEntries::Memory(entries) => {
-                    let paths: Vec<&str> = entries.iter().map(|e| &*e.path).collect();
-                    let order = path_order::sorted_order(&paths);
-                    sources.push(Box::new(
-                        order.into_iter().map(|i| Ok(Cow::Borrowed(&entries[i]))),
-                    ))
-                }
+                PartEntries::Memory(entries) => sources.push(Box::new(
+                    order_by_path(entries)
+                        .into_iter()
+                        .map(|i| Ok(Cow::Borrowed(&entries[i]))),
+                )),
                 PartEntries::Spilled(runs) => {
                     for reader in runs.readers::<LedgerEntry>(self.buffer)? {
                         sources.push(Box::new(reader.map(|e| e.map(Cow::Owned))));
