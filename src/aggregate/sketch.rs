@@ -311,39 +311,64 @@ impl UserSketch {
                 break;
             }
         }
-        let dense = buf.len() > counts.2;
-        let (sparse, registers, counted) = if dense {
-            let mut registers = RegistersLayout {
-                buf: vec![0; m.div_ceil(5)],
-                count: m,
-                zeros: m,
-            };
-            for &code in codes {
-                let (index, rank) = decode_code(precision, code);
-                let (word, shift) = (index / 5, (index % 5) * 6);
-                let current = (registers.buf[word] >> shift) & 0x3f;
-                if rank > current {
-                    registers.zeros -= usize::from(current == 0);
-                    registers.buf[word] = (registers.buf[word] & !(0x3f << shift)) | rank << shift;
-                }
-            }
-            let empty = SparseLayout {
-                count: 0,
-                last: 0,
-                buf: Vec::new(),
-            };
-            (empty, Some(registers), None)
-        } else {
-            // The crate's sparse estimate: linear counting over 2^24 sparse registers.
-            let registers = counts.1 as f64;
-            let zeros = (counts.1 - codes.len()) as f64;
-            let sparse = SparseLayout {
-                count: codes.len(),
-                last,
-                buf,
-            };
-            (sparse, None, Some(registers * (registers / zeros).ln()))
+        if buf.len() > counts.2 {
+            return UserSketch::dense_of_codes(precision, &[codes]);
+        }
+        // The crate's sparse estimate: linear counting over 2^24 sparse registers.
+        let registers = counts.1 as f64;
+        let zeros = (counts.1 - codes.len()) as f64;
+        let sparse = SparseLayout {
+            count: codes.len(),
+            last,
+            buf,
         };
+        UserSketch::of_layout(
+            precision,
+            sparse,
+            None,
+            Some(registers * (registers / zeros).ln()),
+        )
+    }
+
+    /// The dense sketch of the identities whose [`sparse_code`]s these lists hold, in any
+    /// order and with repeats: each register holds the largest rank of the codes that fall
+    /// in it, which is what a dense sketch holds however it got dense, and what merging a
+    /// sparse sketch into a dense one sets.
+    pub fn dense_of_codes(precision: u8, lists: &[&[u32]]) -> UserSketch {
+        let m = 1usize << precision;
+        let mut registers = RegistersLayout {
+            buf: vec![0; m.div_ceil(5)],
+            count: m,
+            zeros: m,
+        };
+        for &code in lists.iter().copied().flatten() {
+            let (index, rank) = decode_code(precision, code);
+            let (word, shift) = (index / 5, (index % 5) * 6);
+            let current = (registers.buf[word] >> shift) & 0x3f;
+            if rank > current {
+                registers.zeros -= usize::from(current == 0);
+                registers.buf[word] = (registers.buf[word] & !(0x3f << shift)) | rank << shift;
+            }
+        }
+        let empty = SparseLayout {
+            count: 0,
+            last: 0,
+            buf: Vec::new(),
+        };
+        UserSketch::of_layout(precision, empty, Some(registers), None)
+    }
+
+    /// The crate's sketch of this state, which it serializes so and reads back; `counted` is
+    /// a sparse sketch's estimate.
+    fn of_layout(
+        precision: u8,
+        sparse: SparseLayout,
+        registers: Option<RegistersLayout>,
+        counted: Option<f64>,
+    ) -> UserSketch {
+        let m = 1usize << precision;
+        let counts = (m, 1 << (PRIME_PRECISION - 1), 4 * m / 5);
+        let dense = registers.is_some();
         let layout = Layout {
             builder: PassThroughBuildHasher,
             precision,
@@ -573,15 +598,78 @@ impl WarehouseSketch {
     /// order changes in a form that does not depend on it.
     pub fn of_users(lg_k: u8, coupons: &[Coupon]) -> WarehouseSketch {
         let mut sketch = WarehouseSketch::new(lg_k);
-        for &c in coupons {
+        // Until the crate's sketch is dense its mode depends on how many distinct coupons it
+        // has seen: enough coupons, sorted and so known distinct, make it dense at once;
+        // otherwise the crate's own inserts go up to where it would be.
+        let distinct = coupons.windows(2).all(|w| w[0] < w[1]);
+        let first = if distinct && coupons.len() >= dense_from(lg_k) {
+            0
+        } else {
+            coupons.len().min(dense_from(lg_k))
+        };
+        let (first, rest) = coupons.split_at(first);
+        for &c in first {
             sketch.hll.update_with_coupon(c);
         }
+        sketch.raise_registers(&[rest], first.is_empty() && !rest.is_empty());
         sketch
     }
 
     /// Adds one user.
     pub fn insert(&mut self, coupon: Coupon) {
         self.hll.update_with_coupon(coupon);
+    }
+
+    /// Adds the users of these lists, in any order.
+    ///
+    /// Many users are added to a dense sketch's registers directly: the crate's insert
+    /// updates its HIP estimator for every raised register, which was most of building a
+    /// year of cells' sketches, and [`WarehouseSketch::to_bytes`] writes that estimator from
+    /// the registers anyway. The sketch is then out of order, as a union's is: it estimates
+    /// from its registers, and its bytes are those of the same users inserted one by one.
+    pub fn insert_all(&mut self, lists: &[&[Coupon]]) {
+        self.raise_registers(lists, false);
+    }
+
+    /// [`WarehouseSketch::insert_all`]; `dense` says that these coupons alone make the
+    /// sketch dense (enough of them, distinct), so that an empty sketch turns dense at once.
+    fn raise_registers(&mut self, lists: &[&[Coupon]], dense: bool) {
+        let coupons = || lists.iter().copied().flatten().copied();
+        const PREAMBLE: usize = 40;
+        let registers = 1usize << self.lg_k();
+        let mut bytes = if dense {
+            let mut empty = vec![0; PREAMBLE + registers];
+            let preamble = [
+                HLL_PREINTS,
+                1,
+                HLL_FAMILY,
+                self.lg_k(),
+                0,
+                0,
+                0,
+                HLL_8_DENSE,
+            ];
+            empty[..8].copy_from_slice(&preamble);
+            empty
+        } else if lists.iter().map(|l| l.len()).sum::<usize>() >= registers / 8 {
+            // Below this the serialization round trip costs more than the inserts it saves.
+            self.hll.serialize()
+        } else {
+            Vec::new()
+        };
+        if bytes.len() != PREAMBLE + registers || bytes[7] != HLL_8_DENSE {
+            coupons().for_each(|c| self.hll.update_with_coupon(c));
+            return;
+        }
+        let values = &mut bytes[PREAMBLE..];
+        for c in coupons() {
+            let bits = coupon_bits(c);
+            let slot = bits as usize & (registers - 1);
+            values[slot] = values[slot].max((bits >> 26) as u8);
+        }
+        canonical_dense(&mut bytes);
+        self.hll = HllSketch::deserialize(&bytes)
+            .expect("the crate reads a dense HLL_8 sketch it wrote, its registers raised");
     }
 
     /// Whether the sketch is dense (in HLL mode): then its bytes depend only on its registers,
@@ -672,29 +760,81 @@ impl WarehouseSketch {
     }
 }
 
-/// Rewrites a dense HLL_8 sketch's estimator fields from its registers alone (see
-/// [`WarehouseSketch::to_bytes`]).
+/// DataSketches' HLL preamble: its length in 4-byte words in HLL mode, the family's id, and
+/// the mode byte of a dense (HLL mode) HLL_8 sketch.
+const HLL_PREINTS: u8 = 10;
+const HLL_FAMILY: u8 = 7;
+const HLL_8_DENSE: u8 = 2 | 2 << 2;
+
+/// How many distinct coupons the crate's HLL_8 sketch of `lg_k` holds when it turns dense:
+/// a list of 8 goes straight to registers below `lg_k` 8; above, the list becomes a hash set,
+/// which doubles at three quarters full until, at `2^(lg_k - 3)` slots, it turns into
+/// registers instead. Only the speed of [`WarehouseSketch::of_users`] depends on this number
+/// (`dense_from_is_where_the_crate_turns_dense` checks it).
+fn dense_from(lg_k: u8) -> usize {
+    if lg_k < 8 {
+        8
+    } else {
+        3 * (1usize << (lg_k - 3)) / 4 + 1
+    }
+}
+
+/// A coupon's 32 bits (register value above, slot below), which the crate keeps private:
+/// its derived `Hash` writes them as one `u32` (`coupon_bits_are_those_the_crate_writes`).
+fn coupon_bits(c: Coupon) -> u32 {
+    #[derive(Default)]
+    struct Bits(u32);
+    impl std::hash::Hasher for Bits {
+        fn finish(&self) -> u64 {
+            u64::from(self.0)
+        }
+        fn write(&mut self, _: &[u8]) {}
+        fn write_u32(&mut self, bits: u32) {
+            self.0 = bits;
+        }
+    }
+    let mut bits = Bits::default();
+    std::hash::Hash::hash(&c, &mut bits);
+    bits.0
+}
+
+/// Rewrites a dense HLL_8 sketch's estimator fields and its count of zero registers from its
+/// registers alone (see [`WarehouseSketch::to_bytes`]).
 ///
 /// The register sums are taken from a count of each register value, not register by register:
-/// a division per register is a sixteenth of the instructions of writing a year's table. The sums are the same to the bit, in any order: every
-/// term is a power of two from 2^-63 up, and at most 2^21 of them (`lg_k` 21) keep every
-/// partial sum of either within 53 significant bits (2^21 times 2^-32 at most, in steps of
-/// 2^-63; 2^21 at most, in steps of 2^-31), so no addition rounds.
+/// a division per register is a sixteenth of the instructions of writing a year's table. The
+/// sums are the same to the bit, in any order: every term is a power of two from 2^-63 up,
+/// and at most 2^21 of them (`lg_k` 21) keep every partial sum of either within 53
+/// significant bits (2^21 times 2^-32 at most, in steps of 2^-63; 2^21 at most, in steps of
+/// 2^-31), so no addition rounds.
 fn canonical_dense(b: &mut [u8]) {
     const PREAMBLE: usize = 40;
     const OUT_OF_ORDER: u8 = 16;
     if b.len() < PREAMBLE || (b[7] >> 2) & 0x3 != 2 {
         return;
     }
-    let mut counts = [0u32; 64];
-    for &r in &b[PREAMBLE..] {
-        counts[usize::from(r & 63)] += 1;
+    // Four counts, one per register of each group of four: neighbouring registers often hold
+    // the same value, and one count's increments would then wait on each other.
+    let mut counts = [[0u32; 64]; 4];
+    let mut fours = b[PREAMBLE..].chunks_exact(4);
+    for r in &mut fours {
+        for (count, &v) in counts.iter_mut().zip(r) {
+            count[usize::from(v & 63)] += 1;
+        }
     }
-    let (kxq0, kxq1) = register_sums(&counts);
+    for &v in fours.remainder() {
+        counts[0][usize::from(v & 63)] += 1;
+    }
+    let mut all = [0u32; 64];
+    for (v, n) in all.iter_mut().enumerate() {
+        *n = counts.iter().map(|c| c[v]).sum();
+    }
+    let (kxq0, kxq1) = register_sums(&all);
     b[5] |= OUT_OF_ORDER;
     b[8..16].copy_from_slice(&0f64.to_le_bytes());
     b[16..24].copy_from_slice(&kxq0.to_le_bytes());
     b[24..32].copy_from_slice(&kxq1.to_le_bytes());
+    b[32..36].copy_from_slice(&all[0].to_le_bytes());
 }
 
 /// DataSketches' `kxq0` and `kxq1` of registers counted by value (`counts[v]` registers hold
@@ -795,6 +935,105 @@ mod tests {
                 .unwrap()
                 .estimate();
             assert!((e - n as f64).abs() <= 0.05 * n as f64, "{n} users: {e}");
+        }
+    }
+
+    /// Distinct coupons of made-up users, in the order made.
+    fn distinct_coupons(n: usize) -> Vec<Coupon> {
+        let mut seen = std::collections::HashSet::new();
+        (0..)
+            .map(|i| identity_coupon(&format!("user-{i}")))
+            .filter(|&c| seen.insert(c))
+            .take(n)
+            .collect()
+    }
+
+    /// The one-by-one sketch of these coupons, as the crate builds it.
+    fn inserted(lg_k: u8, coupons: &[Coupon]) -> WarehouseSketch {
+        let mut sketch = WarehouseSketch::new(lg_k);
+        coupons
+            .iter()
+            .for_each(|&c| sketch.hll.update_with_coupon(c));
+        sketch
+    }
+
+    #[test]
+    fn coupon_bits_are_those_the_crate_writes() {
+        for c in distinct_coupons(50) {
+            let bytes = inserted(12, &[c]).hll.serialize();
+            // A list of one coupon: the preamble's 8 bytes, then the coupon.
+            assert_eq!(bytes.len(), 12);
+            assert_eq!(
+                u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+                coupon_bits(c)
+            );
+        }
+    }
+
+    #[test]
+    fn dense_from_is_where_the_crate_turns_dense() {
+        for lg_k in 4..=18 {
+            let n = dense_from(lg_k);
+            let coupons = distinct_coupons(n);
+            let mut sketch = inserted(lg_k, &coupons[..n - 1]);
+            assert!(!sketch.is_dense(), "lg_k {lg_k}: dense before {n} coupons");
+            sketch.insert(coupons[n - 1]);
+            assert!(sketch.is_dense(), "lg_k {lg_k}: not dense at {n} coupons");
+        }
+    }
+
+    /// Built at once, a sketch has the bytes of its users inserted one by one, in any order
+    /// and with repeats or sorted and distinct, whether it stays a list or set, turns dense
+    /// among the first coupons, at once (sorted) or only later (repeats), and when more users
+    /// are added to a dense sketch at once.
+    #[test]
+    fn users_added_at_once_give_the_bytes_of_one_by_one() {
+        let mut rng = crate::test_support::seeded(0xc011_0175);
+        for lg_k in [4u8, 7, 8, 11, 14] {
+            let k = 1usize << lg_k;
+            let sizes = [0, 1, 7, 8, 9, k / 8, dense_from(lg_k) - 1, dense_from(lg_k)];
+            for n in sizes
+                .into_iter()
+                .chain([dense_from(lg_k) + 1, 2 * k, 9 * k])
+            {
+                let mut coupons = distinct_coupons(n);
+                // Shuffled, then a third of them again, some in a row: the first coupons hold
+                // repeats, and the crate turns dense past `dense_from`.
+                for i in (1..coupons.len()).rev() {
+                    coupons.swap(i, (rng() % (i as u64 + 1)) as usize);
+                }
+                let again: Vec<Coupon> = coupons.iter().step_by(3).copied().collect();
+                coupons.splice(0..0, again);
+                let one_by_one = inserted(lg_k, &coupons);
+                let at_once = WarehouseSketch::of_users(lg_k, &coupons);
+                assert!(
+                    at_once.to_bytes() == one_by_one.to_bytes(),
+                    "lg_k {lg_k}, {n} users"
+                );
+                assert_eq!(at_once.is_dense(), one_by_one.is_dense());
+                // Sorted, one of each: dense at once from `dense_from` on.
+                let mut sorted = coupons.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                let of_sorted = WarehouseSketch::of_users(lg_k, &sorted);
+                assert!(
+                    of_sorted.to_bytes() == one_by_one.to_bytes(),
+                    "lg_k {lg_k}, {n} users sorted"
+                );
+                assert_eq!(of_sorted.is_dense(), one_by_one.is_dense());
+                // Built so, a dense sketch counts its zero registers right in memory too.
+                for sketch in [&at_once, &of_sorted] {
+                    assert_eq!(check_dense_hll8(&sketch.hll.serialize()), Ok(()));
+                }
+                let (first, second) = coupons.split_at(coupons.len() / 2);
+                let mut added = WarehouseSketch::of_users(lg_k, first);
+                let (one, others) = second.split_at(second.len().min(1));
+                added.insert_all(&[one, others]);
+                assert!(
+                    added.to_bytes() == one_by_one.to_bytes(),
+                    "lg_k {lg_k}, {n} added"
+                );
+            }
         }
     }
 

@@ -481,7 +481,8 @@ impl CellUsers {
     }
 
     /// The cell of all these cells' events and users: the sorted union of their lists, or,
-    /// when one is dense, the union of their sketches (dense too, being of more users).
+    /// when one is dense, the union of their sketches (dense too, being of more users), into
+    /// which the lists' users go as they are.
     fn union(parts: &[&CellUsers], precision: u8) -> CellUsers {
         let events = parts.iter().map(|p| p.events).sum();
         let mut dense: Option<DenseUsers> = None;
@@ -502,13 +503,16 @@ impl CellUsers {
                 },
             }
         }
-        let codes = union_of_sorted(&codes);
-        let coupons = union_of_sorted(&coupons);
         let users = match dense {
-            None => Users::Listed { codes, coupons },
+            None => Users::Listed {
+                codes: union_of_sorted(&codes),
+                coupons: union_of_sorted(&coupons),
+            },
             Some(mut all) => {
-                let _ = all.sketch.merge(&UserSketch::of_codes(precision, &codes));
-                coupons.iter().for_each(|&c| all.hll.insert(c));
+                let _ = all
+                    .sketch
+                    .merge(&UserSketch::dense_of_codes(precision, &codes));
+                all.hll.insert_all(&coupons);
                 Users::Dense(Box::new(all))
             }
         };
