@@ -668,8 +668,16 @@ impl WarehouseSketch {
             values[slot] = values[slot].max((bits >> 26) as u8);
         }
         canonical_dense(&mut bytes);
-        self.hll = HllSketch::deserialize(&bytes)
-            .expect("the crate reads a dense HLL_8 sketch it wrote, its registers raised");
+        let read = HllSketch::deserialize(&bytes);
+        debug_assert!(
+            read.is_ok(),
+            "the crate reads the dense HLL_8 sketches it writes"
+        );
+        match read {
+            Ok(hll) => self.hll = hll,
+            // Were it ever not to, the users still go in, one by one.
+            Err(_) => coupons().for_each(|c| self.hll.update_with_coupon(c)),
+        }
     }
 
     /// Whether the sketch is dense (in HLL mode): then its bytes depend only on its registers,
