@@ -623,9 +623,9 @@ impl WarehouseSketch {
     /// Adds the users of these lists, in any order.
     ///
     /// Many users are added to a dense sketch's registers directly: the crate's insert
-    /// updates its HIP estimator for every raised register, which was most of building a
-    /// year of cells' sketches, and [`WarehouseSketch::to_bytes`] writes that estimator from
-    /// the registers anyway. The sketch is then out of order, as a union's is: it estimates
+    /// updates its HIP estimator for every raised register, which was over a quarter of
+    /// building every cell's sketches, and [`WarehouseSketch::to_bytes`] writes that estimator
+    /// from the registers anyway. The sketch is then out of order, as a union's is: it estimates
     /// from its registers, and its bytes are those of the same users inserted one by one.
     pub fn insert_all(&mut self, lists: &[&[Coupon]]) {
         self.raise_registers(lists, false);
@@ -634,8 +634,8 @@ impl WarehouseSketch {
     /// [`WarehouseSketch::insert_all`]; `dense` says that these coupons alone make the
     /// sketch dense (enough of them, distinct), so that an empty sketch turns dense at once.
     fn raise_registers(&mut self, lists: &[&[Coupon]], dense: bool) {
-        let coupons = || lists.iter().copied().flatten().copied();
         const PREAMBLE: usize = 40;
+        let coupons = || lists.iter().copied().flatten().copied();
         let registers = 1usize << self.lg_k();
         let mut bytes = if dense {
             let mut empty = vec![0; PREAMBLE + registers];
@@ -777,8 +777,9 @@ const HLL_8_DENSE: u8 = 2 | 2 << 2;
 /// How many distinct coupons the crate's HLL_8 sketch of `lg_k` holds when it turns dense:
 /// a list of 8 goes straight to registers below `lg_k` 8; above, the list becomes a hash set,
 /// which doubles at three quarters full until, at `2^(lg_k - 3)` slots, it turns into
-/// registers instead. Only the speed of [`WarehouseSketch::of_users`] depends on this number
-/// (`dense_from_is_where_the_crate_turns_dense` checks it).
+/// registers instead. [`WarehouseSketch::of_users`] builds this many sorted users or more
+/// straight into registers, so its bytes depend on this number:
+/// `dense_from_is_where_the_crate_turns_dense` checks it for every `lg_k` the CLI takes.
 fn dense_from(lg_k: u8) -> usize {
     if lg_k < 8 {
         8

@@ -502,7 +502,8 @@ impl PlannedRun {
 enum Then {
     /// Exits (`regtally run`).
     Exit,
-    /// Goes on (an engine's driver, in a process of its own making).
+    /// Goes on: an engine's driver (`python/`) lives on in its process after the run, so
+    /// what the run computed is freed.
     Return,
 }
 
