@@ -7,9 +7,10 @@ Each round runs `BASE run ARCHIVE` and `NEW run ARCHIVE` once (every other round
 reverse order), `-j 2`, page cache warm after the first. For each archive it prints each
 binary's best and median wall time, the median share of the wall time spent after reading
 (the phases `summary.json` reports after `read_and_parse`; and, as "wall", all but the
-reading: what the phases don't time, such as exiting, counted too), the highest peak resident set, the
-median of the rounds' own ratios BASE/NEW (a spell that slows a whole round leaves its ratio
-alone), and whether the two wrote the same aggregates, Service Ping, repositories and rejects.
+reading, what the phases don't time such as exiting counted too), the highest peak resident
+set, the median of the rounds' own ratios BASE/NEW (a spell that slows a whole round leaves its
+ratio alone), and whether the two wrote the same aggregates, Service Ping, repositories and
+rejects.
 
 A lever of issue 27 is measured so: the binary of the commit before it against the binary with
 it (`git worktree` and `cargo build --release` of each), on archives of more than one shape

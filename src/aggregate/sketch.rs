@@ -601,8 +601,8 @@ impl WarehouseSketch {
         // Until the crate's sketch is dense its mode depends on how many distinct coupons it
         // has seen: enough coupons, sorted and so known distinct, make it dense at once;
         // otherwise the crate's own inserts go up to where it would be.
-        let distinct = coupons.windows(2).all(|w| w[0] < w[1]);
-        let first = if distinct && coupons.len() >= dense_from(lg_k) {
+        let at_once = coupons.len() >= dense_from(lg_k) && coupons.windows(2).all(|w| w[0] < w[1]);
+        let first = if at_once {
             0
         } else {
             coupons.len().min(dense_from(lg_k))
@@ -611,7 +611,7 @@ impl WarehouseSketch {
         for &c in first {
             sketch.hll.update_with_coupon(c);
         }
-        sketch.raise_registers(&[rest], first.is_empty() && !rest.is_empty());
+        sketch.raise_registers(&[rest], at_once);
         sketch
     }
 
