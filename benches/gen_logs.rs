@@ -1,14 +1,15 @@
 //! Writes synthetic, realistic registry notification logs for the benchmark.
 //!
 //! `gen_logs OUT_DIR EVENTS FILES [--envelopes] [--bodies] [--gzip] [--seed N]
-//! [--repositories N] [--users N] [--no-pulls]`: EVENTS events over FILES files, about 1 KB a
-//! line, one event a line (or envelopes of 1 to 5 events, or with `--bodies` the same
-//! envelopes pretty-printed as the registry POSTs them, one after another), plain or gzip. Actions: 70% pull, 22% push, 5% delete
-//! (about one in ten a repository delete), 3% mount, or with `--no-pulls` 80% push and 20%
-//! delete, so that every event counts for a user; users and repositories drawn uniformly from
-//! 20,000 and 30,000 (or the numbers given: millions of repositories, or so many users that
-//! most of a day's are distinct); a year of timestamps; 1% redeliveries. Deterministic for a
-//! seed and shape.
+//! [--repositories N] [--users N] [--no-pulls] [--days N]`: EVENTS events over FILES files,
+//! about 1 KB a line, one event a line (or envelopes of 1 to 5 events, or with `--bodies` the
+//! same envelopes pretty-printed as the registry POSTs them, one after another), plain or gzip.
+//! Actions: 70% pull, 22% push, 5% delete (about one in ten a repository delete), 3% mount, or
+//! with `--no-pulls` 80% push and 20% delete, so that every event counts for a user; users and
+//! repositories drawn uniformly from 20,000 and 30,000 (or the numbers given: millions of
+//! repositories, or so many users that most of a day's are distinct); a year of timestamps (or
+//! the first N days of 2023: `--days 31` puts every event in one month, as a nightly run's
+//! are); 1% redeliveries. Deterministic for a seed and shape.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,6 +22,7 @@ struct Shape {
     users: u64,
     repositories: u64,
     no_pulls: bool,
+    days: u64,
 }
 
 fn event(rng: &mut Rng, shape: &Shape, n: u64, out: &mut Vec<u8>) {
@@ -33,7 +35,7 @@ fn event(rng: &mut Rng, shape: &Shape, n: u64, out: &mut Vec<u8>) {
     };
     let user = rng.u64(..shape.users);
     let repo = rng.u64(..shape.repositories);
-    let secs = 1_672_531_200 + rng.u64(..365 * 86_400); // 2023
+    let secs = 1_672_531_200 + rng.u64(..shape.days * 86_400); // 2023
     let nanos = rng.u64(..1_000_000_000);
     let ts = chrono::DateTime::from_timestamp(secs as i64, nanos as u32)
         .unwrap()
@@ -99,7 +101,7 @@ fn main() {
     if args.len() < 3 {
         eprintln!(
             "usage: gen_logs OUT_DIR EVENTS FILES [--envelopes] [--bodies] [--gzip] [--seed N] \
-             [--repositories N] [--users N] [--no-pulls]"
+             [--repositories N] [--users N] [--no-pulls] [--days N]"
         );
         std::process::exit(2);
     }
@@ -123,6 +125,7 @@ fn main() {
         users: number("--users", 20_000).max(1),
         repositories: number("--repositories", 30_000).max(1),
         no_pulls: args.iter().any(|a| a == "--no-pulls"),
+        days: number("--days", 365).max(1),
     };
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng::with_seed(seed);
