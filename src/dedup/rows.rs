@@ -189,40 +189,67 @@ pub struct SpooledRow<'a> {
     pub position: u64,
 }
 
-/// Calls `each` with every row of a month's file, in input order.
-pub fn each_spooled_row(
-    path: &Path,
-    mut each: impl FnMut(SpooledRow<'_>) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut input = BufReader::with_capacity(256 << 10, File::open(path)?);
-    let (mut file, mut lines_before, mut base) = (0usize, 0u64, 0u64);
-    let mut row_bytes = Vec::new();
-    loop {
-        let mut tag = [0u8; 1];
-        match input.read(&mut tag)? {
-            0 => return Ok(()),
-            _ if tag[0] == HEADER => {
-                file = codec::get_u32(&mut input)? as usize;
-                lines_before = codec::get_u64(&mut input)?;
-                base = codec::get_u64(&mut input)?;
-                continue;
+/// A month's file read back a row at a time, in input order.
+pub struct SpooledRows {
+    input: BufReader<File>,
+    /// The input, lines before and de-duplication's position base of the chunk being read.
+    chunk: (usize, u64, u64),
+    /// The row being read: its rows borrow their texts from it.
+    row_bytes: Vec<u8>,
+}
+
+impl SpooledRows {
+    pub fn open(path: &Path) -> io::Result<SpooledRows> {
+        Ok(SpooledRows {
+            input: BufReader::with_capacity(256 << 10, File::open(path)?),
+            chunk: (0, 0, 0),
+            row_bytes: Vec::new(),
+        })
+    }
+
+    /// The next row whose de-duplication position `keep` takes (see [`DeferredFirsts`]), or
+    /// none at the file's end.
+    pub fn next_row(&mut self, keep: impl Fn(u64) -> bool) -> io::Result<Option<SpooledRow<'_>>> {
+        let input = &mut self.input;
+        let (seq, len) = loop {
+            let mut tag = [0u8; 1];
+            match input.read(&mut tag)? {
+                0 => return Ok(None),
+                _ if tag[0] == HEADER => {
+                    self.chunk = (
+                        codec::get_u32(input)? as usize,
+                        codec::get_u64(input)?,
+                        codec::get_u64(input)?,
+                    );
+                }
+                _ if tag[0] == ROW => {
+                    let seq = codec::get_u32(input)?;
+                    let len = codec::get_u32(input)?;
+                    if keep(self.chunk.2 + u64::from(seq) + 1) {
+                        break (seq, len);
+                    }
+                    let skipped =
+                        io::copy(&mut input.by_ref().take(u64::from(len)), &mut io::sink())?;
+                    if skipped != u64::from(len) {
+                        return Err(crate::records::row::corrupt("row"));
+                    }
+                }
+                _ => return Err(crate::records::row::corrupt("frame")),
             }
-            _ if tag[0] == ROW => {}
-            _ => return Err(crate::records::row::corrupt("frame")),
-        }
-        let seq = codec::get_u32(&mut input)?;
-        let len = codec::get_u32(&mut input)?;
+        };
+        let row_bytes = &mut self.row_bytes;
         row_bytes.clear();
         row_bytes.extend_from_slice(&len.to_le_bytes());
         row_bytes.resize(4 + len as usize, 0);
         input.read_exact(&mut row_bytes[4..])?;
-        let (row, _) = EncodedRow::decode(&row_bytes)?;
-        each(SpooledRow {
+        let (row, _) = EncodedRow::decode(row_bytes)?;
+        let (file, lines_before, base) = self.chunk;
+        Ok(Some(SpooledRow {
             input: file,
             line: lines_before + row.line,
             position: base + u64::from(seq) + 1,
             row,
-        })?;
+        }))
     }
 }
 
@@ -239,5 +266,81 @@ mod tests {
         d.set(5);
         assert!(d.get(100) && d.get(300) && !d.get(101) && !d.get(1000));
         assert!(d.is_first(99) && d.is_first(100) && !d.is_first(101));
+    }
+
+    fn row(id: &str, secs: i64, line: u64) -> EncodedRow<'_> {
+        EncodedRow {
+            time: crate::timestamp::Timestamp { secs, nanos: 0 },
+            id_key: 0,
+            line,
+            index: None,
+            kind: 0,
+            id,
+            action: "push",
+            repository: "g/r",
+            tag: None,
+            digest: None,
+            media_type: None,
+            user: None,
+            deploy_token: None,
+            actor_name: None,
+            actor_type: None,
+        }
+    }
+
+    /// Rows come back by month, in input order, with their input, line and position; those
+    /// `keep` refuses are skipped whole, so the rows after them still read back.
+    #[test]
+    fn spooled_rows_read_back_by_month_skipping_those_not_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = SpillDir::create(parent.path(), &[]).unwrap();
+        let mut spool = RowSpool::new(&dir);
+        let (jan, feb) = (1_673_000_000, 1_676_000_000);
+        let chunks = [
+            (
+                0,
+                0,
+                vec![row("a", jan, 1), row("b", feb, 2), row("c", jan, 3)],
+            ),
+            (1, 10, vec![row("d", jan, 1), row("e", jan, 2)]),
+        ];
+        let mut position_base = 0;
+        for (input, lines_before, rows) in &chunks {
+            let mut bytes = Vec::new();
+            rows.iter().for_each(|r| r.encode(&mut bytes));
+            let chunk = ChunkRows {
+                input: *input,
+                lines_before: *lines_before,
+                position_base,
+                rows: &bytes,
+            };
+            // The chunk's second row is a later delivery: it never reaches the spool.
+            spool.add_chunk(chunk, |i| i != 1 || *input == 0).unwrap();
+            position_base += rows.len() as u64;
+        }
+        let months = spool.finish().unwrap();
+        assert_eq!(
+            months.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+            [(2023, 1), (2023, 2)]
+        );
+        let read = |path: &Path, keep: &dyn Fn(u64) -> bool| {
+            let mut rows = SpooledRows::open(path).unwrap();
+            let mut all = Vec::new();
+            while let Some(r) = rows.next_row(keep).unwrap() {
+                all.push((r.row.id.to_owned(), r.input, r.line, r.position));
+            }
+            all
+        };
+        let at = |id: &str, input, line, position| (id.to_owned(), input, line, position);
+        assert_eq!(
+            read(&months[0].1, &|_| true),
+            [at("a", 0, 1, 1), at("c", 0, 3, 3), at("d", 1, 11, 4)]
+        );
+        assert_eq!(
+            read(&months[0].1, &|p| p != 1 && p != 3),
+            [at("d", 1, 11, 4)]
+        );
+        assert_eq!(read(&months[1].1, &|_| true), [at("b", 0, 2, 2)]);
+        assert_eq!(read(&months[1].1, &|_| false), []);
     }
 }

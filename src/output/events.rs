@@ -5,7 +5,7 @@
 //! are staged beside their final names and renamed with the run's other outputs.
 
 use super::StagedOutputs;
-use crate::dedup::rows::each_spooled_row;
+use crate::dedup::rows::SpooledRows;
 use crate::records::row::{EncodedRow, Month};
 use crate::tally::DatasetRows;
 use anyhow::{Context, Result};
@@ -13,15 +13,19 @@ use arrow_array::builder::{
     BooleanBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{
+    compute_leaves, get_column_writers, ArrowColumnChunk, ArrowColumnWriter,
+};
+use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::format::KeyValue;
 use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,6 +35,7 @@ pub const ROWS_PER_FILE: u64 = 1 << 23;
 const ROWS_PER_BATCH: usize = 1 << 13;
 /// Rows of one row group, which the Parquet writer holds encoded until it is complete.
 const ROWS_PER_GROUP: usize = 1 << 16;
+const WRITE_FAILED: &str = "cannot write the events dataset";
 
 /// The dataset's schema; a change here is a change of the warehouse contract.
 pub fn schema() -> Schema {
@@ -73,32 +78,39 @@ pub struct DatasetRow<'a> {
     pub line: u64,
 }
 
-/// Calls `each` with every row of a month's temporary file that is a first delivery, in input
-/// order, with what the run learned after reading it: whether a deferred event was a first
-/// delivery, and whether a repository push created its repository.
-pub fn each_row(
+/// Fills `columns` with up to `limit` rows of a month's temporary file that are first
+/// deliveries, in input order, with what the run learned after reading them: whether a
+/// deferred event was a first delivery, and whether a repository push created its repository.
+/// Returns how many rows it added: fewer than `limit` only at the file's end.
+fn fill(
     rows: &DatasetRows,
-    path: &Path,
-    mut each: impl FnMut(&DatasetRow<'_>) -> io::Result<()>,
-) -> io::Result<()> {
+    source: &mut SpooledRows,
+    columns: &mut Columns,
+    limit: usize,
+) -> io::Result<usize> {
     let resolution = &rows.resolution;
-    each_spooled_row(path, |spooled| {
-        if let Some(d) = &resolution.deferred {
-            if !d.is_first(spooled.position) {
-                return Ok(());
-            }
-        }
+    let first = |position| {
+        resolution
+            .deferred
+            .as_ref()
+            .is_none_or(|d| d.is_first(position))
+    };
+    for added in 0..limit {
+        let Some(spooled) = source.next_row(first)? else {
+            return Ok(added);
+        };
         let created =
             spooled.row.is_repository_push() && resolution.creates.contains(&spooled.row.id_key);
         let file = rows.files.get(spooled.input).map_or("", String::as_str);
-        each(&DatasetRow::of(
+        columns.push(&DatasetRow::of(
             spooled.row,
             created,
             file,
             spooled.line,
             (rows.since, rows.until),
-        ))
-    })
+        ));
+    }
+    Ok(limit)
 }
 
 impl<'a> DatasetRow<'a> {
@@ -215,7 +227,7 @@ impl Columns {
     }
 }
 
-fn properties() -> Result<WriterProperties> {
+fn properties(rows_per_group: usize) -> Result<WriterProperties> {
     let mut props = WriterProperties::builder();
     // Columns of (nearly) one value per row: a dictionary would only be built to be dropped.
     for column in ["time", "id", "digest", "line"] {
@@ -223,7 +235,7 @@ fn properties() -> Result<WriterProperties> {
     }
     Ok(props
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_size(ROWS_PER_GROUP)
+        .set_max_row_group_size(rows_per_group)
         // Every key has a value (Spark's reader fails on a key without one).
         .set_key_value_metadata(Some(vec![KeyValue::new(
             "regtally.version".to_owned(),
@@ -232,22 +244,123 @@ fn properties() -> Result<WriterProperties> {
         .build())
 }
 
+/// A part file being written, each row group's columns encoded on all cores if asked. It
+/// writes the bytes `ArrowWriter` writes for the same batches, which encodes the columns one
+/// after another: a month's rows come to one task, and a nightly run's dataset is one month,
+/// so `regtally run` wrote it on one core. An engine's task keeps to its one core.
+struct PartWriter<W: Write + Send> {
+    file: SerializedFileWriter<W>,
+    schema: SchemaRef,
+    props: WriterPropertiesPtr,
+    all_cores: bool,
+    /// The columns of the row group being encoded, if one is begun.
+    group: Option<Vec<ArrowColumnWriter>>,
+    rows_in_group: usize,
+}
+
+impl<W: Write + Send> PartWriter<W> {
+    fn new(out: W, props: WriterProperties, all_cores: bool) -> Result<PartWriter<W>> {
+        let schema = Arc::new(schema());
+        let mut props = props;
+        // What `ArrowWriter` adds, so that readers get the Arrow types back (the time zone).
+        add_encoded_arrow_schema_to_metadata(&schema, &mut props);
+        let parquet = ArrowSchemaConverter::new()
+            .with_coerce_types(props.coerce_types())
+            .convert(&schema)?;
+        let props = Arc::new(props);
+        Ok(PartWriter {
+            file: SerializedFileWriter::new(out, parquet.root_schema_ptr(), props.clone())?,
+            schema,
+            props,
+            all_cores,
+            group: None,
+            rows_in_group: 0,
+        })
+    }
+
+    /// Encodes a batch, cut where a row group ends.
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let room = self.props.max_row_group_size() - self.rows_in_group;
+        if batch.num_rows() > room {
+            self.write(&batch.slice(0, room))?;
+            return self.write(&batch.slice(room, batch.num_rows() - room));
+        }
+        let writers = match &mut self.group {
+            Some(writers) => writers,
+            none => none.insert(get_column_writers(
+                self.file.schema_descr(),
+                &self.props,
+                &self.schema,
+            )?),
+        };
+        let mut leaves = Vec::with_capacity(writers.len());
+        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+            leaves.extend(compute_leaves(field, column)?);
+        }
+        let encode = |(w, leaf): (&mut ArrowColumnWriter, &_)| w.write(leaf);
+        if self.all_cores {
+            writers.par_iter_mut().zip(&leaves).try_for_each(encode)?;
+        } else {
+            writers.iter_mut().zip(&leaves).try_for_each(encode)?;
+        }
+        self.rows_in_group += batch.num_rows();
+        if self.rows_in_group == self.props.max_row_group_size() {
+            self.end_group()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the row group being encoded (each column's last page and its dictionary are
+    /// encoded as it closes) and appends it to the file.
+    fn end_group(&mut self) -> Result<()> {
+        let Some(writers) = self.group.take() else {
+            return Ok(());
+        };
+        let chunks: parquet::errors::Result<Vec<ArrowColumnChunk>> = if self.all_cores {
+            writers
+                .into_par_iter()
+                .map(ArrowColumnWriter::close)
+                .collect()
+        } else {
+            writers.into_iter().map(ArrowColumnWriter::close).collect()
+        };
+        let mut group = self.file.next_row_group()?;
+        for chunk in chunks? {
+            chunk.append_to_row_group(&mut group)?;
+        }
+        group.close()?;
+        self.rows_in_group = 0;
+        Ok(())
+    }
+
+    /// Ends the file with its footer.
+    fn finish(mut self) -> Result<W> {
+        self.end_group()?;
+        Ok(self.file.into_inner()?)
+    }
+}
+
 /// One month's parts being written, staged in the [`StagedOutputs`] each call is given.
 struct MonthWriter {
     folder: PathBuf,
     prefix: String,
     part: u32,
-    writer: Option<ArrowWriter<super::StagedFile>>,
+    writer: Option<PartWriter<super::StagedFile>>,
     rows_in_part: u64,
     columns: Columns,
     /// Each part's final path and rows, once it is closed.
     written: Vec<(PathBuf, u64)>,
     rows: u64,
+    /// Whether the parts' columns are encoded on all cores (see [`PartWriter`]).
+    all_cores: bool,
 }
 
 impl MonthWriter {
     /// Parts named `<prefix><n>.parquet` in `dir`'s folder of `month` (created if missing).
-    fn new(dir: &Path, month: Month, prefix: &str) -> Result<MonthWriter> {
+    fn new(dir: &Path, month: Month, prefix: &str, all_cores: bool) -> Result<MonthWriter> {
         let folder = dir.join(month_folder(month));
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create {}", folder.display()))?;
@@ -260,49 +373,55 @@ impl MonthWriter {
             columns: Columns::new(),
             written: Vec::new(),
             rows: 0,
+            all_cores,
         })
     }
 
+    /// Writes a row: what an engine's task does, its rows coming one at a time.
     fn push(&mut self, staged: &mut StagedOutputs, row: &DatasetRow<'_>) -> Result<()> {
-        if self.writer.is_none() {
-            let path = self
-                .folder
-                .join(format!("{}{:05}.parquet", self.prefix, self.part));
-            self.part += 1;
-            let file = staged.open(&path)?;
-            self.writer = Some(ArrowWriter::try_new(
-                file,
-                Arc::new(schema()),
-                Some(properties()?),
-            )?);
-        }
         self.columns.push(row);
-        self.rows_in_part += 1;
-        self.rows += 1;
-        if self.columns.len == ROWS_PER_BATCH || self.rows_in_part == ROWS_PER_FILE {
-            self.flush()?;
+        if self.columns.len == ROWS_PER_BATCH {
+            let batch = self.columns.batch()?;
+            self.write_batch(staged, batch)?;
         }
+        Ok(())
+    }
+
+    /// Writes the month's next rows, beginning a part where the last one is full.
+    fn write_batch(&mut self, staged: &mut StagedOutputs, batch: RecordBatch) -> Result<()> {
+        let room = usize::try_from(ROWS_PER_FILE - self.rows_in_part).unwrap_or(usize::MAX);
+        if batch.num_rows() > room {
+            self.write_batch(staged, batch.slice(0, room))?;
+            return self.write_batch(staged, batch.slice(room, batch.num_rows() - room));
+        }
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            none => {
+                let path = self
+                    .folder
+                    .join(format!("{}{:05}.parquet", self.prefix, self.part));
+                self.part += 1;
+                let props = properties(ROWS_PER_GROUP)?;
+                none.insert(PartWriter::new(staged.open(&path)?, props, self.all_cores)?)
+            }
+        };
+        writer.write(&batch)?;
+        self.rows_in_part += batch.num_rows() as u64;
+        self.rows += batch.num_rows() as u64;
         if self.rows_in_part == ROWS_PER_FILE {
             self.close_part(staged)?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
+    /// Ends the part being written, with the rows [`MonthWriter::push`] holds.
+    fn close_part(&mut self, staged: &mut StagedOutputs) -> Result<()> {
         if self.columns.len > 0 {
             let batch = self.columns.batch()?;
-            if let Some(w) = &mut self.writer {
-                w.write(&batch)?;
-            }
+            self.write_batch(staged, batch)?;
         }
-        Ok(())
-    }
-
-    fn close_part(&mut self, staged: &mut StagedOutputs) -> Result<()> {
-        self.flush()?;
         if let Some(w) = self.writer.take() {
-            let file = w.into_inner()?;
-            staged.close(file)?;
+            staged.close(w.finish()?)?;
             let path = self
                 .folder
                 .join(format!("{}{:05}.parquet", self.prefix, self.part - 1));
@@ -341,7 +460,10 @@ impl DatasetWriter {
     pub fn push(&mut self, month: Month, row: &DatasetRow<'_>) -> Result<()> {
         if self.month.as_ref().is_none_or(|(m, _)| *m != month) {
             self.end_month()?;
-            self.month = Some((month, MonthWriter::new(&self.dir, month, &self.prefix)?));
+            self.month = Some((
+                month,
+                MonthWriter::new(&self.dir, month, &self.prefix, false)?,
+            ));
         }
         if let Some((_, w)) = &mut self.month {
             w.push(&mut self.staged, row)?;
@@ -437,16 +559,23 @@ pub fn stage_dataset(
         .par_iter()
         .map(|(month, spooled)| {
             let mut own = StagedOutputs::new(suffix.clone());
-            let mut w = MonthWriter::new(dir, *month, prefix)?;
-            let mut failed = None;
-            each_row(rows, spooled, |row| {
-                w.push(&mut own, row).map_err(|e| {
-                    failed = Some(e);
-                    io::Error::other("events dataset")
-                })
-            })
-            .map_err(|e| failed.take().unwrap_or_else(|| e.into()))
-            .context("cannot write the events dataset")?;
+            let mut w = MonthWriter::new(dir, *month, prefix, true)?;
+            let mut source = SpooledRows::open(spooled).context(WRITE_FAILED)?;
+            let mut building = Columns::new();
+            let mut ready: Option<RecordBatch> = None;
+            // The next batch is read back while the last one is encoded: reading the rows and
+            // filling the columns is a third of the work, and would leave a core idle.
+            loop {
+                let (wrote, read) = rayon::join(
+                    || ready.take().map_or(Ok(()), |b| w.write_batch(&mut own, b)),
+                    || fill(rows, &mut source, &mut building, ROWS_PER_BATCH),
+                );
+                wrote.context(WRITE_FAILED)?;
+                if read.context(WRITE_FAILED)? == 0 {
+                    break;
+                }
+                ready = Some(building.batch()?);
+            }
             w.close_part(&mut own)?;
             let written = w.written.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
             Ok((own, written, w.rows))
@@ -472,4 +601,90 @@ pub fn stage_dataset(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::EventKind;
+    use crate::timestamp::Timestamp;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+
+    /// Rows `from..from + n`, with repeats for the dictionaries, nulls, and a digest each.
+    fn batch(from: usize, n: usize) -> RecordBatch {
+        let mut columns = Columns::new();
+        for i in from..from + n {
+            let (id, repository) = (format!("id-{i}"), format!("g{}/r{}", i % 7, i % 131));
+            let (tag, user) = (format!("v{}", i % 17), format!("user{}", i % 23));
+            let digest = format!(
+                "sha256:{:064x}",
+                (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            );
+            let row = EncodedRow {
+                time: Timestamp {
+                    secs: 1_673_000_000 + i as i64,
+                    nanos: (i as u32).wrapping_mul(7919) % 1_000_000_000,
+                },
+                id_key: i as u128,
+                line: i as u64,
+                index: (i % 3 == 0).then_some(i as u32 % 5),
+                kind: [EventKind::PushTag, EventKind::RepositoryPush][i % 2].code(),
+                id: &id,
+                action: ["push", "delete"][i % 2],
+                repository: &repository,
+                tag: (i % 5 != 0).then_some(tag.as_str()),
+                digest: Some(&digest),
+                media_type: Some("m"),
+                user: (i % 2 == 0).then_some(user.as_str()),
+                deploy_token: (i % 2 == 1).then_some("token"),
+                actor_name: Some(&user),
+                actor_type: None,
+            };
+            columns.push(&DatasetRow::of(
+                row,
+                i % 3 == 0,
+                "f.log",
+                i as u64,
+                (None, None),
+            ));
+        }
+        columns.batch().unwrap()
+    }
+
+    /// A part's columns encoded on all cores are the bytes `ArrowWriter` writes column after
+    /// column, with batches that end inside a row group and batches that cross one.
+    #[test]
+    fn parts_are_the_bytes_arrow_writer_writes() {
+        let batches: Vec<RecordBatch> = [(0, 700), (700, 700), (1400, 1), (1401, 2500)]
+            .into_iter()
+            .map(|(from, n)| batch(from, n))
+            .collect();
+        let mut expected = Vec::new();
+        let mut w = ArrowWriter::try_new(
+            &mut expected,
+            Arc::new(schema()),
+            Some(properties(1000).unwrap()),
+        )
+        .unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.close().unwrap();
+        assert!(expected.len() > 50_000, "{}", expected.len());
+        for all_cores in [true, false] {
+            let props = properties(1000).unwrap();
+            let mut part = PartWriter::new(Vec::new(), props, all_cores).unwrap();
+            for b in &batches {
+                part.write(b).unwrap();
+            }
+            let written = part.finish().unwrap();
+            assert!(written == expected, "all cores {all_cores}: bytes differ");
+        }
+        // Four row groups, the last one short.
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(expected));
+        let metadata = reader.unwrap().metadata().clone();
+        let groups: Vec<i64> = metadata.row_groups().iter().map(|g| g.num_rows()).collect();
+        assert_eq!(groups, [1000, 1000, 1000, 901]);
+    }
 }
