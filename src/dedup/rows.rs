@@ -10,8 +10,10 @@
 //! dataset's writer reads each month's file back with both answers ([`SpooledRow`]). Memory
 //! stays a write buffer per month, the ids of the creates, and one bit per deferred event.
 
-use crate::records::row::{month_of, EncodedRow, Month};
+use crate::records::row::{EncodedRow, Month};
 use crate::spill::{codec, spill_error, SpillDir};
+use crate::timestamp::DateCache;
+use chrono::Datelike;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -48,6 +50,8 @@ pub struct RowSpool {
     chunks: u64,
     /// A row's frame header, reused from row to row.
     frame: Vec<u8>,
+    /// Rows' dates: a calendar date worked out anew for every row was 1% of the reading's time.
+    dates: DateCache,
 }
 
 impl RowSpool {
@@ -57,6 +61,7 @@ impl RowSpool {
             months: BTreeMap::new(),
             chunks: 0,
             frame: Vec::with_capacity(32),
+            dates: DateCache::default(),
         }
     }
 
@@ -79,7 +84,8 @@ impl RowSpool {
             if !keep(seq) {
                 continue;
             }
-            let month = month_of(time);
+            let date = self.dates.date(time);
+            let month = (date.year(), date.month());
             if !self.months.contains_key(&month) {
                 let path = self
                     .dir
