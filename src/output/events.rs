@@ -27,6 +27,7 @@ use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Rows a Parquet file holds at most: a month of a busy registry is cut into several files.
@@ -543,8 +544,43 @@ pub fn existing_parts(dir: &Path) -> Vec<PathBuf> {
     parts
 }
 
-/// Stages the dataset's files in `dir`, named `<prefix><n>.parquet` in each month's folder,
-/// a month per core at a time. With `replace`, the parts already in `dir` that this run does
+/// A month's staged files, their final paths and its rows.
+type MonthParts = (StagedOutputs, Vec<PathBuf>, u64);
+
+/// Stages a month's files (see [`stage_dataset`]), its columns encoded on all cores.
+fn write_month(
+    rows: &DatasetRows,
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+    month: Month,
+    spooled: &Path,
+) -> Result<MonthParts> {
+    let mut own = StagedOutputs::new(suffix.to_owned());
+    let mut w = MonthWriter::new(dir, month, prefix, true)?;
+    let mut source = SpooledRows::open(spooled).context(WRITE_FAILED)?;
+    let mut building = Columns::new();
+    let mut ready: Option<RecordBatch> = None;
+    // The next batch is read back while the last one is encoded: reading the rows and filling
+    // the columns is a third of the work, and would leave a core idle.
+    loop {
+        let (wrote, read) = rayon::join(
+            || ready.take().map_or(Ok(()), |b| w.write_batch(&mut own, b)),
+            || fill(rows, &mut source, &mut building, ROWS_PER_BATCH),
+        );
+        wrote.context(WRITE_FAILED)?;
+        if read.context(WRITE_FAILED)? == 0 {
+            break;
+        }
+        ready = Some(building.batch()?);
+    }
+    w.close_part(&mut own)?;
+    let written = w.written.iter().map(|(p, _)| p.clone()).collect();
+    Ok((own, written, w.rows))
+}
+
+/// Stages the dataset's files in `dir`, named `<prefix><n>.parquet` in each month's folder:
+/// at most a month per core at a time, every core helping with each. With `replace`, the parts already in `dir` that this run does
 /// not rewrite are removed when the outputs are committed.
 pub fn stage_dataset(
     rows: &DatasetRows,
@@ -554,33 +590,32 @@ pub fn stage_dataset(
     staged: &mut StagedOutputs,
 ) -> Result<DatasetReport> {
     let suffix = staged.suffix().to_owned();
-    let months: Vec<(StagedOutputs, Vec<PathBuf>, u64)> = rows
-        .months
-        .par_iter()
-        .map(|(month, spooled)| {
-            let mut own = StagedOutputs::new(suffix.clone());
-            let mut w = MonthWriter::new(dir, *month, prefix, true)?;
-            let mut source = SpooledRows::open(spooled).context(WRITE_FAILED)?;
-            let mut building = Columns::new();
-            let mut ready: Option<RecordBatch> = None;
-            // The next batch is read back while the last one is encoded: reading the rows and
-            // filling the columns is a third of the work, and would leave a core idle.
+    // One lane per core takes the next month until none is left, each month's columns encoded
+    // on all cores. A lane waiting for help may help another lane, so no more months than lanes
+    // are open (and in memory) at once; handed to the pool one by one instead, a core waiting
+    // inside one month could begin the next, and so on over every month of the run.
+    let next = AtomicUsize::new(0);
+    let lanes = rayon::current_num_threads().clamp(1, rows.months.len().max(1));
+    let mut done: Vec<(usize, Result<MonthParts>)> = (0..lanes)
+        .into_par_iter()
+        .flat_map_iter(|_| {
+            let mut done = Vec::new();
             loop {
-                let (wrote, read) = rayon::join(
-                    || ready.take().map_or(Ok(()), |b| w.write_batch(&mut own, b)),
-                    || fill(rows, &mut source, &mut building, ROWS_PER_BATCH),
-                );
-                wrote.context(WRITE_FAILED)?;
-                if read.context(WRITE_FAILED)? == 0 {
-                    break;
+                let i = next.fetch_add(1, Relaxed);
+                let Some((month, spooled)) = rows.months.get(i) else {
+                    return done;
+                };
+                let parts = write_month(rows, dir, prefix, &suffix, *month, spooled);
+                if parts.is_err() {
+                    // No lane begins another month: the run fails with the first error.
+                    next.store(rows.months.len(), Relaxed);
                 }
-                ready = Some(building.batch()?);
+                done.push((i, parts));
             }
-            w.close_part(&mut own)?;
-            let written = w.written.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-            Ok((own, written, w.rows))
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    done.sort_by_key(|(i, _)| *i);
+    let months = (done.into_iter().map(|(_, parts)| parts)).collect::<Result<Vec<_>>>()?;
     let mut report = DatasetReport {
         dir: dir.display().to_string(),
         ..DatasetReport::default()
