@@ -164,9 +164,16 @@ struct Columns {
 
 impl Columns {
     fn new() -> Columns {
+        Columns::with_text_bytes(&[0; 13])
+    }
+
+    /// Builders with room for a batch, and for `bytes` of each text column.
+    fn with_text_bytes(bytes: &[usize; 13]) -> Columns {
         Columns {
             time: TimestampMicrosecondBuilder::with_capacity(ROWS_PER_BATCH).with_timezone("UTC"),
-            text: (0..13).map(|_| StringBuilder::new()).collect(),
+            text: (bytes.iter())
+                .map(|&b| StringBuilder::with_capacity(ROWS_PER_BATCH, b))
+                .collect(),
             counted: BooleanBuilder::with_capacity(ROWS_PER_BATCH),
             line: Int64Builder::with_capacity(ROWS_PER_BATCH),
             index: Int64Builder::with_capacity(ROWS_PER_BATCH),
@@ -208,22 +215,24 @@ impl Columns {
         self.len += 1;
     }
 
+    /// The rows pushed as a batch; the builders start again with the room this batch took (a
+    /// finished builder starts empty, and growing every buffer again by doubling was a twentieth
+    /// of the writing).
     fn batch(&mut self) -> Result<RecordBatch> {
-        let mut text: Vec<ArrayRef> = self
-            .text
-            .iter_mut()
+        let bytes = std::array::from_fn(|i| self.text[i].values_slice().len());
+        let mut done = std::mem::replace(self, Columns::with_text_bytes(&bytes));
+        let mut text: Vec<ArrayRef> = (done.text.iter_mut())
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
         let deploy_token = text.pop().expect("thirteen text columns");
         let file = text.pop().expect("thirteen text columns");
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.time.finish())];
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(done.time.finish())];
         columns.extend(text);
-        columns.push(Arc::new(self.counted.finish()));
+        columns.push(Arc::new(done.counted.finish()));
         columns.push(file);
-        columns.push(Arc::new(self.line.finish()));
-        columns.push(Arc::new(self.index.finish()));
+        columns.push(Arc::new(done.line.finish()));
+        columns.push(Arc::new(done.index.finish()));
         columns.push(deploy_token);
-        self.len = 0;
         Ok(RecordBatch::try_new(Arc::new(schema()), columns)?)
     }
 }

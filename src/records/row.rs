@@ -96,7 +96,7 @@ impl<'a> Cursor<'a> {
         if len == NULL {
             return Ok(None);
         }
-        std::str::from_utf8(self.take(len as usize)?)
+        simdutf8::basic::from_utf8(self.take(len as usize)?)
             .map(Some)
             .map_err(|_| corrupt("row text"))
     }
