@@ -36,6 +36,7 @@ pub const ROWS_PER_FILE: u64 = 1 << 23;
 const ROWS_PER_BATCH: usize = 1 << 13;
 /// Rows of one row group, which the Parquet writer holds encoded until it is complete.
 const ROWS_PER_GROUP: usize = 1 << 16;
+/// What an error while writing the dataset says first.
 const WRITE_FAILED: &str = "cannot write the events dataset";
 
 /// The dataset's schema; a change here is a change of the warehouse contract.
