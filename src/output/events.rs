@@ -34,6 +34,13 @@ use std::sync::Arc;
 pub const ROWS_PER_FILE: u64 = 1 << 23;
 /// Rows of one record batch: what a month's column builders hold before they are encoded.
 const ROWS_PER_BATCH: usize = 1 << 13;
+/// Bytes of text that end a batch before its rows do: events of texts up to `--max-line-bytes`
+/// long would otherwise fill 8,192 rows' builders with gigabytes. The benchmark's batches hold
+/// about 1.5 MiB.
+const BATCH_TEXT_BYTES: usize = 16 << 20;
+/// What a row group's column writers may hold (`ArrowColumnWriter::memory_size`) before the
+/// group ends short of its rows, for the same reason. The benchmark's groups hold about 12 MiB.
+const GROUP_BYTES: usize = 64 << 20;
 /// Rows of one row group, which the Parquet writer holds encoded until it is complete.
 const ROWS_PER_GROUP: usize = 1 << 16;
 /// What an error while writing the dataset says first.
@@ -80,16 +87,11 @@ pub struct DatasetRow<'a> {
     pub line: u64,
 }
 
-/// Fills `columns` with up to `limit` rows of a month's temporary file that are first
-/// deliveries, in input order, with what the run learned after reading them: whether a
+/// Fills `columns` until they are a full batch with rows of a month's temporary file that are
+/// first deliveries, in input order, with what the run learned after reading them: whether a
 /// deferred event was a first delivery, and whether a repository push created its repository.
-/// Returns how many rows it added: fewer than `limit` only at the file's end.
-fn fill(
-    rows: &DatasetRows,
-    source: &mut SpooledRows,
-    columns: &mut Columns,
-    limit: usize,
-) -> io::Result<usize> {
+/// Returns how many rows it added: none only at the file's end.
+fn fill(rows: &DatasetRows, source: &mut SpooledRows, columns: &mut Columns) -> io::Result<usize> {
     let resolution = &rows.resolution;
     let first = |position| {
         resolution
@@ -97,10 +99,12 @@ fn fill(
             .as_ref()
             .is_none_or(|d| d.is_first(position))
     };
-    for added in 0..limit {
+    let mut added = 0;
+    while !columns.full() {
         let Some(spooled) = source.next_row(first)? else {
-            return Ok(added);
+            break;
         };
+        added += 1;
         let created =
             spooled.row.is_repository_push() && resolution.creates.contains(&spooled.row.id_key);
         let file = rows.files.get(spooled.input).map_or("", String::as_str);
@@ -112,7 +116,7 @@ fn fill(
             (rows.since, rows.until),
         ));
     }
-    Ok(limit)
+    Ok(added)
 }
 
 impl<'a> DatasetRow<'a> {
@@ -161,6 +165,8 @@ struct Columns {
     line: Int64Builder,
     index: Int64Builder,
     len: usize,
+    /// Bytes of the texts pushed.
+    text_bytes: usize,
 }
 
 impl Columns {
@@ -179,6 +185,7 @@ impl Columns {
             line: Int64Builder::with_capacity(ROWS_PER_BATCH),
             index: Int64Builder::with_capacity(ROWS_PER_BATCH),
             len: 0,
+            text_bytes: 0,
         }
     }
 
@@ -207,6 +214,7 @@ impl Columns {
             e.deploy_token,
         ];
         for (b, t) in self.text.iter_mut().zip(texts) {
+            self.text_bytes += t.map_or(0, str::len);
             b.append_option(t);
         }
         self.counted.append_value(r.counted);
@@ -214,6 +222,11 @@ impl Columns {
             .append_value(i64::try_from(r.line).unwrap_or(i64::MAX));
         self.index.append_option(e.index.map(i64::from));
         self.len += 1;
+    }
+
+    /// Whether the batch is complete: its rows, or its bytes of text.
+    fn full(&self) -> bool {
+        self.len == ROWS_PER_BATCH || self.text_bytes >= BATCH_TEXT_BYTES
     }
 
     /// The rows pushed as a batch; the builders start again with the room this batch took (a
@@ -263,21 +276,28 @@ fn properties(rows_per_group: usize) -> Result<WriterProperties> {
 }
 
 /// A part file being written, each row group's columns encoded on all cores if asked. It
-/// writes the bytes `ArrowWriter` writes for the same batches, which encodes the columns one
-/// after another: a month's rows come to one task, and a nightly run's dataset is one month,
+/// writes the bytes `ArrowWriter` writes for the same batches (unless a row group ends short of
+/// its rows, for its bytes), which encodes the columns one after another: a month's rows come to one task, and a nightly run's dataset is one month,
 /// so `regtally run` wrote it on one core. An engine's task keeps to its one core.
 struct PartWriter<W: Write + Send> {
     file: SerializedFileWriter<W>,
     schema: SchemaRef,
     props: WriterPropertiesPtr,
     all_cores: bool,
+    /// What the group's column writers may hold before it ends short of its rows.
+    group_bytes: usize,
     /// The columns of the row group being encoded, if one is begun.
     group: Option<Vec<ArrowColumnWriter>>,
     rows_in_group: usize,
 }
 
 impl<W: Write + Send> PartWriter<W> {
-    fn new(out: W, props: WriterProperties, all_cores: bool) -> Result<PartWriter<W>> {
+    fn new(
+        out: W,
+        props: WriterProperties,
+        all_cores: bool,
+        group_bytes: usize,
+    ) -> Result<PartWriter<W>> {
         let schema = Arc::new(schema());
         let mut props = props;
         // What `ArrowWriter` adds, so that readers get the Arrow types back (the time zone).
@@ -291,6 +311,7 @@ impl<W: Write + Send> PartWriter<W> {
             schema,
             props,
             all_cores,
+            group_bytes,
             group: None,
             rows_in_group: 0,
         })
@@ -325,7 +346,8 @@ impl<W: Write + Send> PartWriter<W> {
             writers.iter_mut().zip(&leaves).try_for_each(encode)?;
         }
         self.rows_in_group += batch.num_rows();
-        if self.rows_in_group == self.props.max_row_group_size() {
+        let held: usize = writers.iter().map(ArrowColumnWriter::memory_size).sum();
+        if self.rows_in_group == self.props.max_row_group_size() || held >= self.group_bytes {
             self.end_group()?;
         }
         Ok(())
@@ -398,7 +420,7 @@ impl MonthWriter {
     /// Writes a row: what an engine's task does, its rows coming one at a time.
     fn push(&mut self, staged: &mut StagedOutputs, row: &DatasetRow<'_>) -> Result<()> {
         self.columns.push(row);
-        if self.columns.len == ROWS_PER_BATCH {
+        if self.columns.full() {
             let batch = self.columns.batch()?;
             self.write_batch(staged, batch)?;
         }
@@ -420,7 +442,8 @@ impl MonthWriter {
                     .join(format!("{}{:05}.parquet", self.prefix, self.part));
                 self.part += 1;
                 let props = properties(ROWS_PER_GROUP)?;
-                none.insert(PartWriter::new(staged.open(&path)?, props, self.all_cores)?)
+                let file = staged.open(&path)?;
+                none.insert(PartWriter::new(file, props, self.all_cores, GROUP_BYTES)?)
             }
         };
         writer.write(&batch)?;
@@ -583,7 +606,7 @@ fn write_month(
     loop {
         let (wrote, read) = rayon::join(
             || ready.take().map_or(Ok(()), |b| w.write_batch(&mut own, b)),
-            || fill(rows, &mut source, &mut building, ROWS_PER_BATCH),
+            || fill(rows, &mut source, &mut building),
         );
         wrote.context(WRITE_FAILED)?;
         if read.context(WRITE_FAILED)? == 0 {
@@ -726,7 +749,7 @@ mod tests {
         assert!(expected.len() > 50_000, "{}", expected.len());
         for all_cores in [true, false] {
             let props = properties(1000).unwrap();
-            let mut part = PartWriter::new(Vec::new(), props, all_cores).unwrap();
+            let mut part = PartWriter::new(Vec::new(), props, all_cores, GROUP_BYTES).unwrap();
             for b in &batches {
                 part.write(b).unwrap();
             }
@@ -744,5 +767,62 @@ mod tests {
             .map(|c| c.column_path().string())
             .collect();
         assert_eq!(without_statistics, ["id", "digest"]);
+    }
+
+    /// Row groups end short of their rows once their writers hold `group_bytes`, and every row
+    /// still reads back as written.
+    #[test]
+    fn row_groups_end_at_their_bytes_too() {
+        let batches: Vec<RecordBatch> = (0..6).map(|k| batch(k * 500, 500)).collect();
+        let props = properties(1000).unwrap();
+        let mut part = PartWriter::new(Vec::new(), props, true, 50_000).unwrap();
+        for b in &batches {
+            part.write(b).unwrap();
+        }
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(part.finish().unwrap()))
+                .unwrap();
+        let groups: Vec<i64> = (reader.metadata().row_groups().iter())
+            .map(|g| g.num_rows())
+            .collect();
+        assert!(
+            groups.len() > 3 && groups.iter().all(|&n| n < 1000),
+            "{groups:?}"
+        );
+        let read: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
+        let all = |b: &[RecordBatch]| arrow_select::concat::concat_batches(&b[0].schema(), b);
+        assert!(all(&read).unwrap() == all(&batches).unwrap());
+    }
+
+    /// A batch ends at 8,192 rows, or sooner at 16 MiB of text.
+    #[test]
+    fn batches_end_at_their_text_bytes_too() {
+        let digest = "d".repeat(1 << 20);
+        let mut columns = Columns::new();
+        let mut rows = 0;
+        while !columns.full() {
+            let row = EncodedRow {
+                time: Timestamp { secs: 0, nanos: 0 },
+                id_key: 0,
+                line: 1,
+                index: None,
+                kind: EventKind::PushTag.code(),
+                id: "i",
+                action: "push",
+                repository: "g/r",
+                tag: None,
+                digest: Some(&digest),
+                media_type: None,
+                user: None,
+                deploy_token: None,
+                actor_name: None,
+                actor_type: None,
+            };
+            columns.push(&DatasetRow::of(row, false, "f", 1, (None, None)));
+            rows += 1;
+        }
+        assert_eq!(rows, 16);
+        assert_eq!(columns.batch().unwrap().num_rows(), 16);
+        assert!(!columns.full());
     }
 }
