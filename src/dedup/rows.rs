@@ -217,7 +217,7 @@ impl SpooledRows {
     /// none at the file's end.
     pub fn next_row(&mut self, keep: impl Fn(u64) -> bool) -> io::Result<Option<SpooledRow<'_>>> {
         let input = &mut self.input;
-        let (seq, len) = loop {
+        let (position, len) = loop {
             let mut tag = [0u8; 1];
             match input.read(&mut tag)? {
                 0 => return Ok(None),
@@ -229,10 +229,10 @@ impl SpooledRows {
                     );
                 }
                 _ if tag[0] == ROW => {
-                    let seq = codec::get_u32(input)?;
+                    let position = self.chunk.2 + u64::from(codec::get_u32(input)?) + 1;
                     let len = codec::get_u32(input)?;
-                    if keep(self.chunk.2 + u64::from(seq) + 1) {
-                        break (seq, len);
+                    if keep(position) {
+                        break (position, len);
                     }
                     let skipped =
                         io::copy(&mut input.by_ref().take(u64::from(len)), &mut io::sink())?;
@@ -249,11 +249,11 @@ impl SpooledRows {
         row_bytes.resize(4 + len as usize, 0);
         input.read_exact(&mut row_bytes[4..])?;
         let (row, _) = EncodedRow::decode(row_bytes)?;
-        let (file, lines_before, base) = self.chunk;
+        let (file, lines_before, _) = self.chunk;
         Ok(Some(SpooledRow {
             input: file,
             line: lines_before + row.line,
-            position: base + u64::from(seq) + 1,
+            position,
             row,
         }))
     }
@@ -275,22 +275,10 @@ mod tests {
     }
 
     fn row(id: &str, secs: i64, line: u64) -> EncodedRow<'_> {
+        let time = crate::timestamp::Timestamp { secs, nanos: 0 };
         EncodedRow {
-            time: crate::timestamp::Timestamp { secs, nanos: 0 },
-            id_key: 0,
             line,
-            index: None,
-            kind: 0,
-            id,
-            action: "push",
-            repository: "g/r",
-            tag: None,
-            digest: None,
-            media_type: None,
-            user: None,
-            deploy_token: None,
-            actor_name: None,
-            actor_type: None,
+            ..EncodedRow::bare(id, time, crate::classify::EventKind::Untracked)
         }
     }
 

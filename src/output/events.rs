@@ -278,8 +278,9 @@ fn properties(rows_per_group: usize) -> Result<WriterProperties> {
 
 /// A part file being written, each row group's columns encoded on all cores if asked. It
 /// writes the bytes `ArrowWriter` writes for the same batches (unless a row group ends short of
-/// its rows, for its bytes), which encodes the columns one after another: a month's rows come to one task, and a nightly run's dataset is one month,
-/// so `regtally run` wrote it on one core. An engine's task keeps to its one core.
+/// its rows, for its bytes), which encodes the columns one after another: a month's rows come
+/// to one task, and a nightly run's dataset is one month, so `regtally run` wrote it on one
+/// core. An engine's task keeps to its one core.
 struct PartWriter<W: Write + Send> {
     file: SerializedFileWriter<W>,
     schema: SchemaRef,
@@ -389,7 +390,8 @@ struct MonthWriter {
     folder: PathBuf,
     prefix: String,
     part: u32,
-    writer: Option<PartWriter<super::StagedFile>>,
+    /// The part being written, and its final path.
+    writer: Option<(PartWriter<super::StagedFile>, PathBuf)>,
     rows_in_part: u64,
     columns: Columns,
     /// Each part's final path and rows, once it is closed.
@@ -435,7 +437,7 @@ impl MonthWriter {
             self.write_batch(staged, batch.slice(0, room))?;
             return self.write_batch(staged, batch.slice(room, batch.num_rows() - room));
         }
-        let writer = match &mut self.writer {
+        let (writer, _) = match &mut self.writer {
             Some(writer) => writer,
             none => {
                 let path = self
@@ -444,7 +446,8 @@ impl MonthWriter {
                 self.part += 1;
                 let props = properties(ROWS_PER_GROUP)?;
                 let file = staged.open(&path)?;
-                none.insert(PartWriter::new(file, props, self.all_cores, GROUP_BYTES)?)
+                let writer = PartWriter::new(file, props, self.all_cores, GROUP_BYTES)?;
+                none.insert((writer, path))
             }
         };
         writer.write(&batch)?;
@@ -462,11 +465,8 @@ impl MonthWriter {
             let batch = self.columns.batch()?;
             self.write_batch(staged, batch)?;
         }
-        if let Some(w) = self.writer.take() {
+        if let Some((w, path)) = self.writer.take() {
             staged.close(w.finish()?)?;
-            let path = self
-                .folder
-                .join(format!("{}{:05}.parquet", self.prefix, self.part - 1));
             self.written.push((path, self.rows_in_part));
         }
         self.rows_in_part = 0;
@@ -802,22 +802,10 @@ mod tests {
         let mut columns = Columns::new();
         let mut rows = 0;
         while !columns.full() {
+            let time = Timestamp { secs: 0, nanos: 0 };
             let row = EncodedRow {
-                time: Timestamp { secs: 0, nanos: 0 },
-                id_key: 0,
-                line: 1,
-                index: None,
-                kind: EventKind::PushTag.code(),
-                id: "i",
-                action: "push",
-                repository: "g/r",
-                tag: None,
                 digest: Some(&digest),
-                media_type: None,
-                user: None,
-                deploy_token: None,
-                actor_name: None,
-                actor_type: None,
+                ..EncodedRow::bare("i", time, EventKind::PushTag)
             };
             columns.push(&DatasetRow::of(row, false, "f", 1, (None, None)));
             rows += 1;

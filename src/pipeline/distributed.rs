@@ -1785,21 +1785,12 @@ mod tests {
         for (i, &(time, _, p, kind, created)) in rows.iter().enumerate() {
             let id = format!("event-{i}");
             let row = EncodedRow {
-                time,
                 id_key: event_key(&id),
                 line: p as u64 + 1,
-                index: None,
-                kind: kind.code(),
-                id: &id,
-                action: "push",
-                repository: "g/r",
-                tag: None,
                 digest: Some("sha256:1"),
-                media_type: None,
                 user: Some("alice"),
-                deploy_token: None,
                 actor_name: Some("alice"),
-                actor_type: None,
+                ..EncodedRow::bare(&id, time, kind)
             };
             let mut bytes = Vec::new();
             row.encode(&mut bytes);

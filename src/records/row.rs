@@ -199,6 +199,31 @@ impl<'a> EncodedRow<'a> {
 }
 
 #[cfg(test)]
+impl<'a> EncodedRow<'a> {
+    /// A push of `g/r` at `time`, on line 1, with every optional text absent: a test's row,
+    /// which it changes what it tests of.
+    pub fn bare(id: &'a str, time: Timestamp, kind: EventKind) -> EncodedRow<'a> {
+        EncodedRow {
+            time,
+            id_key: 0,
+            line: 1,
+            index: None,
+            kind: kind.code(),
+            id,
+            action: "push",
+            repository: "g/r",
+            tag: None,
+            digest: None,
+            media_type: None,
+            user: None,
+            deploy_token: None,
+            actor_name: None,
+            actor_type: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -254,23 +279,7 @@ mod tests {
 
     #[test]
     fn kinds_resolve_to_the_dataset_classes() {
-        let row = |kind: EventKind| EncodedRow {
-            time: Timestamp { secs: 0, nanos: 0 },
-            id_key: 0,
-            line: 1,
-            index: None,
-            kind: kind.code(),
-            id: "",
-            action: "",
-            repository: "",
-            tag: None,
-            digest: None,
-            media_type: None,
-            user: None,
-            deploy_token: None,
-            actor_name: None,
-            actor_type: None,
-        };
+        let row = |kind| EncodedRow::bare("", Timestamp { secs: 0, nanos: 0 }, kind);
         let class = |kind, created| {
             let r = row(kind);
             r.class(r.tracked(created))
