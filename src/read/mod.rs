@@ -439,6 +439,30 @@ mod tests {
         assert_eq!(text, "one\ntwo\n");
     }
 
+    /// The gzip trailer's CRC-32 is checked, by the CPU's instructions where it has them (the
+    /// members here are long enough for zlib-rs to take them): a member whose bytes do not
+    /// match it is an error, not text.
+    #[test]
+    fn a_gzip_member_that_fails_its_crc_is_an_error() {
+        let text: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(text.as_bytes()).unwrap();
+        let good = enc.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let read = |bytes: &[u8]| {
+            let path = dir.path().join("x.gz");
+            std::fs::write(&path, bytes).unwrap();
+            let mut open = open_input(&InputPath::file(path, None), None, false).unwrap();
+            let mut out = String::new();
+            open.stream.read_to_string(&mut out).map(|_| out)
+        };
+        assert_eq!(read(&good).unwrap(), text);
+        let mut bad = good.clone();
+        let crc_at = bad.len() - 8;
+        bad[crc_at] ^= 1;
+        assert!(read(&bad).is_err());
+    }
+
     /// A compressed input's raw bytes are hashed only when asked (for a state): nothing else
     /// reads the hash.
     #[test]
