@@ -41,7 +41,7 @@ use crate::ledger::{PriorLedger, ReplayedLedger, RepositoryLedger};
 use crate::output::events::{DatasetRow, DatasetWriter};
 use crate::output::rejects::write_reject;
 use crate::parse::chunk::{new_run_id, parse_chunk_into, ParseRules};
-use crate::read::{open_input, Chunk, Chunker, InputPath, InputReport};
+use crate::read::{open_input, Chunk, Chunker, InputPath, InputReport, Stream};
 use crate::records::row::{month_of, EncodedRow, Month};
 use crate::records::{Action, EventRecord, FileReject, LedgerId, LineCounts, PathMap, Reject};
 use crate::spill::{MemoryBudget, SpillDir};
@@ -57,7 +57,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use chrono::NaiveDate;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
@@ -402,7 +402,7 @@ pub struct InputTask {
 }
 
 struct Reading {
-    chunker: Chunker<Box<dyn Read + Send>>,
+    chunker: Chunker<Stream>,
     raw_bytes: Option<Arc<crate::read::RawBytes>>,
 }
 

@@ -35,14 +35,14 @@ use crate::output::rejects::RejectWriter;
 use crate::parse::chunk::{parse_chunk_into, ChunkOutput};
 use crate::read::{
     open_input, progress_bar, total_bytes, BufferPool, Chunk, Chunker, InputReport, RawBytes,
-    ReadAhead,
+    ReadAhead, Stream,
 };
 use crate::records::{EventRecord, LineCounts, PathMap, ReportedUser};
 use crate::spill::SpillDir;
 use crate::tally::{Dataset, DatasetRows, IdKeys, Phases, Resolution, Tally};
 use anyhow::{Context, Result};
 use scheduler::{Piece, Schedule, Start};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use xxhash_rust::xxh3::Xxh3;
@@ -269,7 +269,7 @@ type RunSchedule =
 /// One input being read: everything a parked reader needs to go on.
 struct InputReader {
     index: usize,
-    chunker: Chunker<Box<dyn Read + Send>>,
+    chunker: Chunker<Stream>,
     raw_bytes: Option<Arc<RawBytes>>,
     read_ahead: Option<ReadAhead>,
     report: InputReport,

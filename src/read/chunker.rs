@@ -7,8 +7,8 @@
 //! never split between two parse tasks; for one JSON value a line, every line begins a record
 //! and the cut is where it always was, after the last newline.
 
-use super::{REJECT_TEXT_BYTES, UTF8_BOM};
-use std::io::{self, Read};
+use super::{Source, REJECT_TEXT_BYTES, UTF8_BOM};
+use std::io;
 use std::sync::Arc;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -112,7 +112,7 @@ pub struct Chunker<R> {
     pub hasher: Option<Xxh3>,
 }
 
-impl<R: Read> Chunker<R> {
+impl<R: Source> Chunker<R> {
     /// `chunk_bytes` is the size a chunk is cut at (at least one line, so it may be larger);
     /// `max_line_bytes` the longest line kept whole.
     pub fn new(reader: R, chunk_bytes: usize, max_line_bytes: usize) -> Chunker<R> {
@@ -218,9 +218,9 @@ impl<R: Read> Chunker<R> {
         Chunk::Lines(std::mem::replace(&mut self.buf, rest))
     }
 
-    /// Appends up to one chunk's worth of bytes. `read_to_end` on a `take` reads straight into
-    /// the buffer's spare capacity, without zeroing it first as a plain `read` into a resized
-    /// buffer would (that zeroing was a tenth of the instructions of a run).
+    /// Appends up to one chunk's worth of bytes, straight into the buffer's spare room (see
+    /// [`Source`]): a plain `read` into a resized buffer would zero it first, which was a tenth
+    /// of the instructions of a run.
     fn fill(&mut self) -> io::Result<()> {
         let want = self
             .chunk_bytes
@@ -228,9 +228,7 @@ impl<R: Read> Chunker<R> {
             .max(64 * 1024);
         self.buf.reserve(want);
         let before = self.buf.len();
-        let result = (&mut self.reader)
-            .take(want as u64)
-            .read_to_end(&mut self.buf);
+        let result = self.reader.append(&mut self.buf, want);
         let n = self.buf.len() - before;
         self.decoded_bytes += n as u64;
         if let Some(h) = &mut self.hasher {
@@ -262,23 +260,25 @@ impl<R: Read> Chunker<R> {
             return Ok(skipped.chunk(prefix));
         }
         self.buf.clear();
-        let mut scratch = vec![0u8; 64 * 1024];
+        const BLOCK: usize = 64 * 1024;
+        let mut scratch = Vec::with_capacity(BLOCK);
         loop {
-            let n = match self.reader.read(&mut scratch) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            scratch.clear();
+            let result = self.reader.append(&mut scratch, BLOCK);
+            let n = scratch.len();
             self.decoded_bytes += n as u64;
             if let Some(h) = &mut self.hasher {
-                h.update(&scratch[..n]);
+                h.update(&scratch);
             }
-            if n == 0 {
-                self.eof = true;
+            if let Some(at) = skipped.scan(&scratch) {
+                // The lines after the record come out before a read error that followed them.
+                self.buf.extend_from_slice(&scratch[at..]);
+                self.failed = result.err();
                 return Ok(skipped.chunk(prefix));
             }
-            if let Some(at) = skipped.scan(&scratch[..n]) {
-                self.buf.extend_from_slice(&scratch[at..n]);
+            result?;
+            if n < BLOCK {
+                self.eof = true;
                 return Ok(skipped.chunk(prefix));
             }
         }
@@ -352,6 +352,7 @@ impl Skipped {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// Yields its bytes, then fails.
     struct FailingReader(&'static [u8]);

@@ -6,6 +6,7 @@
 //! it streams by: only its first KiB is kept, for the reject record.
 
 pub mod chunker;
+mod gzip;
 pub mod object;
 pub mod read_ahead;
 pub mod user_ids;
@@ -19,6 +20,55 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::Xxh3;
+
+/// A decoded byte stream, as the chunker takes it: appended to a chunk's buffer.
+pub trait Source {
+    /// Appends at least `want` bytes to `buf`, fewer only where the stream ends (or fails). It
+    /// may append more, up to the room `buf` has.
+    fn append(&mut self, buf: &mut Vec<u8>, want: usize) -> io::Result<()>;
+}
+
+/// Any reader appends by reading into the buffer's spare room. `read_to_end` on a `take` reads
+/// straight into it from a file, which fills a `BorrowedBuf` itself; any other reader gets the
+/// room zeroed first.
+impl<R: Read> Source for R {
+    fn append(&mut self, buf: &mut Vec<u8>, want: usize) -> io::Result<()> {
+        self.take(want as u64).read_to_end(buf).map(drop)
+    }
+}
+
+/// An opened input's decoded byte stream.
+pub enum Stream {
+    Read(Box<dyn Read + Send>),
+    Gzip(gzip::Gzip<BufReader<CountingReader<Raw>>>),
+}
+
+impl Source for Stream {
+    fn append(&mut self, buf: &mut Vec<u8>, want: usize) -> io::Result<()> {
+        match self {
+            Stream::Read(r) => r.append(buf, want),
+            Stream::Gzip(g) => g.append(buf, want),
+        }
+    }
+}
+
+impl Stream {
+    /// The whole stream (tests).
+    #[cfg(test)]
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let before = out.len();
+            self.append(&mut out, 64 << 10)?;
+            if out.len() - before < 64 << 10 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// An input's raw bytes: the few sniffed for its compression, then the rest.
+type Raw = io::Chain<io::Cursor<Vec<u8>>, Box<dyn Read + Send>>;
 
 /// The UTF-8 byte-order mark, dropped from the start of an input.
 const UTF8_BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
@@ -111,7 +161,7 @@ impl InputReport {
     /// for and the input was read completely.
     pub fn read_to_end(
         &mut self,
-        chunker: &Chunker<impl Read>,
+        chunker: &Chunker<impl Source>,
         raw_bytes: Option<&RawBytes>,
         failed: bool,
     ) {
@@ -321,7 +371,7 @@ impl RawBytes {
 }
 
 /// Counts and hashes the raw bytes a decoder takes from a compressed input.
-struct CountingReader<R> {
+pub struct CountingReader<R> {
     inner: R,
     raw: Arc<RawBytes>,
     progress: Option<indicatif::ProgressBar>,
@@ -346,7 +396,7 @@ impl<R: Read> Read for CountingReader<R> {
 /// An opened input: its decoded byte stream and, for compressed inputs, a handle on the raw
 /// bytes read (for plain inputs the raw bytes are the decoded ones: the chunker hashes them).
 pub struct OpenInput {
-    pub stream: Box<dyn Read + Send>,
+    pub stream: Stream,
     pub compression: Compression,
     pub raw_bytes: Option<Arc<RawBytes>>,
     /// For a file (on Linux), the kernel's read-ahead of its next bytes.
@@ -376,10 +426,10 @@ pub fn open_input(
     let mut head = Vec::with_capacity(4);
     (&mut raw).take(4).read_to_end(&mut head)?;
     let compression = Compression::sniff(&head);
-    let raw = io::Cursor::new(head).chain(raw);
+    let raw: Raw = io::Cursor::new(head).chain(raw);
     if compression == Compression::Plain {
         return Ok(OpenInput {
-            stream: Box::new(raw),
+            stream: Stream::Read(Box::new(raw)),
             compression,
             raw_bytes: None,
             read_ahead,
@@ -392,10 +442,11 @@ pub fn open_input(
         progress,
     };
     let buffered = BufReader::with_capacity(256 * 1024, counting);
-    let stream: Box<dyn Read + Send> = match compression {
-        // Log rotation appends gzip members; the plain decoder would stop after the first.
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        _ => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+    let stream = match compression {
+        Compression::Gzip => Stream::Gzip(gzip::Gzip::new(buffered)),
+        _ => Stream::Read(Box::new(zstd::stream::read::Decoder::with_buffer(
+            buffered,
+        )?)),
     };
     Ok(OpenInput {
         stream,
@@ -434,9 +485,7 @@ mod tests {
         drop(file);
         let mut open = open_input(&InputPath::file(path, None), None, true).unwrap();
         assert_eq!(open.compression, Compression::Gzip);
-        let mut text = String::new();
-        open.stream.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "one\ntwo\n");
+        assert_eq!(open.stream.read_all().unwrap(), b"one\ntwo\n");
     }
 
     /// The gzip trailer's CRC-32 is checked, by the CPU's instructions where it has them (the
@@ -453,10 +502,9 @@ mod tests {
             let path = dir.path().join("x.gz");
             std::fs::write(&path, bytes).unwrap();
             let mut open = open_input(&InputPath::file(path, None), None, false).unwrap();
-            let mut out = String::new();
-            open.stream.read_to_string(&mut out).map(|_| out)
+            open.stream.read_all()
         };
-        assert_eq!(read(&good).unwrap(), text);
+        assert_eq!(read(&good).unwrap(), text.as_bytes());
         let mut bad = good.clone();
         let crc_at = bad.len() - 8;
         bad[crc_at] ^= 1;
@@ -473,7 +521,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         for hashed in [true, false] {
             let mut open = open_input(&InputPath::file(path.clone(), None), None, hashed).unwrap();
-            std::io::copy(&mut open.stream, &mut std::io::sink()).unwrap();
+            open.stream.read_all().unwrap();
             let raw = open.raw_bytes.unwrap();
             assert_eq!(raw.count(), bytes.len() as u64);
             let want = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes));
@@ -490,9 +538,7 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let mut open = open_input(&InputPath::file(path, None), None, true).unwrap();
         assert_eq!(open.compression, Compression::Zstd);
-        let mut text = String::new();
-        open.stream.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "one\ntwo\n");
+        assert_eq!(open.stream.read_all().unwrap(), b"one\ntwo\n");
     }
 
     #[test]
