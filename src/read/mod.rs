@@ -40,7 +40,7 @@ impl<R: Read> Source for R {
 /// An opened input's decoded byte stream.
 pub enum Stream {
     Read(Box<dyn Read + Send>),
-    Gzip(gzip::Gzip<BufReader<CountingReader<Raw>>>),
+    Gzip(Box<gzip::Gzip<BufReader<CountingReader<Raw>>>>),
 }
 
 impl Source for Stream {
@@ -443,7 +443,7 @@ pub fn open_input(
     };
     let buffered = BufReader::with_capacity(256 * 1024, counting);
     let stream = match compression {
-        Compression::Gzip => Stream::Gzip(gzip::Gzip::new(buffered)),
+        Compression::Gzip => Stream::Gzip(Box::new(gzip::Gzip::new(buffered))),
         _ => Stream::Read(Box::new(zstd::stream::read::Decoder::with_buffer(
             buffered,
         )?)),
