@@ -925,12 +925,19 @@ impl Open {
 ///
 /// With AVX2 (checked once and cached by `std`) a 64-byte block takes two 32-byte steps, half
 /// the SSE2 path's four 16-byte ones: the masks are a tenth of a run's instructions on SSE2.
+/// (One AVX-512 step a block made them a third cheaper, about 1% of a run: not worth a third
+/// path; benches/README.md.)
 fn special_masks(b: &[u8], masks: &mut [u64]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has just been found to run AVX2.
         return unsafe { special_masks_avx2(b, masks) };
     }
+    special_masks_16(b, masks)
+}
+
+/// [`special_masks`] sixteen bytes at a time, on any CPU.
+fn special_masks_16(b: &[u8], masks: &mut [u64]) -> bool {
     each_block(b, masks, |block| {
         block
             .chunks_exact(16)
@@ -1143,8 +1150,27 @@ mod tests {
         }
     }
 
+    type MaskPath = fn(&[u8], &mut [u64]) -> bool;
+
+    /// Each way of computing the masks that this CPU runs, named: a test of the masks holds
+    /// for all of them, not only for the one [`special_masks`] picks here.
+    fn mask_paths() -> Vec<(&'static str, MaskPath)> {
+        let mut paths: Vec<(&'static str, MaskPath)> = vec![
+            ("chosen", special_masks),
+            ("sixteen bytes", special_masks_16),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU runs AVX2.
+                paths.push(("AVX2", |b, m| unsafe { special_masks_avx2(b, m) }));
+            }
+        }
+        paths
+    }
+
     /// Every byte value at every offset of lines of every length around the 64-byte blocks:
-    /// the masks (AVX2 where the CPU has it) mark exactly the special bytes, and the tail's
+    /// the masks of every path the CPU runs mark exactly the special bytes, and the tail's
     /// padding marks nothing.
     #[test]
     fn masks_mark_exactly_the_special_bytes_of_any_line() {
@@ -1160,33 +1186,37 @@ mod tests {
                         _ => ((i * 7 + len + round) % 256) as u8,
                     })
                     .collect();
-                let mut masks = vec![0u64; len.div_ceil(64)];
-                special_masks(&line, &mut masks);
                 let mut want = vec![0u64; len.div_ceil(64)];
                 for (i, &c) in line.iter().enumerate() {
                     want[i / 64] |= u64::from(special(c)) << (i % 64);
                 }
-                assert_eq!(masks, want, "length {len}, round {round}");
+                for (path, masks_of) in mask_paths() {
+                    let mut masks = vec![0u64; len.div_ceil(64)];
+                    masks_of(&line, &mut masks);
+                    assert_eq!(masks, want, "{path}, length {len}, round {round}");
+                }
             }
         }
     }
 
     /// The pass that marks special bytes says a line is ASCII exactly when it is, whichever
-    /// byte (in a full 32-byte step or in the padded tail) is the one above 0x7f.
+    /// byte (in a full step or in the padded tail) is the one above 0x7f, on every path.
     #[test]
     fn masks_say_whether_a_line_is_ascii() {
-        for len in 0..200usize {
-            let ascii: Vec<u8> = (0..len).map(|i| b' ' + (i % 95) as u8).collect();
-            let mut masks = vec![0u64; len.div_ceil(64)];
-            assert!(special_masks(&ascii, &mut masks), "length {len}");
-            for at in 0..len {
-                for high in [0x80u8, 0xc3, 0xff] {
-                    let mut line = ascii.clone();
-                    line[at] = high;
-                    assert!(
-                        !special_masks(&line, &mut masks),
-                        "length {len}, {high:#x} at {at}"
-                    );
+        for (path, masks_of) in mask_paths() {
+            for len in 0..200usize {
+                let ascii: Vec<u8> = (0..len).map(|i| b' ' + (i % 95) as u8).collect();
+                let mut masks = vec![0u64; len.div_ceil(64)];
+                assert!(masks_of(&ascii, &mut masks), "{path}, length {len}");
+                for at in 0..len {
+                    for high in [0x80u8, 0xc3, 0xff] {
+                        let mut line = ascii.clone();
+                        line[at] = high;
+                        assert!(
+                            !masks_of(&line, &mut masks),
+                            "{path}, length {len}, {high:#x} at {at}"
+                        );
+                    }
                 }
             }
         }
