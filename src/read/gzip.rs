@@ -83,14 +83,7 @@ mod tests {
     /// Everything `Gzip` appends, `want` bytes at a time, from a reader of `block`-byte reads.
     fn inflate_all(bytes: &[u8], want: usize, block: usize) -> io::Result<Vec<u8>> {
         let mut gz = Gzip::new(io::BufReader::with_capacity(block, bytes));
-        let mut out = Vec::new();
-        loop {
-            let before = out.len();
-            gz.append(&mut out, want)?;
-            if out.len() - before < want {
-                return Ok(out);
-            }
-        }
+        crate::read::append_all(&mut gz, want)
     }
 
     fn multi_gz(bytes: &[u8]) -> io::Result<Vec<u8>> {

@@ -52,18 +52,24 @@ impl Source for Stream {
     }
 }
 
-impl Stream {
-    /// The whole stream (tests).
-    #[cfg(test)]
-    fn read_all(&mut self) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let before = out.len();
-            self.append(&mut out, 64 << 10)?;
-            if out.len() - before < 64 << 10 {
-                return Ok(out);
-            }
+/// Everything `source` appends, `want` bytes at a time (tests).
+#[cfg(test)]
+fn append_all(source: &mut impl Source, want: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        source.append(&mut out, want)?;
+        if out.len() - before < want {
+            return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+impl Stream {
+    /// The whole stream.
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        append_all(self, 64 << 10)
     }
 }
 
